@@ -1,0 +1,3 @@
+"""percli: perception research methods from one command line."""
+
+__version__ = "0.1.0"

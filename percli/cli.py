@@ -1,0 +1,128 @@
+"""`percli`: the command line. Verbs are thin: parse, resolve the config, call the engine."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import percli
+from percli.commands.run import fail, run_recipe
+from percli.core.config import to_dict, to_yaml
+from percli.recipes import RECIPES, Recipe, find_method
+
+app = typer.Typer(
+    name="percli", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
+    help="Perception research methods from one command line.\n\n"
+         "Example: [bold]percli pretrain hiera-mae train.max_steps=50[/]",
+)
+VERB_HELP = {
+    "pretrain": "Self-supervised pretraining (MAE, ...).",
+    "finetune": "Supervised finetuning of pretrained encoders.",
+    "eval": "Evaluate checkpoints.",
+}
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"percli {percli.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Perception research methods from one command line."""
+
+
+def _add_run_command(group: typer.Typer, recipe: Recipe) -> None:
+    presets = ", ".join(recipe.presets()) or "none"
+
+    def command(
+        overrides: list[str] | None = typer.Argument(
+            None, metavar="[KEY=VALUE]...", help="Dotted config overrides, e.g. train.max_steps=20."),
+        config: Path | None = typer.Option(None, "--config", "-c", help="YAML config file (see examples/configs)."),
+        preset: str | None = typer.Option(
+            None, "--preset", help=f"Named preset: {presets} ('none' = the paper's defaults). "
+                                   f"Default without --config: {recipe.default_preset}."),
+        run_dir: Path | None = typer.Option(
+            None, "--run-dir", help="Run directory (default runs/<verb>-<method>-<time>)."),
+        resume: bool = typer.Option(
+            False, "--resume", help="Continue the run in --run-dir from its latest checkpoint."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --run-dir."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Resolve and validate the config, print it, exit."),
+        json_out: bool = typer.Option(False, "--json", help="Print the final summary as JSON on stdout."),
+    ) -> None:
+        run_recipe(recipe, overrides=overrides or [], config_file=str(config) if config else None, preset=preset,
+                   run_dir=run_dir, resume=resume, overwrite=overwrite, dry_run=dry_run, json_out=json_out)
+
+    module_doc = (recipe.load().__doc__ or "").strip()
+    group.command(recipe.method, help=f"{recipe.summary}.\n\n{module_doc}", no_args_is_help=False)(command)
+
+
+for verb, verb_help in VERB_HELP.items():
+    group = typer.Typer(help=verb_help, no_args_is_help=True)
+    for recipe in RECIPES:
+        if recipe.verb == verb:
+            _add_run_command(group, recipe)
+    app.add_typer(group, name=verb)
+
+
+@app.command("ls")
+def ls(
+    what: str = typer.Argument("recipes", help="models | recipes"),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON list."),
+) -> None:
+    """List registered models or recipes. Example: [bold]percli ls models[/]"""
+    if what == "models":
+        from percli.models import list_models
+
+        names = list_models()
+        if json_out:
+            print(json.dumps(names))
+        else:
+            print("\n".join(names))
+    elif what == "recipes":
+        rows = [{"command": f"percli {r.verb} {r.method}", "presets": r.presets(), "summary": r.summary}
+                for r in RECIPES]
+        if json_out:
+            print(json.dumps(rows, indent=1))
+            return
+        table = Table("command", "presets", "what it does")
+        for row in rows:
+            table.add_row(row["command"], ", ".join(row["presets"]) or "-", row["summary"])
+        Console().print(table)
+    else:
+        fail(f"percli ls {what}: choose 'models' or 'recipes'")
+
+
+@app.command("show-config")
+def show_config(
+    method: str = typer.Argument(..., help="Method name, e.g. hiera-mae."),
+    preset: str | None = typer.Option(None, "--preset", help="Show this preset's values (default: the method's "
+                                                              "default preset; 'none' = paper defaults)."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of YAML."),
+) -> None:
+    """Print a method's resolved config. Example: [bold]percli show-config hiera-mae --preset in1k[/]"""
+    try:
+        recipe = find_method(method)
+        cfg = recipe.resolve_config(preset)
+    except (KeyError, ValueError) as e:
+        fail(str(e).strip("'\""))
+    if json_out:
+        print(json.dumps(to_dict(cfg), indent=1))
+    else:
+        sys.stdout.write(to_yaml(cfg))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""Typed run configuration: dataclasses, YAML files and dotted `key=value` overrides.
+
+A method's config is a dataclass tree. Values are resolved in this order, later wins:
+dataclass defaults (the paper's recipe) -> preset YAML -> `--config FILE` -> `key=value` overrides.
+Every value is checked against the field's type annotation; an unknown key or a bad value raises
+`ConfigError`, whose message names the key and what is allowed. Nothing is ever `eval`-ed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config key or value is wrong; the message says which and how to fix it."""
+
+
+# --------------------------------------------------------------------------------------------
+# Sections shared by every trainable method.
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """The engine's loop settings."""
+
+    max_steps: int = 1000
+    """Optimizer steps. Ignored when `epochs` is set."""
+    epochs: float | None = None
+    """If set, max_steps = ceil(epochs * steps per epoch) for the dataset at hand."""
+    batch_size: int = 32
+    """Per process and per micro-batch; the effective batch is x grad_accum_steps x world size."""
+    grad_accum_steps: int = 1
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    grad_clip: float | None = None
+    """Clip the global gradient norm to this value; null disables clipping."""
+    seed: int = 0
+    log_every: int = 10
+    """Optimizer steps between two lines of metrics.jsonl."""
+    ckpt_every: int = 500
+    """Optimizer steps between checkpoints (one is always written at the end)."""
+    keep_last: int = 2
+    """Checkpoints kept on disk; older ones are deleted."""
+    eval_every: int = 0
+    """Optimizer steps between evaluations (0: only at the end, when the method has eval data)."""
+    num_workers: int = 2
+    """DataLoader worker processes per training process."""
+    cpu: bool = False
+    """Force CPU even when a GPU is visible."""
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    """AdamW with warmup + cosine; the LR scales linearly with the effective batch."""
+
+    lr: float = 1e-3
+    """LR at `ref_batch_size`; the run uses lr * effective_batch / ref_batch_size."""
+    ref_batch_size: int = 256
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    """Not applied to norms, biases, position embeddings and tokens."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_fraction: float = 0.025
+    """Share of max_steps spent in linear warmup."""
+    layer_decay: float = 1.0
+    """Layer-wise LR decay (finetuning): block i gets lr * layer_decay ** (depth - i)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Building a config from data.
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (tuple, list, dict):
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, converting where it is lossless."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: got {value!r}; expected {_type_name(tp)}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value in allowed:
+            return value
+        raise ConfigError(f"{key}: got {value!r}; allowed values: {', '.join(map(repr, allowed))}")
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: got {value!r}; expected a list like [1, 2]")
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key}: got {len(value)} values; expected {len(args)}")
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        items = [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or tp is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: got {value!r}; expected a mapping like {{a: 1}}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{key}: got {value!r}; expected true or false")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: got {value!r}; expected an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: got {value!r}; expected an integer")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: got {value!r}; expected a number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: got {value!r}; expected a number")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: got {value!r}; expected a string")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a section (mapping), got {value!r}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    raise ConfigError(f"{key}: unsupported field type {_type_name(tp)}")
+
+
+def _fields(cls: type) -> dict[str, tuple[dataclasses.Field, Any]]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: (f, hints[f.name]) for f in dataclasses.fields(cls)}
+
+
+def _unknown_key(key: str, name: str, allowed: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(name, allowed, n=1)
+    hint = f" Did you mean {key[: len(key) - len(name)]}{close[0]}?" if close else ""
+    return ConfigError(f"{key}: unknown key.{hint} Allowed keys here: {', '.join(allowed)}")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass `cls` from a (possibly partial) mapping, defaults filling the rest."""
+    return merge(cls(), data, prefix)
+
+
+def merge(cfg: T, data: dict[str, Any] | None, prefix: str = "") -> T:
+    """Return a copy of `cfg` with the values of the nested mapping `data` applied."""
+    if not data:
+        return cfg
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    fields = _fields(type(cfg))
+    changes = {}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        if name not in fields:
+            raise _unknown_key(key, name, list(fields))
+        _, tp = fields[name]
+        current = getattr(cfg, name)
+        if dataclasses.is_dataclass(current):
+            changes[name] = merge(current, value, prefix=f"{key}.")
+        else:
+            changes[name] = _coerce(value, tp, key)
+    return dataclasses.replace(cfg, **changes)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a mapping, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """Turn `a.b.c=value` into `{"a": {"b": {"c": value}}}`; the value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} must look like section.key=value (e.g. train.max_steps=20)")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    # YAML 1.1 reads `1e-3` as a string; the field type converts it when it expects a number.
+    nested: dict[str, Any] = {}
+    node = nested
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return nested
+
+
+def apply_overrides(cfg: T, overrides: list[str]) -> T:
+    """Apply dotted `key=value` overrides in order."""
+    for text in overrides:
+        cfg = merge(cfg, parse_override(text))
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested mapping of a config (tuples become lists), ready for YAML/JSON."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(cfg)
+
+
+def to_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,256 @@
+"""Image datasets read from a folder or a JSONL manifest, plus the sample listing they share with video.
+
+Both datasets return ``{"image": FloatTensor[C, H, W], "label": int, "path": str}`` and raise
+:class:`BadSample` for a file that cannot be decoded, so the engine can count and skip it.
+
+``BadSample`` and the folder/manifest listing live here rather than in their own modules because the
+video reader is their only other user; ``percli.core.data`` re-exports them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as TF
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+
+Sample = tuple[str, int]
+
+
+class BadSample(Exception):
+    """A data file that is corrupt, unreadable or undecodable.
+
+    The engine catches it, skips the sample and lists it in ``summary.json``.
+
+    Attributes:
+        path: The offending file.
+        reason: Why it could not be used (usually the decoder's error message).
+    """
+
+    def __init__(self, path: str | Path, reason: str = "") -> None:
+        # Both values go to ``args`` so the exception survives pickling between DataLoader workers.
+        super().__init__(str(path), reason)
+        self.path = str(path)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}" if self.reason else self.path
+
+
+def _files_under(folder: Path, extensions: tuple[str, ...], *, recursive: bool) -> list[str]:
+    # os.walk reads file types from the directory listing: no stat per file, which matters for
+    # ImageNet-sized folders on network file systems.
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found += [
+            os.path.join(dirpath, f)
+            for f in filenames
+            if not f.startswith(".") and os.path.splitext(f)[1].lower() in extensions
+        ]
+        if not recursive:
+            break
+    return sorted(found)
+
+
+def list_folder(root: str | Path, extensions: Iterable[str]) -> tuple[list[Sample], list[str]]:
+    """List the samples of a folder of class sub-folders, or of a flat (unlabeled) folder.
+
+    Sub-folders that contain at least one matching file (searched recursively) become classes,
+    named after the folder and numbered in sorted order. If there are none, the matching files
+    directly in ``root`` form an unlabeled set (label -1). Hidden files and folders are skipped.
+
+    Args:
+        root: The folder.
+        extensions: File suffixes to keep (lower case, with the dot); other files are ignored.
+
+    Returns:
+        ``(samples, classes)`` with samples as ``(path, label)`` pairs in a deterministic order.
+
+    Raises:
+        ValueError: If ``root`` is not a folder or holds no matching file.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a folder")
+    extensions = tuple(e.lower() for e in extensions)
+    class_files = {
+        d.name: files
+        for d in sorted(root.iterdir())
+        if d.is_dir() and not d.name.startswith(".") and (files := _files_under(d, extensions, recursive=True))
+    }
+    if class_files:
+        classes = list(class_files)
+        samples = [(p, label) for label, name in enumerate(classes) for p in class_files[name]]
+        return samples, classes
+    samples = [(p, -1) for p in _files_under(root, extensions, recursive=False)]
+    if not samples:
+        raise ValueError(
+            f"no files with extensions {', '.join(extensions)} found in {root}: expected class "
+            "sub-folders of such files, or such files directly in the folder (unlabeled)"
+        )
+    return samples, []
+
+
+def read_manifest(manifest: str | Path, classes: list[str] | None = None) -> tuple[list[Sample], list[str]]:
+    """Read a JSONL manifest with one ``{"path": ..., "label": ...}`` object per line.
+
+    ``label`` is a class index, a class name, or absent/null for unlabeled (-1). Relative paths are
+    resolved against the manifest's folder. Blank lines are skipped. File existence is not checked
+    here (manifests can be huge); a missing file raises :class:`BadSample` when loaded.
+
+    Args:
+        manifest: The ``.jsonl`` file.
+        classes: Class names in label order. If omitted they are inferred: the sorted set of names
+            when labels are names, or ``"0" .. str(max_label)`` when labels are integers.
+
+    Returns:
+        ``(samples, classes)``.
+
+    Raises:
+        ValueError: On a malformed line, naming the file and line number.
+    """
+    manifest = Path(manifest)
+    base = manifest.parent
+    entries: list[tuple[int, str, int | str | None]] = []
+    with manifest.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            entries.append((lineno, *_parse_manifest_line(manifest, lineno, line)))
+
+    names = sorted({lab for _, _, lab in entries if isinstance(lab, str)})
+    has_ints = any(isinstance(lab, int) for _, _, lab in entries)
+    if classes is None:
+        if names and has_ints:
+            raise ValueError(f"{manifest}: labels mix class names and integers; use one kind or pass `classes`")
+        if names:
+            classes = names
+        elif has_ints:
+            classes = [str(i) for i in range(max(lab for _, _, lab in entries if isinstance(lab, int)) + 1)]
+        else:
+            classes = []
+    index = {name: i for i, name in enumerate(classes)}
+
+    samples: list[Sample] = []
+    for lineno, path, label in entries:
+        if isinstance(label, str):
+            if label not in index:
+                raise ValueError(f"{manifest}:{lineno}: unknown class name {label!r}")
+            label = index[label]
+        elif label is None:
+            label = -1
+        elif label >= len(classes):
+            raise ValueError(f"{manifest}:{lineno}: label {label} out of range for {len(classes)} classes")
+        resolved = Path(path).expanduser()
+        samples.append((str(resolved if resolved.is_absolute() else base / resolved), label))
+    if not samples:
+        raise ValueError(f"{manifest}: manifest has no entries")
+    return samples, list(classes)
+
+
+def _parse_manifest_line(manifest: Path, lineno: int, line: str) -> tuple[str, int | str | None]:
+    where = f"{manifest}:{lineno}"
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f'{where}: expected a JSON object like {{"path": ..., "label": ...}}')
+    path = obj.get("path")
+    if not isinstance(path, str) or not path:
+        raise ValueError(f'{where}: missing or non-string "path"')
+    label = obj.get("label")
+    # bool is an int subclass; a true/false label is almost certainly a bug in the manifest.
+    if isinstance(label, bool) or not (label is None or isinstance(label, int | str)):
+        raise ValueError(f'{where}: "label" must be an integer, a class name or null, got {label!r}')
+    if isinstance(label, int) and label < -1:
+        raise ValueError(f"{where}: negative label {label} (use -1 or null for unlabeled)")
+    if label == -1:
+        label = None
+    return path, label
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Decode an image file to an RGB PIL image.
+
+    Raises:
+        BadSample: If the file is missing, unreadable or not a decodable image.
+    """
+    try:
+        with Image.open(path) as img:
+            # convert() forces the full decode, so truncated files fail here and not in a transform.
+            return img.convert("RGB")
+    except Exception as e:  # noqa: BLE001 - PIL raises many unrelated types for corrupt input
+        raise BadSample(path, f"{type(e).__name__}: {e}") from e
+
+
+def to_float_image(img: Image.Image) -> torch.Tensor:
+    """PIL image -> FloatTensor[C, H, W] in [0, 1] (the output when no transform is given)."""
+    return TF.to_dtype(TF.to_image(img), torch.float32, scale=True)
+
+
+class _ImageSamples(Dataset):
+    """Shared ``__getitem__`` for datasets that hold ``(path, label)`` samples of image files."""
+
+    samples: list[Sample]
+    classes: list[str]
+    transform: Callable[[Any], torch.Tensor] | None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path, label = self.samples[index]
+        img = load_rgb(path)
+        image = self.transform(img) if self.transform is not None else to_float_image(img)
+        return {"image": image, "label": label, "path": path}
+
+
+class ImageFolderDataset(_ImageSamples):
+    """Images in class sub-folders (``root/<class>/**/<img>``) or a flat folder (unlabeled, label -1).
+
+    Args:
+        root: The folder.
+        transform: Called on the RGB PIL image; must return FloatTensor[C, H, W]. Without it the
+            image is returned as floats in [0, 1] at its own size.
+        extensions: Recognised image suffixes; other files are ignored.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        transform: Callable[[Any], torch.Tensor] | None = None,
+        extensions: Iterable[str] = IMAGE_EXTENSIONS,
+    ) -> None:
+        self.root = str(root)
+        self.transform = transform
+        self.samples, self.classes = list_folder(root, extensions)
+
+
+class JsonlImageDataset(_ImageSamples):
+    """Images listed in a JSONL manifest (see :func:`read_manifest` for the line format).
+
+    Args:
+        manifest: The ``.jsonl`` file.
+        transform: As for :class:`ImageFolderDataset`.
+        classes: Class names in label order; inferred from the labels when omitted.
+    """
+
+    def __init__(
+        self,
+        manifest: str | Path,
+        transform: Callable[[Any], torch.Tensor] | None = None,
+        classes: list[str] | None = None,
+    ) -> None:
+        self.manifest = str(manifest)
+        self.transform = transform
+        self.samples, self.classes = read_manifest(manifest, classes)

@@ -1,0 +1,68 @@
+"""AdamW parameter groups (no decay on norms/biases/embeddings, layer-wise LR decay) and the
+warmup + cosine schedule shared by every method."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+import torch.nn as nn
+
+from percli.core.config import OptimConfig
+
+_BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+# Embedding-like parameters at the input: they sit at "layer 0" for layer-wise decay.
+_INPUT_PARAMS = ("patch_embed", "pos_embed", "cls_token", "mask_token", "reg_token")
+
+
+def no_weight_decay(name: str, param: nn.Parameter) -> bool:
+    """Norm weights, biases, position embeddings and learned tokens are not decayed (MAE recipe)."""
+    return param.ndim <= 1 or name.endswith(".bias") or "pos_embed" in name or "token" in name
+
+
+def layer_id(name: str, num_blocks: int) -> int:
+    """0 for input embeddings, i + 1 for `blocks.i`, num_blocks + 1 for everything after."""
+    if name.startswith(_INPUT_PARAMS) or any(f".{p}" in name for p in _INPUT_PARAMS):
+        return 0
+    match = _BLOCK.search(name)
+    if match and not name.startswith("decoder"):
+        return int(match.group(1)) + 1
+    return num_blocks + 1
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
+    """AdamW groups keyed by (decay?, layer); each carries an `lr_scale` the schedule applies."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    num_blocks = 1 + max((int(m.group(1)) for n, _ in named if (m := _BLOCK.search(n))), default=-1)
+    groups: dict[tuple[bool, int], dict] = {}
+    for name, param in named:
+        decay = not no_weight_decay(name, param)
+        layer = layer_id(name, num_blocks) if layer_decay != 1.0 else 0
+        key = (decay, layer)
+        if key not in groups:
+            scale = layer_decay ** (num_blocks + 1 - layer) if layer_decay != 1.0 else 1.0
+            groups[key] = {"params": [], "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
+        groups[key]["params"].append(param)
+    return [groups[k] for k in sorted(groups)]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, peak_lr: float) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
+    for g in groups:
+        g["lr"] = peak_lr * g["lr_scale"]
+    return torch.optim.AdamW(groups, lr=peak_lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+def lr_at(step: int, max_steps: int, peak_lr: float, warmup_steps: int, min_lr: float = 0.0) -> float:
+    """Linear warmup from 0 to `peak_lr`, then half-cosine to `min_lr` at `max_steps`."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps
+    span = max(max_steps - warmup_steps, 1)
+    progress = min(max(step - warmup_steps, 0) / span, 1.0)
+    return min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -1,0 +1,78 @@
+"""Methods by name: each recipe pairs a typed config with the task the engine runs.
+
+A recipe module defines a config dataclass (defaults = the paper's recipe), presets (YAML files
+under `percli/recipes/presets/<method>/`) and a task class. Registering it here makes it a
+command (`percli <verb> <method>`), a row of `percli ls recipes` and a `show-config` target.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from percli.core.config import ConfigError, apply_overrides, load_yaml, merge
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    verb: str
+    method: str
+    module: str
+    summary: str
+    default_preset: str | None = None
+    """Preset applied when the user gives neither --preset nor --config."""
+
+    def load(self) -> Any:
+        return importlib.import_module(self.module)
+
+    def presets(self) -> list[str]:
+        folder = PRESET_DIR / self.method
+        return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+    def resolve_config(self, preset: str | None = None, config_file: str | None = None,
+                       overrides: list[str] | None = None, base: dict | None = None) -> Any:
+        """Defaults -> preset -> `base` (e.g. a resumed run's config) -> --config FILE -> overrides."""
+        cfg = self.load().Config()
+        if preset is None and config_file is None and base is None:
+            preset = self.default_preset
+        if preset and preset != "none":
+            path = PRESET_DIR / self.method / f"{preset}.yaml"
+            if not path.is_file():
+                raise ConfigError(f"--preset {preset!r}: unknown for {self.method}; choose from "
+                                  f"{', '.join(self.presets() + ['none'])}")
+            cfg = merge(cfg, load_yaml(path))
+        if base:
+            cfg = merge(cfg, base)
+        if config_file:
+            cfg = merge(cfg, load_yaml(config_file))
+        return apply_overrides(cfg, overrides or [])
+
+
+RECIPES: list[Recipe] = [
+    Recipe("pretrain", "hiera-mae", "percli.recipes.hiera_mae",
+           "Hiera masked-autoencoder pretraining, image or video (Ryali et al., ICML 2023)", "tiny"),
+    Recipe("finetune", "hiera", "percli.recipes.hiera_classify",
+           "Hiera image/video classification from an MAE checkpoint or from scratch", "tiny"),
+    Recipe("eval", "classify", "percli.recipes.classify_eval",
+           "Top-1/top-5 accuracy of a classification checkpoint on a dataset", None),
+]
+
+
+def get_recipe(verb: str, method: str) -> Recipe:
+    for r in RECIPES:
+        if r.verb == verb and r.method == method:
+            return r
+    known = ", ".join(f"{r.verb} {r.method}" for r in RECIPES)
+    raise KeyError(f"no recipe {verb} {method}; available: {known}")
+
+
+def find_method(method: str) -> Recipe:
+    """The recipe for a method name, whatever its verb (for `show-config`)."""
+    matches = [r for r in RECIPES if r.method == method]
+    if not matches:
+        raise KeyError(f"unknown method {method!r}; available: {', '.join(r.method for r in RECIPES)}")
+    return matches[0]

@@ -1,0 +1,101 @@
+"""Top-1 / top-5 accuracy of a classification checkpoint on a dataset (JSON summary).
+
+The checkpoint rebuilds its own model (name, constructor arguments, preprocessing and class
+names travel in its metadata). An official Hiera .pth carries none of that: name the model
+with model.name and the data's classes must be in the checkpoint's order.
+
+Examples:
+  percli eval classify checkpoint=runs/finetune-hiera-X/checkpoints/step_0000600
+  percli eval classify checkpoint=hiera_base_224.pth model.name=hiera_base_224 data.source=/data/imagenet/val --json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+from accelerate import Accelerator
+
+from percli.core import checkpoint as ckpt
+from percli.core.config import TrainConfig
+from percli.core.engine import BadInputLog, evaluate
+from percli.core.rundir import write_json_atomic
+from percli.models import create_model
+from percli.recipes.common import DataSection, ModelSection, is_video, load_initial_weights
+from percli.recipes.common import validate  # noqa: F401  (run by the command before anything is built)
+from percli.recipes.hiera_classify import (
+    classification_dataset,
+    classification_metrics,
+    classification_sums,
+    classifier_logits,
+)
+
+
+@dataclasses.dataclass
+class Config:
+    checkpoint: str = ""
+    """percli checkpoint dir / model .safetensors, or an official .pth (then set model.name)."""
+    model: ModelSection = dataclasses.field(default_factory=lambda: ModelSection(name=""))
+    data: DataSection = dataclasses.field(default_factory=DataSection)
+    train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(batch_size=64))
+    """Only batch_size, num_workers, mixed_precision, cpu and seed are used."""
+
+
+class _EvalTask:
+    def __init__(self, video: bool):
+        self.video = video
+
+    def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, float]:
+        return classification_sums(classifier_logits(model, batch["video" if self.video else "image"]),
+                                   batch["label"])
+
+    def eval_reduce(self, sums: dict[str, float]) -> dict[str, float]:
+        return classification_metrics(sums)
+
+
+def _load_model(cfg: Config) -> tuple[nn.Module, dict[str, Any]]:
+    if not cfg.checkpoint:
+        raise ValueError("checkpoint is not set: pass checkpoint=PATH (a percli checkpoint dir or an official .pth)")
+    path = Path(cfg.checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint={path}: no such file or directory")
+    meta: dict[str, Any] = {}
+    if path.is_dir() or path.suffix == ".safetensors":
+        state, meta = ckpt.read_weights(path)
+        if meta.get("task") != "classify" and not cfg.model.name:
+            raise ValueError(f"{path} is a {meta.get('task', 'non-percli')} checkpoint, not a classifier; "
+                             "finetune it first (percli finetune hiera) or set model.name")
+    name = cfg.model.name or meta.get("name")
+    if not name:
+        raise ValueError(f"{path} carries no model name; set model.name (e.g. model.name=hiera_base_224)")
+    kwargs = {**meta.get("kwargs", {}), **cfg.model.kwargs, "drop_path_rate": 0.0}
+    model = create_model(name, **kwargs)
+    load_initial_weights(model, str(path))
+    return model, meta
+
+
+def run(cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool = False) -> dict[str, Any]:
+    model, meta = _load_model(cfg)
+    video = is_video(model)
+    input_size = tuple(meta.get("input_size") or model.config["input_size"])
+    data = cfg.data
+    if data.mean is None and meta.get("mean"):
+        data = dataclasses.replace(data, mean=tuple(meta["mean"]), std=tuple(meta["std"]))
+    source = data.val_source or data.source
+    dataset = classification_dataset(source, "val", False, data, input_size, video,
+                                     crop_pct=meta.get("crop_pct", 0.875))
+    classes = meta.get("classes")
+    if classes and getattr(dataset, "classes", None) and list(dataset.classes) != list(classes):
+        raise ValueError(f"the classes of {source} differ from the checkpoint's ({len(dataset.classes)} vs "
+                         f"{len(classes)}); evaluate on data labelled like the training set")
+    model = accelerator.prepare(model)
+    bad = BadInputLog()
+    metrics = evaluate(_EvalTask(video), model, dataset, accelerator, cfg.train, bad)
+    summary = {"status": "completed", "checkpoint": str(cfg.checkpoint), "data": source, "metrics": metrics,
+               "step": None, "run_dir": str(run_dir), "bad_inputs": {"count": len(bad.files), "files": bad.files},
+               "world_size": accelerator.num_processes}
+    if accelerator.is_main_process:
+        write_json_atomic(run_dir / "summary.json", summary)
+    return summary

@@ -1,0 +1,49 @@
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A Hiera MAE small enough for a test step in milliseconds: 64 px, patch stride 4 -> 16x16 tokens,
+# 8x8-token mask units (2x2 units), two poolings (the golden cases' geometry).
+TINY_MAE = [
+    "model.kwargs={input_size: [64, 64], embed_dim: 8, num_heads: 1, stages: [1, 1, 1, 1], q_pool: 2, "
+    "decoder_embed_dim: 16, decoder_depth: 1, decoder_num_heads: 1}",
+    "data.embedded_size=64", "train.batch_size=8", "train.num_workers=0", "recon_images=4",
+]
+TINY_CLS = [
+    "model.kwargs={input_size: [64, 64], embed_dim: 8, num_heads: 1, stages: [1, 1, 1, 1]}",
+    "data.embedded_size=64", "train.batch_size=8", "train.num_workers=0",
+]
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each in-process CLI run builds its own Accelerator; drop the singleton state between tests."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+PYTHON = sys.executable
+CUDA = torch.cuda.is_available()

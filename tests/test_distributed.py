@@ -1,0 +1,26 @@
+"""`accelerate launch` with two CPU processes (gloo) runs one data-parallel job."""
+
+import json
+import subprocess
+
+from tests.conftest import PYTHON, TINY_MAE, free_port, subprocess_env
+
+
+def test_accelerate_launch_two_cpu_processes(tmp_path):
+    run = tmp_path / "run"
+    env = subprocess_env()
+    env["ACCELERATE_USE_CPU"] = "true"
+    # `--cpu --num_processes 2` would start ONE process; --multi_gpu with USE_CPU starts two on gloo.
+    cmd = [PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+           "-m", "percli.cli", "pretrain", "hiera-mae", "--run-dir", str(run), "--json", *TINY_MAE,
+           "train.batch_size=4", "train.max_steps=4", "train.log_every=2", "recon_images=2"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["world_size"] == 2 and summary["effective_batch_size"] == 8
+    assert summary["status"] == "completed" and summary["step"] == 4
+    assert json.loads((run / "env.json").read_text())["world_size"] == 2
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [2, 4]  # rank 0 writes; no duplicated lines from rank 1
+    assert (run / "checkpoints" / "step_0000004" / "model.safetensors").is_file()
