@@ -63,3 +63,33 @@ def test_resume_after_kill_drops_metrics_past_the_checkpoint(tmp_path):
 def test_resume_needs_a_run(tmp_path):
     result = runner.invoke(app, ["pretrain", "hiera-mae", "--run-dir", str(tmp_path / "nothing"), "--resume"])
     assert result.exit_code == 2 and "config.yaml" in result.output
+
+
+def test_sigterm_to_the_process_group_with_loader_workers(tmp_path):
+    """As SLURM preemption does: every process of the job (main + loader workers) gets SIGTERM."""
+    import subprocess
+    import time
+
+    from tests.conftest import PYTHON, subprocess_env
+
+    run = tmp_path / "run"
+    cmd = [PYTHON, "-m", "percli.cli", "pretrain", "hiera-mae", "--run-dir", str(run), *TINY_MAE,
+           "train.num_workers=2", "train.max_steps=100000", "train.log_every=1", "train.ckpt_every=100000"]
+    proc = subprocess.Popen(cmd, env=subprocess_env(), start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not metrics.is_file() or len(metrics.read_text().splitlines()) < 3):
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    summary = json.loads((run / "summary.json").read_text())
+    step = summary["step"]
+    assert summary["status"] == "interrupted" and step >= 3
+    assert (run / "checkpoints" / f"step_{step:07d}" / "model.safetensors").is_file()
+    resumed = runner.invoke(app, ["pretrain", "hiera-mae", "--run-dir", str(run), "--resume",
+                                  f"train.max_steps={step + 2}", "train.num_workers=0"])
+    assert resumed.exit_code == 0, resumed.output
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == list(range(1, step + 3))

@@ -71,10 +71,18 @@ def make_accelerator(train: TrainConfig) -> Accelerator:
     return Accelerator(cpu=train.cpu, mixed_precision=train.mixed_precision)
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Loader workers leave SIGTERM/SIGINT to the main process: SLURM and Ctrl-C signal the whole
+    process group, and a worker that died first would crash the loop before it can checkpoint."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _loader(dataset: Dataset, sampler: ResumableSampler, train: TrainConfig, seed: int) -> DataLoader:
     return DataLoader(
         SeededSamples(dataset, seed), batch_size=train.batch_size, sampler=sampler, num_workers=train.num_workers,
         collate_fn=collate_skip_bad, drop_last=False, persistent_workers=False,
+        worker_init_fn=_ignore_stop_signals,
         pin_memory=torch.cuda.is_available() and not train.cpu,
         # Our own generator: the loader's base-seed draw must not consume the global RNG.
         generator=torch.Generator().manual_seed(seed),

@@ -23,8 +23,13 @@ from percli.core.config import TrainConfig
 from percli.core.engine import BadInputLog, evaluate
 from percli.core.rundir import write_json_atomic
 from percli.models import create_model
-from percli.recipes.common import DataSection, ModelSection, is_video, load_initial_weights
-from percli.recipes.common import validate  # noqa: F401  (run by the command before anything is built)
+from percli.recipes.common import (
+    DataSection,
+    ModelSection,
+    is_video,
+    load_initial_weights,
+    validate,  # noqa: F401  (run by the command before anything is built)
+)
 from percli.recipes.hiera_classify import (
     classification_dataset,
     classification_metrics,

@@ -30,8 +30,8 @@ from percli.recipes.common import (
     load_initial_weights,
     make_dataset,
     normalisation,
-    validate,  # noqa: F401  (the command runs it before anything is built)
     official_drop_path,
+    validate,  # noqa: F401  (the command runs it before anything is built)
 )
 from percli.recipes.reconstruction import save_reconstruction_grid
 
