@@ -16,9 +16,9 @@ from percli.core.data import (
     EmbeddedShapesDataset,
     ImageFolderDataset,
     JsonlImageDataset,
+    MixupCutmix,
     VideoClipDataset,
     build_dataset,
-    build_mixup_cutmix,
     finetune_transform,
     mae_transform,
     parse_rand_augment,
@@ -139,7 +139,7 @@ def test_datasets_and_transforms_pickle_for_dataloader_workers(class_folder: Pat
     a = ds[0]["image"]
     torch.manual_seed(0)
     assert torch.equal(clone[0]["image"], a)
-    for obj in (video_transform(16, train=True), build_mixup_cutmix(3), EmbeddedShapesDataset()):
+    for obj in (video_transform(16, train=True), MixupCutmix(3), EmbeddedShapesDataset()):
         pickle.loads(pickle.dumps(obj))
 
 
@@ -212,7 +212,7 @@ def test_rand_augment_string_parsing() -> None:
 
 @pytest.mark.parametrize(("mixup_alpha", "cutmix_alpha"), [(0.8, 1.0), (0.8, 0.0), (0.0, 1.0), (0.0, 0.0)], ids=str)
 def test_mixup_cutmix_soft_targets_sum_to_one(mixup_alpha: float, cutmix_alpha: float) -> None:
-    mix = build_mixup_cutmix(5, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, label_smoothing=0.1)
+    mix = MixupCutmix(5, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, label_smoothing=0.1)
     images, labels = torch.randn(6, 3, 8, 8), torch.tensor([0, 1, 2, 3, 4, 0])
     for seed in range(5):
         torch.manual_seed(seed)
@@ -229,7 +229,7 @@ def test_mixup_cutmix_soft_targets_sum_to_one(mixup_alpha: float, cutmix_alpha: 
 
 
 def test_cutmix_target_weight_matches_pasted_area() -> None:
-    mix = build_mixup_cutmix(2, mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.0)
+    mix = MixupCutmix(2, mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.0)
     images = torch.stack([torch.zeros(1, 16, 16), torch.ones(1, 16, 16)])  # sample 1 is all ones
     torch.manual_seed(3)
     mixed, targets = mix(images, torch.tensor([0, 1]))

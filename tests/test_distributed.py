@@ -7,16 +7,17 @@ from tests.conftest import PYTHON, TINY_MAE, free_port, subprocess_env
 
 
 def test_accelerate_launch_two_cpu_processes(tmp_path):
-    run = tmp_path / "run"
     env = subprocess_env()
     env["ACCELERATE_USE_CPU"] = "true"
     # `--cpu --num_processes 2` would start ONE process; --multi_gpu with USE_CPU starts two on gloo.
     cmd = [PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-           "-m", "percli.cli", "pretrain", "hiera-mae", "--run-dir", str(run), "--json", *TINY_MAE,
+           "-m", "percli.cli", "pretrain", "hiera-mae", "--json", *TINY_MAE,
            "train.batch_size=4", "train.max_steps=4", "train.log_every=2", "recon_images=2"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    # No --run-dir: rank 0 names the default run dir and both processes must agree on it.
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = (tmp_path / "runs").iterdir()
     summary = json.loads(proc.stdout)
     assert summary["world_size"] == 2 and summary["effective_batch_size"] == 8
     assert summary["status"] == "completed" and summary["step"] == 4

@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
+from rich.console import Console
 from torch.utils.data import Dataset
 
 from percli.core.checkpoint import read_weights
 from percli.core.data import HIERA_VIDEO_MEAN, HIERA_VIDEO_STD, IMAGENET_MEAN, IMAGENET_STD, build_dataset
+from percli.models.hiera import LoadReport, load_official_state
 
 
 @dataclasses.dataclass
@@ -71,16 +73,15 @@ def make_dataset(data: DataSection, source: str, split: str, train: bool, transf
     return build_dataset(source, kind="image", transform=transform)
 
 
-def load_initial_weights(model: nn.Module, path: str) -> dict[str, Any]:
-    """Load a percli checkpoint/safetensors or an official .pth into `model` (non-strict: a
-    pretraining checkpoint has no classifier head, a classifier has no decoder)."""
-    from percli.models.hiera import load_official_state
-
+def load_initial_weights(model: nn.Module, path: str) -> LoadReport:
+    """Load a percli checkpoint/safetensors, an official .pth or timm weights into `model`; what was
+    dropped (an MAE decoder) or left at init (a new head) is reported on stderr."""
     p = Path(path)
-    if p.is_dir() or p.suffix == ".safetensors":
-        state, _ = read_weights(p)
-        return load_official_state(model, state)
-    return load_official_state(model, p)
+    if not p.exists():
+        raise FileNotFoundError(f"model.checkpoint={path}: no such file or directory")
+    report = load_official_state(model, read_weights(p)[0] if p.is_dir() or p.suffix == ".safetensors" else p)
+    Console(stderr=True).print(f"initial weights from {path}: {report}", highlight=False, soft_wrap=True)
+    return report
 
 
 def validate(cfg: Any) -> None:

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from percli.core import engine
 from percli.core.config import OptimConfig, TrainConfig
-from percli.core.data import build_mixup_cutmix, finetune_transform, video_transform
+from percli.core.data import MixupCutmix, finetune_transform, video_transform
 from percli.models import create_model
 from percli.recipes.common import (
     DataSection,
@@ -107,8 +107,8 @@ class ClassifyTask:
         model = create_model(self.cfg.model.name, **kwargs)
         if self.cfg.model.checkpoint:
             load_initial_weights(model, self.cfg.model.checkpoint)
-        self.mixup = build_mixup_cutmix(len(classes), mixup_alpha=self.cfg.mixup, cutmix_alpha=self.cfg.cutmix,
-                                        prob=self.cfg.mixup_prob, label_smoothing=self.cfg.label_smoothing)
+        self.mixup = MixupCutmix(len(classes), mixup_alpha=self.cfg.mixup, cutmix_alpha=self.cfg.cutmix,
+                                 prob=self.cfg.mixup_prob, label_smoothing=self.cfg.label_smoothing)
         return model
 
     def model_meta(self) -> dict[str, Any]:

@@ -361,15 +361,3 @@ class MixupCutmix:
             f"cutmix_alpha={self.cutmix_alpha}, prob={self.prob}, switch_prob={self.switch_prob}, "
             f"label_smoothing={self.label_smoothing})"
         )
-
-
-def build_mixup_cutmix(
-    num_classes: int,
-    mixup_alpha: float = 0.8,
-    cutmix_alpha: float = 1.0,
-    prob: float = 1.0,
-    switch_prob: float = 0.5,
-    label_smoothing: float = 0.1,
-) -> MixupCutmix:
-    """Batch-level ``(images, labels) -> (images, soft_targets)``; see :class:`MixupCutmix`."""
-    return MixupCutmix(num_classes, mixup_alpha, cutmix_alpha, prob, switch_prob, label_smoothing)
