@@ -62,14 +62,18 @@ def _write_clip(path, frames=24, size=64, seed=0):
             container.mux(packet)
 
 
-def test_video_mae_pretraining_on_clips(tmp_path):
+VIDEO_KWARGS = "input_size: [8, 64, 64], embed_dim: 8, num_heads: 1, stages: [1, 1, 1, 1]"
+
+
+def test_video_mae_pretraining_then_video_classification(tmp_path):
     data = tmp_path / "clips"
-    (data / "moving").mkdir(parents=True)
-    for i in range(4):
-        _write_clip(data / "moving" / f"{i}.mp4", seed=i)
-    (data / "moving" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not a video")
-    kwargs = ("model.kwargs={input_size: [8, 64, 64], embed_dim: 8, num_heads: 1, stages: [1, 1, 1, 1], q_pool: 2, "
-              "decoder_embed_dim: 16, decoder_depth: 1, decoder_num_heads: 1}")
+    for cls, seed in (("class_a", 0), ("class_b", 10)):
+        (data / cls).mkdir(parents=True)
+        for i in range(2):
+            _write_clip(data / cls / f"{i}.mp4", seed=seed + i)
+    (data / "class_a" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not a video")
+    kwargs = (f"model.kwargs={{{VIDEO_KWARGS}, q_pool: 2, decoder_embed_dim: 16, decoder_depth: 1, "
+              "decoder_num_heads: 1}")
     run = tmp_path / "run"
     result = runner.invoke(app, ["pretrain", "hiera-mae", "--run-dir", str(run), "--json",
                                  "model.name=mae_hiera_base_16x224", kwargs, f"data.source={data}",
@@ -81,3 +85,12 @@ def test_video_mae_pretraining_on_clips(tmp_path):
     assert torch.isfinite(torch.tensor(summary["metrics"]["loss"]))
     _, meta = read_weights(summary["checkpoint"])
     assert meta["mask_ratio"] == 0.9  # the video default, as in the paper
+
+    ft = runner.invoke(app, ["finetune", "hiera", "--run-dir", str(tmp_path / "ft"), "--json",
+                             "model.name=hiera_base_16x224", f"model.kwargs={{{VIDEO_KWARGS}}}",
+                             f"model.checkpoint={summary['checkpoint']}", f"data.source={data}",
+                             f"data.val_source={data}", "data.num_frames=8", "data.sampling_rate=2",
+                             "train.batch_size=2", "train.num_workers=0", "train.max_steps=2", "mixup_prob=0.0"])
+    assert ft.exit_code == 0, ft.output
+    result = json.loads(ft.stdout)
+    assert result["classes"] == ["class_a", "class_b"] and result["metrics"]["eval/count"] == 4

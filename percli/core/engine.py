@@ -15,6 +15,7 @@ import contextlib
 import math
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -78,10 +79,11 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _loader(dataset: Dataset, sampler: ResumableSampler, train: TrainConfig, seed: int) -> DataLoader:
+def _loader(dataset: Dataset, sampler: ResumableSampler, train: TrainConfig, seed: int,
+            drop_last: bool = False) -> DataLoader:
     return DataLoader(
         SeededSamples(dataset, seed), batch_size=train.batch_size, sampler=sampler, num_workers=train.num_workers,
-        collate_fn=collate_skip_bad, drop_last=False, persistent_workers=False,
+        collate_fn=collate_skip_bad, drop_last=drop_last, persistent_workers=False,
         worker_init_fn=_ignore_stop_signals,
         pin_memory=torch.cuda.is_available() and not train.cpu,
         # Our own generator: the loader's base-seed draw must not consume the global RNG.
@@ -153,161 +155,192 @@ def evaluate(task: Task, model: nn.Module, dataset: Dataset, accelerator: Accele
     return task.eval_reduce(dict(zip(keys, totals.tolist())))
 
 
-def train(task: Task, train_cfg: TrainConfig, optim_cfg: OptimConfig, run_dir: Path, accelerator: Accelerator,
-          *, resume: bool = False) -> dict[str, Any]:
-    """Run the task to `max_steps`; returns the summary (also written to summary.json)."""
-    is_main = accelerator.is_main_process
-    world, rank = accelerator.num_processes, accelerator.process_index
-    seed_everything(train_cfg.seed)  # identical init on every rank
-    model = task.build_model()
-    train_set, eval_set = task.train_dataset(), task.eval_dataset()
+@dataclass
+class Plan:
+    """Run length and LR derived from the config, the data size and the number of processes."""
 
-    sampler = ResumableSampler(len(train_set), world_size=world, rank=rank, seed=train_cfg.seed)
-    micro_per_epoch = sampler.per_rank() // train_cfg.batch_size
+    max_steps: int
+    micro_per_epoch: int
+    effective_batch: int
+    peak_lr: float
+    warmup_steps: int
+
+
+def plan_run(samples_per_rank: int, world: int, train_cfg: TrainConfig, optim_cfg: OptimConfig) -> Plan:
+    micro_per_epoch = samples_per_rank // train_cfg.batch_size  # the loader drops the last partial batch
     if micro_per_epoch == 0:
-        raise ValueError(
-            f"train.batch_size={train_cfg.batch_size} is larger than the {sampler.per_rank()} samples each of the "
-            f"{world} process(es) gets; lower train.batch_size"
-        )
+        raise ValueError(f"train.batch_size={train_cfg.batch_size} is larger than the {samples_per_rank} samples "
+                         f"each of the {world} process(es) gets; lower train.batch_size")
     steps_per_epoch = max(micro_per_epoch // train_cfg.grad_accum_steps, 1)
     max_steps = (math.ceil(train_cfg.epochs * steps_per_epoch) if train_cfg.epochs is not None
                  else train_cfg.max_steps)
     effective_batch = train_cfg.batch_size * train_cfg.grad_accum_steps * world
-    peak_lr = optim_cfg.lr * effective_batch / optim_cfg.ref_batch_size
-    warmup_steps = round(optim_cfg.warmup_fraction * max_steps)
+    return Plan(max_steps, micro_per_epoch, effective_batch,
+                peak_lr=optim_cfg.lr * effective_batch / optim_cfg.ref_batch_size,
+                warmup_steps=round(optim_cfg.warmup_fraction * max_steps))
 
-    optimizer = build_optimizer(model, optim_cfg, peak_lr)
-    step, bad_log, history = 0, BadInputLog(), {}
-    ckpt_root = run_dir / "checkpoints"
-    metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=is_main)
-    if resume:
-        if is_main:
-            ckpt.clean_stale_temps(ckpt_root)
-        latest = ckpt.latest_checkpoint(ckpt_root)
+
+class _Trainer:
+    """State of one training run; `run()` is the loop, read top to bottom."""
+
+    def __init__(self, task: Task, train_cfg: TrainConfig, optim_cfg: OptimConfig, run_dir: Path,
+                 accelerator: Accelerator):
+        self.task, self.cfg, self.optim_cfg, self.run_dir, self.acc = task, train_cfg, optim_cfg, run_dir, accelerator
+        self.world, self.rank = accelerator.num_processes, accelerator.process_index
+        self.is_main = accelerator.is_main_process
+        seed_everything(train_cfg.seed)  # identical init on every rank
+        self.model = task.build_model()
+        self.train_set, self.eval_set = task.train_dataset(), task.eval_dataset()
+        self.sampler = ResumableSampler(len(self.train_set), world_size=self.world, rank=self.rank,
+                                        seed=train_cfg.seed)
+        self.plan = plan_run(self.sampler.per_rank(), self.world, train_cfg, optim_cfg)
+        self.optimizer = build_optimizer(self.model, optim_cfg, self.plan.peak_lr)
+        self.ckpt_root = run_dir / "checkpoints"
+        self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=self.is_main)
+        self.step, self.epoch, self.bad_log, self.history = 0, 0, BadInputLog(), {}
+        self.t_start = time.time()
+
+    def restore(self) -> dict[str, Any]:
+        """Load the latest checkpoint (before `accelerator.prepare`); returns its trainer state."""
+        if self.is_main:
+            ckpt.clean_stale_temps(self.ckpt_root)
+        latest = ckpt.latest_checkpoint(self.ckpt_root)
         if latest is None:
-            raise FileNotFoundError(f"--resume: no checkpoint under {ckpt_root}; start a new run instead")
+            raise FileNotFoundError(f"--resume: no checkpoint under {self.ckpt_root}; start a new run instead")
         state = ckpt.load_checkpoint(latest)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
         ts = state["trainer_state"]
-        step, history = ts["step"], ts.get("last_metrics", {})
-        bad_log.add(ts.get("bad_inputs", []))
-        metrics.truncate_after(step)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    if resume and accelerator.scaler is not None and ts.get("grad_scaler"):
-        accelerator.scaler.load_state_dict(ts["grad_scaler"])
+        self.step, self.history = ts["step"], ts.get("last_metrics", {})
+        self.bad_log.add(ts.get("bad_inputs", []))
+        self.metrics.truncate_after(self.step)
+        return ts
 
-    def save(at_step: int) -> Path | None:
-        scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
-        state = {"step": at_step, "max_steps": max_steps, "micro_batches": at_step * train_cfg.grad_accum_steps,
-                 "world_size": world, "grad_scaler": scaler, "bad_inputs": bad_log.files, "last_metrics": history}
-        accelerator.wait_for_everyone()
+    def batches(self) -> Iterator[dict[str, Any]]:
+        """Micro-batches from the current data position on, epoch after epoch."""
+        epoch, start = divmod(self.step * self.cfg.grad_accum_steps, self.plan.micro_per_epoch)
+        self.sampler.set_epoch(epoch, start * self.cfg.batch_size)
+        while True:
+            self.epoch = epoch
+            for item in _loader(self.train_set, self.sampler, self.cfg, self.cfg.seed, drop_last=True):
+                self.bad_log.add(item["bad"])
+                yield item
+            epoch += 1
+            self.sampler.set_epoch(epoch, 0)
+
+    def optimizer_step(self, batches: Iterator[dict[str, Any]], window: dict[str, float]) -> int:
+        """One optimizer step over `grad_accum_steps` micro-batches; returns the samples used."""
+        accum, samples = self.cfg.grad_accum_steps, 0
+        for m in range(accum):
+            item = next(batches)
+            seed_everything(mix_seed(self.cfg.seed, self.step, m, self.rank))
+            last = m == accum - 1
+            with contextlib.nullcontext() if last or self.world == 1 else self.acc.no_sync(self.model):
+                if item["batch"] is None:  # every sample of this micro-batch was unreadable
+                    out = {"loss": sum(p.sum() * 0.0 for p in self.model.parameters())}
+                else:
+                    out = self.task.loss_step(self.model, _to_device(item["batch"], self.acc.device))
+                    samples += len(item["batch"].get("path", [])) or self.cfg.batch_size
+                loss = out["loss"]
+                if _any_rank(self.acc, not bool(torch.isfinite(loss.detach()).all())):
+                    raise RunStopped(
+                        f"loss became {loss.item()} at step {self.step}; stopping. The last good checkpoint is kept "
+                        f"under {self.ckpt_root}. Lower optim.lr, set train.grad_clip, or use bf16 instead of fp16.",
+                        3, self.summary("diverged", error=f"non-finite loss at step {self.step}"))
+                self.acc.backward(loss / accum)
+            for k, v in out.items():
+                window[k] = window.get(k, 0.0) + float(v.detach()) / accum
+        if self.cfg.grad_clip is not None:
+            self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return samples
+
+    def log(self, window: dict[str, float], steps: int, samples: int, seconds: float) -> None:
+        values = torch.tensor(list(window.values()), device=self.acc.device) / steps
+        if self.world > 1:
+            values = self.acc.reduce(values, "mean")
+        group = self.optimizer.param_groups[0]
+        record = {"step": self.step, "epoch": self.epoch, **dict(zip(window, values.tolist())),
+                  "lr": group["lr"] / group.get("lr_scale", 1.0),
+                  "samples_per_s": round(samples * self.world / max(seconds, 1e-9), 2)}
+        self.metrics.write(record)
+        self.history.update({k: v for k, v in record.items() if k != "epoch"})
+
+    def evaluate(self) -> None:
+        result = evaluate(self.task, self.model, self.eval_set, self.acc, self.cfg, self.bad_log)
+        result = {f"eval/{k}": v for k, v in result.items()}
+        self.metrics.write({"step": self.step, **result})
+        self.history.update(result)
+
+    def save(self) -> Path | None:
+        scaler = self.acc.scaler.state_dict() if self.acc.scaler is not None else None
+        state = {"step": self.step, "max_steps": self.plan.max_steps, "world_size": self.world,
+                 "micro_batches": self.step * self.cfg.grad_accum_steps, "grad_scaler": scaler,
+                 "bad_inputs": self.bad_log.files, "last_metrics": self.history}
+        self.acc.wait_for_everyone()
         path = None
-        if is_main:
-            path = ckpt.save_checkpoint(ckpt_root, at_step, accelerator.unwrap_model(model).state_dict(),
-                                        task.model_meta(), optimizer.state_dict(), state, train_cfg.keep_last)
-        accelerator.wait_for_everyone()
+        if self.is_main:
+            path = ckpt.save_checkpoint(self.ckpt_root, self.step, self.acc.unwrap_model(self.model).state_dict(),
+                                        self.task.model_meta(), self.optimizer.state_dict(), state,
+                                        self.cfg.keep_last)
+        self.acc.wait_for_everyone()
         return path
 
-    def summary(status: str, **extra: Any) -> dict[str, Any]:
-        gathered = gather_object([bad_log.files]) if world > 1 else [bad_log.files]
+    def summary(self, status: str, **extra: Any) -> dict[str, Any]:
         merged = BadInputLog()
-        for files in gathered:
+        for files in gather_object([self.bad_log.files]) if self.world > 1 else [self.bad_log.files]:
             merged.add(files)
-        out = {"status": status, "step": step, "max_steps": max_steps, "world_size": world,
-               "effective_batch_size": effective_batch, "peak_lr": peak_lr, "run_dir": str(run_dir),
-               "metrics": history, "bad_inputs": {"count": len(merged.files), "files": merged.files},
-               "elapsed_s": round(time.time() - t_start, 2), **extra}
-        if is_main:
-            write_json_atomic(run_dir / "summary.json", out)
+        out = {"status": status, "step": self.step, "max_steps": self.plan.max_steps, "world_size": self.world,
+               "effective_batch_size": self.plan.effective_batch, "peak_lr": self.plan.peak_lr,
+               "run_dir": str(self.run_dir), "metrics": self.history,
+               "bad_inputs": {"count": len(merged.files), "files": merged.files},
+               "elapsed_s": round(time.time() - self.t_start, 2), **extra}
+        if self.is_main:
+            write_json_atomic(self.run_dir / "summary.json", out)
         return out
 
-    t_start = time.time()
-    model.train()
-    window: dict[str, float] = {}
-    window_n, window_samples, window_t = 0, 0, time.time()
-    micro = step * train_cfg.grad_accum_steps
-    epoch, start = divmod(micro, micro_per_epoch)
-    sampler.set_epoch(epoch, start * train_cfg.batch_size)
-    batches = iter(_loader(train_set, sampler, train_cfg, train_cfg.seed))
+    def run(self, resume: bool) -> dict[str, Any]:
+        trainer_state = self.restore() if resume else {}
+        self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
+        if self.acc.scaler is not None and trainer_state.get("grad_scaler"):
+            self.acc.scaler.load_state_dict(trainer_state["grad_scaler"])
+        cfg, plan = self.cfg, self.plan
+        self.model.train()
+        batches = self.batches()
+        window: dict[str, float] = {}
+        window_steps, window_samples, window_t = 0, 0, time.time()
+        with _SignalStop() as stopper, _progress(self.is_main) as bar:
+            job = bar.add_task("train", total=plan.max_steps, completed=self.step, info="")
+            while self.step < plan.max_steps:
+                set_lr(self.optimizer, lr_at(self.step, plan.max_steps, plan.peak_lr, plan.warmup_steps,
+                                             self.optim_cfg.min_lr))
+                window_samples += self.optimizer_step(batches, window)
+                window_steps += 1
+                bar.update(job, completed=self.step, info=f"loss {window.get('loss', 0.0) / window_steps:.4f}")
+                if self.step % cfg.log_every == 0 or self.step == plan.max_steps:
+                    self.log(window, window_steps, window_samples, time.time() - window_t)
+                    window, window_steps, window_samples, window_t = {}, 0, 0, time.time()
+                if self.eval_set is not None and cfg.eval_every and self.step % cfg.eval_every == 0 \
+                        and self.step < plan.max_steps:
+                    self.evaluate()
+                stop = _any_rank(self.acc, stopper.signum is not None)
+                if self.step % cfg.ckpt_every == 0 or stop:
+                    self.save()
+                if stop:
+                    signum = stopper.signum or signal.SIGTERM
+                    name = signal.Signals(signum).name
+                    raise RunStopped(f"stopped by {name} at step {self.step}; checkpoint written, continue with "
+                                     "--resume", 128 + signum, self.summary("interrupted", signal=name))
+        if self.eval_set is not None:
+            self.evaluate()
+        last = self.save()
+        extra = self.task.finish(self.acc.unwrap_model(self.model), self.run_dir, self.acc) if self.is_main else {}
+        return self.summary("completed", checkpoint=str(last) if last else None, **(extra or {}))
 
-    def next_batch() -> dict[str, Any]:
-        nonlocal batches, epoch
-        while True:
-            try:
-                item = next(batches)
-            except StopIteration:
-                epoch += 1
-                sampler.set_epoch(epoch, 0)
-                batches = iter(_loader(train_set, sampler, train_cfg, train_cfg.seed))
-                continue
-            if len(item["bad"]) or item["batch"] is None:
-                bad_log.add(item["bad"])
-            return item
 
-    with _SignalStop() as stopper, _progress(is_main) as bar:
-        job = bar.add_task("train", total=max_steps, completed=step, info="")
-        while step < max_steps:
-            set_lr(optimizer, lr_at(step, max_steps, peak_lr, warmup_steps, optim_cfg.min_lr))
-            for m in range(train_cfg.grad_accum_steps):
-                item = next_batch()
-                seed_everything(mix_seed(train_cfg.seed, step, m, rank))
-                last = m == train_cfg.grad_accum_steps - 1
-                sync = contextlib.nullcontext() if last or world == 1 else accelerator.no_sync(model)
-                with sync:
-                    if item["batch"] is None:  # every sample of this micro-batch was unreadable
-                        out = {"loss": sum(p.sum() * 0.0 for p in model.parameters())}
-                        n = 0
-                    else:
-                        batch = _to_device(item["batch"], accelerator.device)
-                        out = task.loss_step(model, batch)
-                        n = len(item["batch"]["path"]) if "path" in item["batch"] else train_cfg.batch_size
-                    loss = out["loss"]
-                    if _any_rank(accelerator, not bool(torch.isfinite(loss.detach()).all())):
-                        raise RunStopped(
-                            f"loss became {loss.item()} at step {step}; stopping. The last good checkpoint is kept "
-                            f"under {ckpt_root}. Lower optim.lr, enable train.grad_clip, or use bf16 instead of fp16.",
-                            3, summary("diverged", error=f"non-finite loss at step {step}"))
-                    accelerator.backward(loss / train_cfg.grad_accum_steps)
-                for k, v in out.items():
-                    window[k] = window.get(k, 0.0) + float(v.detach()) / train_cfg.grad_accum_steps
-                window_samples += n
-            if train_cfg.grad_clip is not None and accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            window_n += 1
-            bar.update(job, completed=step, info=f"loss {float(loss.detach()):.4f}")
-
-            if step % train_cfg.log_every == 0 or step == max_steps:
-                values = torch.tensor(list(window.values()), device=accelerator.device) / window_n
-                if world > 1:
-                    values = accelerator.reduce(values, "mean")
-                dt = time.time() - window_t
-                record = {"step": step, "epoch": epoch, **dict(zip(window, values.tolist())),
-                          "lr": optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_scale", 1.0),
-                          "samples_per_s": round(window_samples * world / max(dt, 1e-9), 2)}
-                metrics.write(record)
-                history.update({k: v for k, v in record.items() if k not in ("epoch",)})
-                window, window_n, window_samples, window_t = {}, 0, 0, time.time()
-            if eval_set is not None and train_cfg.eval_every and step % train_cfg.eval_every == 0 and step < max_steps:
-                result = {f"eval/{k}": v for k, v in evaluate(task, model, eval_set, accelerator, train_cfg,
-                                                              bad_log).items()}
-                metrics.write({"step": step, **result})
-                history.update(result)
-            stop_signal = _any_rank(accelerator, stopper.signum is not None)
-            if step % train_cfg.ckpt_every == 0 or stop_signal:
-                save(step)
-            if stop_signal:
-                name = signal.Signals(stopper.signum or signal.SIGTERM).name
-                raise RunStopped(f"stopped by {name} at step {step}; checkpoint written, continue with --resume",
-                                 128 + (stopper.signum or signal.SIGTERM), summary("interrupted", signal=name))
-
-    if eval_set is not None:
-        result = {f"eval/{k}": v for k, v in evaluate(task, model, eval_set, accelerator, train_cfg, bad_log).items()}
-        metrics.write({"step": step, **result})
-        history.update(result)
-    last_ckpt = save(step)
-    extra = task.finish(accelerator.unwrap_model(model), run_dir, accelerator) if is_main else {}
-    return summary("completed", checkpoint=str(last_ckpt) if last_ckpt else None, **(extra or {}))
+def train(task: Task, train_cfg: TrainConfig, optim_cfg: OptimConfig, run_dir: Path, accelerator: Accelerator,
+          *, resume: bool = False) -> dict[str, Any]:
+    """Run the task to its planned step count; returns the summary (also written to summary.json)."""
+    return _Trainer(task, train_cfg, optim_cfg, run_dir, accelerator).run(resume)

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch.nn as nn
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 
 from percli.core import checkpoint as ckpt
 from percli.core.config import TrainConfig
@@ -98,6 +99,11 @@ def run(cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool = 
     model = accelerator.prepare(model)
     bad = BadInputLog()
     metrics = evaluate(_EvalTask(video), model, dataset, accelerator, cfg.train, bad)
+    if accelerator.num_processes > 1:  # each rank saw its own shard's unreadable files
+        merged = BadInputLog()
+        for files in gather_object([bad.files]):
+            merged.add(files)
+        bad = merged
     summary = {"status": "completed", "checkpoint": str(cfg.checkpoint), "data": source, "metrics": metrics,
                "step": None, "run_dir": str(run_dir), "bad_inputs": {"count": len(bad.files), "files": bad.files},
                "world_size": accelerator.num_processes}
