@@ -7,6 +7,8 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# Reference cases made with the official implementations (see ../shared/golden/README.md).
+GOLDEN_DIR = Path(os.environ.get("PERCLI_GOLDEN_DIR", REPO.parent / "shared" / "golden"))
 
 # A Hiera MAE small enough for a test step in milliseconds: 64 px, patch stride 4 -> 16x16 tokens,
 # 8x8-token mask units (2x2 units), two poolings (the golden cases' geometry).

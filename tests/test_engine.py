@@ -4,6 +4,7 @@ import json
 
 import av
 import numpy as np
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -94,3 +95,14 @@ def test_video_mae_pretraining_then_video_classification(tmp_path):
     assert ft.exit_code == 0, ft.output
     result = json.loads(ft.stdout)
     assert result["classes"] == ["class_a", "class_b"] and result["metrics"]["eval/count"] == 4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fp16_with_grad_scaling_on_gpu(tmp_path):
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["pretrain", "hiera-mae", "--run-dir", str(run), "--json", *TINY_MAE,
+                                 "train.max_steps=3", "train.mixed_precision=fp16", "recon_images=0"])
+    assert result.exit_code == 0, result.output
+    state = json.loads((run / "checkpoints" / "step_0000003" / "trainer_state.json").read_text())
+    assert state["grad_scaler"] is not None  # fp16 runs save the loss-scaler state for resume

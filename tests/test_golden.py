@@ -10,7 +10,6 @@ runner that builds the percli model, replays the case's "calls" and returns ever
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parents[1]
-GOLDEN_DIR = Path(os.environ.get("PERCLI_GOLDEN_DIR", REPO.parent / "shared" / "golden"))
+from tests.conftest import GOLDEN_DIR
 
 
 @dataclass(frozen=True)

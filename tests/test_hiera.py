@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 
@@ -22,9 +21,8 @@ from percli.models.hiera import (
     convert_timm_to_official,
     load_official_state,
 )
+from tests.conftest import GOLDEN_DIR
 
-REPO = Path(__file__).resolve().parents[1]
-GOLDEN_DIR = Path(os.environ.get("PERCLI_GOLDEN_DIR", REPO.parent / "shared" / "golden"))
 FULL_CONFIGS = GOLDEN_DIR / "full_configs" / "hiera"
 FULL_NAMES = sorted(p.parent.name for p in FULL_CONFIGS.glob("*/keys.txt"))
 
