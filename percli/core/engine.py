@@ -36,15 +36,21 @@ from percli.core.rundir import MetricsLog, write_json_atomic
 
 
 class Task(Protocol):
-    """What a method gives the engine."""
+    """What a method gives the engine.
+
+    `eval_step` returns floats, summed over the eval set, and/or per-sample tensors (e.g. scores
+    and targets for mAP), concatenated over the set; `eval_reduce` turns those into metrics.
+    Optional: `sample_weights()` (a tensor, for weighted sampling) and `epoch_len` (samples drawn
+    per epoch when it is smaller than the dataset).
+    """
 
     def build_model(self) -> nn.Module: ...
     def model_meta(self) -> dict[str, Any]: ...
     def train_dataset(self) -> Dataset: ...
     def eval_dataset(self) -> Dataset | None: ...
     def loss_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]: ...
-    def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, float]: ...
-    def eval_reduce(self, sums: dict[str, float]) -> dict[str, float]: ...
+    def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, float | torch.Tensor]: ...
+    def eval_reduce(self, totals: dict[str, float | torch.Tensor]) -> dict[str, float]: ...
     def finish(self, model: nn.Module, run_dir: Path, accelerator: Accelerator) -> dict[str, Any]: ...
 
 
@@ -136,6 +142,7 @@ def evaluate(task: Task, model: nn.Module, dataset: Dataset, accelerator: Accele
                                seed=train.seed, shuffle=False, pad=False)
     loader = _loader(dataset, sampler, train, train.seed)
     sums: dict[str, float] = {}
+    parts: dict[str, list[torch.Tensor]] = {}  # per-sample outputs (scores, targets) for set-level metrics
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -144,7 +151,10 @@ def evaluate(task: Task, model: nn.Module, dataset: Dataset, accelerator: Accele
             if item["batch"] is None:
                 continue
             for k, v in task.eval_step(model, _to_device(item["batch"], accelerator.device)).items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+                if torch.is_tensor(v) and v.dim() > 0:
+                    parts.setdefault(k, []).append(v.detach().float().cpu())
+                else:
+                    sums[k] = sums.get(k, 0.0) + float(v)
     model.train(was_training)
     keys = sorted(sums)
     if accelerator.num_processes > 1:  # a rank with no eval batches has no keys of its own
@@ -152,7 +162,13 @@ def evaluate(task: Task, model: nn.Module, dataset: Dataset, accelerator: Accele
     totals = torch.tensor([sums.get(k, 0.0) for k in keys], dtype=torch.float64, device=accelerator.device)
     if accelerator.num_processes > 1 and keys:
         totals = accelerator.reduce(totals, "sum")
-    return task.eval_reduce(dict(zip(keys, totals.tolist())))
+    result: dict[str, Any] = dict(zip(keys, totals.tolist()))
+    local = {k: torch.cat(v) for k, v in parts.items()}
+    if accelerator.num_processes > 1:
+        shards = gather_object([local])
+        local = {k: torch.cat([s[k] for s in shards if k in s]) for k in set().union(*shards)}
+    result.update(local)
+    return task.eval_reduce(result)
 
 
 @dataclass
@@ -191,8 +207,10 @@ class _Trainer:
         seed_everything(train_cfg.seed)  # identical init on every rank
         self.model = task.build_model()
         self.train_set, self.eval_set = task.train_dataset(), task.eval_dataset()
+        weights = getattr(task, "sample_weights", lambda: None)()
         self.sampler = ResumableSampler(len(self.train_set), world_size=self.world, rank=self.rank,
-                                        seed=train_cfg.seed)
+                                        seed=train_cfg.seed, weights=weights,
+                                        num_samples=getattr(task, "epoch_len", None))
         self.plan = plan_run(self.sampler.per_rank(), self.world, train_cfg, optim_cfg)
         self.optimizer = build_optimizer(self.model, optim_cfg, self.plan.peak_lr)
         self.ckpt_root = run_dir / "checkpoints"

@@ -61,21 +61,26 @@ class ResumableSampler(Sampler[int]):
 
     Yields `epoch * n + i` so that `SeededSamples` knows the epoch inside worker processes.
     Shards are padded by wrapping (as DistributedSampler does) so every rank gets equally many.
+    With `weights`, each epoch draws `num_samples` distinct items with probability proportional to
+    their weight (class-balanced sampling as in AST/Audio-MAE's weighted sampler).
     """
 
     def __init__(self, n: int, *, world_size: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True,
-                 pad: bool = True):
+                 pad: bool = True, weights: torch.Tensor | None = None, num_samples: int | None = None):
         if n == 0:
             raise ValueError("the dataset is empty")
+        if weights is not None and len(weights) != n:
+            raise ValueError(f"{len(weights)} sample weights for {n} samples")
         self.n, self.world_size, self.rank, self.seed = n, world_size, rank, seed
-        self.shuffle, self.pad = shuffle, pad
+        self.shuffle, self.pad, self.weights = shuffle, pad, weights
+        self.num_samples = min(num_samples or n, n)
         self.epoch = 0
         self.start = 0
 
     def per_rank(self) -> int:
         if self.pad:
-            return math.ceil(self.n / self.world_size)
-        return len(range(self.rank, self.n, self.world_size))
+            return math.ceil(self.num_samples / self.world_size)
+        return len(range(self.rank, self.num_samples, self.world_size))
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Select the epoch and skip its first `start` samples of this rank (resume)."""
@@ -85,14 +90,16 @@ class ResumableSampler(Sampler[int]):
         return max(self.per_rank() - self.start, 0)
 
     def __iter__(self) -> Iterator[int]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
-            order = torch.randperm(self.n, generator=g).tolist()
+        g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
+        if self.weights is not None:
+            order = torch.multinomial(self.weights.double(), self.num_samples, replacement=False, generator=g).tolist()
+        elif self.shuffle:
+            order = torch.randperm(self.n, generator=g).tolist()[: self.num_samples]
         else:
-            order = list(range(self.n))
+            order = list(range(self.num_samples))
         if self.pad:
             total = self.per_rank() * self.world_size
-            order = (order * math.ceil(total / self.n))[:total]
+            order = (order * math.ceil(total / len(order)))[:total]
         shard = order[self.rank :: self.world_size]
         for i in shard[self.start :]:
             yield self.epoch * self.n + i
