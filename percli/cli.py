@@ -106,11 +106,12 @@ def show_config(
     method: str = typer.Argument(..., help="Method name, e.g. hiera-mae."),
     preset: str | None = typer.Option(None, "--preset", help="Show this preset's values (default: the method's "
                                                               "default preset; 'none' = paper defaults)."),
+    verb: str | None = typer.Option(None, "--verb", help="pretrain | finetune | eval, when the method has several."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of YAML."),
 ) -> None:
     """Print a method's resolved config. Example: [bold]percli show-config hiera-mae --preset in1k[/]"""
     try:
-        recipe = find_method(method)
+        recipe = find_method(method, verb)
         cfg = recipe.resolve_config(preset)
     except (KeyError, ValueError) as e:
         fail(str(e).strip("'\""))

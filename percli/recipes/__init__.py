@@ -70,9 +70,13 @@ def get_recipe(verb: str, method: str) -> Recipe:
     raise KeyError(f"no recipe {verb} {method}; available: {known}")
 
 
-def find_method(method: str) -> Recipe:
-    """The recipe for a method name, whatever its verb (for `show-config`)."""
-    matches = [r for r in RECIPES if r.method == method]
+def find_method(method: str, verb: str | None = None) -> Recipe:
+    """The recipe for a method name (for `show-config`); `verb` picks one when several verbs share it."""
+    matches = [r for r in RECIPES if r.method == method and verb in (None, r.verb)]
     if not matches:
-        raise KeyError(f"unknown method {method!r}; available: {', '.join(r.method for r in RECIPES)}")
+        known = ", ".join(sorted({r.method for r in RECIPES}))
+        raise KeyError(f"unknown method {method!r}{f' for {verb}' if verb else ''}; available: {known}")
+    if len(matches) > 1:
+        verbs = " or ".join(f"--verb {r.verb}" for r in matches)
+        raise KeyError(f"{method} is a method of several verbs; add {verbs}")
     return matches[0]
