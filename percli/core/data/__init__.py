@@ -1,8 +1,9 @@
-"""Datasets and transforms: image folders, JSONL manifests, video clips and the embedded default set.
+"""Datasets and transforms: image folders, JSONL manifests, video clips, audio clips and the embedded default sets.
 
 Every dataset returns ``{"image": FloatTensor[C, H, W]`` (or ``"video": FloatTensor[C, T, H, W]``)
 ``, "label": int, "path": str}`` with label -1 when unlabeled, exposes ``classes`` and raises
-:class:`BadSample` for a file it cannot decode (the engine counts and skips those).
+:class:`BadSample` for a file it cannot decode (the engine counts and skips those). Audio datasets
+return ``"fbank": FloatTensor[1, T, M]`` and a float ``"target"`` (multi-hot, mixed under mixup) as well.
 """
 
 from __future__ import annotations
@@ -13,7 +14,24 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from percli.core.data.audio import (
+    AUDIO_EXTENSIONS,
+    AUDIOSET_MEAN,
+    AUDIOSET_STD,
+    AudioDataset,
+    compute_fbank_stats,
+    kaldi_fbank,
+    load_audio,
+    normalize_fbank,
+    read_ast_json,
+    read_audio_manifest,
+    read_label_csv,
+    roll_mag_aug,
+    sample_weights,
+    spec_augment,
+)
 from percli.core.data.embedded import EmbeddedShapesDataset
+from percli.core.data.embedded_audio import EmbeddedAudioDataset
 from percli.core.data.images import (
     IMAGE_EXTENSIONS,
     BadSample,
@@ -36,30 +54,45 @@ from percli.core.data.transforms import (
 from percli.core.data.video import VIDEO_EXTENSIONS, VideoClipDataset, read_clip
 
 __all__ = [
+    "AUDIOSET_MEAN",
+    "AUDIOSET_STD",
+    "AUDIO_EXTENSIONS",
     "HIERA_VIDEO_MEAN",
     "HIERA_VIDEO_STD",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
     "VIDEO_EXTENSIONS",
+    "AudioDataset",
     "BadSample",
+    "EmbeddedAudioDataset",
     "EmbeddedShapesDataset",
     "ImageFolderDataset",
     "JsonlImageDataset",
     "MixupCutmix",
     "VideoClipDataset",
     "build_dataset",
+    "compute_fbank_stats",
     "finetune_transform",
+    "kaldi_fbank",
     "list_folder",
+    "load_audio",
     "mae_transform",
+    "normalize_fbank",
     "parse_rand_augment",
+    "read_ast_json",
+    "read_audio_manifest",
     "read_clip",
+    "read_label_csv",
     "read_manifest",
+    "roll_mag_aug",
+    "sample_weights",
+    "spec_augment",
     "video_transform",
 ]
 
 EMBEDDED = "embedded"
-_KINDS = ("image", "video")
+_KINDS = ("image", "video", "audio")
 
 
 def build_dataset(
@@ -68,13 +101,15 @@ def build_dataset(
     """Build the dataset a config's data source names.
 
     Args:
-        source: ``"embedded"`` (the built-in shapes set, images only), a folder (class sub-folders,
-            or a flat folder = unlabeled), or a ``.jsonl`` manifest.
-        kind: ``"image"`` or ``"video"``.
-        transform: Per-sample transform handed to the dataset.
+        source: ``"embedded"`` (the built-in shapes set for images, the synthesised sound set for
+            audio), a folder (class sub-folders, or a flat folder = unlabeled), a ``.jsonl`` manifest,
+            or (audio only) an AST-style ``.json`` data list.
+        kind: ``"image"``, ``"video"`` or ``"audio"``.
+        transform: Per-sample transform handed to the dataset (for audio: applied to the fbank).
         **kw: Extra dataset arguments, e.g. ``split``/``num_images``/``image_size``/``seed`` for the
             embedded set, ``num_frames``/``sampling_rate``/``train`` for video, ``classes`` for a
-            manifest.
+            manifest; for audio the :class:`AudioDataset` / :class:`EmbeddedAudioDataset` arguments
+            (``num_clips``, ``target_length``, ``train``, ``freqm``, ``mixup``, ``label_csv``, ...).
 
     Returns:
         The dataset.
@@ -88,6 +123,8 @@ def build_dataset(
         f"expected {EMBEDDED!r} (images only), a folder of {kind}s (class sub-folders, or flat for "
         'unlabeled data) or a .jsonl manifest of {"path": ..., "label": ...} lines'
     )
+    if kind == "audio":
+        return _build_audio(source, transform, **kw)
     if str(source) == EMBEDDED:
         if kind != "image":
             raise ValueError(f"there is no embedded {kind} dataset: {expected}")
@@ -102,3 +139,19 @@ def build_dataset(
     if path.is_dir():
         return ImageFolderDataset(path, transform, **kw)
     return JsonlImageDataset(path, transform, **kw)
+
+
+def _build_audio(source: str | Path, transform: Callable[[Any], Any] | None, **kw: Any) -> Dataset:
+    if str(source) == EMBEDDED:
+        return EmbeddedAudioDataset(transform=transform, **kw)
+    expected = (
+        f"expected {EMBEDDED!r}, a folder of audio files ({', '.join(AUDIO_EXTENSIONS)}; class sub-folders, or "
+        'flat for unlabeled data), a .jsonl manifest of {"path": ..., "labels": [...]} lines or an AST-style '
+        '.json list {"data": [{"wav": ..., "labels": "..."}]} (with label_csv)'
+    )
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise ValueError(f"data source {str(source)!r} does not exist: {expected}")
+    if not (path.is_dir() or (path.is_file() and path.suffix in (".jsonl", ".json"))):
+        raise ValueError(f"data source {str(source)!r} is not a folder, a .jsonl or a .json file: {expected}")
+    return AudioDataset(path, transform=transform, **kw)
