@@ -1,7 +1,7 @@
 """Methods by name: each recipe pairs a typed config with the task the engine runs.
 
 A recipe module defines a config dataclass (defaults = the paper's recipe), presets (YAML files
-under `percli/recipes/presets/<method>/`) and a task class. Registering it here makes it a
+under `percli/recipes/presets/<verb>-<method>/`) and a task class. Registering it here makes it a
 command (`percli <verb> <method>`), a row of `percli ls recipes` and a `show-config` target.
 """
 
@@ -29,8 +29,12 @@ class Recipe:
     def load(self) -> Any:
         return importlib.import_module(self.module)
 
+    @property
+    def preset_dir(self) -> Path:
+        return PRESET_DIR / f"{self.verb}-{self.method}"
+
     def presets(self) -> list[str]:
-        folder = PRESET_DIR / self.method
+        folder = self.preset_dir
         return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
     def resolve_config(self, preset: str | None = None, config_file: str | None = None,
@@ -40,7 +44,7 @@ class Recipe:
         if preset is None and config_file is None and base is None:
             preset = self.default_preset
         if preset and preset != "none":
-            path = PRESET_DIR / self.method / f"{preset}.yaml"
+            path = self.preset_dir / f"{preset}.yaml"
             if not path.is_file():
                 raise ConfigError(f"--preset {preset!r}: unknown for {self.method}; choose from "
                                   f"{', '.join(self.presets() + ['none'])}")
@@ -57,6 +61,10 @@ RECIPES: list[Recipe] = [
            "Hiera masked-autoencoder pretraining, image or video (Ryali et al., ICML 2023)", "tiny"),
     Recipe("finetune", "hiera", "percli.recipes.hiera_classify",
            "Hiera image/video classification from an MAE checkpoint or from scratch", "tiny"),
+    Recipe("pretrain", "audio-mae", "percli.recipes.audio_mae",
+           "Audio-MAE pretraining on fbank spectrograms (Huang et al., NeurIPS 2022)", "tiny"),
+    Recipe("finetune", "audio-mae", "percli.recipes.audio_classify",
+           "Audio-MAE classification: multi-label (mAP, d-prime) or single-label (accuracy)", "tiny"),
     Recipe("eval", "classify", "percli.recipes.classify_eval",
            "Top-1/top-5 accuracy of a classification checkpoint on a dataset", None),
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,6 @@ from torch.utils.data import Dataset
 
 from percli.core.checkpoint import read_weights
 from percli.core.data import HIERA_VIDEO_MEAN, HIERA_VIDEO_STD, IMAGENET_MEAN, IMAGENET_STD, build_dataset
-from percli.models.hiera import LoadReport, load_official_state
 
 
 @dataclasses.dataclass
@@ -73,14 +73,21 @@ def make_dataset(data: DataSection, source: str, split: str, train: bool, transf
     return build_dataset(source, kind="image", transform=transform)
 
 
-def load_initial_weights(model: nn.Module, path: str) -> LoadReport:
+def load_initial_weights(model: nn.Module, path: str) -> Any:
     """Load a percli checkpoint/safetensors, an official .pth or timm weights into `model`; what was
     dropped (an MAE decoder) or left at init (a new head) is reported on stderr."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"model.checkpoint={path}: no such file or directory")
-    report = load_official_state(model, read_weights(p)[0] if p.is_dir() or p.suffix == ".safetensors" else p)
-    Console(stderr=True).print(f"initial weights from {path}: {report}", highlight=False, soft_wrap=True)
+    # Each model family's file holds the loader that knows its official layouts.
+    family = importlib.import_module(type(model).__module__)
+    report = family.load_official_state(model, read_weights(p)[0] if p.is_dir() or p.suffix == ".safetensors" else p)
+    dropped, missing = getattr(report, "dropped", []), getattr(report, "missing", [])
+    heads = sorted({k.split(".")[0] for k in dropped})
+    Console(stderr=True).print(
+        f"initial weights from {path}: {len(dropped)} tensors not used ({', '.join(heads) or '-'}), "
+        f"{len(missing)} left at init ({', '.join(sorted({k.split('.')[0] for k in missing})) or '-'})",
+        highlight=False, soft_wrap=True)
     return report
 
 

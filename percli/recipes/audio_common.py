@@ -1,0 +1,117 @@
+"""Config section, datasets and the spectrogram reconstruction plot shared by the Audio-MAE recipes."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils.data import Dataset
+from torchvision.utils import save_image
+
+from percli.core.config import ConfigError
+from percli.core.data import AUDIOSET_MEAN, AUDIOSET_STD, BadSample, build_dataset
+
+
+@dataclasses.dataclass
+class AudioDataSection:
+    source: str = "embedded"
+    """`embedded` (built-in synthesised sounds), a folder of class sub-folders, a .jsonl manifest
+    ({"path": ..., "labels": [...]}) or an AST-style .json (with label_csv)."""
+    val_source: str | None = None
+    """Evaluation data; for `embedded` the held-out split is used when this is unset."""
+    label_csv: str | None = None
+    """AudioSet class_labels_indices.csv (index,mid,display_name) for AST-style JSON data."""
+    sample_rate: int = 16000
+    num_mel_bins: int = 128
+    target_length: int = 1024
+    """Fbank frames per clip (10 ms hop: 1024 = 10.24 s); shorter clips are zero-padded."""
+    mean: float = AUDIOSET_MEAN
+    std: float = AUDIOSET_STD
+    """Fbank normalisation (x - mean) / (2 std); `percli`'s compute_fbank_stats gives yours."""
+    roll_mag_aug: bool = True
+    freqm: int = 0
+    timem: int = 0
+    """SpecAugment maximum widths (AudioSet finetuning: 48 mel bins, 192 frames)."""
+    mixup: float = 0.0
+    """Probability of mixing a clip with another (waveform mixup, lambda ~ Beta(10, 10))."""
+    embedded_size: int = 800
+    """Clips in the embedded training split (its val split has a quarter of that)."""
+
+
+def audio_dataset(data: AudioDataSection, source: str, split: str, train: bool) -> Dataset:
+    """Fbank dataset for `source`; augmentations only when `train`."""
+    features = dict(sample_rate=data.sample_rate, num_mel_bins=data.num_mel_bins, target_length=data.target_length,
+                    mean=data.mean, std=data.std, train=train)
+    if train:
+        features.update(freqm=data.freqm, timem=data.timem, roll_mag_aug=data.roll_mag_aug, mixup=data.mixup)
+    if source == "embedded":
+        size = data.embedded_size if split == "train" else max(data.embedded_size // 4, 1)
+        return build_dataset(source, kind="audio", split=split, num_clips=size, **features)
+    return build_dataset(source, kind="audio", label_csv=data.label_csv, **features)
+
+
+def model_kwargs(kwargs: dict[str, Any], data: AudioDataSection) -> dict[str, Any]:
+    """Constructor arguments with the spectrogram size taken from the data settings."""
+    out = dict(kwargs)
+    size = [data.target_length, data.num_mel_bins]
+    if list(out.setdefault("img_size", size)) != size:
+        raise ConfigError(f"model.kwargs.img_size={list(out['img_size'])} differs from [data.target_length, "
+                          f"data.num_mel_bins]={size}; set one to match the other")
+    return out
+
+
+def validate(cfg: Any) -> None:
+    """Checks a dry run can make without building anything: model name and data paths."""
+    from percli.models import list_models
+
+    if cfg.model.name and cfg.model.name not in list_models():
+        raise ConfigError(f"model.name: unknown model {cfg.model.name!r}; run `percli ls models` for the names")
+    for key in ("source", "val_source", "label_csv"):
+        value = getattr(cfg.data, key)
+        if value and value != "embedded" and not Path(value).expanduser().exists():
+            raise ConfigError(f"data.{key}: {value} does not exist")
+
+
+def _first(dataset: Dataset, n: int) -> torch.Tensor | None:
+    items = []
+    for i in range(len(dataset)):
+        if len(items) == n:
+            break
+        try:
+            items.append(dataset[i]["fbank"])
+        except BadSample:
+            continue
+    return torch.stack(items) if items else None
+
+
+@torch.no_grad()
+def save_spectrogram_reconstructions(model: nn.Module, dataset: Dataset, n: int, mask_ratio: float, path: Path,
+                                     device: torch.device | str = "cpu") -> Path | None:
+    """PNG with one column per clip and rows input / masked input / reconstruction (mel up, time right)."""
+    x = _first(dataset, n)
+    if x is None:
+        return None
+    was_training = model.training
+    model.eval()
+    x = x.to(device)
+    latent, mask, ids_restore = model.forward_encoder(x, mask_ratio, generator=torch.Generator().manual_seed(0))
+    pred = model.forward_decoder(latent, ids_restore)  # [N, L, p*p]
+    model.train(was_training)
+    target = model.patchify(x)
+    if model.norm_pix_loss:  # undo the per-patch normalisation with each true patch's statistics
+        pred = pred * (target.var(dim=-1, keepdim=True) + 1.0e-6) ** 0.5 + target.mean(dim=-1, keepdim=True)
+    removed = mask.unsqueeze(-1).bool()
+    low = float(x.min())
+    masked = model.unpatchify(torch.where(removed, torch.full_like(target, low), target))
+    recon = model.unpatchify(torch.where(removed, pred, target))
+    rows = torch.cat([x, masked, recon])  # [3N, 1, T, F]
+    rows = rows.transpose(-1, -2).flip(-2)  # [3N, 1, F, T], low frequencies at the bottom
+    rows = (rows - rows.amin()) / (rows.amax() - rows.amin() + 1e-8)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    save_image(rows.cpu(), tmp, nrow=x.shape[0], padding=2, pad_value=1.0)
+    os.replace(tmp, path)
+    return path
