@@ -121,6 +121,33 @@ def show_config(
         sys.stdout.write(to_yaml(cfg))
 
 
+@app.command("audio-stats")
+def audio_stats(
+    source: str = typer.Argument(..., help="Audio folder, .jsonl manifest or AST-style .json (or 'embedded')."),
+    label_csv: Path | None = typer.Option(None, "--label-csv", help="Label CSV for AST-style JSON data."),
+    sample_rate: int = typer.Option(16000, help="Resample to this rate before the fbank."),
+    num_mel_bins: int = typer.Option(128, help="Mel bands of the fbank."),
+    max_items: int | None = typer.Option(None, help="Use only the first N clips (faster estimate)."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON object."),
+) -> None:
+    """Fbank mean/std of your audio, for data.mean / data.std of the Audio-MAE recipes.
+
+    Example: [bold]percli audio-stats /data/esc50/audio --max-items 500[/]
+    """
+    from percli.core.data import build_dataset, compute_fbank_stats
+
+    try:
+        extra = {"label_csv": str(label_csv)} if label_csv else {}
+        dataset = build_dataset(source, kind="audio", sample_rate=sample_rate, num_mel_bins=num_mel_bins, **extra)
+        mean, std = compute_fbank_stats(dataset, max_items=max_items)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    if json_out:
+        print(json.dumps({"mean": mean, "std": std}))
+    else:
+        print(f"data.mean={mean:.7g} data.std={std:.7g}")
+
+
 def main() -> None:
     app()
 

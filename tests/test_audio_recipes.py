@@ -62,3 +62,16 @@ def test_img_size_must_match_the_data(tmp_path):
     result = runner.invoke(app, ["pretrain", "audio-mae", "--run-dir", str(tmp_path / "r"), *MAE,
                                  "model.kwargs={img_size: [256, 128]}", "data.target_length=128"])
     assert result.exit_code == 2 and "img_size" in result.output
+
+
+def test_audio_stats_command_matches_the_library(tmp_path):
+    from percli.core.data import build_dataset, compute_fbank_stats
+
+    for i, f in enumerate((300, 900)):
+        _tone(tmp_path / f"{i}.wav", f)
+    result = runner.invoke(app, ["audio-stats", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.stdout)
+    mean, std = compute_fbank_stats(build_dataset(str(tmp_path), kind="audio"))
+    assert got == {"mean": mean, "std": std} and std > 0
+    assert runner.invoke(app, ["audio-stats", str(tmp_path / "missing")]).exit_code == 2

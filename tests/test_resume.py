@@ -4,6 +4,7 @@ import json
 import os
 import signal
 
+import pytest
 from typer.testing import CliRunner
 
 from percli.cli import app
@@ -14,10 +15,15 @@ from tests.conftest import TINY_MAE
 runner = CliRunner()
 ARGS = [*TINY_MAE, "train.max_steps=12", "train.log_every=1", "train.ckpt_every=5", "recon_images=0",
         "data.embedded_size=44"]  # 5 full batches of 8 per epoch (+4 dropped): the stop falls mid-epoch 2
+AUDIO_ARGS = ["model.kwargs={embed_dim: 16, depth: 2, num_heads: 2, decoder_embed_dim: 16, decoder_mode: 1, "
+              "local_decoder_depth: 2, local_decoder_heads: 2, norm_pix_loss: true}", "data.target_length=128",
+              "data.num_mel_bins=64", "data.embedded_size=44", "train.batch_size=8", "train.num_workers=0",
+              "train.max_steps=12", "train.log_every=1", "train.ckpt_every=5", "recon_clips=0"]
 
 
-def test_sigterm_checkpoints_and_resume_reproduces_uninterrupted_loss(tmp_path, monkeypatch):
-    full = runner.invoke(app, ["pretrain", "hiera-mae", "--run-dir", str(tmp_path / "full"), *ARGS])
+@pytest.mark.parametrize("method,args", [("hiera-mae", ARGS), ("audio-mae", AUDIO_ARGS)])
+def test_sigterm_checkpoints_and_resume_reproduces_uninterrupted_loss(tmp_path, monkeypatch, method, args):
+    full = runner.invoke(app, ["pretrain", method, "--run-dir", str(tmp_path / "full"), *args])
     assert full.exit_code == 0, full.output
 
     stop_at = 7
@@ -30,14 +36,14 @@ def test_sigterm_checkpoints_and_resume_reproduces_uninterrupted_loss(tmp_path, 
 
     monkeypatch.setattr(rundir.MetricsLog, "write", write_then_signal)
     part = tmp_path / "part"
-    stopped = runner.invoke(app, ["pretrain", "hiera-mae", "--run-dir", str(part), *ARGS])
+    stopped = runner.invoke(app, ["pretrain", method, "--run-dir", str(part), *args])
     assert stopped.exit_code == 128 + signal.SIGTERM, stopped.output
     summary = json.loads((part / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["step"] == stop_at
     assert sorted(p.name for p in (part / "checkpoints").iterdir()) == ["step_0000005", "step_0000007"]
     monkeypatch.setattr(rundir.MetricsLog, "write", write)
 
-    resumed = runner.invoke(app, ["pretrain", "hiera-mae", "--run-dir", str(part), "--resume"])
+    resumed = runner.invoke(app, ["pretrain", method, "--run-dir", str(part), "--resume"])
     assert resumed.exit_code == 0, resumed.output
     expected = read_metrics(tmp_path / "full" / "metrics.jsonl")
     got = read_metrics(part / "metrics.jsonl")
