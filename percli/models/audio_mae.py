@@ -21,9 +21,7 @@ the official ``torch.rand`` calls) and an optional ``torch.Generator``.
 
 from __future__ import annotations
 
-import argparse
 import math
-import pickle
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -33,8 +31,8 @@ import torch.nn.functional as F
 
 from percli.models import register_model
 from percli.models.audio_mae_decoder import Mlp, SwinDecoderBlock
+from percli.models.common import LoadReport, make_norm, plain, read_state
 from percli.models.hiera import DropPath  # identical stochastic depth
-from percli.models.hiera_utils import LoadReport
 
 # Kaldi fbank statistics of AudioSet used by the official recipes; inputs are (fbank - mean) / (2 * std).
 AUDIOSET_MEAN = -4.2677393
@@ -127,21 +125,6 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # [B, 1, T, F] -> [B, C, T/p, F/p] -> [B, T/p * F/p, C]
         return self.proj(x).flatten(2).transpose(1, 2)
-
-
-def _make_norm(norm_layer: str | Callable[[int], nn.Module]) -> Callable[[int], nn.Module]:
-    # Every official Audio-MAE variant uses LayerNorm(eps=1e-6); a string names a torch.nn class.
-    if isinstance(norm_layer, str):
-        return lambda dim: getattr(nn, norm_layer)(dim, eps=1e-6)
-    return norm_layer
-
-
-def _plain(value: object) -> object:
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    return getattr(value, "__name__", repr(value))
 
 
 # --------------------------------------------------------------------------- masking
@@ -300,7 +283,7 @@ class AudioMaskedAutoencoderViT(nn.Module):
     ):
         args = dict(locals())
         super().__init__()
-        self.config = {k: _plain(v) for k, v in args.items() if k not in ("self", "__class__")}
+        self.config = {k: plain(v) for k, v in args.items() if k not in ("self", "__class__")}
         self.arch = type(self).__name__
         if not audio_exp:
             raise ValueError("audio_exp=False is the image MAE; percli's Audio-MAE models spectrograms only")
@@ -310,7 +293,7 @@ class AudioMaskedAutoencoderViT(nn.Module):
             raise ValueError(f"decoder_mode must be 0 (global) or 1 (local Swin), got {decoder_mode}")
         if any(s % patch_size for s in img_size):
             raise ValueError(f"img_size {list(img_size)} must be a multiple of patch_size {patch_size}")
-        norm = _make_norm(norm_layer)
+        norm = make_norm(norm_layer)
         self.img_size = tuple(img_size)
         self.patch_size, self.in_chans = patch_size, in_chans
         self.decoder_mode = decoder_mode
@@ -525,11 +508,11 @@ class AudioViT(nn.Module):
     ):
         args = dict(locals())
         super().__init__()
-        self.config = {k: _plain(v) for k, v in args.items() if k not in ("self", "__class__")}
+        self.config = {k: plain(v) for k, v in args.items() if k not in ("self", "__class__")}
         self.arch = type(self).__name__
         if use_custom_patch:
             raise NotImplementedError("overlapping (stride-10) patches are not supported; use use_custom_patch=False")
-        norm = _make_norm(norm_layer)
+        norm = make_norm(norm_layer)
         self.img_size, self.patch_size = tuple(img_size), patch_size
         self.global_pool, self.mask_2d = global_pool, mask_2d
         self.num_features = embed_dim
@@ -625,38 +608,6 @@ def _vit_init(m: nn.Module) -> None:
 # --------------------------------------------------------------------------- checkpoints
 
 MAE_ONLY_PREFIXES = ("decoder_", "mask_token")
-
-
-def read_state(state_or_path: Mapping[str, torch.Tensor] | str | Path) -> dict[str, torch.Tensor]:
-    """State dict from a mapping, a .safetensors file or an official .pth (``weights_only=True``).
-
-    Official Audio-MAE checkpoints are ``{"model", "optimizer", "epoch", "scaler", "args"}`` where
-    ``args`` is an ``argparse.Namespace``. Only that class is allowed in addition to the default
-    safe types; anything else refuses to load with instructions.
-    """
-    if isinstance(state_or_path, str | Path):
-        path = Path(state_or_path)
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            try:
-                with torch.serialization.safe_globals([argparse.Namespace]):
-                    state = torch.load(path, map_location="cpu", weights_only=True)
-            except pickle.UnpicklingError as err:
-                raise RuntimeError(
-                    f"{path} holds Python objects that percli will not unpickle (weights_only=True): {err}\n"
-                    "Convert it once in an environment you trust, keeping only the tensors, e.g.\n"
-                    "  sd = torch.load(path, map_location='cpu', weights_only=False)['model']\n"
-                    "  safetensors.torch.save_file({k: v.contiguous() for k, v in sd.items()}, 'model.safetensors')\n"
-                    "and load the .safetensors file.") from err
-    else:
-        state = state_or_path
-    for wrapper in ("model", "state_dict", "model_state"):
-        if isinstance(state.get(wrapper), Mapping):
-            state = state[wrapper]
-    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
 def convert_official_to_timm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

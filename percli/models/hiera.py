@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from functools import partial
 
 import torch
 import torch.nn as nn
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 
 from percli.models import hiera_utils as hu
 from percli.models import register_model
+from percli.models.common import make_norm, plain
 
 # checkpoint plumbing lives beside the geometry; importable from here as the model's API
 from percli.models.hiera_utils import (  # noqa: F401
@@ -172,21 +172,6 @@ class PatchEmbed(nn.Module):
         return x.flatten(2).transpose(1, 2)
 
 
-def _make_norm(norm_layer: str | Callable[[int], nn.Module]) -> Callable[[int], nn.Module]:
-    if isinstance(norm_layer, str):
-        return partial(getattr(nn, norm_layer), eps=1e-6)
-    return norm_layer
-
-
-def _plain(value: object) -> object:
-    """Constructor arguments as JSON-friendly values (tuples -> lists)."""
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    return getattr(value, "__name__", repr(value))
-
-
 class Hiera(nn.Module):
     """Hierarchical ViT for images ([B, C, H, W]) and videos ([B, C, T, H, W]).
 
@@ -230,11 +215,11 @@ class Hiera(nn.Module):
     ):
         args = dict(locals())  # before anything else is bound: exactly the constructor arguments
         super().__init__()
-        self.config = {k: _plain(v) for k, v in args.items() if k not in ("self", "__class__")}
+        self.config = {k: plain(v) for k, v in args.items() if k not in ("self", "__class__")}
         self.arch = type(self).__name__
         if q_pool >= len(stages):
             raise ValueError(f"q_pool={q_pool} must be smaller than the number of stages ({len(stages)})")
-        norm_layer = _make_norm(norm_layer)
+        norm_layer = make_norm(norm_layer)
         self.input_size = list(input_size)
         self.patch_stride = list(patch_stride)
         self.q_pool, self.q_stride = q_pool, list(q_stride)
@@ -462,7 +447,7 @@ class MaskedAutoencoderHiera(Hiera):
                          norm_layer=norm_layer, **kwargs)
         self.config.update(decoder_embed_dim=decoder_embed_dim, decoder_depth=decoder_depth,
                            decoder_num_heads=decoder_num_heads, default_mask_ratio=default_mask_ratio)
-        norm_layer = _make_norm(norm_layer)
+        norm_layer = make_norm(norm_layer)
         is_video = len(self.q_stride) == 3
         self.default_mask_ratio = default_mask_ratio if default_mask_ratio is not None else (0.9 if is_video else 0.6)
         # Built then deleted (not skipped) so the seeded init matches the official one draw for draw.

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from percli.models.common import LoadReport, read_state
 
 Schedule = Sequence[Sequence[int]]
 
@@ -291,35 +292,6 @@ def normalize_patches(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 # Tensors only the MAE has; a classifier built from an MAE checkpoint drops them.
 MAE_ONLY_PREFIXES = ("encoder_norm.", "multi_scale_fusion_heads.", "decoder_", "mask_token")
 _HEAD = ("head.projection.weight", "head.projection.bias")
-
-
-@dataclass
-class LoadReport:
-    """What `load_official_state` did besides loading every matching tensor."""
-
-    source_format: str = "official"  # or "timm"
-    dropped: list[str] = field(default_factory=list)  # checkpoint keys not used
-    missing: list[str] = field(default_factory=list)  # model keys left at their init
-    head_reset: bool = False  # the checkpoint's classifier had another num_classes
-
-
-def read_state(state_or_path: Mapping[str, torch.Tensor] | str | Path) -> dict[str, torch.Tensor]:
-    """Load a state dict from a .pth/.pt (weights only) or .safetensors file and unwrap it."""
-    if isinstance(state_or_path, str | Path):
-        path = Path(state_or_path)
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            # weights_only: the official .pth is a pickle; never execute code from a download
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    else:
-        state = state_or_path
-    for wrapper in ("model_state", "state_dict", "model"):  # official, then common trainer wrappers
-        if isinstance(state.get(wrapper), Mapping):
-            state = state[wrapper]
-    return dict(state)
 
 
 def _renamed(key: str, renames: Mapping[str, str]) -> str:

@@ -1,0 +1,70 @@
+"""Helpers every model family shares: config capture, norm layers, checkpoint reading."""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+
+def make_norm(norm_layer: str | Callable[[int], nn.Module]) -> Callable[[int], nn.Module]:
+    """A norm factory; a string names a torch.nn class, built with the official eps of 1e-6."""
+    if isinstance(norm_layer, str):
+        return lambda dim: getattr(nn, norm_layer)(dim, eps=1e-6)
+    return norm_layer
+
+
+def plain(value: object) -> object:
+    """JSON-ready form of a constructor argument (tuples become lists, callables their name)."""
+    if isinstance(value, tuple | list):
+        return [plain(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return getattr(value, "__name__", repr(value))
+
+
+@dataclass
+class LoadReport:
+    """What a family's `load_official_state` did besides loading every matching tensor."""
+
+    source_format: str = "official"  # or "timm"
+    dropped: list[str] = field(default_factory=list)  # checkpoint keys not used
+    missing: list[str] = field(default_factory=list)  # model keys left at their init
+    head_reset: bool = False  # the checkpoint's classifier had another num_classes
+
+
+def read_state(state_or_path: Mapping[str, torch.Tensor] | str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a state dict from a mapping, a .safetensors file or an official .pth.
+
+    A .pth is read with ``weights_only=True``; besides the default safe types only
+    ``argparse.Namespace`` is allowed (the MAE-family checkpoints store their ``args`` so). The
+    official wrappers (``model_state``, ``model``, ``state_dict``) are unwrapped.
+    """
+    if isinstance(state_or_path, str | Path):
+        path = Path(state_or_path)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            try:
+                with torch.serialization.safe_globals([argparse.Namespace]):
+                    state = torch.load(path, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError as err:
+                raise RuntimeError(
+                    f"{path} holds Python objects that percli will not unpickle (weights_only=True): {err}\n"
+                    "Convert it once in an environment you trust, keeping only the tensors, e.g.\n"
+                    "  sd = torch.load(path, map_location='cpu', weights_only=False)['model']\n"
+                    "  safetensors.torch.save_file({k: v.contiguous() for k, v in sd.items()}, 'model.safetensors')\n"
+                    "and load the .safetensors file.") from err
+    else:
+        state = state_or_path
+    for wrapper in ("model_state", "model", "state_dict"):
+        if isinstance(state.get(wrapper), Mapping):
+            state = state[wrapper]
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
