@@ -36,6 +36,10 @@ def test_show_config_and_dry_run():
     dry = invoke("pretrain", "hiera-mae", "--dry-run", "--json", "train.max_steps=7")
     assert dry.exit_code == 0 and json.loads(dry.stdout)["train"]["max_steps"] == 7
     assert invoke("show-config", "no-such-method").exit_code == 2
+    shared = invoke("show-config", "audio-mae")  # pretrain and finetune both have it
+    assert shared.exit_code == 2 and "--verb finetune" in shared.output
+    ft = json.loads(invoke("show-config", "audio-mae", "--verb", "finetune", "--json").stdout)
+    assert ft["model"]["name"] == "audiomae_vit_base_patch16" and ft["optim"]["layer_decay"] == 0.75
 
 
 def test_bad_config_names_key_and_fix(tmp_path):
