@@ -75,3 +75,18 @@ def test_audio_stats_command_matches_the_library(tmp_path):
     mean, std = compute_fbank_stats(build_dataset(str(tmp_path), kind="audio"))
     assert got == {"mean": mean, "std": std} and std > 0
     assert runner.invoke(app, ["audio-stats", str(tmp_path / "missing")]).exit_code == 2
+
+
+def test_eval_classify_on_an_audio_checkpoint(tmp_path):
+    ft = runner.invoke(app, ["finetune", "audio-mae", "--run-dir", str(tmp_path / "ft"), "--json", *CLS,
+                             "train.max_steps=2"])
+    assert ft.exit_code == 0, ft.output
+    trained = json.loads(ft.stdout)
+    ev = runner.invoke(app, ["eval", "classify", "--run-dir", str(tmp_path / "ev"), "--json",
+                             f"checkpoint={trained['checkpoint']}", "data.embedded_size=48", "train.num_workers=0",
+                             "train.batch_size=8"])
+    assert ev.exit_code == 0, ev.output
+    # same checkpoint, same held-out clips: eval reproduces the finetune run's final evaluation
+    metrics = json.loads(ev.stdout)["metrics"]
+    assert metrics["count"] == trained["metrics"]["eval/count"]
+    assert metrics["top1"] == trained["metrics"]["eval/top1"]

@@ -113,20 +113,29 @@ class AudioClassifyTask:
         return {"loss": loss}
 
     def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
-        logits = model(batch["fbank"]).float()
-        if self.multilabel:
-            return {"scores": torch.sigmoid(logits), "targets": batch["target"].float()}
-        labels = batch["label"]
-        loss = F.cross_entropy(logits, labels, reduction="sum")
-        return {"count": float(labels.numel()), "loss_sum": float(loss), **topk_counts(logits, labels)}
+        return audio_eval_step(model, batch, self.multilabel)
 
     def eval_reduce(self, totals: dict[str, Any]) -> dict[str, float]:
-        if self.multilabel:
-            return multilabel_metrics(totals["scores"], totals["targets"]) if "scores" in totals else {}
-        return classification_metrics(totals)
+        return audio_eval_reduce(totals, self.multilabel)
 
     def finish(self, model: nn.Module, run_dir: Path, accelerator: Accelerator) -> dict[str, Any]:
         return {"classes": self.classes, "multilabel": self.multilabel}
+
+
+def audio_eval_step(model: nn.Module, batch: dict[str, Any], multilabel: bool) -> dict[str, Any]:
+    """Per-clip scores and targets (multi-label, for mAP) or summable top-k counts (single-label)."""
+    logits = model(batch["fbank"]).float()
+    if multilabel:
+        return {"scores": torch.sigmoid(logits), "targets": batch["target"].float()}
+    labels = batch["label"]
+    loss = F.cross_entropy(logits, labels, reduction="sum")
+    return {"count": float(labels.numel()), "loss_sum": float(loss), **topk_counts(logits, labels)}
+
+
+def audio_eval_reduce(totals: dict[str, Any], multilabel: bool) -> dict[str, float]:
+    if multilabel:
+        return multilabel_metrics(totals["scores"], totals["targets"]) if "scores" in totals else {}
+    return classification_metrics(totals)
 
 
 def run(cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool = False) -> dict[str, Any]:

@@ -1,12 +1,14 @@
-"""Top-1 / top-5 accuracy of a classification checkpoint on a dataset (JSON summary).
+"""Accuracy (top-1 / top-5) or, for multi-label audio, mAP / d-prime of a classification checkpoint.
 
 The checkpoint rebuilds its own model (name, constructor arguments, preprocessing and class
-names travel in its metadata). An official Hiera .pth carries none of that: name the model
-with model.name and the data's classes must be in the checkpoint's order.
+names travel in its metadata): Hiera image/video classifiers and Audio-MAE classifiers. An
+official .pth carries none of that: name the model with model.name and the data's classes must
+be in the checkpoint's order.
 
 Examples:
   percli eval classify checkpoint=runs/finetune-hiera-X/checkpoints/step_0000600
   percli eval classify checkpoint=hiera_base_224.pth model.name=hiera_base_224 data.source=/data/imagenet/val --json
+  percli eval classify checkpoint=runs/finetune-audio-mae-X/checkpoints/step_0000600 data.source=/data/esc50/val
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from percli.core.config import TrainConfig
 from percli.core.engine import BadInputLog, evaluate
 from percli.core.rundir import write_json_atomic
 from percli.models import create_model
+from percli.recipes.audio_classify import audio_eval_reduce, audio_eval_step
+from percli.recipes.audio_common import AudioDataSection, audio_dataset
 from percli.recipes.common import (
     DataSection,
     ModelSection,
@@ -45,6 +49,8 @@ class Config:
     """percli checkpoint dir / model .safetensors, or an official .pth (then set model.name)."""
     model: ModelSection = dataclasses.field(default_factory=lambda: ModelSection(name=""))
     data: DataSection = dataclasses.field(default_factory=DataSection)
+    label_csv: str | None = None
+    """Audio: label CSV for AST-style JSON data."""
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(batch_size=64))
     """Only batch_size, num_workers, mixed_precision, cpu and seed are used."""
 
@@ -70,7 +76,7 @@ def _load_model(cfg: Config) -> tuple[nn.Module, dict[str, Any]]:
     meta: dict[str, Any] = {}
     if path.is_dir() or path.suffix == ".safetensors":
         state, meta = ckpt.read_weights(path)
-        if meta.get("task") != "classify" and not cfg.model.name:
+        if meta.get("task") not in ("classify", "audio-classify") and not cfg.model.name:
             raise ValueError(f"{path} is a {meta.get('task', 'non-percli')} checkpoint, not a classifier; "
                              "finetune it first (percli finetune hiera) or set model.name")
     name = cfg.model.name or meta.get("name")
@@ -82,23 +88,50 @@ def _load_model(cfg: Config) -> tuple[nn.Module, dict[str, Any]]:
     return model, meta
 
 
-def run(cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool = False) -> dict[str, Any]:
-    model, meta = _load_model(cfg)
+class _AudioEvalTask:
+    def __init__(self, multilabel: bool):
+        self.multilabel = multilabel
+
+    def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+        return audio_eval_step(model, batch, self.multilabel)
+
+    def eval_reduce(self, totals: dict[str, Any]) -> dict[str, float]:
+        return audio_eval_reduce(totals, self.multilabel)
+
+
+def _audio_setup(cfg: Config, meta: dict[str, Any], model: nn.Module, source: str):
+    audio = AudioDataSection(source=source, label_csv=cfg.label_csv, embedded_size=cfg.data.embedded_size, **{
+        k: meta[k] for k in ("sample_rate", "num_mel_bins", "target_length", "mean", "std") if k in meta})
+    if "target_length" not in meta:  # an official checkpoint: its input size decides the frames and bins
+        audio.target_length, audio.num_mel_bins = model.config["img_size"]
+    dataset = audio_dataset(audio, source, "val", train=False)
+    multilabel = meta.get("multilabel", bool(getattr(dataset, "multilabel", False)))
+    return dataset, _AudioEvalTask(multilabel)
+
+
+def _image_setup(cfg: Config, meta: dict[str, Any], model: nn.Module, source: str):
     video = is_video(model)
     input_size = tuple(meta.get("input_size") or model.config["input_size"])
     data = cfg.data
     if data.mean is None and meta.get("mean"):
         data = dataclasses.replace(data, mean=tuple(meta["mean"]), std=tuple(meta["std"]))
-    source = data.val_source or data.source
     dataset = classification_dataset(source, "val", False, data, input_size, video,
                                      crop_pct=meta.get("crop_pct", 0.875))
+    return dataset, _EvalTask(video)
+
+
+def run(cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool = False) -> dict[str, Any]:
+    model, meta = _load_model(cfg)
+    source = cfg.data.val_source or cfg.data.source
+    audio = "img_size" in model.config  # Audio-MAE models take fbank "images"
+    dataset, task = (_audio_setup if audio else _image_setup)(cfg, meta, model, source)
     classes = meta.get("classes")
     if classes and getattr(dataset, "classes", None) and list(dataset.classes) != list(classes):
         raise ValueError(f"the classes of {source} differ from the checkpoint's ({len(dataset.classes)} vs "
                          f"{len(classes)}); evaluate on data labelled like the training set")
     model = accelerator.prepare(model)
     bad = BadInputLog()
-    metrics = evaluate(_EvalTask(video), model, dataset, accelerator, cfg.train, bad)
+    metrics = evaluate(task, model, dataset, accelerator, cfg.train, bad)
     if accelerator.num_processes > 1:  # each rank saw its own shard's unreadable files
         merged = BadInputLog()
         for files in gather_object([bad.files]):
