@@ -66,7 +66,7 @@ RECIPES: list[Recipe] = [
     Recipe("finetune", "audio-mae", "percli.recipes.audio_classify",
            "Audio-MAE classification: multi-label (mAP, d-prime) or single-label (accuracy)", "tiny"),
     Recipe("eval", "classify", "percli.recipes.classify_eval",
-           "Top-1/top-5 accuracy of a classification checkpoint on a dataset", None),
+           "Top-1/top-5 (or multi-label mAP) of a Hiera or Audio-MAE classifier checkpoint on a dataset", None),
 ]
 
 
