@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 import percli
+from percli.commands.curate import curate_app
 from percli.commands.run import fail, run_recipe
 from percli.core.config import to_dict, to_yaml
 from percli.recipes import RECIPES, Recipe, find_method
@@ -64,6 +65,8 @@ def _add_run_command(group: typer.Typer, recipe: Recipe) -> None:
     module_doc = (recipe.load().__doc__ or "").strip()
     group.command(recipe.method, help=f"{recipe.summary}.\n\n{module_doc}", no_args_is_help=False)(command)
 
+
+app.add_typer(curate_app, name="curate")
 
 for verb, verb_help in VERB_HELP.items():
     group = typer.Typer(help=verb_help, no_args_is_help=True)

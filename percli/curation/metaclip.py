@@ -1,0 +1,396 @@
+"""MetaCLIP 1 curation: sub-string matching against metadata, entry counts, balancing.
+
+Semantics follow the official v1 code (facebookresearch/MetaCLIP, `metaclip1/substr_matching.py`
+and `balancing.py`), rewritten from the formulas:
+
+* Matching. A text matches entry e when `" " + e + " "` is a substring of `spacing(text)`:
+  whole words, case-sensitive, overlaps allowed, no Unicode normalisation.
+* Counts. c_e is the number of texts that match e; a text counts once per distinct entry.
+* Balancing (the paper's Algorithm 1). A text with matched set m(x) is kept with probability
+  P(x) = 1 - prod_{e in m(x)} (1 - min(1, t / c_e)); texts that match a tail entry (c_e <= t) are
+  always kept, texts that match nothing never. The expected curated size is sum_x P(x).
+
+The official script flips one coin per matched entry with the process-global `random`; here one
+uniform per text, drawn from a hash of (seed, record key), is compared with P(x). The keep
+probability is the same, and the decision no longer depends on record order, sharding or the
+number of processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from percli.core.rundir import write_json_atomic
+
+PUNCTS_TO_WRAP = ",.;:?!`"
+CHARS_TO_SPACE = "\t\n\r"
+# One translate() does what the official chain of str.replace calls does: each punctuation mark
+# becomes " p ", then tab/newline/return become a space. The replacements never produce a
+# character that a later replacement would touch, so the order does not matter.
+_SPACING_TABLE = str.maketrans({**{p: f" {p} " for p in PUNCTS_TO_WRAP}, **{c: " " for c in CHARS_TO_SPACE}})
+
+
+def spacing(text: str) -> str:
+    """The official v1 text normalisation: pad with spaces, respace punctuation, blank out tabs/newlines."""
+    return f" {text} ".translate(_SPACING_TABLE)
+
+
+def spaced_entry(entry: str) -> str:
+    """The official v1 entry normalisation: one space on each side."""
+    return f" {entry} "
+
+
+def reference_match(text: str, entries: Sequence[str]) -> list[int]:
+    """The official naive matcher (one `in` per entry); slow, kept as the ground truth for tests."""
+    spaced = spacing(text)
+    return [i for i, entry in enumerate(entries) if spaced_entry(entry) in spaced]
+
+
+class MetadataMatcher:
+    """Finds every metadata entry whose spaced form is a substring of a spaced text.
+
+    Exactly equivalent to `reference_match` for every entry, including entries with double
+    spaces, leading/trailing spaces, punctuation or the empty string. Why: the spaced text
+    starts and ends with a space, so it is `" " + " ".join(tokens) + " "` with
+    `tokens = spacing(text).split(" ")[1:-1]` (tokens may be empty). A substring that starts and
+    ends with a space starts and ends at two of those separating spaces, so `" " + e + " "` occurs
+    in the text if and only if `e == " ".join(tokens[a:b])` for some a < b. The matcher therefore
+    looks up contiguous token runs in a dict of entries, extending a run only while it is a prefix
+    (in whole tokens) of some entry. Entries that can never match (e.g. `St. Louis`, whose "St." is
+    never a token of a spaced text) are simply never found.
+
+    Args:
+        entries: the metadata; an entry's index is its id. Duplicate strings share their matches.
+    """
+
+    def __init__(self, entries: Sequence[str]):
+        self.entries = list(entries)
+        self._ids: dict[str, list[int]] = {}
+        self._prefixes: set[str] = set()  # joined proper token-prefixes of multi-token entries
+        for entry_id, entry in enumerate(self.entries):
+            if not isinstance(entry, str):
+                raise ValueError(f"metadata entry {entry_id} is {type(entry).__name__}, not a string")
+            self._ids.setdefault(entry, []).append(entry_id)
+            parts = entry.split(" ")
+            for n in range(1, len(parts)):
+                self._prefixes.add(" ".join(parts[:n]))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def match(self, text: str) -> list[int]:
+        """Sorted distinct ids of the entries that `text` matches."""
+        tokens = spacing(text).split(" ")
+        ids = self._ids
+        prefixes = self._prefixes
+        found: set[int] = set()
+        last = len(tokens) - 1  # tokens[0] and tokens[-1] are the empty strings outside the padding
+        for start in range(1, last):
+            run = tokens[start]
+            end = start + 1
+            while True:
+                hit = ids.get(run)
+                if hit is not None:
+                    found.update(hit)
+                if end >= last or run not in prefixes:
+                    break
+                run = f"{run} {tokens[end]}"
+                end += 1
+        return sorted(found)
+
+    def match_many(self, texts: Iterable[str]) -> list[list[int]]:
+        """`match` over many texts."""
+        return [self.match(text) for text in texts]
+
+
+def entry_counts(matches: Iterable[Sequence[int]], num_entries: int) -> np.ndarray:
+    """c_e for every entry (uint64): the number of texts whose match list holds e, once per text."""
+    counts = np.zeros(num_entries, dtype=np.uint64)
+    flat: list[int] = []
+    for ids in matches:
+        flat.extend(set(ids))
+        if len(flat) > 1 << 20:  # bound memory on large pools
+            counts += np.bincount(np.asarray(flat, dtype=np.int64), minlength=num_entries).astype(np.uint64)
+            flat.clear()
+    if flat:
+        counts += np.bincount(np.asarray(flat, dtype=np.int64), minlength=num_entries).astype(np.uint64)
+    return counts
+
+
+def entry_probabilities(counts: np.ndarray, t: float) -> np.ndarray:
+    """p_e = min(1, t / c_e); entries with c_e = 0 (seen by no counted text) count as tail, p_e = 1."""
+    _check_t(t)
+    c = np.asarray(counts, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return np.where(c > t, t / np.maximum(c, 1.0), 1.0)
+
+
+def keep_probability(ids: Sequence[int], counts: np.ndarray, t: float) -> float:
+    """P(x) = 1 - prod_{e in ids} (1 - min(1, t / c_e)); 0 when `ids` is empty, 1 when one entry is tail."""
+    _check_t(t)
+    miss = 1.0
+    for e in set(ids):
+        c = float(counts[e])
+        if c <= t:
+            return 1.0
+        miss *= 1.0 - t / c
+    return 0.0 if not ids else 1.0 - miss
+
+
+def keep_probabilities(matches: Sequence[Sequence[int]], counts: np.ndarray, t: float) -> np.ndarray:
+    """`keep_probability` for many texts at once (float64 array, one value per text)."""
+    p_entry = entry_probabilities(counts, t)
+    distinct = [sorted(set(ids)) for ids in matches]
+    lengths = np.fromiter((len(ids) for ids in distinct), dtype=np.int64, count=len(distinct))
+    probs = np.zeros(len(distinct), dtype=np.float64)
+    nonempty = lengths > 0
+    if not nonempty.any():
+        return probs
+    flat = np.fromiter((e for ids in distinct for e in ids), dtype=np.int64, count=int(lengths.sum()))
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))[nonempty]
+    # reduceat over the non-empty segments only: an empty segment would repeat its neighbour's value.
+    probs[nonempty] = 1.0 - np.multiply.reduceat(1.0 - p_entry[flat], starts)
+    return probs
+
+
+def expected_kept(probs: Iterable[float]) -> float:
+    """E|D*| = sum of the keep probabilities."""
+    return float(np.sum(np.fromiter(probs, dtype=np.float64)))
+
+
+def keep_uniform(key: str, seed: int) -> float:
+    """A uniform in [0, 1) from a stable hash of (seed, key): the same on every machine and process."""
+    digest = hashlib.blake2b(f"{seed}\x1f{key}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return (int.from_bytes(digest, "big") >> 11) / float(1 << 53)
+
+
+def keep_decision(key: str, prob: float, seed: int) -> bool:
+    """Keep the record `key` with probability `prob`; deterministic per (seed, key)."""
+    return keep_uniform(key, seed) < prob
+
+
+def record_key(record: dict[str, Any], text: str) -> str:
+    """What the keep coin is tied to: the record's uuid or id when it has one, else the text."""
+    for field in ("uuid", "id"):
+        value = record.get(field)
+        if value is not None and not isinstance(value, (dict, list)):
+            return str(value)
+    return text
+
+
+def _check_t(t: float) -> None:
+    if not t > 0:  # also rejects NaN
+        raise ValueError(f"t must be > 0 (got {t}); use a large t (or inf) to keep every matched text")
+
+
+# ---------------------------------------------------------------------------------------------
+# Metadata and JSONL streaming
+
+
+def load_metadata(path: str | Path) -> list[str]:
+    """Read metadata: the official `metadata.json` (a JSON list of strings) or text, one entry per line.
+
+    Text files keep every character of a line except its line ending (entries are case- and
+    space-sensitive); empty lines are skipped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"metadata file {path} does not exist")
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"metadata file {path} is not UTF-8 text ({e})") from None
+    if path.suffix == ".json" or raw.lstrip().startswith("["):
+        try:
+            entries = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"metadata file {path} is not valid JSON ({e})") from None
+        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+            raise ValueError(f"metadata file {path} must hold a JSON list of strings (like MetaCLIP's metadata.json)")
+    else:
+        entries = [line for line in raw.splitlines() if line]
+    if not entries:
+        raise ValueError(f"metadata file {path} holds no entries")
+    return entries
+
+
+def load_entry_counts(path: str | Path, entries: Sequence[str]) -> np.ndarray:
+    """Counts saved as {entry: count} (our `entry_counts.json`, or the official `entry_counts_400m.json`)."""
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object {{entry: count}}")
+    return np.array([int(data.get(e, 0)) for e in entries], dtype=np.uint64)
+
+
+class BadRecords:
+    """Counts malformed input lines and remembers the first few, for the summary."""
+
+    def __init__(self, keep: int = 10):
+        self.count = 0
+        self.examples: list[dict[str, Any]] = []
+        self._keep = keep
+
+    def add(self, path: Path, line_no: int, reason: str) -> None:
+        self.count += 1
+        if len(self.examples) < self._keep:
+            self.examples.append({"file": str(path), "line": line_no, "reason": reason})
+
+
+def read_records(path: str | Path, text_field: str = "text",
+                 bad: BadRecords | None = None) -> Iterator[tuple[int, dict[str, Any], str]]:
+    """Yield (line number, record, text) for each usable line of a JSONL file.
+
+    Lines that are not UTF-8 JSON objects with a string `text_field` are skipped and counted in
+    `bad`; blank lines are skipped silently.
+    """
+    path = Path(path)
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            reason = None
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                reason = "not UTF-8"
+            except json.JSONDecodeError as e:
+                reason = f"bad JSON: {e.msg}"
+            else:
+                if not isinstance(record, dict):
+                    reason = "not a JSON object"
+                elif text_field not in record:
+                    reason = f"no {text_field!r} field"
+                elif not isinstance(record[text_field], str):
+                    reason = f"{text_field!r} is not a string"
+            if reason is not None:
+                if bad is not None:
+                    bad.add(path, line_no, reason)
+                continue
+            yield line_no, record, record[text_field]
+
+
+def count_jsonl(inputs: Sequence[Path], matcher: MetadataMatcher, text_field: str = "text",
+                bad: BadRecords | None = None) -> tuple[np.ndarray, int, int]:
+    """Pass 1: entry counts over JSONL files. Returns (counts, texts read, texts matched).
+
+    Counts of disjoint shards add up: sum the vectors of separate runs to get the pool's counts.
+    """
+    texts = matched = 0
+
+    def matches() -> Iterator[list[int]]:
+        nonlocal texts, matched
+        for path in inputs:
+            for _, _, text in read_records(path, text_field, bad):
+                ids = matcher.match(text)
+                texts += 1
+                matched += bool(ids)
+                yield ids
+
+    counts = entry_counts(matches(), len(matcher))
+    return counts, texts, matched
+
+
+def _output_names(inputs: Sequence[Path]) -> list[str]:
+    stems = [Path(p).name.removesuffix(".jsonl") for p in inputs]
+    return [f"{stem}.jsonl" if stems.count(stem) == 1 else f"{stem}-{i}.jsonl" for i, stem in enumerate(stems)]
+
+
+def curate_jsonl(inputs: Sequence[str | Path], output_dir: str | Path, entries: Sequence[str], t: float,
+                 seed: int = 0, text_field: str = "text", counts: np.ndarray | None = None,
+                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """MetaCLIP-curate JSONL files into `output_dir`; returns the summary (also saved as summary.json).
+
+    Pass 1 matches every text of every input and counts entries (skipped when `counts` is given,
+    e.g. the summed counts of a whole pool when this call handles one shard of it). Pass 2 matches
+    again and writes the kept records to `output_dir/curated/<input name>.jsonl`, each with a
+    `"metaclip_entries"` list of matched ids. All files are written to a temp name, then renamed.
+
+    Args:
+        inputs: JSONL files with one record (a JSON object) per line.
+        output_dir: where curated/, entry_counts.json and summary.json go (created if missing).
+        entries: the metadata list.
+        t: the balancing threshold (20,000 for MetaCLIP-400M); must be > 0; inf keeps all matched texts.
+        seed: seeds the per-record keep coins.
+        text_field: the record field holding the alt-text.
+        counts: global entry counts to balance with, instead of counting `inputs`.
+        log: called with progress lines.
+    """
+    _check_t(t)
+    inputs = [Path(p) for p in inputs]
+    for path in inputs:
+        if not path.is_file():
+            raise FileNotFoundError(f"input {path} does not exist")
+    output_dir = Path(output_dir)
+    say = log or (lambda _msg: None)
+    matcher = MetadataMatcher(entries)
+    bad = BadRecords()
+    counted_here = counts is None
+    if counts is None:
+        counts, _, _ = count_jsonl(inputs, matcher, text_field, bad)
+        say(f"pass 1: counted {int((counts > 0).sum())} matched entries over {len(inputs)} file(s)")
+    else:
+        counts = np.asarray(counts, dtype=np.uint64)
+        if counts.shape != (len(entries),):
+            raise ValueError(f"counts has shape {counts.shape}, expected ({len(entries)},) for this metadata")
+    p_entry = entry_probabilities(counts, t)
+
+    (output_dir / "curated").mkdir(parents=True, exist_ok=True)
+    # Pass 2 re-reads the files; bad lines are counted here only when pass 1 did not run.
+    bad2 = bad if not counted_here else None
+    texts = matched = kept = 0
+    prob_sum = var_sum = 0.0
+    outputs = []
+    for path, name in zip(inputs, _output_names(inputs)):
+        target = output_dir / "curated" / name
+        tmp = target.with_name(f".{name}.tmp-{os.getpid()}")
+        with tmp.open("w", encoding="utf-8") as out:
+            for _, record, text in read_records(path, text_field, bad2):
+                texts += 1
+                ids = matcher.match(text)
+                if not ids:
+                    continue
+                matched += 1
+                prob = 1.0 - math.prod(1.0 - float(p_entry[e]) for e in ids)
+                prob_sum += prob
+                var_sum += prob * (1.0 - prob)
+                if keep_decision(record_key(record, text), prob, seed):
+                    kept += 1
+                    record["metaclip_entries"] = ids
+                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        os.replace(tmp, target)
+        outputs.append(str(target))
+        say(f"pass 2: {path} -> {target}")
+
+    write_json_atomic(output_dir / "entry_counts.json", {e: int(c) for e, c in zip(entries, counts)})
+    nonzero = counts > 0
+    summary = {
+        "method": "metaclip",
+        "texts_read": texts,
+        "matched": matched,
+        "kept": kept,
+        "expected_kept": prob_sum,
+        "kept_sd": math.sqrt(var_sum),
+        "kept_fraction_of_matched": kept / matched if matched else 0.0,
+        "bad_records": bad.count,
+        "bad_examples": bad.examples,
+        "t": t,
+        "seed": seed,
+        "text_field": text_field,
+        "num_entries": len(entries),
+        "entries_matched": int(nonzero.sum()),
+        "head_entries": int((counts > t).sum()),
+        "counts_from": "inputs" if counted_here else "given",
+        "inputs": [str(p) for p in inputs],
+        "outputs": outputs,
+        "output_dir": str(output_dir),
+    }
+    write_json_atomic(output_dir / "summary.json", summary)
+    return summary
