@@ -269,3 +269,76 @@ def test_cli_rejects_bad_input(tmp_path):
         result = runner.invoke(cli, ["curate", "metaclip", *args, "--output", str(tmp_path / "o")])
         assert result.exit_code == 2, (args, result.output)
         assert message in result.stderr, (args, result.stderr)
+
+
+def read_outputs(out_dir, names):
+    return {name: (out_dir / "curated" / name).read_text().splitlines() for name in names}
+
+
+def test_resume_after_a_crash_skips_finished_shards_and_loses_nothing(tmp_path, monkeypatch):
+    import percli.curation.metaclip as metaclip
+
+    pool, entries = demo_pool(1500, seed=4), demo_metadata()
+    shards = [write_jsonl(tmp_path / f"s{i}.jsonl", pool[i * 500:(i + 1) * 500], ["{bad"] if i == 2 else [])
+              for i in range(3)]
+    names = [p.name for p in shards]
+    full = curate_jsonl(shards, tmp_path / "full", entries, t=25, seed=1)
+
+    real = metaclip._curate_shard
+    calls = []
+
+    def crash_on_second(path, target, *args, **kwargs):
+        calls.append(path.name)
+        if len(calls) == 2:
+            target.with_name(f".{target.name}.tmp-999").write_text("half a file")  # what a crash leaves
+            raise OSError("disk gone")
+        return real(path, target, *args, **kwargs)
+
+    monkeypatch.setattr(metaclip, "_curate_shard", crash_on_second)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="disk gone"):
+        curate_jsonl(shards, out, entries, t=25, seed=1)
+    assert (out / "progress" / "s0.jsonl.json").is_file() and not (out / "progress" / "s1.jsonl.json").exists()
+    seen = []
+    monkeypatch.setattr(metaclip, "_curate_shard", lambda path, *a, **k: seen.append(path.name) or real(path, *a, **k))
+    resumed = curate_jsonl(shards, out, entries, t=25, seed=1, resume=True)
+    assert seen == ["s1.jsonl", "s2.jsonl"] and resumed["resumed_shards"] == 1 == 3 - len(seen)
+    assert read_outputs(out, names) == read_outputs(tmp_path / "full", names)  # record by record
+    keys = ("texts_read", "matched", "kept", "expected_kept", "kept_sd", "bad_records", "bad_examples")
+    assert {k: resumed[k] for k in keys} == {k: full[k] for k in keys} and full["bad_records"] == 1
+    assert (out / "entry_counts.json").read_text() == (tmp_path / "full" / "entry_counts.json").read_text()
+    assert not list(out.rglob(".*tmp*"))
+    with pytest.raises(ValueError, match="other settings"):  # a marker from another seed is not reused
+        curate_jsonl(shards, out, entries, t=25, seed=2, resume=True)
+
+
+def test_cli_resume_continues_the_output_dir(tmp_path):
+    out = tmp_path / "run"
+    first = runner.invoke(cli, ["curate", "metaclip", "--output", str(out), "--json"])
+    assert first.exit_code == 0, first.output
+    (out / "progress" / "demo_pool.jsonl.json").unlink()  # as if the shard had not been marked done
+    again = runner.invoke(cli, ["curate", "metaclip", "--output", str(out), "--json", "--resume"])
+    assert again.exit_code == 0, again.output
+    summary = json.loads(again.stdout)
+    assert summary["resumed_shards"] == 0 and summary["kept"] == json.loads(first.stdout)["kept"]
+    third = runner.invoke(cli, ["curate", "metaclip", "--output", str(out), "--json", "--resume"])
+    assert third.exit_code == 0 and json.loads(third.stdout)["resumed_shards"] == 1
+    both = runner.invoke(cli, ["curate", "metaclip", "--output", str(out), "--resume", "--overwrite"])
+    assert both.exit_code == 2 and "contradict" in both.stderr
+
+
+def test_entry_counts_png_is_written_and_valid(tmp_path):
+    from PIL import Image
+
+    from percli.curation.plot import HEIGHT, WIDTH, save_entry_counts_png
+
+    pool = write_jsonl(tmp_path / "in.jsonl", demo_pool(2000, seed=1))
+    curate_jsonl([pool], tmp_path / "out", demo_metadata(), t=20, seed=0)
+    with Image.open(tmp_path / "out" / "entry_counts.png") as image:
+        assert image.format == "PNG" and image.size == (WIDTH, HEIGHT)
+        image.verify()
+    for counts, t in [(np.zeros(3, dtype=np.uint64), 5.0), (np.array([7], dtype=np.uint64), math.inf)]:
+        path = save_entry_counts_png(counts, t, tmp_path / "edge.png")  # no matches / one entry / t = inf
+        with Image.open(path) as image:
+            assert image.size == (WIDTH, HEIGHT)
+    assert not list(tmp_path.rglob(".*tmp*"))

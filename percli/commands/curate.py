@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -35,16 +36,19 @@ def metaclip(
     output: Path | None = typer.Option(
         None, "--output", "-o", help="Output dir (default runs/curate-metaclip-<UTC time>)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --output dir."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue an interrupted run in --output: shards already curated are skipped."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """MetaCLIP 1 curation: sub-string match texts to metadata, count entries, balance with threshold t.
 
     Writes curated/<input>.jsonl (kept records, each with "metaclip_entries"), entry_counts.json and
     summary.json. Example: [bold]percli curate metaclip pool.jsonl --metadata metadata.json --t 20000[/]
-    (no inputs: a built-in synthetic demo pool).
+    (no inputs: a built-in synthetic demo pool). Under [bold]accelerate launch[/] or torchrun the input
+    files are split over the processes; the output is the same as with one process.
     """
     from percli.curation import demo
-    from percli.curation.metaclip import curate_jsonl, load_metadata
+    from percli.curation.metaclip import curate_jsonl, init_distributed, load_metadata
 
     inputs = list(inputs or [])
     use_demo = not inputs
@@ -67,31 +71,83 @@ def metaclip(
     else:
         entries = demo.demo_metadata()
 
-    out_dir = output or default_run_dir("curate", "metaclip")
-    if out_dir.exists() and not out_dir.is_dir():
-        fail(f"--output {out_dir} is a file; choose a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not overwrite:
-            fail(f"output dir {out_dir} is not empty; pass --overwrite to replace it, or --output to choose another")
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    err.print(f"output dir: {out_dir}")
+    if resume and overwrite:
+        fail("--resume and --overwrite contradict each other; pass one of them")
+    if resume and output is None:
+        fail("--resume needs --output: the dir of the run to continue")
+    rank, world = init_distributed()
+    out_dir, problem = _prepare_output(output, overwrite, resume, rank, world)
+    if problem:
+        fail(problem)
+    say = (lambda msg: err.print(msg, highlight=False)) if rank == 0 else (lambda _msg: None)
+    say(f"output dir: {out_dir}" + (f" ({world} processes)" if world > 1 else ""))
 
     if use_demo:
         pool = out_dir / "demo_pool.jsonl"
-        pool.write_text("".join(json.dumps(r) + "\n" for r in demo.demo_pool()))
-        err.print(f"no inputs: curating the embedded demo pool ({pool}) with {len(entries)} demo entries, t={t:g}")
+        if rank == 0:
+            write_text_atomic(pool, "".join(json.dumps(r) + "\n" for r in demo.demo_pool()))
+        _barrier(world)  # the other processes read the pool rank 0 just wrote
+        say(f"no inputs: curating the embedded demo pool ({pool}) with {len(entries)} demo entries, t={t:g}")
         inputs = [pool]
     try:
-        summary = curate_jsonl(inputs, out_dir, entries, t=t, seed=seed, text_field=text_field,
-                               log=lambda msg: err.print(msg, highlight=False))
+        summary = curate_jsonl(inputs, out_dir, entries, t=t, seed=seed, text_field=text_field, log=say,
+                               resume=resume)
     except (OSError, ValueError) as e:
         fail(str(e))
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()  # curate_jsonl ended on a barrier: nothing is in flight
+    if rank != 0:
+        return  # rank 0 reports for every process
     summary["demo"] = use_demo
     if json_out:
         print(json.dumps(summary, indent=1))
     else:
         report(summary)
+
+
+def _prepare_output(output: Path | None, overwrite: bool, resume: bool, rank: int,
+                    world: int) -> tuple[Path, str | None]:
+    """Rank 0 picks, checks and (with --overwrite) empties the output dir; every process gets its choice.
+
+    Only rank 0 touches the dir, so two processes never race on rmtree; the default name holds a
+    timestamp, so the others must take rank 0's. Returns (dir, error message or None).
+    """
+    chosen: list = [None, None]
+    if rank == 0:
+        out_dir = output or default_run_dir("curate", "metaclip")
+        problem = None
+        if out_dir.exists() and not out_dir.is_dir():
+            problem = f"--output {out_dir} is a file; choose a directory"
+        elif out_dir.is_dir() and any(out_dir.iterdir()) and not resume:
+            if overwrite:
+                shutil.rmtree(out_dir)
+            else:
+                problem = (f"output dir {out_dir} is not empty; pass --overwrite to replace it, --resume to continue "
+                           f"it, or --output to choose another")
+        if problem is None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        chosen = [str(out_dir), problem]
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.broadcast_object_list(chosen, src=0)
+    return Path(chosen[0]), chosen[1]
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write via a temp file and rename, so a crash never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def report(summary: dict) -> None:
