@@ -86,10 +86,10 @@ def _ignore_stop_signals(worker_id: int) -> None:
 
 
 def _loader(dataset: Dataset, sampler: ResumableSampler, train: TrainConfig, seed: int,
-            drop_last: bool = False) -> DataLoader:
+            drop_last: bool = False, persistent: bool = False) -> DataLoader:
     return DataLoader(
         SeededSamples(dataset, seed), batch_size=train.batch_size, sampler=sampler, num_workers=train.num_workers,
-        collate_fn=collate_skip_bad, drop_last=drop_last, persistent_workers=False,
+        collate_fn=collate_skip_bad, drop_last=drop_last, persistent_workers=persistent and train.num_workers > 0,
         worker_init_fn=_ignore_stop_signals,
         pin_memory=torch.cuda.is_available() and not train.cpu,
         # Our own generator: the loader's base-seed draw must not consume the global RNG.
@@ -238,9 +238,12 @@ class _Trainer:
         """Micro-batches from the current data position on, epoch after epoch."""
         epoch, start = divmod(self.step * self.cfg.grad_accum_steps, self.plan.micro_per_epoch)
         self.sampler.set_epoch(epoch, start * self.cfg.batch_size)
+        # One loader with persistent workers: no worker start/stop churn at every epoch boundary
+        # (the sampler lives in this process, so set_epoch still steers the order).
+        loader = _loader(self.train_set, self.sampler, self.cfg, self.cfg.seed, drop_last=True, persistent=True)
         while True:
             self.epoch = epoch
-            for item in _loader(self.train_set, self.sampler, self.cfg, self.cfg.seed, drop_last=True):
+            for item in loader:
                 self.bad_log.add(item["bad"])
                 yield item
             epoch += 1
