@@ -85,6 +85,10 @@ def run_recipe(recipe: Recipe, *, overrides: list[str], config_file: str | None,
             print(json.dumps(summary, indent=1))
         else:
             report(summary)
+    # Leave together: a rank that exits while another still talks to the process group can abort
+    # in the collective library's teardown ("terminate called without an active exception").
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
 
 
 def report(summary: dict) -> None:

@@ -327,9 +327,15 @@ class _Trainer:
         self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
         if self.acc.scaler is not None and trainer_state.get("grad_scaler"):
             self.acc.scaler.load_state_dict(trainer_state["grad_scaler"])
-        cfg, plan = self.cfg, self.plan
         self.model.train()
         batches = self.batches()
+        try:
+            return self._loop(batches)
+        finally:
+            batches.close()  # stops the loader's persistent workers now, not at garbage collection
+
+    def _loop(self, batches: Iterator[dict[str, Any]]) -> dict[str, Any]:
+        cfg, plan = self.cfg, self.plan
         window: dict[str, float] = {}
         window_steps, window_samples, window_t = 0, 0, time.time()
         with _SignalStop() as stopper, _progress(self.is_main) as bar:
