@@ -13,7 +13,8 @@ from torch.utils.data import Dataset
 from torchvision.utils import save_image
 
 from percli.core.config import ConfigError
-from percli.core.data import AUDIOSET_MEAN, AUDIOSET_STD, BadSample, build_dataset
+from percli.core.data import AUDIOSET_MEAN, AUDIOSET_STD, build_dataset
+from percli.recipes.reconstruction import first_samples
 
 
 @dataclasses.dataclass
@@ -76,23 +77,11 @@ def validate(cfg: Any) -> None:
             raise ConfigError(f"data.{key}: {value} does not exist")
 
 
-def _first(dataset: Dataset, n: int) -> torch.Tensor | None:
-    items = []
-    for i in range(len(dataset)):
-        if len(items) == n:
-            break
-        try:
-            items.append(dataset[i]["fbank"])
-        except BadSample:
-            continue
-    return torch.stack(items) if items else None
-
-
 @torch.no_grad()
 def save_spectrogram_reconstructions(model: nn.Module, dataset: Dataset, n: int, mask_ratio: float, path: Path,
                                      device: torch.device | str = "cpu") -> Path | None:
     """PNG with one column per clip and rows input / masked input / reconstruction (mel up, time right)."""
-    x = _first(dataset, n)
+    x = first_samples(dataset, n, "fbank")
     if x is None:
         return None
     was_training = model.training

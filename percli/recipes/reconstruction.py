@@ -29,16 +29,17 @@ def unpatchify(patches: torch.Tensor, p: int, c: int, h: int, w: int) -> torch.T
     return x.permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
 
 
-def _first_images(dataset: Dataset, n: int) -> torch.Tensor | None:
-    images = []
+def first_samples(dataset: Dataset, n: int, key: str) -> torch.Tensor | None:
+    """The first `n` readable items' `key` tensors, stacked (unreadable files are passed over)."""
+    found = []
     for i in range(len(dataset)):
-        if len(images) == n:
+        if len(found) == n:
             break
         try:
-            images.append(dataset[i]["image"])
+            found.append(dataset[i][key])
         except BadSample:
             continue
-    return torch.stack(images) if images else None
+    return torch.stack(found) if found else None
 
 
 @torch.no_grad()
@@ -65,7 +66,7 @@ def save_reconstruction_grid(model: nn.Module, dataset: Dataset, n: int, mask_ra
                              mean: Sequence[float], std: Sequence[float], path: Path,
                              device: torch.device | str = "cpu") -> Path | None:
     """Write a 3-row PNG (input, masked input, reconstruction with visible units pasted back)."""
-    images = _first_images(dataset, n)
+    images = first_samples(dataset, n, "image")
     if images is None:
         return None
     was_training = model.training
