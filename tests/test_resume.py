@@ -85,11 +85,16 @@ def test_sigterm_to_the_process_group_with_loader_workers(tmp_path):
                             stderr=subprocess.PIPE, text=True)
     metrics = run / "metrics.jsonl"
     deadline = time.time() + 300
-    while time.time() < deadline and (not metrics.is_file() or len(metrics.read_text().splitlines()) < 3):
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    try:
+        while time.time() < deadline and (not metrics.is_file() or len(metrics.read_text().splitlines()) < 3):
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:  # never leave a 100000-step run behind when an assertion fails
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     summary = json.loads((run / "summary.json").read_text())
     step = summary["step"]

@@ -78,11 +78,27 @@ def make_accelerator(train: TrainConfig) -> Accelerator:
     return Accelerator(cpu=train.cpu, mixed_precision=train.mixed_precision)
 
 
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
 def _ignore_stop_signals(worker_id: int) -> None:
     """Loader workers leave SIGTERM/SIGINT to the main process: SLURM and Ctrl-C signal the whole
-    process group, and a worker that died first would crash the loop before it can checkpoint."""
+    process group, and a worker that died first would crash the loop before it can checkpoint.
+    Workers are forked with the signals blocked (see `_start_workers`), so none can arrive before
+    this runs; a signal that came meanwhile stays pending and is ignored on unblocking."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+def _start_workers(loader: DataLoader) -> Iterator[dict[str, Any]]:
+    """`iter(loader)` with stop signals blocked while worker processes are forked (the main
+    process gets any signal that arrived meanwhile as soon as they are unblocked)."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        return iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _loader(dataset: Dataset, sampler: ResumableSampler, train: TrainConfig, seed: int,
@@ -146,7 +162,7 @@ def evaluate(task: Task, model: nn.Module, dataset: Dataset, accelerator: Accele
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        for item in loader:
+        for item in _start_workers(loader):
             bad_log.add(item["bad"])
             if item["batch"] is None:
                 continue
@@ -243,7 +259,7 @@ class _Trainer:
         loader = _loader(self.train_set, self.sampler, self.cfg, self.cfg.seed, drop_last=True, persistent=True)
         while True:
             self.epoch = epoch
-            for item in loader:
+            for item in _start_workers(loader):
                 self.bad_log.add(item["bad"])
                 yield item
             epoch += 1
