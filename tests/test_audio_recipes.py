@@ -90,3 +90,8 @@ def test_eval_classify_on_an_audio_checkpoint(tmp_path):
     metrics = json.loads(ev.stdout)["metrics"]
     assert metrics["count"] == trained["metrics"]["eval/count"]
     assert metrics["top1"] == trained["metrics"]["eval/top1"]
+
+
+def test_dry_run_names_a_missing_label_csv(tmp_path):
+    result = runner.invoke(app, ["finetune", "audio-mae", "--dry-run", f"data.label_csv={tmp_path / 'no.csv'}"])
+    assert result.exit_code == 2 and "data.label_csv" in result.output and "label CSV" in result.output

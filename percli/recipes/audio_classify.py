@@ -32,9 +32,12 @@ from percli.recipes.audio_common import (
     AudioDataSection,
     audio_dataset,
     model_kwargs,
+)
+from percli.recipes.common import (
+    ModelSection,
+    load_initial_weights,
     validate,  # noqa: F401  (the command runs it before anything is built)
 )
-from percli.recipes.common import ModelSection, load_initial_weights
 from percli.recipes.hiera_classify import classification_metrics, topk_counts
 
 

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
-from torchvision.utils import save_image
 
 from percli.core.config import ConfigError
 from percli.core.data import AUDIOSET_MEAN, AUDIOSET_STD, build_dataset
-from percli.recipes.reconstruction import first_samples
+from percli.recipes.reconstruction import denormalize_patches, first_samples, save_png
 
 
 @dataclasses.dataclass
@@ -65,18 +63,6 @@ def model_kwargs(kwargs: dict[str, Any], data: AudioDataSection) -> dict[str, An
     return out
 
 
-def validate(cfg: Any) -> None:
-    """Checks a dry run can make without building anything: model name and data paths."""
-    from percli.models import list_models
-
-    if cfg.model.name and cfg.model.name not in list_models():
-        raise ConfigError(f"model.name: unknown model {cfg.model.name!r}; run `percli ls models` for the names")
-    for key in ("source", "val_source", "label_csv"):
-        value = getattr(cfg.data, key)
-        if value and value != "embedded" and not Path(value).expanduser().exists():
-            raise ConfigError(f"data.{key}: {value} does not exist")
-
-
 @torch.no_grad()
 def save_spectrogram_reconstructions(model: nn.Module, dataset: Dataset, n: int, mask_ratio: float, path: Path,
                                      device: torch.device | str = "cpu") -> Path | None:
@@ -91,8 +77,8 @@ def save_spectrogram_reconstructions(model: nn.Module, dataset: Dataset, n: int,
     pred = model.forward_decoder(latent, ids_restore)  # [N, L, p*p]
     model.train(was_training)
     target = model.patchify(x)
-    if model.norm_pix_loss:  # undo the per-patch normalisation with each true patch's statistics
-        pred = pred * (target.var(dim=-1, keepdim=True) + 1.0e-6) ** 0.5 + target.mean(dim=-1, keepdim=True)
+    if model.norm_pix_loss:
+        pred = denormalize_patches(pred, target)
     removed = mask.unsqueeze(-1).bool()
     low = float(x.min())
     masked = model.unpatchify(torch.where(removed, torch.full_like(target, low), target))
@@ -100,7 +86,4 @@ def save_spectrogram_reconstructions(model: nn.Module, dataset: Dataset, n: int,
     rows = torch.cat([x, masked, recon])  # [3N, 1, T, F]
     rows = rows.transpose(-1, -2).flip(-2)  # [3N, 1, F, T], low frequencies at the bottom
     rows = (rows - rows.amin()) / (rows.amax() - rows.amin() + 1e-8)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    save_image(rows.cpu(), tmp, nrow=x.shape[0], padding=2, pad_value=1.0)
-    os.replace(tmp, path)
-    return path
+    return save_png(rows, path, nrow=x.shape[0], pad_value=1.0)

@@ -29,9 +29,12 @@ from percli.recipes.audio_common import (
     audio_dataset,
     model_kwargs,
     save_spectrogram_reconstructions,
+)
+from percli.recipes.common import (
+    ModelSection,
+    load_initial_weights,
     validate,  # noqa: F401  (the command runs it before anything is built)
 )
-from percli.recipes.common import ModelSection, load_initial_weights
 
 
 @dataclasses.dataclass

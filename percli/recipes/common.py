@@ -99,8 +99,9 @@ def validate(cfg: Any) -> None:
     name = cfg.model.name
     if name and name not in list_models():
         raise ConfigError(f"model.name: unknown model {name!r}; run `percli ls models` for the names")
-    for key in ("source", "val_source"):
-        value = getattr(cfg.data, key)
+    for key in ("source", "val_source", "label_csv"):  # label_csv: audio sections only
+        value = getattr(cfg.data, key, None)
         if value and value != "embedded" and not Path(value).expanduser().exists():
-            raise ConfigError(f"data.{key}: {value} does not exist; give an image folder, a .jsonl manifest, "
-                              "or 'embedded'")
+            hint = "the label CSV (index,mid,display_name)" if key == "label_csv" else \
+                "a folder, a manifest file, or 'embedded'"
+            raise ConfigError(f"data.{key}: {value} does not exist; give {hint}")

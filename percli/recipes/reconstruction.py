@@ -29,6 +29,20 @@ def unpatchify(patches: torch.Tensor, p: int, c: int, h: int, w: int) -> torch.T
     return x.permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
 
 
+def denormalize_patches(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Undo the norm-pix target normalisation of MAE predictions with each true patch's mean/var
+    (unbiased var, eps 1e-6, as the losses use), so predictions can be shown as pixels."""
+    return pred * (target.var(dim=-1, keepdim=True) + 1.0e-6) ** 0.5 + target.mean(dim=-1, keepdim=True)
+
+
+def save_png(grid: torch.Tensor, path: Path, **grid_kwargs) -> Path:
+    """Write images [N, C, H, W] in [0, 1] as one PNG grid, to a temp name then renamed."""
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    save_image(grid.cpu(), tmp, padding=2, **grid_kwargs)
+    os.replace(tmp, path)
+    return path
+
+
 def first_samples(dataset: Dataset, n: int, key: str) -> torch.Tensor | None:
     """The first `n` readable items' `key` tensors, stacked (unreadable files are passed over)."""
     found = []
@@ -52,10 +66,7 @@ def reconstruct(model: nn.Module, images: torch.Tensor, mask_ratio: float, seed:
     b, c, h, w = images.shape
     p = int(round(math.sqrt(h * w / pred.shape[1])))
     target = patchify(images, p)
-    # The decoder predicts per-patch normalised pixels: undo with each true patch's statistics.
-    mu = target.mean(dim=-1, keepdim=True)
-    var = target.var(dim=-1, keepdim=True)
-    pred = pred * (var + 1.0e-6) ** 0.5 + mu
+    pred = denormalize_patches(pred, target)
     keep = visible.unsqueeze(-1)
     masked = unpatchify(torch.where(keep, target, torch.zeros_like(target)), p, c, h, w)
     recon = unpatchify(torch.where(keep, target, pred), p, c, h, w)
@@ -78,7 +89,4 @@ def save_reconstruction_grid(model: nn.Module, dataset: Dataset, n: int, mask_ra
     s = torch.tensor(std, device=device).view(1, -1, 1, 1)
     rows = [(t.float() * s + m).clamp(0, 1) for t in (images, masked, recon)]
     rows[1] = torch.where(masked == 0, torch.full_like(rows[1], 0.5), rows[1])  # grey where masked
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    save_image(torch.cat(rows).cpu(), tmp, nrow=images.shape[0], padding=2)
-    os.replace(tmp, path)
-    return path
+    return save_png(torch.cat(rows), path, nrow=images.shape[0])
