@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from percli.commands.curate import curate_app
 from percli.curation.demo import demo_metadata, demo_pool
+from percli.curation.matcher import MetadataMatcher, reference_match, spaced_entry, spacing
 from percli.curation.metaclip import (
-    MetadataMatcher,
     count_jsonl,
     curate_jsonl,
     entry_counts,
@@ -25,9 +25,6 @@ from percli.curation.metaclip import (
     load_entry_counts,
     load_metadata,
     read_records,
-    reference_match,
-    spaced_entry,
-    spacing,
 )
 
 
