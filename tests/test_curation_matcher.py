@@ -6,7 +6,7 @@ import numpy as np
 
 from percli.curation.matcher import _BATCH, _SEPARATORS, MetadataMatcher, reference_match
 
-WORDS = ["dog", "hot", "cat", "a", "", "New", "York", "x.y", "\x00", "é"]
+WORDS = ["dog", "hot", "cat", "a", "", "New", "York", "x.y", "\x00", "\x01b", "é", "😀", "\ud800", "a\tb", "c!"]
 
 
 def _check(entries: list[str], texts: list[str]) -> MetadataMatcher:
