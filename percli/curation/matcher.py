@@ -96,8 +96,8 @@ class MetadataMatcher:
                     node_entries.append([])
                 node = child
             node_entries[node].append(entry_id)
-        used = set().union(*map(set, self.entries)) if self.entries else set()
-        self._separators = [c for c in _SEPARATORS if c not in used]
+        everything = "\n".join(self.entries)
+        self._separators = [c for c in _SEPARATORS if c not in everything]
         self._build_tokens(list(vocab))
         self._build_trie(edges, node_entries, width=len(vocab))
 
