@@ -8,6 +8,7 @@ rewritten from its definition: a text matches entry e when `" " + e + " "` is a 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import repeat
 
 import numpy as np
 
@@ -51,6 +52,7 @@ _BATCH = 4096  # texts per vectorised pass: big enough to amortise numpy calls, 
 # holds them. A batch whose texts hold every usable one is matched text by text instead (still exact).
 _SEPARATORS = "\x00\x01\x02\x03"
 _EMPTY = np.zeros(0, dtype=np.int64)
+_HASH_BLOCK = 1 << 20
 _MULTIPLIERS = (0x100000001B3, 0x9E3779B97F4A7C15, 0xD6E8FEB86659FD93)  # odd: invertible modulo 2**64
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
@@ -81,60 +83,76 @@ class MetadataMatcher:
 
     def __init__(self, entries: Sequence[str]):
         self.entries = list(entries)
-        vocab: dict[str, int] = {}
-        edges: dict[tuple[int, int], int] = {}  # (node, token id) -> child node; node 0 is the root
-        node_entries: list[list[int]] = [[]]
         for entry_id, entry in enumerate(self.entries):
             if not isinstance(entry, str):
                 raise ValueError(f"metadata entry {entry_id} is {type(entry).__name__}, not a string")
-            node = 0
-            for token in entry.split(" "):
-                tid = vocab.setdefault(token, len(vocab))
-                child = edges.get((node, tid))
-                if child is None:
-                    child = edges[(node, tid)] = len(node_entries)
-                    node_entries.append([])
-                node = child
-            node_entries[node].append(entry_id)
-        everything = "\n".join(self.entries)
+        everything = " ".join(self.entries)
         self._separators = [c for c in _SEPARATORS if c not in everything]
-        self._build_tokens(list(vocab))
-        self._build_trie(edges, node_entries, width=len(vocab))
+        # Every entry's tokens, contiguous: an entry with k spaces has k + 1 tokens (some maybe empty).
+        per_entry = np.fromiter(map(str.count, self.entries, repeat(" ")), dtype=np.int64,
+                                count=len(self.entries)) + 1
+        data = np.frombuffer(f" {everything} ".encode("utf-8", "surrogatepass"), dtype=np.uint8)
+        spaces = np.flatnonzero(data == 32)
+        token_of = self._build_tokens(data, spaces[:-1] + 1, spaces[1:])
+        self._build_trie(token_of, per_entry)
 
-    def _build_tokens(self, tokens: list[str]) -> None:
-        """Token bytes, lengths and the hash table from token hash to token id."""
-        encoded = [t.encode("utf-8", "surrogatepass") for t in tokens]
-        self._tok_len = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-        self._tok_start = np.zeros(len(encoded), dtype=np.int64)
-        np.cumsum(self._tok_len[:-1], out=self._tok_start[1:])
-        self._tok_bytes = np.frombuffer(b"".join(encoded), dtype=np.uint8)
-        starts, ends = self._tok_start, self._tok_start + self._tok_len
-        for multiplier in _MULTIPLIERS:  # distinct tokens with equal hashes: ~1e-9 for 1e5 tokens; retry then
+    def _build_tokens(self, data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """The distinct tokens (bytes, lengths, hash table); returns the token id of every given token."""
+        lengths = ends - starts
+        for multiplier in _MULTIPLIERS:  # two distinct tokens with one hash (~1e-9 for 1e5 tokens): next one
             self._set_multiplier(multiplier)
-            keys = self._hashes(self._tok_bytes, starts, ends)
-            if len(np.unique(keys)) == len(keys):
+            keys = self._hashes(data, starts, ends)
+            unique, first, token_of = np.unique(keys, return_index=True, return_inverse=True)
+            first_start, first_len = starts[first][token_of], lengths[first][token_of]
+            same = first_len == lengths
+            if same.all():
+                nonempty = np.flatnonzero(lengths > 0)
+                sizes = lengths[nonempty]
+                differ = data[_segment_arange(starts[nonempty], sizes)] != data[
+                    _segment_arange(first_start[nonempty], sizes)]
+                same = not differ.size or not np.logical_or.reduceat(differ, np.cumsum(sizes) - sizes).any()
+            if np.all(same):
                 break
         else:  # pragma: no cover - three independent 64-bit collisions
             raise RuntimeError("token hash collisions with every multiplier")
-        self._tokens = _IntTable(keys, np.arange(len(keys), dtype=np.int64))
+        self._tok_len = lengths[first]
+        self._tok_start = np.cumsum(self._tok_len) - self._tok_len
+        self._tok_bytes = data[_segment_arange(starts[first], self._tok_len)]
+        self._tokens = _IntTable(unique, np.arange(len(unique), dtype=np.int64))
+        return token_of.reshape(-1)
 
-    def _build_trie(self, edges: dict[tuple[int, int], int], node_entries: list[list[int]], width: int) -> None:
-        parents = np.fromiter((k[0] for k in edges), dtype=np.int64, count=len(edges))
-        tokens = np.fromiter((k[1] for k in edges), dtype=np.int64, count=len(edges))
-        children = np.fromiter(edges.values(), dtype=np.int64, count=len(edges))
+    def _build_trie(self, token_of: np.ndarray, per_entry: np.ndarray) -> None:
+        """Trie nodes = distinct token prefixes of the entries, made level by level with np.unique."""
+        width = len(self._tok_len)
+        first_token = np.cumsum(per_entry) - per_entry
+        node = np.zeros(len(per_entry), dtype=np.int64)  # each entry's node so far (0: the root)
+        parents, tokens, children = [], [], []
+        num_nodes = 1
+        for level in range(int(per_entry.max(initial=0))):
+            active = np.flatnonzero(per_entry > level)
+            keys = node[active] * width + token_of[first_token[active] + level]
+            unique, inverse = np.unique(keys, return_inverse=True)
+            parent, token = np.divmod(unique, width)
+            parents.append(parent)
+            tokens.append(token)
+            children.append(np.arange(num_nodes, num_nodes + len(unique)))
+            node[active] = num_nodes + inverse.reshape(-1)
+            num_nodes += len(unique)
+        parents = np.concatenate(parents) if parents else _EMPTY
+        tokens = np.concatenate(tokens) if tokens else _EMPTY
+        children = np.concatenate(children) if children else _EMPTY
         root = parents == 0
         self._root_child = np.full(width + 1, -1, dtype=np.int64)  # index -1 (no token) stays -1
         self._root_child[tokens[root]] = children[root]
         self._width = np.uint64(width)
         self._edges = _IntTable(parents[~root].astype(np.uint64) * self._width + tokens[~root].astype(np.uint64),
                                 children[~root])
-        lengths = np.fromiter(map(len, node_entries), dtype=np.int64, count=len(node_entries))
-        self._node_offsets = np.zeros(len(node_entries) + 1, dtype=np.int64)
+        lengths = np.bincount(node, minlength=num_nodes)  # entries ending at each node
+        self._node_offsets = np.zeros(num_nodes + 1, dtype=np.int64)
         np.cumsum(lengths, out=self._node_offsets[1:])
-        self._node_ids = np.fromiter((e for ids in node_entries for e in ids), dtype=np.int64,
-                                     count=int(self._node_offsets[-1]))
+        self._node_ids = np.argsort(node, kind="stable")  # entry ids grouped by node, ascending within
         self._is_terminal = lengths > 0
-        self._has_child = np.zeros(len(node_entries), dtype=bool)  # only these runs can grow
+        self._has_child = np.zeros(num_nodes, dtype=bool)  # only these runs can grow
         self._has_child[parents[~root]] = True
         self._single = bool((lengths <= 1).all())  # no duplicate entries: a terminal node is one id
 
@@ -153,7 +171,18 @@ class MetadataMatcher:
         return self._pow, self._inv_pow
 
     def _hashes(self, data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-        """Polynomial hash of each data[starts[i]:ends[i]], from one prefix sum (arithmetic modulo 2**64)."""
+        """Polynomial hash of each data[starts[i]:ends[i]] (tokens in order), arithmetic modulo 2**64.
+
+        One prefix sum per block of about a megabyte, so the power tables stay small.
+        """
+        if len(data) <= _HASH_BLOCK or len(starts) <= 1:
+            return self._hash_block(data, starts, ends)
+        cuts = np.unique(np.searchsorted(starts, np.arange(0, len(data), _HASH_BLOCK)))
+        cuts = np.append(cuts[cuts < len(starts)], len(starts))
+        return np.concatenate([self._hash_block(data[starts[a]:ends[b - 1]], starts[a:b] - starts[a],
+                                                ends[a:b] - starts[a]) for a, b in zip(cuts, cuts[1:])])
+
+    def _hash_block(self, data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
         power, inv_power = self._powers(len(data) + 1)
         prefix = np.zeros(len(data) + 1, dtype=np.uint64)
         np.cumsum((data.astype(np.uint64) + np.uint64(1)) * power[:len(data)], out=prefix[1:])
