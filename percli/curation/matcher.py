@@ -295,17 +295,17 @@ class _IntTable:
         bits = max(4, int(2 * len(keys)).bit_length())  # load factor <= 1/2: ~1.5 probes per lookup
         self._mask = (1 << bits) - 1
         self._shift = np.uint64(64 - bits)
-        self._keys = np.zeros(1 << bits, dtype=np.uint64)
-        self._values = np.full(1 << bits, -1, dtype=np.int64)
+        # One row per slot, [key, value + 1] (0: empty): a probe touches one 16-byte row, one cache line.
+        self._rows = np.zeros((1 << bits, 2), dtype=np.uint64)
         keys = np.asarray(keys, dtype=np.uint64)
         slots = self._home(keys)
         pending = np.arange(len(keys))
         while pending.size:  # linear probing, all pending keys one step at a time
-            free = self._values[slots[pending]] == -1
+            free = self._rows[slots[pending], 1] == 0
             taken, first = np.unique(slots[pending[free]], return_index=True)
             winners = pending[free][first]
-            self._keys[taken] = keys[winners]
-            self._values[taken] = values[winners]
+            self._rows[taken, 0] = keys[winners]
+            self._rows[taken, 1] = values[winners].astype(np.uint64) + np.uint64(1)
             placed = np.zeros(len(keys), dtype=bool)
             placed[winners] = True
             pending = pending[~placed[pending]]
@@ -320,10 +320,11 @@ class _IntTable:
         idx = np.arange(len(keys))
         slots = self._home(keys)
         while idx.size:
-            values = self._values[slots]
-            hit = (self._keys[slots] == keys[idx]) & (values >= 0)
-            out[idx[hit]] = values[hit]
-            probe = (values >= 0) & ~hit
+            rows = np.take(self._rows, slots, axis=0)  # (much faster than rows[slots] on 2-D arrays)
+            used = rows[:, 1] > 0
+            hit = used & (rows[:, 0] == keys[idx])
+            out[idx[hit]] = rows[hit, 1].astype(np.int64) - 1
+            probe = used & ~hit
             idx, slots = idx[probe], (slots[probe] + 1) & self._mask
         return out
 
