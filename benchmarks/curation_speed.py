@@ -45,8 +45,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from percli.curation.formats import read_records
 from percli.curation.matcher import MetadataMatcher, spaced_entry, spacing
-from percli.curation.metaclip import read_records
 
 try:
     import ahocorasick

@@ -1,4 +1,7 @@
-"""`percli curate metaclip` under `accelerate launch` with two CPU processes equals one process."""
+"""`percli curate metaclip` under `accelerate launch` with two CPU processes equals one process.
+
+The shards mix Parquet, WebDataset tar and JSONL; every format is written byte-identically.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +10,18 @@ import subprocess
 
 from percli.curation.demo import demo_metadata, demo_pool
 from tests.conftest import PYTHON, free_port, subprocess_env
+from tests.test_curation_formats import kept_records, write_jsonl, write_parquet, write_tar
 
 VOLATILE = ("output_dir", "outputs", "world_size")  # differ by run dir or process count, by design
 
 
-def write_shards(tmp_path, num_shards=4, size=600):
-    pool = demo_pool(num_shards * size, seed=2)
-    paths = []
-    for i in range(num_shards):
-        path = tmp_path / f"shard{i}.jsonl"
-        lines = [json.dumps(r) for r in pool[i * size:(i + 1) * size]]
-        if i == 1:
-            lines.append("{broken")  # a bad record on a rank-1 shard must reach rank 0's summary
-        path.write_text("\n".join(lines) + "\n")
-        paths.append(path)
+def write_shards(tmp_path, size=600):
+    """Four shards in three formats; the tar shard (rank 1's) holds a sample without text."""
+    pool = demo_pool(4 * size, seed=2)
+    pool[size + 5]["text"] = None  # a bad record on a rank-1 shard must reach rank 0's summary
+    parts = [pool[i * size:(i + 1) * size] for i in range(4)]
+    paths = [write_parquet(tmp_path / "shard0.parquet", parts[0]), write_tar(tmp_path / "shard1.tar", parts[1]),
+             write_jsonl(tmp_path / "shard2.jsonl", parts[2]), write_parquet(tmp_path / "shard3.parquet", parts[3])]
     metadata = tmp_path / "metadata.json"
     metadata.write_text(json.dumps(demo_metadata()))
     return paths, metadata
@@ -28,7 +29,7 @@ def write_shards(tmp_path, num_shards=4, size=600):
 
 def curate(tmp_path, out, shards, metadata, processes):
     env = subprocess_env()
-    args = ["-m", "percli.cli", "curate", "metaclip", *map(str, shards), "--metadata", str(metadata),
+    args = ["-m", "percli.cli", "curate", "metaclip", str(tmp_path / "shard{0..3}.*"), "--metadata", str(metadata),
             "--t", "20", "--seed", "3", "--output", str(out), "--json"]
     if processes == 1:
         cmd = [PYTHON, *args]
@@ -45,6 +46,7 @@ def curate(tmp_path, out, shards, metadata, processes):
 
 def test_two_processes_give_the_same_output_as_one(tmp_path):
     shards, metadata = write_shards(tmp_path)
+    (tmp_path / "other.jsonl").write_text("")  # not matched by the pattern
     one = curate(tmp_path, tmp_path / "one", shards, metadata, 1)
     two = curate(tmp_path, tmp_path / "two", shards, metadata, 2)
     assert one["world_size"] == 1 and two["world_size"] == 2
@@ -57,6 +59,6 @@ def test_two_processes_give_the_same_output_as_one(tmp_path):
         k: v for k, v in saved_two.items() if k not in VOLATILE}
     for name in ["entry_counts.json", *(f"curated/{p.name}" for p in shards)]:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
-    kept = sum(len((tmp_path / "two" / "curated" / p.name).read_text().splitlines()) for p in shards)
-    assert kept == two["kept"]
+    assert sum(len(kept_records(tmp_path / "two" / "curated" / p.name)) for p in shards) == two["kept"]
+    assert one["inputs"] == [str(p) for p in shards]
     assert not list((tmp_path / "two").rglob(".*tmp*"))

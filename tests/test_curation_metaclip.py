@@ -13,18 +13,20 @@ from typer.testing import CliRunner
 
 from percli.commands.curate import curate_app
 from percli.curation.demo import demo_metadata, demo_pool
+from percli.curation.formats import read_records
 from percli.curation.matcher import MetadataMatcher, reference_match, spaced_entry, spacing
 from percli.curation.metaclip import (
-    count_jsonl,
-    curate_jsonl,
+    balance_shards,
+    count_matches,
+    curate_shards,
     entry_counts,
-    expected_kept,
+    entry_probabilities,
     keep_decision,
     keep_probabilities,
     keep_probability,
     load_entry_counts,
     load_metadata,
-    read_records,
+    match_shards,
 )
 
 
@@ -101,10 +103,24 @@ def test_duplicate_entries_all_match_and_ids_are_sorted():
     assert MetadataMatcher(entries).match("cat and hot dog") == [0, 1, 2, 3]
 
 
+def csr(matches):
+    """(offsets, ids) of a list of sorted distinct id lists, as `MetadataMatcher.match_batch` returns them."""
+    offsets = np.concatenate(([0], np.cumsum([len(m) for m in matches]))).astype(np.int64)
+    return offsets, np.asarray([e for m in matches for e in m], dtype=np.int64)
+
+
 def test_entry_counts_count_a_text_once_per_distinct_entry():
-    counts = entry_counts([[0, 2], [2, 2], [], [1]], 4)
+    offsets, ids = csr([[0, 2], [2], [], [1]])
+    counts = entry_counts(ids, 4)
     assert counts.dtype == np.uint64
     assert counts.tolist() == [1, 1, 2, 0]
+
+
+def test_match_batch_equals_match_per_text():
+    texts = [rec["text"] for rec in demo_pool(300, seed=9)] + ["", "dog"]
+    matcher = MetadataMatcher(demo_metadata())
+    offsets, ids = matcher.match_batch(texts)
+    assert [ids[offsets[i]:offsets[i + 1]].tolist() for i in range(len(texts))] == matcher.match_many(texts)
 
 
 def test_keep_probability_edge_cases():
@@ -120,10 +136,9 @@ def test_keep_probability_edge_cases():
     assert keep_probability([2], counts, math.inf) == 1.0
     with pytest.raises(ValueError):
         keep_probability([1], counts, 0)
-    matches = [[], [0], [1], [1, 2], [2], [3]]
-    vec = keep_probabilities(matches, counts, 50)
+    matches = [[], [0], [], [1], [1, 2], [2], [3], []]  # empty segments first, inside and last
+    vec = keep_probabilities(*csr(matches), entry_probabilities(counts, 50))
     assert vec.tolist() == pytest.approx([keep_probability(m, counts, 50) for m in matches])
-    assert expected_kept(vec) == pytest.approx(vec.sum())
 
 
 def test_keep_decision_is_deterministic_and_calibrated():
@@ -146,12 +161,13 @@ def test_balancing_formula_predicts_realized_kept_count():
     flat = rng.choice(num_entries, size=int(sizes.sum()), p=zipf)
     bounds = np.concatenate(([0], np.cumsum(sizes)))
     matches = [sorted(set(flat[bounds[i]:bounds[i + 1]].tolist())) for i in range(n)]
-    counts = entry_counts(matches, num_entries)
+    offsets, ids = csr(matches)
+    counts = entry_counts(ids, num_entries)
     t = 500
     assert (counts > t).sum() > 20  # there is a head to balance
-    probs = keep_probabilities(matches, counts, t)
+    probs = keep_probabilities(offsets, ids, entry_probabilities(counts, t))
     kept = sum(keep_decision(f"x{i}", p, 0) for i, p in enumerate(probs))
-    expected, sd = expected_kept(probs), math.sqrt(float(np.sum(probs * (1 - probs))))
+    expected, sd = float(probs.sum()), math.sqrt(float(np.sum(probs * (1 - probs))))
     assert abs(kept - expected) < 3 * sd
     assert expected <= np.minimum(counts, t).sum()  # the "640M" upper bound of issue #24
     tail = np.asarray(counts <= t)
@@ -178,27 +194,26 @@ def test_decisions_do_not_depend_on_sharding(tmp_path):
     whole = write_jsonl(tmp_path / "whole.jsonl", pool)
     half_a = write_jsonl(tmp_path / "a.jsonl", pool[:1700])
     half_b = write_jsonl(tmp_path / "b.jsonl", pool[1700:])
-    at_once = curate_jsonl([whole], tmp_path / "once", entries, t=30, seed=5)
-    matcher = MetadataMatcher(entries)
-    counts_a, _, _ = count_jsonl([half_a], matcher)
-    counts_b, _, _ = count_jsonl([half_b], matcher)
-    counts = counts_a + counts_b  # counts of disjoint shards add up
+    at_once = curate_shards([whole], tmp_path / "once", entries, t=30, seed=5)
+    match_shards([half_a], tmp_path / "ma", entries)
+    match_shards([half_b], tmp_path / "mb", entries)
+    counts = count_matches(tmp_path / "ma", entries)[0] + count_matches(tmp_path / "mb", entries)[0]
     assert np.array_equal(counts, load_entry_counts(tmp_path / "once" / "entry_counts.json", entries))
-    shard_a = curate_jsonl([half_a], tmp_path / "sa", entries, t=30, seed=5, counts=counts)
-    shard_b = curate_jsonl([half_b], tmp_path / "sb", entries, t=30, seed=5, counts=counts)
-    both = curate_jsonl([half_a, half_b], tmp_path / "both", entries, t=30, seed=5)
+    shard_a = balance_shards([half_a], tmp_path / "sa", entries, counts, t=30, seed=5)
+    shard_b = balance_shards([half_b], tmp_path / "sb", entries, counts, t=30, seed=5, match_dir=tmp_path / "mb")
+    both = curate_shards([half_a, half_b], tmp_path / "both", entries, t=30, seed=5)
     assert kept_ids(shard_a) + kept_ids(shard_b) == kept_ids(at_once) == kept_ids(both)
     assert shard_a["expected_kept"] + shard_b["expected_kept"] == pytest.approx(at_once["expected_kept"])
     assert at_once["head_entries"] > 20 and 0 < at_once["kept"] < at_once["matched"]
 
 
-def test_curate_jsonl_counts_malformed_lines_and_tags_kept_records(tmp_path):
+def test_curate_counts_malformed_lines_and_tags_kept_records(tmp_path):
     records = [{"id": 1, "text": "a hot dog"}, {"uuid": "u2", "caption": "dog"}, {"text": "nothing here"}]
     bad_lines = ["{not json", "[1, 2]", '{"text": 5}', '"just a string"', "", "   "]
     path = write_jsonl(tmp_path / "in.jsonl", records + [{"text": "dog"}], bad_lines)
     with path.open("ab") as f:
         f.write(b'{"text": "\xff\xfe"}\n')
-    summary = curate_jsonl([path], tmp_path / "out", ["dog", "hot dog"], t=1e9, seed=0)
+    summary = curate_shards([path], tmp_path / "out", ["dog", "hot dog"], t=1e9, seed=0)
     assert summary["bad_records"] == 4 + 1 + 1  # bad JSON, array, int text, string, no 'text', not UTF-8
     assert summary["texts_read"] == 3 and summary["matched"] == 2 and summary["kept"] == 2
     assert summary["expected_kept"] == 2.0
@@ -268,52 +283,11 @@ def test_cli_rejects_bad_input(tmp_path):
         assert message in result.stderr, (args, result.stderr)
 
 
-def read_outputs(out_dir, names):
-    return {name: (out_dir / "curated" / name).read_text().splitlines() for name in names}
-
-
-def test_resume_after_a_crash_skips_finished_shards_and_loses_nothing(tmp_path, monkeypatch):
-    import percli.curation.metaclip as metaclip
-
-    pool, entries = demo_pool(1500, seed=4), demo_metadata()
-    shards = [write_jsonl(tmp_path / f"s{i}.jsonl", pool[i * 500:(i + 1) * 500], ["{bad"] if i == 2 else [])
-              for i in range(3)]
-    names = [p.name for p in shards]
-    full = curate_jsonl(shards, tmp_path / "full", entries, t=25, seed=1)
-
-    real = metaclip._curate_shard
-    calls = []
-
-    def crash_on_second(path, target, *args, **kwargs):
-        calls.append(path.name)
-        if len(calls) == 2:
-            target.with_name(f".{target.name}.tmp-999").write_text("half a file")  # what a crash leaves
-            raise OSError("disk gone")
-        return real(path, target, *args, **kwargs)
-
-    monkeypatch.setattr(metaclip, "_curate_shard", crash_on_second)
-    out = tmp_path / "out"
-    with pytest.raises(OSError, match="disk gone"):
-        curate_jsonl(shards, out, entries, t=25, seed=1)
-    assert (out / "progress" / "s0.jsonl.json").is_file() and not (out / "progress" / "s1.jsonl.json").exists()
-    seen = []
-    monkeypatch.setattr(metaclip, "_curate_shard", lambda path, *a, **k: seen.append(path.name) or real(path, *a, **k))
-    resumed = curate_jsonl(shards, out, entries, t=25, seed=1, resume=True)
-    assert seen == ["s1.jsonl", "s2.jsonl"] and resumed["resumed_shards"] == 1 == 3 - len(seen)
-    assert read_outputs(out, names) == read_outputs(tmp_path / "full", names)  # record by record
-    keys = ("texts_read", "matched", "kept", "expected_kept", "kept_sd", "bad_records", "bad_examples")
-    assert {k: resumed[k] for k in keys} == {k: full[k] for k in keys} and full["bad_records"] == 1
-    assert (out / "entry_counts.json").read_text() == (tmp_path / "full" / "entry_counts.json").read_text()
-    assert not list(out.rglob(".*tmp*"))
-    with pytest.raises(ValueError, match="other settings"):  # a marker from another seed is not reused
-        curate_jsonl(shards, out, entries, t=25, seed=2, resume=True)
-
-
 def test_cli_resume_continues_the_output_dir(tmp_path):
     out = tmp_path / "run"
     first = runner.invoke(cli, ["curate", "metaclip", "--output", str(out), "--json"])
     assert first.exit_code == 0, first.output
-    (out / "progress" / "demo_pool.jsonl.json").unlink()  # as if the shard had not been marked done
+    (out / "progress" / "demo_pool.json").unlink()  # as if the shard had not been marked done
     again = runner.invoke(cli, ["curate", "metaclip", "--output", str(out), "--json", "--resume"])
     assert again.exit_code == 0, again.output
     summary = json.loads(again.stdout)
@@ -330,7 +304,7 @@ def test_entry_counts_png_is_written_and_valid(tmp_path):
     from percli.curation.plot import HEIGHT, WIDTH, save_entry_counts_png
 
     pool = write_jsonl(tmp_path / "in.jsonl", demo_pool(2000, seed=1))
-    curate_jsonl([pool], tmp_path / "out", demo_metadata(), t=20, seed=0)
+    curate_shards([pool], tmp_path / "out", demo_metadata(), t=20, seed=0)
     with Image.open(tmp_path / "out" / "entry_counts.png") as image:
         assert image.format == "PNG" and image.size == (WIDTH, HEIGHT)
         image.verify()

@@ -26,6 +26,38 @@ def default_run_dir(verb: str, method: str) -> Path:
     return Path("runs") / f"{verb}-{method}-{stamp}"
 
 
+def prepare_output_dir(output: Path | None, verb: str, method: str, *, overwrite: bool, resume: bool = False,
+                       can_resume: bool = False, rank: int = 0, world: int = 1) -> tuple[Path, str | None]:
+    """The output dir of a data job (default runs/<verb>-<method>-<UTC time>), created by rank 0.
+
+    Only rank 0 checks, empties (--overwrite) and creates it, so processes never race on rmtree;
+    the default name holds a timestamp, so the others take rank 0's choice (broadcast when
+    world > 1). Returns (dir, error message or None); every process gets the same pair.
+    """
+    chosen: list = [None, None]
+    if rank == 0:
+        out_dir = output or default_run_dir(verb, method)
+        problem = None
+        if resume and overwrite:
+            problem = "--resume and --overwrite contradict each other; pass one of them"
+        elif out_dir.exists() and not out_dir.is_dir():
+            problem = f"--output {out_dir} is a file; choose a directory"
+        elif out_dir.is_dir() and any(out_dir.iterdir()) and not resume:
+            if overwrite:
+                shutil.rmtree(out_dir)
+            else:
+                problem = (f"output dir {out_dir} is not empty; pass --overwrite to replace it, "
+                           + ("--resume to continue it, " if can_resume else "") + "or --output to choose another")
+        if problem is None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        chosen = [str(out_dir), problem]
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.broadcast_object_list(chosen, src=0)
+    return Path(chosen[0]), chosen[1]
+
+
 def prepare_run_dir(path: Path, *, resume: bool, overwrite: bool) -> Path:
     """Create or validate the run dir according to --resume / --overwrite."""
     if resume and overwrite:
@@ -45,10 +77,20 @@ def prepare_run_dir(path: Path, *, resume: bool, overwrite: bool) -> Path:
     return path
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write via a temp file and rename, so a crash never leaves half a file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(data, indent=1, default=str) + "\n")
+
+
+def write_jsonl_atomic(path: Path, records: Any) -> None:
+    """Records as JSON lines, atomically."""
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records))
 
 
 def environment_report(world_size: int, device: str, mixed_precision: str) -> dict[str, Any]:

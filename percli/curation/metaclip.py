@@ -13,7 +13,13 @@ and `balancing.py`), rewritten from the formulas:
 The official script flips one coin per matched entry with the process-global `random`; here one
 uniform per text, drawn from a hash of (seed, record key), is compared with P(x). The keep
 probability is the same, and the decision no longer depends on record order, sharding or the
-number of processes.
+number of processes. The record key is its uuid/id field (or WebDataset sample key), else its text.
+
+The pipeline has three stages, each shard-parallel (rank r of WORLD_SIZE takes shards r::world)
+and resumable per shard (a marker in progress/ is written after each shard's output is renamed
+into place): `match_shards` (matches/<name>.npz, CSR entry ids per usable record),
+`count_matches` (entry counts, all-reduced) and `balance_shards` (curated/<name>, in the input's
+format, see `percli.curation.formats`); `curate_shards` runs all three in one output dir.
 """
 
 from __future__ import annotations
@@ -22,28 +28,29 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from percli.core.rundir import write_json_atomic
+from percli.curation.formats import (
+    BAD_EXAMPLES_KEPT,
+    OUTPUT_FORMATS,
+    BadRecords,
+    open_writer,
+    output_suffix,
+    read_batches,
+    read_records,  # noqa: F401 -- re-exported: benchmarks/curation_speed.py reads JSONL through it
+    shard_suffix,
+)
 from percli.curation.matcher import MetadataMatcher
 
 
-def entry_counts(matches: Iterable[Sequence[int]], num_entries: int) -> np.ndarray:
-    """c_e for every entry (uint64): the number of texts whose match list holds e, once per text."""
-    counts = np.zeros(num_entries, dtype=np.uint64)
-    flat: list[int] = []
-    for ids in matches:
-        flat.extend(set(ids))
-        if len(flat) > 1 << 20:  # bound memory on large pools
-            counts += np.bincount(np.asarray(flat, dtype=np.int64), minlength=num_entries).astype(np.uint64)
-            flat.clear()
-    if flat:
-        counts += np.bincount(np.asarray(flat, dtype=np.int64), minlength=num_entries).astype(np.uint64)
-    return counts
+def entry_counts(ids: np.ndarray, num_entries: int) -> np.ndarray:
+    """c_e for every entry (uint64) from the flat ids of a CSR match list (distinct ids per text)."""
+    return np.bincount(np.asarray(ids, dtype=np.int64), minlength=num_entries).astype(np.uint64)
 
 
 def entry_probabilities(counts: np.ndarray, t: float) -> np.ndarray:
@@ -55,7 +62,10 @@ def entry_probabilities(counts: np.ndarray, t: float) -> np.ndarray:
 
 
 def keep_probability(ids: Sequence[int], counts: np.ndarray, t: float) -> float:
-    """P(x) = 1 - prod_{e in ids} (1 - min(1, t / c_e)); 0 when `ids` is empty, 1 when one entry is tail."""
+    """P(x) = 1 - prod_{e in ids} (1 - min(1, t / c_e)); 0 when `ids` is empty, 1 when one entry is tail.
+
+    The formula for one text, as the paper writes it; `keep_probabilities` is the batched form.
+    """
     _check_t(t)
     miss = 1.0
     for e in set(ids):
@@ -66,25 +76,15 @@ def keep_probability(ids: Sequence[int], counts: np.ndarray, t: float) -> float:
     return 0.0 if not ids else 1.0 - miss
 
 
-def keep_probabilities(matches: Sequence[Sequence[int]], counts: np.ndarray, t: float) -> np.ndarray:
-    """`keep_probability` for many texts at once (float64 array, one value per text)."""
-    p_entry = entry_probabilities(counts, t)
-    distinct = [sorted(set(ids)) for ids in matches]
-    lengths = np.fromiter((len(ids) for ids in distinct), dtype=np.int64, count=len(distinct))
-    probs = np.zeros(len(distinct), dtype=np.float64)
-    nonempty = lengths > 0
-    if not nonempty.any():
-        return probs
-    flat = np.fromiter((e for ids in distinct for e in ids), dtype=np.int64, count=int(lengths.sum()))
-    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))[nonempty]
-    # reduceat over the non-empty segments only: an empty segment would repeat its neighbour's value.
-    probs[nonempty] = 1.0 - np.multiply.reduceat(1.0 - p_entry[flat], starts)
+def keep_probabilities(offsets: np.ndarray, ids: np.ndarray, p_entry: np.ndarray) -> np.ndarray:
+    """P(x) for every text of a CSR match list (`ids[offsets[i]:offsets[i + 1]]` are text i's distinct ids)."""
+    probs = np.zeros(len(offsets) - 1, dtype=np.float64)
+    nonempty = np.diff(offsets) > 0
+    if nonempty.any():
+        # reduceat over the non-empty segments only: an empty segment would repeat its neighbour's value.
+        starts = offsets[:-1][nonempty] - offsets[0]
+        probs[nonempty] = 1.0 - np.multiply.reduceat(1.0 - p_entry[ids], starts)
     return probs
-
-
-def expected_kept(probs: Iterable[float]) -> float:
-    """E|D*| = sum of the keep probabilities."""
-    return float(np.sum(np.fromiter(probs, dtype=np.float64)))
 
 
 def keep_uniform(key: str, seed: int) -> float:
@@ -98,22 +98,13 @@ def keep_decision(key: str, prob: float, seed: int) -> bool:
     return keep_uniform(key, seed) < prob
 
 
-def record_key(record: dict[str, Any], text: str) -> str:
-    """What the keep coin is tied to: the record's uuid or id when it has one, else the text."""
-    for field in ("uuid", "id"):
-        value = record.get(field)
-        if value is not None and not isinstance(value, (dict, list)):
-            return str(value)
-    return text
-
-
 def _check_t(t: float) -> None:
     if not t > 0:  # also rejects NaN
         raise ValueError(f"t must be > 0 (got {t}); use a large t (or inf) to keep every matched text")
 
 
 # ---------------------------------------------------------------------------------------------
-# Metadata and JSONL streaming
+# Metadata and counts files
 
 
 def load_metadata(path: str | Path) -> list[str]:
@@ -151,80 +142,14 @@ def load_entry_counts(path: str | Path, entries: Sequence[str]) -> np.ndarray:
     return np.array([int(data.get(e, 0)) for e in entries], dtype=np.uint64)
 
 
-BAD_EXAMPLES_KEPT = 10
+def metadata_digest(entries: Sequence[str]) -> str:
+    """A short hash of the metadata list: entry ids in match files mean something only with it."""
+    return hashlib.sha256(json.dumps(list(entries)).encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-class BadRecords:
-    """Counts malformed input lines and remembers the first few, for the summary."""
-
-    def __init__(self, keep: int = BAD_EXAMPLES_KEPT):
-        self.count = 0
-        self.examples: list[dict[str, Any]] = []
-        self._keep = keep
-
-    def add(self, path: Path, line_no: int, reason: str) -> None:
-        self.count += 1
-        if len(self.examples) < self._keep:
-            self.examples.append({"file": str(path), "line": line_no, "reason": reason})
-
-
-def read_records(path: str | Path, text_field: str = "text",
-                 bad: BadRecords | None = None) -> Iterator[tuple[int, dict[str, Any], str]]:
-    """Yield (line number, record, text) for each usable line of a JSONL file.
-
-    Lines that are not UTF-8 JSON objects with a string `text_field` are skipped and counted in
-    `bad`; blank lines are skipped silently.
-    """
-    path = Path(path)
-    with path.open("rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            reason = None
-            try:
-                record = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                reason = "not UTF-8"
-            except json.JSONDecodeError as e:
-                reason = f"bad JSON: {e.msg}"
-            else:
-                if not isinstance(record, dict):
-                    reason = "not a JSON object"
-                elif text_field not in record:
-                    reason = f"no {text_field!r} field"
-                elif not isinstance(record[text_field], str):
-                    reason = f"{text_field!r} is not a string"
-            if reason is not None:
-                if bad is not None:
-                    bad.add(path, line_no, reason)
-                continue
-            yield line_no, record, record[text_field]
-
-
-def count_jsonl(inputs: Sequence[Path], matcher: MetadataMatcher, text_field: str = "text",
-                bad: BadRecords | None = None) -> tuple[np.ndarray, int, int]:
-    """Pass 1: entry counts over JSONL files. Returns (counts, texts read, texts matched).
-
-    Counts of disjoint shards add up: sum the vectors of separate runs to get the pool's counts.
-    """
-    texts = matched = 0
-
-    def matches() -> Iterator[list[int]]:
-        nonlocal texts, matched
-        for path in inputs:
-            for _, _, text in read_records(path, text_field, bad):
-                ids = matcher.match(text)
-                texts += 1
-                matched += bool(ids)
-                yield ids
-
-    counts = entry_counts(matches(), len(matcher))
-    return counts, texts, matched
-
-
-def _output_names(inputs: Sequence[Path]) -> list[str]:
-    stems = [Path(p).name.removesuffix(".jsonl") for p in inputs]
-    return [f"{stem}.jsonl" if stems.count(stem) == 1 else f"{stem}-{i}.jsonl" for i, stem in enumerate(stems)]
+def counts_digest(counts: np.ndarray) -> str:
+    """A short hash of the entry counts; a resumed shard must have been balanced with the same counts."""
+    return hashlib.sha256(np.ascontiguousarray(counts, dtype=np.uint64).tobytes()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,62 +204,36 @@ def _barrier(world: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Per-shard progress markers, for --resume
+# Shards, per-shard progress markers (for --resume) and stats
 
 
-def counts_digest(counts: np.ndarray) -> str:
-    """A short hash of the entry counts; a resumed shard must have been balanced with the same counts."""
-    return hashlib.sha256(np.ascontiguousarray(counts, dtype=np.uint64).tobytes()).hexdigest()[:16]
+def shard_names(inputs: Sequence[Path]) -> list[str]:
+    """A unique name per input (its file name without the format extension), from the whole list.
+
+    Every process derives the same names, so they can name match files and outputs independently.
+    """
+    stems = [Path(p).name.removesuffix(shard_suffix(p)) for p in inputs]
+    return [stem if stems.count(stem) == 1 else f"{stem}-{i}" for i, stem in enumerate(stems)]
 
 
-def _marker_path(output_dir: Path, name: str) -> Path:
-    return output_dir / "progress" / f"{name}.json"
+def _check_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    paths = [Path(p) for p in inputs]
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"input {path} does not exist")
+        shard_suffix(path)
+    return paths
 
 
-def _shard_config(path: Path, t: float, seed: int, text_field: str, digest: str) -> dict[str, Any]:
-    """What a finished shard's output depends on; a marker is reused only when all of it matches."""
-    return {"input": str(path.resolve()), "t": t, "seed": seed, "text_field": text_field, "counts": digest}
-
-
-def _load_done_shard(output_dir: Path, name: str, config: dict[str, Any]) -> dict[str, Any] | None:
+def _load_done_shard(marker: Path, result: Path, config: dict[str, Any]) -> dict[str, Any] | None:
     """The saved stats of a shard finished by an earlier run with the same config, else None."""
-    marker = _marker_path(output_dir, name)
-    if not marker.is_file() or not (output_dir / "curated" / name).is_file():
-        return None  # a crash between the output's rename and the marker's write: redo the shard
+    if not marker.is_file() or not result.is_file():
+        return None  # a crash between the result's rename and the marker's write: redo the shard
     saved = json.loads(marker.read_text())
     if saved.get("config") != config:
         raise ValueError(f"--resume: {marker} was written with other settings ({saved.get('config')}); "
                          f"start a new output dir or drop --resume")
     return saved["stats"]
-
-
-# ---------------------------------------------------------------------------------------------
-# The two passes, one shard at a time
-
-
-def _curate_shard(path: Path, target: Path, matcher: MetadataMatcher, p_entry: np.ndarray, seed: int,
-                  text_field: str, bad: BadRecords | None) -> dict[str, Any]:
-    """Pass 2 on one input: write its kept records to `target` (via a temp file); returns the shard's stats."""
-    texts = matched = kept = 0
-    prob_sum = var_sum = 0.0
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as out:
-        for _, record, text in read_records(path, text_field, bad):
-            texts += 1
-            ids = matcher.match(text)
-            if not ids:
-                continue
-            matched += 1
-            prob = 1.0 - math.prod(1.0 - float(p_entry[e]) for e in ids)
-            prob_sum += prob
-            var_sum += prob * (1.0 - prob)
-            if keep_decision(record_key(record, text), prob, seed):
-                kept += 1
-                record["metaclip_entries"] = ids
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, target)
-    return {"texts": texts, "matched": matched, "kept": kept, "prob_sum": prob_sum, "var_sum": var_sum,
-            "output": str(target)}
 
 
 def _remove_stale_temps(target: Path) -> None:
@@ -343,106 +242,255 @@ def _remove_stale_temps(target: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
-def _merge_stats(per_file: list[dict[str, Any]]) -> dict[str, Any]:
+def _run_shards(paths: Sequence[Path], results: Sequence[Path], markers: Sequence[Path],
+                configs: Sequence[dict[str, Any]], work: Callable[[int], dict[str, Any]], resume: bool,
+                say: Callable[[str], None], stage: str) -> tuple[list[dict[str, Any]], int]:
+    """Run `work(i)` on this process's shards (i = rank, rank + world, ...), skipping finished ones on resume.
+
+    Returns every shard's stats in input order (gathered from all processes) and the number resumed.
+    """
+    rank, world = init_distributed()
+    mine: dict[int, dict[str, Any]] = {}
+    resumed = 0
+    for i in range(rank, len(paths), world):
+        done = _load_done_shard(markers[i], results[i], configs[i]) if resume else None
+        if done is not None:
+            mine[i] = done
+            resumed += 1
+            say(f"{stage}: {paths[i]} already done, skipped (--resume)")
+            continue
+        _remove_stale_temps(results[i])
+        stats = work(i)
+        write_json_atomic(markers[i], {"config": configs[i], "stats": stats})
+        mine[i] = stats
+        say(f"{stage}: {paths[i]} -> {results[i]}")
+    gathered = _all_gather((mine, resumed), world)
+    every: dict[int, dict[str, Any]] = {}
+    for part, _ in gathered:
+        every.update(part)
+    return [every[i] for i in range(len(paths))], sum(n for _, n in gathered)
+
+
+def _merge_stats(per_shard: list[dict[str, Any]]) -> dict[str, Any]:
     """Add per-shard stats in input order, so the floating-point sums do not depend on the process count."""
-    total: dict[str, Any] = {"texts": 0, "matched": 0, "kept": 0, "prob_sum": 0.0, "var_sum": 0.0, "bad": 0,
-                             "bad_examples": []}
-    for stats in per_file:
-        for key in ("texts", "matched", "kept", "prob_sum", "var_sum", "bad"):
-            total[key] += stats[key]
-        total["bad_examples"].extend(stats["bad_examples"])
+    total: dict[str, Any] = {"bad_examples": []}
+    for stats in per_shard:
+        for key, value in stats.items():
+            if key == "bad_examples":
+                total[key].extend(value)
+            elif isinstance(value, (int, float)):
+                total[key] = total.get(key, 0) + value
     total["bad_examples"] = total["bad_examples"][:BAD_EXAMPLES_KEPT]
     return total
 
 
-def curate_jsonl(inputs: Sequence[str | Path], output_dir: str | Path, entries: Sequence[str], t: float,
-                 seed: int = 0, text_field: str = "text", counts: np.ndarray | None = None,
-                 log: Callable[[str], None] | None = None, resume: bool = False) -> dict[str, Any]:
-    """MetaCLIP-curate JSONL files into `output_dir`; returns the summary (also saved as summary.json).
+def _save_npz_atomic(target: Path, **arrays: np.ndarray) -> None:
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    with tmp.open("wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, target)
 
-    Pass 1 matches every text of every input and counts entries (skipped when `counts` is given,
-    e.g. the summed counts of a whole pool when this call handles one shard of it). Pass 2 matches
-    again and writes the kept records to `output_dir/curated/<input name>.jsonl`, each with a
-    `"metaclip_entries"` list of matched ids. All files are written to a temp name, then renamed;
-    after each rename a marker `progress/<name>.json` records the shard as done.
 
-    With WORLD_SIZE > 1 (`accelerate launch`, torchrun) every process calls this with the same
-    arguments: rank r handles `inputs[r::world]`, the entry counts are summed over processes, and
-    rank 0 writes entry_counts.json, summary.json and entry_counts.png (see `percli.curation.plot`).
-    The outputs equal those of one process.
+# ---------------------------------------------------------------------------------------------
+# Stage 1: match. matches/<name>.npz per shard holds the CSR match lists of its usable records.
 
-    Args:
-        inputs: JSONL files with one record (a JSON object) per line.
-        output_dir: where curated/, entry_counts.json and summary.json go (created if missing).
-        entries: the metadata list.
-        t: the balancing threshold (20,000 for MetaCLIP-400M); must be > 0; inf keeps all matched texts.
-        seed: seeds the per-record keep coins.
-        text_field: the record field holding the alt-text.
-        counts: global entry counts to balance with, instead of counting `inputs`.
-        log: called with progress lines.
-        resume: skip shards whose marker shows they were finished with the same settings and counts.
-            Pass 1 always reruns, so the counts (and the bad-record tally) are the same as uninterrupted.
+
+MANIFEST = "manifest.json"
+
+
+def _match_shard(path: Path, target: Path, matcher: MetadataMatcher, text_field: str) -> dict[str, Any]:
+    """Match every usable text of one shard; save offsets (int64), ids (int32) and record positions."""
+    bad = BadRecords()
+    offsets, ids, index = [np.zeros(1, dtype=np.int64)], [], []
+    total = 0
+    for batch in read_batches(path, text_field, bad):
+        batch_offsets, batch_ids = matcher.match_batch(batch.texts)
+        offsets.append(batch_offsets[1:] + total)
+        ids.append(batch_ids.astype(np.int32))  # 500k entries fit; halves the files
+        index.append(batch.index)
+        total += len(batch_ids)
+    offsets_all = np.concatenate(offsets)
+    _save_npz_atomic(target, offsets=offsets_all, ids=np.concatenate(ids or [np.zeros(0, np.int32)]),
+                     index=np.concatenate(index or [np.zeros(0, np.int64)]))
+    texts = len(offsets_all) - 1
+    return {"texts": texts, "matched": int((np.diff(offsets_all) > 0).sum()), "bad": bad.count,
+            "bad_examples": bad.examples}
+
+
+def match_shards(inputs: Sequence[str | Path], output_dir: str | Path, entries: Sequence[str],
+                 text_field: str = "text", resume: bool = False,
+                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Stage 1: write `output_dir/matches/<name>.npz` for every input shard; returns the stats.
+
+    Rank r of WORLD_SIZE processes matches `inputs[r::world]`. Rank 0 then writes
+    `matches/manifest.json` (inputs, names, text field, metadata hash), which `count` and
+    `balance --matches` read.
     """
-    _check_t(t)
-    inputs = [Path(p) for p in inputs]
-    for path in inputs:
-        if not path.is_file():
-            raise FileNotFoundError(f"input {path} does not exist")
+    inputs = _check_inputs(inputs)
     output_dir = Path(output_dir)
     say = log or (lambda _msg: None)
-    rank, world = init_distributed()
-    names = _output_names(inputs)  # from the whole list, so every process names files alike
-    mine = list(range(rank, len(inputs), world))
+    (output_dir / "matches").mkdir(parents=True, exist_ok=True)
+    (output_dir / "progress").mkdir(exist_ok=True)
+    names = shard_names(inputs)
+    digest = metadata_digest(entries)
     matcher = MetadataMatcher(entries)
-    counted_here = counts is None
-    # One BadRecords per input, so the examples can be merged in input order across processes.
-    bad = {i: BadRecords() for i in mine}
-    if counts is None:
-        counts = np.zeros(len(entries), dtype=np.uint64)
-        for i in mine:
-            counts += count_jsonl([inputs[i]], matcher, text_field, bad[i])[0]
-        counts = _all_reduce_counts(counts, world)
-        say(f"pass 1: counted {int((counts > 0).sum())} matched entries over {len(inputs)} file(s)")
+    results = [output_dir / "matches" / f"{name}.npz" for name in names]
+    markers = [output_dir / "progress" / f"{name}.match.json" for name in names]
+    configs = [{"input": str(p.resolve()), "text_field": text_field, "metadata": digest} for p in inputs]
+    per_shard, resumed = _run_shards(
+        inputs, results, markers, configs,
+        lambda i: _match_shard(inputs[i], results[i], matcher, text_field), resume, say, "match")
+    rank, world = init_distributed()
+    if rank == 0:
+        write_json_atomic(output_dir / "matches" / MANIFEST, {
+            "inputs": [str(p.resolve()) for p in inputs], "names": names, "text_field": text_field,
+            "metadata": digest, "num_entries": len(entries), "shards": per_shard})
+    _barrier(world)
+    return {**match_totals(per_shard), "resumed_shards": resumed, "world_size": world}
+
+
+def match_totals(per_shard: list[dict[str, Any]]) -> dict[str, Any]:
+    """Texts read, matched and bad records over the shards of a match run (e.g. its manifest's)."""
+    total = _merge_stats(per_shard)
+    return {"texts_read": total.get("texts", 0), "matched": total.get("matched", 0), "bad_records": total.get("bad", 0),
+            "bad_examples": total["bad_examples"], "shards": len(per_shard)}
+
+
+def load_manifest(match_dir: str | Path, entries: Sequence[str]) -> dict[str, Any]:
+    """The manifest of a finished `match` run in `match_dir`, checked against the metadata."""
+    path = Path(match_dir) / "matches" / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{match_dir} holds no finished match run ({path} is missing); "
+                                f"run `percli curate metaclip match` into it first")
+    manifest = json.loads(path.read_text())
+    if manifest["metadata"] != metadata_digest(entries):
+        raise ValueError(f"{match_dir} was matched with other metadata (entry ids would not line up); "
+                         f"pass the same --metadata or match again")
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: count. c_e summed over shards and processes.
+
+
+def count_matches(match_dir: str | Path, entries: Sequence[str]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Entry counts over every shard of a match run (all-reduced over processes) and its manifest."""
+    match_dir = Path(match_dir)
+    manifest = load_manifest(match_dir, entries)
+    rank, world = init_distributed()
+    counts = np.zeros(len(entries), dtype=np.uint64)
+    for name in manifest["names"][rank::world]:
+        with np.load(match_dir / "matches" / f"{name}.npz") as stored:
+            counts += entry_counts(stored["ids"], len(entries))
+    return _all_reduce_counts(counts, world), manifest
+
+
+def save_counts(counts: np.ndarray, entries: Sequence[str], output_dir: Path) -> None:
+    """entry_counts.json ({entry: count}, the official format), written by rank 0."""
+    if init_distributed()[0] == 0:
+        write_json_atomic(output_dir / "entry_counts.json", {e: int(c) for e, c in zip(entries, counts)})
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 3: balance. One coin per record, kept records written in the input's format.
+
+
+class _StoredMatches:
+    """A shard's saved CSR matches, handed out batch by batch in reading order."""
+
+    def __init__(self, path: Path, source: Path):
+        with np.load(path) as stored:
+            self.offsets, self.ids, self.index = stored["offsets"], stored["ids"], stored["index"]
+        self.path, self.source, self.row = path, source, 0
+
+    def take(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = slice(self.row, self.row + len(index))
+        if not np.array_equal(self.index[rows], index):
+            raise ValueError(f"{self.source} changed since its matches {self.path} were written; match it again")
+        offsets = self.offsets[self.row:self.row + len(index) + 1]
+        self.row += len(index)
+        return offsets - offsets[0], self.ids[offsets[0]:offsets[-1]].astype(np.int64)
+
+    def check_finished(self) -> None:
+        if self.row != len(self.index):
+            raise ValueError(f"{self.source} changed since its matches {self.path} were written; match it again")
+
+
+def _balance_shard(path: Path, target: Path, matches: MetadataMatcher | Path, p_entry: np.ndarray, seed: int,
+                   text_field: str, output_format: str) -> dict[str, Any]:
+    """Balance one shard into `target` (via a temp file), with its saved matches or by matching again."""
+    bad = BadRecords()
+    stored = _StoredMatches(matches, path) if isinstance(matches, Path) else None
+    texts = matched = kept_total = 0
+    prob_sum = var_sum = 0.0
+    with open_writer(target, path, output_format) as writer:
+        for batch in read_batches(path, text_field, bad):
+            offsets, ids = stored.take(batch.index) if stored else matches.match_batch(batch.texts)
+            probs = keep_probabilities(offsets, ids, p_entry)
+            coins = np.fromiter((keep_uniform(text if key is None else key, seed)
+                                 for key, text in zip(batch.keys, batch.texts)), dtype=np.float64, count=len(probs))
+            kept = np.flatnonzero(coins < probs)
+            writer.write(batch, kept, [ids[offsets[k]:offsets[k + 1]].tolist() for k in kept.tolist()])
+            texts += len(probs)
+            matched += int((probs > 0).sum())
+            kept_total += len(kept)
+            prob_sum += float(probs.sum())
+            var_sum += float((probs * (1.0 - probs)).sum())
+        if stored:
+            stored.check_finished()
+        writer.commit()
+    return {"texts": texts, "matched": matched, "kept": kept_total, "prob_sum": prob_sum, "var_sum": var_sum,
+            "bad": bad.count, "bad_examples": bad.examples, "output": str(target)}
+
+
+def balance_shards(inputs: Sequence[str | Path], output_dir: str | Path, entries: Sequence[str], counts: np.ndarray,
+                   t: float, seed: int = 0, text_field: str = "text", output_format: str = "same",
+                   match_dir: str | Path | None = None, resume: bool = False,
+                   log: Callable[[str], None] | None = None, counts_from: str = "given") -> dict[str, Any]:
+    """Stage 3: write each input's kept records to `output_dir/curated/`; returns the summary.
+
+    Uses the saved matches of `match_dir` (a `match` run over these inputs) when given, else
+    matches again. Rank r balances `inputs[r::world]`; rank 0 writes summary.json and
+    entry_counts.png. After each shard's rename a marker `progress/<name>.json` records it as done.
+    """
+    _check_t(t)
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"output format {output_format!r} is not one of {', '.join(OUTPUT_FORMATS)}")
+    inputs = _check_inputs(inputs)
+    output_dir = Path(output_dir)
+    say = log or (lambda _msg: None)
+    counts = np.asarray(counts, dtype=np.uint64)
+    if counts.shape != (len(entries),):
+        raise ValueError(f"counts has shape {counts.shape}, expected ({len(entries)},) for this metadata")
+    names = shard_names(inputs)
+    sources: list[MetadataMatcher | Path]
+    if match_dir is None:
+        sources = [MetadataMatcher(entries)] * len(inputs)
     else:
-        counts = np.asarray(counts, dtype=np.uint64)
-        if counts.shape != (len(entries),):
-            raise ValueError(f"counts has shape {counts.shape}, expected ({len(entries)},) for this metadata")
+        manifest = load_manifest(match_dir, entries)
+        if manifest["text_field"] != text_field:
+            raise ValueError(f"{match_dir} was matched with --text-field {manifest['text_field']}, not {text_field}")
+        by_input = dict(zip(manifest["inputs"], manifest["names"]))
+        missing = [str(p) for p in inputs if str(p.resolve()) not in by_input]
+        if missing:
+            raise ValueError(f"{match_dir} holds no matches of {', '.join(missing)}; match those inputs too")
+        sources = [Path(match_dir) / "matches" / f"{by_input[str(p.resolve())]}.npz" for p in inputs]
     p_entry = entry_probabilities(counts, t)
     digest = counts_digest(counts)
-
     (output_dir / "curated").mkdir(parents=True, exist_ok=True)
     (output_dir / "progress").mkdir(exist_ok=True)
-    per_file: dict[int, dict[str, Any]] = {}
-    resumed = 0
-    for i in mine:
-        path, name = inputs[i], names[i]
-        target = output_dir / "curated" / name
-        config = _shard_config(path, t, seed, text_field, digest)
-        done = _load_done_shard(output_dir, name, config) if resume else None
-        if done is not None:
-            if counted_here:  # this run's pass 1 re-counted the shard's bad lines
-                done.update(bad=bad[i].count, bad_examples=bad[i].examples)
-            per_file[i] = done
-            resumed += 1
-            say(f"pass 2: {path} already done, skipped (--resume)")
-            continue
-        _remove_stale_temps(target)
-        # Pass 2 re-reads the files; bad lines are counted here only when pass 1 did not run.
-        stats = _curate_shard(path, target, matcher, p_entry, seed, text_field, None if counted_here else bad[i])
-        stats.update(bad=bad[i].count, bad_examples=bad[i].examples)
-        write_json_atomic(_marker_path(output_dir, name), {"config": config, "stats": stats})
-        per_file[i] = stats
-        say(f"pass 2: {path} -> {target}")
-
-    gathered = _all_gather((per_file, resumed), world)
-    all_files: dict[int, dict[str, Any]] = {}
-    for part, _ in gathered:
-        all_files.update(part)
-    total = _merge_stats([all_files[i] for i in range(len(inputs))])
-    summary = _summary(total, counts, entries, t, seed, text_field, counted_here, inputs, output_dir)
-    summary.update(world_size=world, resumed_shards=sum(n for _, n in gathered))
+    results = [output_dir / "curated" / f"{name}{output_suffix(p, output_format)}" for p, name in zip(inputs, names)]
+    markers = [output_dir / "progress" / f"{name}.json" for name in names]
+    configs = [{"input": str(p.resolve()), "t": t, "seed": seed, "text_field": text_field, "counts": digest,
+                "output_format": output_format} for p in inputs]
+    per_shard, resumed = _run_shards(
+        inputs, results, markers, configs,
+        lambda i: _balance_shard(inputs[i], results[i], sources[i], p_entry, seed, text_field, output_format),
+        resume, say, "balance")
+    rank, world = init_distributed()
+    summary = _summary(_merge_stats(per_shard), counts, entries, t, seed, text_field, inputs, results, output_dir)
+    summary.update(world_size=world, resumed_shards=resumed, output_format=output_format, counts_from=counts_from)
     if rank == 0:
-        write_json_atomic(output_dir / "entry_counts.json", {e: int(c) for e, c in zip(entries, counts)})
         write_json_atomic(output_dir / "summary.json", summary)
         from percli.curation.plot import save_entry_counts_png
 
@@ -451,19 +499,53 @@ def curate_jsonl(inputs: Sequence[str | Path], output_dir: str | Path, entries: 
     return summary
 
 
+def curate_shards(inputs: Sequence[str | Path], output_dir: str | Path, entries: Sequence[str], t: float,
+                  seed: int = 0, text_field: str = "text", output_format: str = "same",
+                  log: Callable[[str], None] | None = None, resume: bool = False) -> dict[str, Any]:
+    """MetaCLIP-curate shards in one go (match, count, balance) into `output_dir`; returns the summary.
+
+    Match files go to `output_dir/matches/` (so each text is matched once), entry_counts.json,
+    summary.json and entry_counts.png to `output_dir`, kept records to `output_dir/curated/<name>`
+    in the input's format (see `percli.curation.formats`), each with its matched entry ids. All
+    files are written to a temp name, then renamed.
+
+    With WORLD_SIZE > 1 (`accelerate launch`, torchrun) every process calls this with the same
+    arguments: rank r handles `inputs[r::world]`, the entry counts are summed over processes, and
+    the outputs equal those of one process.
+
+    Args:
+        inputs: shard files (.jsonl, .jsonl.gz, .parquet, WebDataset .tar).
+        output_dir: where everything goes (created if missing).
+        entries: the metadata list.
+        t: the balancing threshold (20,000 for MetaCLIP-400M); must be > 0; inf keeps all matched texts.
+        seed: seeds the per-record keep coins.
+        text_field: the record field (or tar member extension) holding the alt-text.
+        output_format: "same" (records in the input's format) or "index" (positions and entry ids).
+        log: called with progress lines.
+        resume: skip shards whose markers show they were matched / balanced with the same settings.
+    """
+    _check_t(t)
+    say = log or (lambda _msg: None)
+    match_shards(inputs, output_dir, entries, text_field, resume, say)
+    counts, _ = count_matches(output_dir, entries)
+    say(f"count: {int((counts > 0).sum())} entries matched over {len(inputs)} shard(s)")
+    save_counts(counts, entries, Path(output_dir))
+    return balance_shards(inputs, output_dir, entries, counts, t, seed, text_field, output_format,
+                          match_dir=output_dir, resume=resume, log=say, counts_from="inputs")
+
+
 def _summary(total: dict[str, Any], counts: np.ndarray, entries: Sequence[str], t: float, seed: int,
-             text_field: str, counted_here: bool, inputs: Sequence[Path], output_dir: Path) -> dict[str, Any]:
+             text_field: str, inputs: Sequence[Path], outputs: Sequence[Path], output_dir: Path) -> dict[str, Any]:
     """The summary.json object from the merged shard stats."""
-    names = _output_names(inputs)
     return {
         "method": "metaclip",
-        "texts_read": total["texts"],
-        "matched": total["matched"],
-        "kept": total["kept"],
-        "expected_kept": total["prob_sum"],
-        "kept_sd": math.sqrt(total["var_sum"]),
-        "kept_fraction_of_matched": total["kept"] / total["matched"] if total["matched"] else 0.0,
-        "bad_records": total["bad"],
+        "texts_read": total.get("texts", 0),
+        "matched": total.get("matched", 0),
+        "kept": total.get("kept", 0),
+        "expected_kept": total.get("prob_sum", 0.0),
+        "kept_sd": math.sqrt(total.get("var_sum", 0.0)),
+        "kept_fraction_of_matched": total["kept"] / total["matched"] if total.get("matched") else 0.0,
+        "bad_records": total.get("bad", 0),
         "bad_examples": total["bad_examples"],
         "t": t,
         "seed": seed,
@@ -471,8 +553,7 @@ def _summary(total: dict[str, Any], counts: np.ndarray, entries: Sequence[str], 
         "num_entries": len(entries),
         "entries_matched": int((counts > 0).sum()),
         "head_entries": int((counts > t).sum()),
-        "counts_from": "inputs" if counted_here else "given",
         "inputs": [str(p) for p in inputs],
-        "outputs": [str(output_dir / "curated" / name) for name in names],
+        "outputs": [str(p) for p in outputs],
         "output_dir": str(output_dir),
     }

@@ -1,0 +1,566 @@
+"""Shard formats of a curation pool: JSONL (optionally gzipped), Parquet and WebDataset tar.
+
+The format of a shard is read from its name: `.jsonl`, `.jsonl.gz`, `.parquet`, `.tar`.
+
+* JSONL: one JSON object per line; the text is field `text_field`. A record's position is its
+  0-based line number.
+* Parquet: one row per record; the text is column `text_field`. A record's position is its row.
+* WebDataset tar: a sample is a run of consecutive members sharing a key, the member name up to
+  the first dot of its basename (`dir/000123.jpg` and `dir/000123.json` are sample `dir/000123`).
+  The text is the member `<key>.<text_field>` when the sample has one (`--text-field txt`), else
+  field `text_field` of the member `<key>.json` (`--text-field text`, MetaCLIP's own shards:
+  `--text-field caption` for the usual img2dataset output). A record's position is its sample index.
+
+Readers yield `Batch`es of the usable records and count the malformed ones in `BadRecords`
+without stopping: bad JSON, a missing or non-string text, an unreadable Parquet row group (all its
+rows), a truncated tar (the sample being read when the archive breaks off). Writers write kept
+records in the input's format to a temp name and rename it on `commit()`:
+
+* JSONL: the record plus `"metaclip_entries": [ids]`;
+* Parquet: the same schema plus a `metaclip_entries` list<int64> column;
+* tar: the kept samples' members with their bytes unchanged, plus `<key>.metaclip.json`
+  = `{"metaclip_entries": [ids]}`;
+* index (any input): one line `{"index": position, "key": uuid/id/tar key or null, "entries": [ids]}`
+  per kept record, for users who keep their shards where they are.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import io
+import json
+import os
+import re
+import tarfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+FORMATS = {".jsonl": "jsonl", ".jsonl.gz": "jsonl", ".parquet": "parquet", ".tar": "tar"}
+BATCH_SIZE = 4096  # records matched, balanced and written at a time
+BAD_EXAMPLES_KEPT = 10
+ENTRIES_FIELD = "metaclip_entries"
+KEY_FIELDS = ("uuid", "id")  # a record's identity (and its keep coin) when present
+
+
+# ---------------------------------------------------------------------------------------------
+# Input lists: brace expansion and globs
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Shell-style brace expansion: `a{1,2}b` -> a1b a2b; `{08..10}` -> 08 09 10 (zero-padding kept).
+
+    Nested groups expand too; a group with neither a top-level comma nor a `lo..hi` range stays literal.
+    """
+    depth, start = 0, 0
+    for i, ch in enumerate(pattern):
+        if ch == "{":
+            if depth == 0:
+                start = i
+            depth += 1
+        elif ch == "}" and depth:
+            depth -= 1
+            if depth == 0:
+                alternatives = _brace_alternatives(pattern[start + 1:i])
+                if alternatives is not None:
+                    head, tail = pattern[:start], pattern[i + 1:]
+                    return [out for alt in alternatives for out in expand_braces(head + alt + tail)]
+    return [pattern]
+
+
+def _brace_alternatives(body: str) -> list[str] | None:
+    parts, depth, last = [], 0, 0
+    for i, ch in enumerate(body):
+        depth += (ch == "{") - (ch == "}")
+        if ch == "," and depth == 0:
+            parts.append(body[last:i])
+            last = i + 1
+    if parts:
+        return [*parts, body[last:]]
+    bounds = re.fullmatch(r"(-?\d+)\.\.(-?\d+)", body)
+    if bounds is None:
+        return None
+    lo_text, hi_text = bounds.groups()
+    lo, hi = int(lo_text), int(hi_text)
+    # As bash: pad to the wider bound when either is written with a leading zero.
+    padded = any(len(s.lstrip("-")) > 1 and s.lstrip("-").startswith("0") for s in (lo_text, hi_text))
+    width = max(len(lo_text), len(hi_text)) if padded else 0
+    step = 1 if hi >= lo else -1
+    return [f"{n:0{width}d}" for n in range(lo, hi + step, step)]
+
+
+def expand_inputs(patterns: Sequence[str | Path]) -> list[Path]:
+    """The shard files named by `patterns` (brace-expanded, then globbed), in order, without repeats.
+
+    Raises:
+        FileNotFoundError: a pattern matches nothing, or a brace-expanded name does not exist.
+        ValueError: a file has no known shard extension.
+    """
+    paths: list[Path] = []
+    for pattern in map(str, patterns):
+        found: list[str] = []
+        for name in expand_braces(pattern):
+            if glob.has_magic(name):
+                found += sorted(glob.glob(name))
+            elif os.path.isfile(name):
+                found.append(name)
+            else:
+                raise FileNotFoundError(f"input {name}" + (f" (from {pattern})" if name != pattern else "")
+                                        + " does not exist")
+        if not found:
+            raise FileNotFoundError(f"input {pattern} matches no file")
+        paths += map(Path, found)
+    for path in paths:
+        shard_format(path)
+    return list(dict.fromkeys(paths))
+
+
+def shard_suffix(path: str | Path) -> str:
+    """The format extension of a shard name (`.jsonl.gz` counts as one)."""
+    name = Path(path).name
+    for suffix in sorted(FORMATS, key=len, reverse=True):
+        if name.endswith(suffix):
+            return suffix
+    known = ", ".join(FORMATS)
+    raise ValueError(f"input {path}: unknown shard format; name it with one of the extensions {known}")
+
+
+def shard_format(path: str | Path) -> str:
+    """'jsonl', 'parquet' or 'tar'."""
+    return FORMATS[shard_suffix(path)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+class BadRecords:
+    """Counts malformed input records and remembers the first few, for the summary."""
+
+    def __init__(self, keep: int = BAD_EXAMPLES_KEPT):
+        self.count = 0
+        self.examples: list[dict[str, Any]] = []
+        self._keep = keep
+
+    def add(self, path: Path, position: int, reason: str, where: str = "line", n: int = 1) -> None:
+        """Count `n` bad records at `position` ("line" for JSONL (1-based), "row" or "sample" (0-based))."""
+        self.count += n
+        if len(self.examples) < self._keep:
+            self.examples.append({"file": str(path), where: position, "reason": reason})
+
+
+@dataclass
+class Batch:
+    """Usable records of one shard, aligned: `index[i]`, `texts[i]`, `keys[i]` and item i of `items`.
+
+    `keys` are the records' identities (uuid/id field, or tar sample key; None without one). `items`
+    is what the writer needs: records (JSONL), an Arrow table (Parquet), `Sample`s (tar).
+    """
+
+    index: np.ndarray
+    texts: list[str]
+    keys: list[str | None]
+    items: Any
+
+
+def record_identity(record: dict[str, Any]) -> str | None:
+    """A record's uuid or id field as a string; None when it has neither (or only a list/object)."""
+    for field in KEY_FIELDS:
+        value = record.get(field)
+        if value is not None and not isinstance(value, (dict, list)):
+            return str(value)
+    return None
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")
+
+
+def read_records(path: str | Path, text_field: str = "text",
+                 bad: BadRecords | None = None) -> Iterator[tuple[int, dict[str, Any], str]]:
+    """Yield (line number, record, text) for each usable line of a JSONL file (`.gz` too).
+
+    Lines that are not UTF-8 JSON objects with a string `text_field` are skipped and counted in
+    `bad`; blank lines are skipped silently.
+    """
+    path = Path(path)
+    with _open_binary(path) as f:
+        for line_no, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            reason = None
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                reason = "not UTF-8"
+            except json.JSONDecodeError as e:
+                reason = f"bad JSON: {e.msg}"
+            else:
+                if not isinstance(record, dict):
+                    reason = "not a JSON object"
+                elif text_field not in record:
+                    reason = f"no {text_field!r} field"
+                elif not isinstance(record[text_field], str):
+                    reason = f"{text_field!r} is not a string"
+            if reason is not None:
+                if bad is not None:
+                    bad.add(path, line_no, reason)
+                continue
+            yield line_no, record, record[text_field]
+
+
+def _read_jsonl(path: Path, text_field: str, bad: BadRecords, batch_size: int) -> Iterator[Batch]:
+    index: list[int] = []
+    records: list[dict[str, Any]] = []
+    texts: list[str] = []
+    for line_no, record, text in read_records(path, text_field, bad):
+        index.append(line_no - 1)
+        records.append(record)
+        texts.append(text)
+        if len(records) == batch_size:
+            yield Batch(np.asarray(index, dtype=np.int64), texts, [record_identity(r) for r in records], records)
+            index, records, texts = [], [], []
+    if records:
+        yield Batch(np.asarray(index, dtype=np.int64), texts, [record_identity(r) for r in records], records)
+
+
+def _read_parquet(path: Path, text_field: str, bad: BadRecords, batch_size: int) -> Iterator[Batch]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as e:
+        raise ValueError(f"input {path} is not a readable Parquet file ({e})") from None
+    names = parquet.schema_arrow.names
+    key_field = next((f for f in KEY_FIELDS if f in names), None)
+    first_row = 0
+    for group in range(parquet.num_row_groups):
+        rows = parquet.metadata.row_group(group).num_rows
+        try:
+            table = parquet.read_row_group(group)
+        except (OSError, pa.ArrowException) as e:
+            bad.add(path, first_row, f"unreadable row group {group} ({rows} rows): {e}", "row", rows)
+            first_row += rows
+            continue
+        if text_field not in names:
+            bad.add(path, first_row, f"no {text_field!r} column", "row", rows)
+            first_row += rows
+            continue
+        for start in range(0, rows, batch_size):
+            chunk = table.slice(start, batch_size)
+            texts = chunk.column(text_field).to_pylist()
+            usable = [i for i, text in enumerate(texts) if isinstance(text, str)]
+            for i in sorted(set(range(len(texts))) - set(usable)):
+                reason = f"{text_field!r} is null" if texts[i] is None else f"{text_field!r} is not a string"
+                bad.add(path, first_row + start + i, reason, "row")
+            if not usable:
+                continue
+            kept = chunk.take(pa.array(usable, type=pa.int64()))
+            if key_field is None:
+                keys: list[str | None] = [None] * len(usable)
+            else:
+                keys = [record_identity({key_field: v}) for v in kept.column(key_field).to_pylist()]
+            index = first_row + start + np.asarray(usable, dtype=np.int64)
+            yield Batch(index, [texts[i] for i in usable], keys, kept)
+        first_row += rows
+
+
+@dataclass
+class Member:
+    """One tar member: its name, its content and its raw bytes (headers, content, padding) as archived."""
+
+    name: str
+    data: bytes
+    raw: bytes
+    mtime: int
+
+
+@dataclass
+class Sample:
+    """One WebDataset sample: its key and its members, in archive order."""
+
+    key: str
+    members: list[Member]
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """(key, extension) of a WebDataset member: the split is at the first dot of the basename."""
+    folder, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext
+
+
+def sample_text(sample: Sample, text_field: str) -> tuple[str | None, str | None]:
+    """(text, None), or (None, reason it is unusable); see the module docstring for the rule."""
+    by_ext = {split_member_name(m.name)[1]: m.data for m in sample.members}
+    if text_field in by_ext:
+        try:
+            return by_ext[text_field].decode("utf-8"), None
+        except UnicodeDecodeError:
+            return None, f"member .{text_field} is not UTF-8"
+    if "json" not in by_ext:
+        return None, f"no .{text_field} member and no .json member"
+    try:
+        record = json.loads(by_ext["json"].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, f"bad .json member: {e}"
+    if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+        return None, f"no .{text_field} member and no string {text_field!r} in the .json member"
+    return record[text_field], None
+
+
+BLOCK = 512
+FILE_TYPES = (b"0", b"\0", b"7")  # regular files; directories, links and devices carry no sample data
+
+
+class TarFormatError(ValueError):
+    """A truncated or corrupt tar archive."""
+
+
+def _tar_number(field: bytes) -> int:
+    if field[:1] == b"\x80":  # GNU base-256, for sizes of 8 GiB and more
+        return int.from_bytes(field[1:], "big")
+    digits = field.split(b"\0", 1)[0].strip()
+    try:
+        return int(digits, 8) if digits else 0
+    except ValueError:
+        raise TarFormatError(f"bad number field {field!r}") from None
+
+
+def _tar_string(field: bytes) -> str:
+    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def _pax_path(data: bytes) -> str | None:
+    """The `path` record of a PAX extended header ("<length> path=<name>\\n" records)."""
+    pos = 0
+    while pos < len(data):
+        length = int(data[pos:data.index(b" ", pos)])
+        key, _, value = data[data.index(b" ", pos) + 1:pos + length - 1].partition(b"=")
+        if key == b"path":
+            return value.decode("utf-8", "surrogateescape")
+        pos += length
+    return None
+
+
+def _tar_members(f: IO[bytes]) -> Iterator[Member]:
+    """The regular-file members of a tar stream with their raw bytes.
+
+    Python's tarfile parses a header in ~40 us; this reads POSIX ustar, PAX (`path`) and GNU
+    long-name headers in a few, and keeps every member's bytes so a writer can copy them unchanged.
+    """
+    pending = b""  # extension headers (PAX, GNU long name) that belong to the next member
+    long_name: str | None = None
+    while True:
+        header = f.read(BLOCK)
+        if not header or header == bytes(BLOCK):
+            return  # end of archive (two zero blocks, or a clean end without them)
+        if len(header) < BLOCK:
+            raise TarFormatError("unexpected end of data in a header")
+        checksum = sum(header[:148]) + 8 * 32 + sum(header[156:])
+        if checksum != _tar_number(header[148:156]):
+            raise TarFormatError("header checksum mismatch")
+        size = _tar_number(header[124:136])
+        padded = -(-size // BLOCK) * BLOCK
+        body = f.read(padded)
+        if len(body) < size:
+            raise TarFormatError("unexpected end of data in a member")
+        data = body[:size]
+        kind = header[156:157]
+        if kind in (b"x", b"L", b"g"):
+            pending += header + body
+            if kind == b"x":
+                long_name = _pax_path(data) or long_name
+            elif kind == b"L":
+                long_name = _tar_string(data)
+            continue
+        name = _tar_string(header[:100])
+        if header[257:263] == b"ustar\0" and header[345]:  # POSIX prefix field
+            name = f"{_tar_string(header[345:500])}/{name}"
+        name = long_name or name
+        raw, pending, long_name = pending + header + body, b"", None
+        if kind in FILE_TYPES:
+            yield Member(name, data, raw, _tar_number(header[136:148]))
+
+
+def _tar_samples(path: Path, bad: BadRecords) -> Iterator[Sample]:
+    """Samples in archive order; a truncated or corrupt archive ends the shard (the broken sample is bad)."""
+    current: Sample | None = None
+    position = 0
+    try:
+        with path.open("rb") as f:
+            for member in _tar_members(f):
+                key, _ = split_member_name(member.name)
+                if current is not None and key != current.key:
+                    yield current
+                    position += 1
+                    current = None
+                if current is None:
+                    current = Sample(key, [])
+                current.members.append(member)
+    except (TarFormatError, ValueError) as e:
+        bad.add(path, position, f"truncated or corrupt tar ({e}); the rest of the shard is skipped", "sample")
+        return
+    if current is not None:
+        yield current
+
+
+def _read_tar(path: Path, text_field: str, bad: BadRecords, batch_size: int) -> Iterator[Batch]:
+    index: list[int] = []
+    samples: list[Sample] = []
+    texts: list[str] = []
+    for position, sample in enumerate(_tar_samples(path, bad)):
+        text, reason = sample_text(sample, text_field)
+        if text is None:
+            bad.add(path, position, reason, "sample")
+            continue
+        index.append(position)
+        samples.append(sample)
+        texts.append(text)
+        if len(samples) == batch_size:
+            yield Batch(np.asarray(index, dtype=np.int64), texts, [s.key for s in samples], samples)
+            index, samples, texts = [], [], []
+    if samples:
+        yield Batch(np.asarray(index, dtype=np.int64), texts, [s.key for s in samples], samples)
+
+
+_READERS = {"jsonl": _read_jsonl, "parquet": _read_parquet, "tar": _read_tar}
+
+
+def read_batches(path: str | Path, text_field: str, bad: BadRecords,
+                 batch_size: int = BATCH_SIZE) -> Iterator[Batch]:
+    """The usable records of one shard, `batch_size` at a time; malformed ones are counted in `bad`."""
+    path = Path(path)
+    return _READERS[shard_format(path)](path, text_field, bad, batch_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+class ShardWriter:
+    """Writes kept records to a temp file beside `target`; `commit()` renames it into place.
+
+    Used as a context manager: leaving the block by an exception removes the temp file.
+    """
+
+    def __init__(self, target: Path):
+        self.target = target
+        self.tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+
+    def write(self, batch: Batch, kept: np.ndarray, entries: list[list[int]]) -> None:
+        """Write the records at positions `kept` of `batch`, each with its matched entry ids."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def commit(self) -> None:
+        self.close()
+        os.replace(self.tmp, self.target)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.close()
+            self.tmp.unlink(missing_ok=True)
+
+
+class _JsonlWriter(ShardWriter):
+    def __init__(self, target: Path, gz: bool):
+        super().__init__(target)
+        self._raw = self.tmp.open("wb")
+        # mtime=0 and no file name in the gzip header: the same records always give the same bytes.
+        binary = gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, mtime=0) if gz else self._raw
+        self._out = io.TextIOWrapper(binary, encoding="utf-8")
+
+    def write(self, batch: Batch, kept: np.ndarray, entries: list[list[int]]) -> None:
+        for pos, ids in zip(kept.tolist(), entries):
+            record = dict(batch.items[pos])
+            record[ENTRIES_FIELD] = ids
+            self._out.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        self._out.close()
+        self._raw.close()  # GzipFile leaves a file object it was given open
+
+
+class _IndexWriter(_JsonlWriter):
+    def write(self, batch: Batch, kept: np.ndarray, entries: list[list[int]]) -> None:
+        for pos, ids in zip(kept.tolist(), entries):
+            line = {"index": int(batch.index[pos]), "key": batch.keys[pos], "entries": ids}
+            self._out.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+
+class _ParquetWriter(ShardWriter):
+    def __init__(self, target: Path, source: Path):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        super().__init__(target)
+        schema = pq.read_schema(source)
+        if ENTRIES_FIELD in schema.names:  # a pool curated before: its old entries are replaced
+            schema = schema.remove(schema.get_field_index(ENTRIES_FIELD))
+        self._schema = schema.append(pa.field(ENTRIES_FIELD, pa.list_(pa.int64())))
+        self._out = pq.ParquetWriter(self.tmp, self._schema)
+
+    def write(self, batch: Batch, kept: np.ndarray, entries: list[list[int]]) -> None:
+        import pyarrow as pa
+
+        table = batch.items.take(pa.array(kept, type=pa.int64()))
+        if ENTRIES_FIELD in table.column_names:
+            table = table.drop_columns([ENTRIES_FIELD])
+        table = table.append_column(ENTRIES_FIELD, pa.array(entries, type=pa.list_(pa.int64())))
+        self._out.write_table(table.cast(self._schema))
+
+    def close(self) -> None:
+        if self._out.is_open:
+            self._out.close()
+
+
+class _TarWriter(ShardWriter):
+    def __init__(self, target: Path):
+        super().__init__(target)
+        self._out = self.tmp.open("wb")
+
+    def write(self, batch: Batch, kept: np.ndarray, entries: list[list[int]]) -> None:
+        for pos, ids in zip(kept.tolist(), entries):
+            sample: Sample = batch.items[pos]
+            for member in sample.members:
+                self._out.write(member.raw)  # headers and content as in the input
+            payload = json.dumps({ENTRIES_FIELD: ids}).encode()
+            info = tarfile.TarInfo(f"{sample.key}.metaclip.json")
+            info.size, info.mode, info.mtime = len(payload), 0o644, sample.members[0].mtime
+            self._out.write(info.tobuf(tarfile.PAX_FORMAT) + payload + bytes(-len(payload) % BLOCK))
+
+    def close(self) -> None:
+        if not self._out.closed:
+            self._out.write(bytes(2 * BLOCK))  # end-of-archive marker
+        self._out.close()
+
+
+OUTPUT_FORMATS = ("same", "index")
+
+
+def output_suffix(path: Path, output_format: str) -> str:
+    """The extension of a shard's curated file: the input's, or `.index.jsonl`."""
+    return ".index.jsonl" if output_format == "index" else shard_suffix(path)
+
+
+def open_writer(target: Path, source: Path, output_format: str) -> ShardWriter:
+    """A writer of kept records of shard `source` into `target`, in the input's format or as an index."""
+    if output_format == "index":
+        return _IndexWriter(target, gz=False)
+    fmt = shard_format(source)
+    if fmt == "jsonl":
+        return _JsonlWriter(target, gz=source.name.endswith(".gz"))
+    if fmt == "parquet":
+        return _ParquetWriter(target, source)
+    return _TarWriter(target)
