@@ -1,13 +1,15 @@
-"""Classification metrics computed on whole evaluation sets (mAP, AUC, d-prime, accuracy).
+"""Metrics computed on whole evaluation sets (mAP, AUC, d-prime, accuracy, EER, CER/WER).
 
 AudioSet-style multi-label evaluation reports the mean over classes of average precision and
 the d-prime derived from the mean ROC AUC (d' = sqrt(2) * Phi^-1(AUC)), as AST/Audio-MAE do.
 Classes without a positive (or without a negative, for AUC) are left out of the means.
+Accuracy, EER and error rates are fractions in [0, 1] (callers scale them for tables).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -61,3 +63,64 @@ def multilabel_metrics(scores: torch.Tensor, targets: torch.Tensor) -> dict[str,
     mean_auc = float(torch.nanmean(auc))
     return {"mAP": 100.0 * float(torch.nanmean(ap)), "mAUC": mean_auc, "d_prime": d_prime(mean_auc),
             "count": float(scores.shape[0])}
+
+
+def accuracy(scores: torch.Tensor, targets: torch.Tensor) -> float:
+    """Top-1 accuracy of `scores` [N, C] (or predicted indices [N]) against class indices [N]."""
+    predictions = scores.argmax(dim=-1) if scores.dim() == 2 else scores
+    if predictions.numel() == 0:
+        raise ValueError("accuracy of an empty set is undefined")
+    return float((predictions.cpu() == targets.cpu()).double().mean())
+
+
+def equal_error_rate(scores: torch.Tensor | Sequence[float], labels: torch.Tensor | Sequence[int]) -> float:
+    """Equal error rate of verification `scores` (higher = same) against `labels` (1 = same, 0 = different).
+
+    The ROC curve (one point per distinct score, ties move both rates at once) is linear between its
+    points; the EER is where it crosses false-accept rate = false-reject rate, as the AV-SUPERB/s3prl
+    ``EER`` finds by interpolating scikit-learn's ``roc_curve``.
+    """
+    scores = torch.as_tensor(scores, dtype=torch.float64).flatten()
+    positive = torch.as_tensor(labels).flatten() > 0
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"EER needs both same and different trials, got {n_pos} same and {n_neg} different")
+    order = torch.argsort(scores, descending=True, stable=True)
+    scores, positive = scores[order], positive[order].double()
+    last_of_tie = torch.ones_like(scores, dtype=torch.bool)
+    last_of_tie[:-1] = scores[1:] != scores[:-1]  # thresholds sit between distinct scores
+    zero = torch.zeros(1, dtype=torch.float64)
+    tpr = torch.cat([zero, positive.cumsum(0)[last_of_tie] / n_pos])  # accepting scores >= threshold
+    fpr = torch.cat([zero, (1 - positive).cumsum(0)[last_of_tie] / n_neg])
+    gap = (1 - tpr) - fpr  # FRR - FAR: from 1 down to -1 along the curve
+    i = int(torch.nonzero(gap <= 0)[0])  # first point at or past the crossing (i >= 1)
+    t = gap[i - 1] / (gap[i - 1] - gap[i])
+    return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
+
+
+def edit_distance(hypothesis: Sequence, reference: Sequence) -> int:
+    """Levenshtein distance (substitutions, insertions, deletions) between two sequences."""
+    previous = list(range(len(reference) + 1))
+    for i, h in enumerate(hypothesis, start=1):
+        current = [i]
+        for j, r in enumerate(reference, start=1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (h != r)))
+        previous = current
+    return previous[-1]
+
+
+def _error_rate(pairs: list[tuple[Sequence, Sequence]]) -> float:
+    total = sum(len(ref) for _, ref in pairs)
+    if total == 0:
+        raise ValueError("error rate over empty references is undefined")
+    return sum(edit_distance(hyp, ref) for hyp, ref in pairs) / total
+
+
+def char_error_rate(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """Character error rate: edits over characters (spaces included) summed over the set / reference characters."""
+    return _error_rate(list(zip(hypotheses, references, strict=True)))
+
+
+def word_error_rate(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """Word error rate: word-level edits summed over the set / reference words (whitespace-split)."""
+    return _error_rate([(h.split(), r.split()) for h, r in zip(hypotheses, references, strict=True)])

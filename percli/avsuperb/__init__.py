@@ -1,0 +1,5 @@
+"""AV-SUPERB (Tseng et al., ICASSP 2024): frozen audio-visual representations on 7 tasks.
+
+`upstream` turns encoders into per-layer feature lists, `featurizer` mixes the layers, `heads`
+holds the task heads; the task readers, runner and mini-benchmark build on those.
+"""
