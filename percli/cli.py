@@ -12,6 +12,7 @@ from rich.table import Table
 
 import percli
 from percli.commands.curate import curate_app
+from percli.commands.eval_av_superb import av_superb
 from percli.commands.run import fail, run_recipe
 from percli.core.config import to_dict, to_yaml
 from percli.recipes import RECIPES, Recipe, find_method
@@ -73,6 +74,8 @@ for verb, verb_help in VERB_HELP.items():
     for recipe in RECIPES:
         if recipe.verb == verb:
             _add_run_command(group, recipe)
+    if verb == "eval":
+        group.command("av-superb")(av_superb)
     app.add_typer(group, name=verb)
 
 

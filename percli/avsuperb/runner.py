@@ -1,0 +1,241 @@
+"""`percli eval av-superb`: every (task, feature type) pair, one after the other, resumable.
+
+For each pair: read the task's dataset (or build the synthetic mini-benchmark), extract and cache
+the frozen upstream's features for the train and test splits, train featurizer + head on them
+through the shared engine (`run_dir/tasks/<task>-<features>/`: metrics.jsonl, checkpoints,
+summary.json), evaluate on the test split and write `results/<task>-<features>.json`. With
+`--resume` pairs with a result are skipped and a pair stopped midway continues from its last
+checkpoint. At the end: results.json, results.md and results.csv (one row per pair, metrics in
+percent as the paper reports them) and summary.json.
+
+Schedules: the official per-task optimiser, learning rate, steps, batch and accumulation
+(`percli.avsuperb.tasks.TASKS`) on real data; on the mini-benchmark a short schedule
+(`MINI_SCHEDULE`) so that every task trains in seconds on a CPU. `--steps/--batch-size/--lr`
+override either. "Adam" maps to the engine's AdamW with weight decay 0; the learning rate is
+constant after the (LRS3-only) warmup, as in the official configs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from percli.avsuperb.features import MODALITY_OF, extract, fingerprint, load_cached, save_cached
+from percli.avsuperb.minibench import make_minibench
+from percli.avsuperb.probe import ProbeTask
+from percli.avsuperb.tasks import TASKS, TaskSpec, read_task
+from percli.core.config import OptimConfig, TrainConfig
+from percli.core.engine import make_accelerator, train
+from percli.core.rundir import write_json_atomic, write_text_atomic
+
+FEATURES = ("audio", "video", "fusion")
+MINI_SCHEDULE = {"steps": 200, "batch_size": 8, "accumulate": 1, "lr": 1e-3, "optimizer": "AdamW", "warmup_steps": 0}
+PAPER_SCALE = {"map": 100.0, "accuracy": 100.0, "eer": 100.0, "cer": 100.0, "wer": 100.0}
+
+
+@dataclass
+class BenchOptions:
+    """What `percli eval av-superb` was asked to run."""
+
+    upstream: str
+    upstream_kwargs: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    features: list[str] = field(default_factory=lambda: ["default"])
+    data: dict[str, Path] = field(default_factory=dict)
+    minibench_root: Path = Path("runs/av-superb-mini")
+    steps: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    layer: int | None = None
+    normalize: bool = False
+    seed: int = 0
+    extract_batch_size: int = 8
+    num_workers: int = 2
+    cache_dir: Path | None = None
+    cpu: bool = False
+
+
+def check_options(opts: BenchOptions) -> None:
+    """Raise ValueError naming the bad option and the allowed values."""
+    unknown = [t for t in opts.tasks if t not in TASKS]
+    if unknown or not opts.tasks:
+        raise ValueError(f"--tasks: unknown {unknown or 'empty list'}; choose from {', '.join(TASKS)}")
+    bad = [f for f in opts.features if f not in (*FEATURES, "default", "all")]
+    if bad:
+        raise ValueError(f"--features: unknown {bad}; choose audio, video, fusion, all, or default (each task's own)")
+    for task in opts.data:
+        if task not in TASKS:
+            raise ValueError(f"--data {task}=...: unknown task; choose from {', '.join(TASKS)}")
+    if opts.normalize and opts.layer is not None:
+        raise ValueError("--normalize applies to the weighted sum of layers; drop it with --layer")
+
+
+def schedule(spec: TaskSpec, mini: bool, opts: BenchOptions) -> dict[str, Any]:
+    """The optimiser settings of one task: official or mini, then the user's overrides."""
+    base = dict(MINI_SCHEDULE) if mini else {"steps": spec.steps, "batch_size": spec.batch_size,
+                                              "accumulate": spec.accumulate, "lr": spec.lr,
+                                              "optimizer": spec.optimizer, "warmup_steps": spec.warmup_steps}
+    for key in ("steps", "batch_size", "lr"):
+        if getattr(opts, key) is not None:
+            base[key] = getattr(opts, key)
+    base["grad_clip"] = spec.grad_clip
+    return base
+
+
+def pairs(opts: BenchOptions, upstream_modalities: set[str]) -> list[tuple[str, str]]:
+    """(task, feature type) pairs to run, with 'default' and 'all' resolved for this upstream."""
+    available = [f for f in FEATURES if set(MODALITY_OF[f"{f}_feats"]) <= upstream_modalities]
+    out = []
+    for task in opts.tasks:
+        for feat in opts.features:
+            if feat == "all":
+                chosen = available
+            elif feat == "default":
+                own = TASKS[task].features
+                chosen = [own if own in available else available[0]]
+            else:
+                if feat not in available:
+                    raise ValueError(f"--features {feat}: the upstream has only {sorted(upstream_modalities)}")
+                chosen = [feat]
+            out.extend((task, f) for f in chosen if (task, f) not in out)
+    return out
+
+
+class Runner:
+    """Runs the pairs of one benchmark run (see the module docstring)."""
+
+    def __init__(self, opts: BenchOptions, run_dir: Path, upstream: torch.nn.Module,
+                 log: Callable[[str], None] = lambda _m: None):
+        self.opts, self.run_dir, self.log = opts, run_dir, log
+        self.acc = make_accelerator(TrainConfig(cpu=opts.cpu))
+        self.upstream = upstream.eval().requires_grad_(False).to(self.acc.device)
+        self.cache_dir = opts.cache_dir or run_dir / "features"
+
+    def dataset_root(self, task: str) -> tuple[Path, bool]:
+        """The task's folder and whether it is the mini-benchmark (built by rank 0, once)."""
+        if task in self.opts.data:
+            return self.opts.data[task], False
+        if self.acc.is_main_process:
+            make_minibench(self.opts.minibench_root, seed=0, tasks=[task])
+        self.acc.wait_for_everyone()
+        return self.opts.minibench_root / task, True
+
+    def features(self, task: str, feat: str, split: str, data: dict[str, Any], root: Path) -> dict[str, Any]:
+        key_name = f"{feat}_feats"
+        pooled = TASKS[task].kind != "asr"
+        key = fingerprint({"upstream": self.opts.upstream, "kwargs": self.opts.upstream_kwargs,
+                           "checkpoint": self.opts.checkpoint, "task": task, "split": split, "features": feat,
+                           "pooled": pooled, "data": str(root.resolve()), "manifest": _manifest_stamp(root)})
+        path = self.cache_dir / task / f"{split}-{feat}.safetensors"
+        cached = load_cached(path, key)
+        if cached is not None:
+            self.log(f"{task}/{feat}: {split} features from the cache {path}")
+            return cached
+        self.log(f"{task}/{feat}: extracting {split} features of {len(data[split])} clips")
+        cache = extract(self.upstream, data[split], key_name, pooled, batch_size=self.opts.extract_batch_size,
+                        num_workers=self.opts.num_workers, rank=self.acc.process_index,
+                        world=self.acc.num_processes)
+        if self.acc.is_main_process:
+            save_cached(path, key, cache)
+        self.acc.wait_for_everyone()
+        return cache
+
+    def run_pair(self, task: str, feat: str, resume: bool) -> dict[str, Any]:
+        spec = TASKS[task]
+        name = f"{task}-{feat}"
+        root, mini = self.dataset_root(task)
+        data = read_task(task, root, modalities=MODALITY_OF[f"{feat}_feats"])
+        train_cache = self.features(task, feat, "train", data, root)
+        test_cache = self.features(task, feat, "test", data, root)
+        if spec.kind == "asr":
+            index = {ch: i for i, ch in enumerate(data["vocab"])}
+            for cache in (train_cache, test_cache):
+                cache["targets"] = [[index[ch] for ch in text if ch in index] for text in cache["targets"]]
+        probe = ProbeTask(spec, train_cache, test_cache, data, layer=self.opts.layer, normalize=self.opts.normalize)
+        plan = schedule(spec, mini, self.opts)
+        world = self.acc.num_processes
+        effective = plan["batch_size"] * plan["accumulate"] * world
+        train_cfg = TrainConfig(max_steps=plan["steps"], batch_size=min(plan["batch_size"], len(train_cache["ids"])),
+                                grad_accum_steps=plan["accumulate"], grad_clip=plan["grad_clip"], seed=self.opts.seed,
+                                log_every=max(plan["steps"] // 20, 1), ckpt_every=max(plan["steps"] // 4, 1),
+                                keep_last=1, num_workers=0, cpu=self.opts.cpu)
+        optim_cfg = OptimConfig(lr=plan["lr"], ref_batch_size=effective, min_lr=plan["lr"],
+                                weight_decay=0.01 if plan["optimizer"] == "AdamW" else 0.0,
+                                warmup_fraction=plan["warmup_steps"] / max(plan["steps"], 1))
+        task_dir = self.run_dir / "tasks" / name
+        task_dir.mkdir(parents=True, exist_ok=True)
+        again = resume and any((task_dir / "checkpoints").glob("step_*"))
+        self.log(f"{task}/{feat}: training {spec.kind} head for {plan['steps']} steps"
+                 + (" (resumed)" if again else ""))
+        summary = train(probe, train_cfg, optim_cfg, task_dir, self.acc, resume=again)
+        evals = {k.removeprefix("eval/"): v for k, v in summary["metrics"].items() if k.startswith("eval/")}
+        return {"task": task, "features": feat, "kind": spec.kind, "metric": spec.metric,
+                "value": evals[spec.metric], "higher_is_better": spec.higher_is_better, "metrics": evals,
+                "layer_weights": summary.get("layer_weights"), "mini_benchmark": mini, "dataset": str(root),
+                "train_clips": len(train_cache["ids"]), "test_clips": len(test_cache["ids"]),
+                "bad_clips": int(data["bad"]) + int(train_cache["bad"]) + int(test_cache["bad"]),
+                "schedule": plan, "run_dir": str(task_dir)}
+
+    def run(self, resume: bool) -> dict[str, Any]:
+        results, resumed = [], 0
+        for task, feat in pairs(self.opts, set(getattr(self.upstream, "modalities", {"audio", "video"}))):
+            path = self.run_dir / "results" / f"{task}-{feat}.json"
+            if resume and path.is_file():
+                results.append(json.loads(path.read_text()))
+                resumed += 1
+                self.log(f"{task}/{feat}: done in an earlier run, skipped (--resume)")
+                continue
+            result = self.run_pair(task, feat, resume)
+            if self.acc.is_main_process:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_json_atomic(path, result)
+            results.append(result)
+        summary = {"method": "av-superb", "upstream": self.opts.upstream, "checkpoint": self.opts.checkpoint,
+                   "results": results, "resumed_pairs": resumed, "world_size": self.acc.num_processes,
+                   "run_dir": str(self.run_dir)}
+        if self.acc.is_main_process:
+            write_json_atomic(self.run_dir / "results.json", results)
+            write_text_atomic(self.run_dir / "results.md", markdown_table(results))
+            write_text_atomic(self.run_dir / "results.csv", csv_table(results))
+            write_json_atomic(self.run_dir / "summary.json", summary)
+        self.acc.wait_for_everyone()
+        return summary
+
+
+def _manifest_stamp(root: Path) -> list[tuple[str, int, int]]:
+    """Size and mtime of the dataset folder's top-level files (its manifests), for cache keys."""
+    return [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in sorted(root.iterdir()) if p.is_file()]
+
+
+def paper_value(result: dict[str, Any]) -> float:
+    """The headline metric as the paper prints it (percent)."""
+    return result["value"] * PAPER_SCALE.get(result["metric"], 1.0)
+
+
+def markdown_table(results: list[dict[str, Any]]) -> str:
+    """One row per (task, features): metric in percent, as the AV-SUPERB paper's table."""
+    lines = ["| task | features | metric | value (%) | train / test clips | bad clips |", "|---|---|---|---|---|---|"]
+    for r in results:
+        arrow = "higher is better" if r["higher_is_better"] else "lower is better"
+        lines.append(f"| {r['task']} | {r['features']} | {r['metric']} ({arrow}) | {paper_value(r):.2f} | "
+                     f"{r['train_clips']} / {r['test_clips']} | {r['bad_clips']} |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_table(results: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["task", "features", "metric", "value_percent", "train_clips", "test_clips", "bad_clips",
+                     "mini_benchmark"])
+    for r in results:
+        writer.writerow([r["task"], r["features"], r["metric"], f"{paper_value(r):.4f}", r["train_clips"],
+                         r["test_clips"], r["bad_clips"], r["mini_benchmark"]])
+    return out.getvalue()
