@@ -5,6 +5,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from percli.avsuperb import runner as runner_mod
@@ -141,3 +142,31 @@ def test_bad_options_name_the_fix(tmp_path):
     assert result.exit_code == 2 and "TASK=DIR" in result.output
     result = _run("--upstream", "nosuch.module:build", "--run-dir", str(tmp_path / "r"))
     assert result.exit_code == 2
+
+
+def test_two_processes_extract_the_same_features_and_score_every_trial(tmp_path, minibench):
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    from tests.conftest import PYTHON, free_port, subprocess_env
+
+    args = ["--upstream", "audio-mae", "--tasks", "ks,voxceleb", "--steps", "3", "--batch-size", "4",
+            "--minibench", str(minibench), "--json"]
+    one = _run(*args, "--run-dir", str(tmp_path / "one"))
+    assert one.exit_code == 0, one.output
+    env = subprocess_env()
+    env["ACCELERATE_USE_CPU"] = "true"
+    cmd = [PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+           "-m", "percli.cli", "eval", "av-superb", *args, "--run-dir", str(tmp_path / "two")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads(proc.stdout)
+    assert two["world_size"] == 2
+    for r1, r2 in zip(json.loads(one.stdout)["results"], two["results"]):
+        assert (r1["task"], r1["train_clips"], r1["test_clips"]) == (r2["task"], r2["train_clips"], r2["test_clips"])
+        assert 0.0 <= r2["value"] <= 1.0
+    for name in ("ks/train-audio.safetensors", "voxceleb/test-audio.safetensors"):
+        a, b = load_file(tmp_path / "one" / "features" / name), load_file(tmp_path / "two" / "features" / name)
+        assert torch.allclose(a["feats"], b["feats"], atol=1e-5), name  # rank shards gathered back in order

@@ -132,7 +132,8 @@ class Runner:
         key_name = f"{feat}_feats"
         pooled = TASKS[task].kind != "asr"
         key = fingerprint({"upstream": self.opts.upstream, "kwargs": self.opts.upstream_kwargs,
-                           "checkpoint": self.opts.checkpoint, "task": task, "split": split, "features": feat,
+                           "checkpoint": self.opts.checkpoint, "seed": self.opts.seed, "task": task, "split": split,
+                           "features": feat,
                            "pooled": pooled, "data": str(root.resolve()), "manifest": _manifest_stamp(root)})
         path = self.cache_dir / task / f"{split}-{feat}.safetensors"
         cached = load_cached(path, key)

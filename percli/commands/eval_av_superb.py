@@ -58,6 +58,8 @@ def av_superb(
     step_0000300 --tasks ks,iemocap --features audio[/]. Without --data the tasks run on a synthetic
     mini-benchmark built here; without weights the upstream is a small randomly initialised model.
     """
+    import torch
+
     from percli.avsuperb.runner import BenchOptions, Runner, check_options
     from percli.avsuperb.tasks import TASKS
     from percli.avsuperb.upstream import load_upstream
@@ -86,6 +88,9 @@ def av_superb(
                 raise ValueError(f"--data {task}={folder}: no such folder (layout: percli/avsuperb/tasks.py)")
         build_kwargs = _upstream_kwargs(upstream, kwargs, checkpoint, audio_checkpoint, video_checkpoint)
         opts.upstream_kwargs = build_kwargs
+        # Seeded, so a randomly initialised upstream is the same on every rank and in every run (its cached
+        # features are keyed by the spec, not by the weights).
+        torch.manual_seed(seed)
         model = load_upstream(upstream, checkpoint if "+" not in upstream else None, **build_kwargs)
     except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
         fail(str(e))
