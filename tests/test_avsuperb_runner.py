@@ -170,3 +170,20 @@ def test_two_processes_extract_the_same_features_and_score_every_trial(tmp_path,
     for name in ("ks/train-audio.safetensors", "voxceleb/test-audio.safetensors"):
         a, b = load_file(tmp_path / "one" / "features" / name), load_file(tmp_path / "two" / "features" / name)
         assert torch.allclose(a["feats"], b["feats"], atol=1e-5), name  # rank shards gathered back in order
+
+
+def test_trainable_upstream_is_finetuned_per_task_and_scores(tmp_path, user_upstream, minibench):
+    result = _run("--upstream", user_upstream, "--minibench", str(minibench), "--tasks", "ks,lrs3", "--features",
+                  "audio", "--trainable", "--steps", "3", "--batch-size", "4", "--run-dir", str(tmp_path / "run"),
+                  "--json")
+    assert result.exit_code == 0, result.output
+    results = json.loads(result.stdout)["results"]
+    assert [r["task"] for r in results] == ["ks", "lrs3"] and all(r["trainable_upstream"] for r in results)
+    assert not (tmp_path / "run" / "features").exists()  # nothing cached: the upstream changes while training
+    from safetensors import safe_open
+
+    ckpt = next((tmp_path / "run" / "tasks" / "ks-audio" / "checkpoints").glob("step_*"))
+    with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
+        names = list(f.keys())
+    assert any(n.startswith("upstream.mix.") for n in names)  # the upstream's weights are part of the model
+    assert set(results[1]["metrics"]) == {"cer", "wer"}

@@ -42,19 +42,24 @@ class FeatureSet(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item: dict[str, Any] = {"feats": self.feats[index].float(), "index": index}
-        target = self.targets[index]
-        if self.kind == "multilabel":
-            hot = torch.zeros(self.num_classes)
-            hot[list(target)] = 1.0
-            item["target"] = hot
-        elif self.kind == "asr":
+        if self.kind == "asr":
             item["length"] = int(self.lengths[index])
-            padded = torch.full((self.max_target,), -1, dtype=torch.long)
-            padded[:len(target)] = torch.tensor(target, dtype=torch.long)
-            item["target"], item["target_length"] = padded, len(target)
-        else:
-            item["target"] = int(target)
+        item.update(format_target(self.kind, self.targets[index], self.num_classes,
+                                  getattr(self, "max_target", 0)))
         return item
+
+
+def format_target(kind: str, target: Any, num_classes: int, max_target: int) -> dict[str, Any]:
+    """The batch fields of one target: multi-hot, padded character ids + length, or a class index."""
+    if kind == "multilabel":
+        hot = torch.zeros(num_classes)
+        hot[list(target)] = 1.0
+        return {"target": hot}
+    if kind == "asr":
+        padded = torch.full((max_target,), -1, dtype=torch.long)
+        padded[:len(target)] = torch.tensor(target, dtype=torch.long)
+        return {"target": padded, "target_length": len(target)}
+    return {"target": int(target)}
 
 
 class Probe(nn.Module):
@@ -79,17 +84,26 @@ class Probe(nn.Module):
 
 
 class ProbeTask:
-    """The engine task (see `percli.core.engine.Task`) for one AV-SUPERB task and feature type."""
+    """The engine task (see `percli.core.engine.Task`) for one AV-SUPERB task and feature type.
 
-    def __init__(self, spec: TaskSpec, train: dict[str, Any], test: dict[str, Any], info: dict[str, Any],
-                 layer: int | None = None, normalize: bool = False):
+    Trains on cached features (`from_caches`); `percli.avsuperb.trainable` subclasses it to run the
+    upstream inside the model instead.
+    """
+
+    def __init__(self, spec: TaskSpec, train_set: Dataset, test_set: Dataset, info: dict[str, Any],
+                 num_layers: int, dim: int, test_ids: list[str], layer: int | None = None, normalize: bool = False):
         self.spec, self.info, self.layer, self.normalize = spec, info, layer, normalize
-        self.num_outputs = len(info["vocab"]) if spec.kind == "asr" else len(info["classes"])
-        self.train_set = FeatureSet(train, spec.kind, self.num_outputs)
-        self.test_set = FeatureSet(test, spec.kind, self.num_outputs)
-        self.test_ids = test["ids"]
+        self.train_set, self.test_set, self.test_ids = train_set, test_set, test_ids
+        self.num_layers, self.dim = num_layers, dim
+        self.num_outputs = num_outputs(spec, info)
+
+    @classmethod
+    def from_caches(cls, spec: TaskSpec, train: dict[str, Any], test: dict[str, Any], info: dict[str, Any],
+                    layer: int | None = None, normalize: bool = False) -> ProbeTask:
+        outputs = num_outputs(spec, info)
         feats = train["feats"]
-        self.num_layers, self.dim = feats.shape[1], feats.shape[-1]
+        return cls(spec, FeatureSet(train, spec.kind, outputs), FeatureSet(test, spec.kind, outputs), info,
+                   feats.shape[1], feats.shape[-1], test["ids"], layer, normalize)
 
     def build_model(self) -> nn.Module:
         return Probe(self.num_layers, self.dim, self.spec, self.num_outputs, self.layer, self.normalize)
@@ -103,24 +117,25 @@ class ProbeTask:
     def eval_dataset(self) -> Dataset:
         return self.test_set
 
-    def _lengths(self, batch: dict[str, Any]) -> torch.Tensor | None:
-        return batch.get("length")
+    def features(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The head's input (B, T, D) and valid lengths (None: all frames)."""
+        return unwrap(model).mixed(batch["feats"]), batch.get("length")
 
     def loss_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        probe = _unwrap(model)
-        x = probe.mixed(batch["feats"])
+        probe = unwrap(model)
+        x, lengths = self.features(model, batch)
         if self.spec.kind == "asr":
-            log_probs, out_lengths = probe.head(x, self._lengths(batch))
+            log_probs, out_lengths = probe.head(x, lengths)
             return {"loss": probe.head.loss(log_probs, out_lengths, _target_lists(batch))}
-        out = probe.head(x)
+        out = probe.head(x, lengths)
         return {"loss": probe.head.loss(out, batch["target"])}
 
     def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, float | torch.Tensor]:
-        probe = _unwrap(model)
-        x = probe.mixed(batch["feats"])
+        probe = unwrap(model)
+        x, lengths = self.features(model, batch)
         kind = self.spec.kind
         if kind == "asr":
-            log_probs, out_lengths = probe.head(x, self._lengths(batch))
+            log_probs, out_lengths = probe.head(x, lengths)
             vocab = self.info["vocab"]
             hyps = ["".join(vocab[i] for i in seq) for seq in CTCHead.decode(log_probs, out_lengths)]
             refs = ["".join(vocab[i] for i in seq) for seq in _target_lists(batch)]
@@ -129,8 +144,8 @@ class ProbeTask:
                     "word_edits": sum(metrics.edit_distance(h.split(), r.split()) for h, r in zip(hyps, refs)),
                     "words": sum(len(r.split()) for r in refs)}
         if kind == "speaker":
-            return {"embedding": probe.head.embed(x), "index": batch["index"].float()}
-        logits = probe.head(x)
+            return {"embedding": probe.head.embed(x, lengths), "index": batch["index"].float()}
+        logits = probe.head(x, lengths)
         if kind == "multilabel":
             return {"scores": torch.sigmoid(logits), "targets": batch["target"]}
         return {"correct": float((logits.argmax(-1) == batch["target"]).sum()), "count": float(len(logits))}
@@ -161,10 +176,15 @@ class ProbeTask:
         return float(metrics.equal_error_rate(scores, labels))
 
     def finish(self, model: nn.Module, run_dir: Path, accelerator: Accelerator) -> dict[str, Any]:
-        return {"layer_weights": _unwrap(model).featurizer.layer_weights()}
+        return {"layer_weights": unwrap(model).featurizer.layer_weights()}
 
 
-def _unwrap(model: nn.Module) -> Probe:
+def num_outputs(spec: TaskSpec, info: dict[str, Any]) -> int:
+    """Classes, speakers or characters the head predicts."""
+    return len(info["vocab"]) if spec.kind == "asr" else len(info["classes"])
+
+
+def unwrap(model: nn.Module) -> Probe:
     return model.module if hasattr(model, "module") else model
 
 

@@ -17,6 +17,7 @@ constant after the (LRS3-only) warmup, as in the official configs.
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -31,6 +32,7 @@ from percli.avsuperb.features import MODALITY_OF, extract, fingerprint, load_cac
 from percli.avsuperb.minibench import make_minibench
 from percli.avsuperb.probe import ProbeTask
 from percli.avsuperb.tasks import TASKS, TaskSpec, read_task
+from percli.avsuperb.trainable import TrainableTask
 from percli.core.config import OptimConfig, TrainConfig
 from percli.core.engine import make_accelerator, train
 from percli.core.rundir import write_json_atomic, write_text_atomic
@@ -61,6 +63,7 @@ class BenchOptions:
     num_workers: int = 2
     cache_dir: Path | None = None
     cpu: bool = False
+    trainable: bool = False
 
 
 def check_options(opts: BenchOptions) -> None:
@@ -154,20 +157,29 @@ class Runner:
         name = f"{task}-{feat}"
         root, mini = self.dataset_root(task)
         data = read_task(task, root, modalities=MODALITY_OF[f"{feat}_feats"])
-        train_cache = self.features(task, feat, "train", data, root)
-        test_cache = self.features(task, feat, "test", data, root)
-        if spec.kind == "asr":
-            index = {ch: i for i, ch in enumerate(data["vocab"])}
-            for cache in (train_cache, test_cache):
-                cache["targets"] = [[index[ch] for ch in text if ch in index] for text in cache["targets"]]
-        probe = ProbeTask(spec, train_cache, test_cache, data, layer=self.opts.layer, normalize=self.opts.normalize)
+        if self.opts.trainable:  # a fresh copy per pair: finetuning on one task must not leak into the next
+            probe = TrainableTask(spec, data, copy.deepcopy(self.upstream), f"{feat}_feats", layer=self.opts.layer,
+                                  normalize=self.opts.normalize)
+            train_count, test_count, extract_bad = len(data["train"]), len(data["test"]), 0
+        else:
+            train_cache = self.features(task, feat, "train", data, root)
+            test_cache = self.features(task, feat, "test", data, root)
+            if spec.kind == "asr":
+                index = {ch: i for i, ch in enumerate(data["vocab"])}
+                for cache in (train_cache, test_cache):
+                    cache["targets"] = [[index[ch] for ch in text if ch in index] for text in cache["targets"]]
+            probe = ProbeTask.from_caches(spec, train_cache, test_cache, data, layer=self.opts.layer,
+                                          normalize=self.opts.normalize)
+            train_count, test_count = len(train_cache["ids"]), len(test_cache["ids"])
+            extract_bad = int(train_cache["bad"]) + int(test_cache["bad"])
         plan = schedule(spec, mini, self.opts)
         world = self.acc.num_processes
         effective = plan["batch_size"] * plan["accumulate"] * world
-        train_cfg = TrainConfig(max_steps=plan["steps"], batch_size=min(plan["batch_size"], len(train_cache["ids"])),
+        train_cfg = TrainConfig(max_steps=plan["steps"], batch_size=min(plan["batch_size"], train_count),
                                 grad_accum_steps=plan["accumulate"], grad_clip=plan["grad_clip"], seed=self.opts.seed,
                                 log_every=max(plan["steps"] // 20, 1), ckpt_every=max(plan["steps"] // 4, 1),
-                                keep_last=1, num_workers=0, cpu=self.opts.cpu)
+                                keep_last=1, num_workers=self.opts.num_workers if self.opts.trainable else 0,
+                                cpu=self.opts.cpu)
         optim_cfg = OptimConfig(lr=plan["lr"], ref_batch_size=effective, min_lr=plan["lr"],
                                 weight_decay=0.01 if plan["optimizer"] == "AdamW" else 0.0,
                                 warmup_fraction=plan["warmup_steps"] / max(plan["steps"], 1))
@@ -181,8 +193,8 @@ class Runner:
         return {"task": task, "features": feat, "kind": spec.kind, "metric": spec.metric,
                 "value": evals[spec.metric], "higher_is_better": spec.higher_is_better, "metrics": evals,
                 "layer_weights": summary.get("layer_weights"), "mini_benchmark": mini, "dataset": str(root),
-                "train_clips": len(train_cache["ids"]), "test_clips": len(test_cache["ids"]),
-                "bad_clips": int(data["bad"]) + int(train_cache["bad"]) + int(test_cache["bad"]),
+                "train_clips": train_count, "test_clips": test_count, "trainable_upstream": self.opts.trainable,
+                "bad_clips": int(data["bad"]) + extract_bad + summary["bad_inputs"]["count"],
                 "schedule": plan, "run_dir": str(task_dir)}
 
     def run(self, resume: bool) -> dict[str, Any]:

@@ -43,6 +43,8 @@ def av_superb(
     lr: float | None = typer.Option(None, "--lr", help="Override the learning rate."),
     layer: int | None = typer.Option(None, "--layer", "-l", help="Use one upstream layer instead of the weighted sum."),
     normalize: bool = typer.Option(False, "--normalize", help="Layer-norm each layer before the weighted sum."),
+    trainable: bool = typer.Option(
+        False, "--trainable", help="Finetune the upstream with the head (no feature cache; much slower)."),
     seed: int = typer.Option(0, "--seed"),
     cache_dir: Path | None = typer.Option(
         None, "--cache-dir", help="Feature cache (default RUN_DIR/features); reused when nothing changed."),
@@ -80,7 +82,7 @@ def av_superb(
                         tasks=[t.strip() for t in tasks.split(",") if t.strip()],
                         features=[f.strip() for f in features.split(",") if f.strip()], data=folders,
                         minibench_root=minibench, steps=steps, batch_size=batch_size, lr=lr, layer=layer,
-                        normalize=normalize, seed=seed, cache_dir=cache_dir, cpu=cpu)
+                        normalize=normalize, seed=seed, cache_dir=cache_dir, cpu=cpu, trainable=trainable)
     try:
         check_options(opts)
         for task, folder in folders.items():

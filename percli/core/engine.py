@@ -12,6 +12,7 @@ run stopped at step k and resumed logs the same losses as one that never stopped
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import signal
 import time
@@ -40,8 +41,9 @@ class Task(Protocol):
 
     `eval_step` returns floats, summed over the eval set, and/or per-sample tensors (e.g. scores
     and targets for mAP), concatenated over the set; `eval_reduce` turns those into metrics.
-    Optional: `sample_weights()` (a tensor, for weighted sampling) and `epoch_len` (samples drawn
-    per epoch when it is smaller than the dataset).
+    Optional: `sample_weights()` (a tensor, for weighted sampling), `epoch_len` (samples drawn
+    per epoch when it is smaller than the dataset) and `collate(samples) -> batch` (instead of
+    torch's default_collate, e.g. for variable-length inputs kept as lists).
     """
 
     def build_model(self) -> nn.Module: ...
@@ -101,11 +103,13 @@ def _start_workers(loader: DataLoader) -> Iterator[dict[str, Any]]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _loader(dataset: Dataset, sampler: ResumableSampler, train: TrainConfig, seed: int,
+def _loader(dataset: Dataset, sampler: ResumableSampler, train: TrainConfig, seed: int, task: Task,
             drop_last: bool = False, persistent: bool = False) -> DataLoader:
+    collate = getattr(task, "collate", None)
     return DataLoader(
         SeededSamples(dataset, seed), batch_size=train.batch_size, sampler=sampler, num_workers=train.num_workers,
-        collate_fn=collate_skip_bad, drop_last=drop_last, persistent_workers=persistent and train.num_workers > 0,
+        collate_fn=functools.partial(collate_skip_bad, collate=collate) if collate else collate_skip_bad,
+        drop_last=drop_last, persistent_workers=persistent and train.num_workers > 0,
         worker_init_fn=_ignore_stop_signals,
         pin_memory=torch.cuda.is_available() and not train.cpu,
         # Our own generator: the loader's base-seed draw must not consume the global RNG.
@@ -156,7 +160,7 @@ def evaluate(task: Task, model: nn.Module, dataset: Dataset, accelerator: Accele
     """Sum `task.eval_step` over the dataset (sharded without padding) and reduce across ranks."""
     sampler = ResumableSampler(len(dataset), world_size=accelerator.num_processes, rank=accelerator.process_index,
                                seed=train.seed, shuffle=False, pad=False)
-    loader = _loader(dataset, sampler, train, train.seed)
+    loader = _loader(dataset, sampler, train, train.seed, task)
     sums: dict[str, float] = {}
     parts: dict[str, list[torch.Tensor]] = {}  # per-sample outputs (scores, targets) for set-level metrics
     was_training = model.training
@@ -256,7 +260,8 @@ class _Trainer:
         self.sampler.set_epoch(epoch, start * self.cfg.batch_size)
         # One loader with persistent workers: no worker start/stop churn at every epoch boundary
         # (the sampler lives in this process, so set_epoch still steers the order).
-        loader = _loader(self.train_set, self.sampler, self.cfg, self.cfg.seed, drop_last=True, persistent=True)
+        loader = _loader(self.train_set, self.sampler, self.cfg, self.cfg.seed, self.task, drop_last=True,
+                         persistent=True)
         while True:
             self.epoch = epoch
             for item in _start_workers(loader):

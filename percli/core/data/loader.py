@@ -105,8 +105,8 @@ class ResumableSampler(Sampler[int]):
             yield self.epoch * self.n + i
 
 
-def collate_skip_bad(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Collate the good samples; return the bad ones' paths/reasons beside them."""
+def collate_skip_bad(items: list[dict[str, Any]], collate: Any = default_collate) -> dict[str, Any]:
+    """Collate the good samples (with `collate`); return the bad ones' paths/reasons beside them."""
     bad = [it["_bad"] for it in items if "_bad" in it]
     good = [it for it in items if "_bad" not in it]
-    return {"batch": default_collate(good) if good else None, "bad": bad}
+    return {"batch": collate(good) if good else None, "bad": bad}
