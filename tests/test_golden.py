@@ -138,12 +138,50 @@ def run_audiomae_vit(case: Case) -> dict[str, torch.Tensor]:
     return {"logits": model(x), "features": model.forward_features(x), "masked_logits": masked}
 
 
+@torch.no_grad()
+def run_voicecraft(case: Case) -> dict[str, torch.Tensor]:
+    import random
+
+    from percli.models.voicecraft import VoiceCraft, kwargs_from_official_args
+    from percli.models.voicecraft_codebooks import unmasked_intervals
+
+    model = VoiceCraft(**kwargs_from_official_args(case.config["model_args_after_init"]))
+    model.load_state_dict(case.state(), strict=True)
+    model.eval()
+    inputs, seed = case.inputs(), case.config["rng_seed"]
+    # replay the official draws: random.seed(seed) / torch.manual_seed(seed) == these two generators
+    res = model(inputs["x"], inputs["x_lens"], inputs["y"], inputs["y_lens"], rng=random.Random(seed),
+                generator=torch.Generator().manual_seed(seed), return_intermediates=True)
+    audio = res["audio"]
+    out = {k: res[k] for k in ("loss", "top10acc", "effective_ntoken", "x_input", "x_padding_mask", "embedded_y",
+                               "y_input", "y_padding_mask", "decoder_xy_input", "decoder_out_y", "logits_BKSC")}
+    out.update({"cated_y_KTB": audio.tokens, "new_y_lens": audio.lengths, "logits_final_KTC": res["logits"],
+                "targets_KT": res["targets"]})
+    # the unpadded text / audio blocks of the full mask: read them in the longest sample
+    L, blocked = res["x_input"].shape[1], res["decoder_blocked"]
+    out["x_attention_mask"] = blocked[int(inputs["x_lens"].argmax()), :L, :L]
+    out["y_attention_mask"] = blocked[int(audio.lengths.argmax()), L:, L:]
+    out["decoder_attn_mask_float"] = blocked.repeat_interleave(model.nhead, dim=0)  # [B*heads, ..]
+    for k in range(model.n_codebooks):
+        out[f"top10acc_by_codebook_{k}"] = res["top10acc_by_codebook"][k]
+        out[f"ce_loss_codebook_{k}"] = res["ce_by_codebook"][k]
+    for i, spans in enumerate(audio.mask_intervals):
+        out[f"mask_intervals_b{i}"] = torch.tensor(spans)
+        out[f"non_mask_intervals_b{i}"] = torch.tensor(unmasked_intervals(spans, int(inputs["y_lens"][i])))
+        out[f"mask_position_b{i}"] = torch.tensor(audio.mask_positions[i])
+        out[f"mask_value_b{i}"] = torch.tensor(audio.mask_values[i])
+        for j, (piece, delayed) in enumerate(zip(audio.targets[i], audio.shifted[i])):
+            out[f"rearranged_b{i}_seg{j}"], out[f"shifted_b{i}_seg{j}"] = piece, delayed
+    return out
+
+
 # (official_file, official_class) -> runner. Families not listed are skipped, not failed.
 RUNNERS: dict[tuple[str, str], Runner] = {
     ("hiera/hiera.py", "Hiera"): run_hiera,
     ("hiera/hiera_mae.py", "MaskedAutoencoderHiera"): run_hiera_mae,
     ("models_mae.py", "MaskedAutoencoderViT"): run_audiomae_mae,
     ("models_vit.py", "VisionTransformer"): run_audiomae_vit,
+    ("models/voicecraft.py", "VoiceCraft"): run_voicecraft,
 }
 
 

@@ -1,0 +1,667 @@
+"""VoiceCraft (Peng et al., ACL 2024): a codec language model for speech editing and zero-shot TTS.
+
+A decoder-only Transformer reads ``[phonemes ; rearranged codec tokens]``: phoneme embeddings plus a
+sinusoidal position code, then the K Encodec codebooks of every step summed through K embeddings plus
+their own position code; K heads predict the next step's tokens. The codes are rearranged by causal
+masking and delayed stacking (see `percli.models.voicecraft_codebooks`).
+
+Parameter names and shapes follow jasonppy/VoiceCraft@a702dfd (``models/voicecraft.py``), so the
+released checkpoints load strictly; ``tests/test_golden.py`` checks the rearranged sequences, logits
+and loss against the official code. Faithful details worth knowing:
+
+* the phoneme prefix is causally masked too (upper-triangular mask over the text, as released);
+* the attention is the pre-LN ``TransformerEncoderLayer`` of VALL-E (ReLU FFN of 4·d, dropout 0.1),
+  with packed ``in_proj_weight`` and a final LayerNorm;
+* the loss is ``sum_k CE_k * n_tokens * codebook_weight[k]`` over every rearranged target (context
+  pieces, EOS and EOG included) and is not divided by the token count.
+
+Audio token ids: codes ``0..audio_vocab_size-1``, then ``empty_token = audio_vocab_size``,
+``eog = +1``, ``audio_pad_token = +2`` and, for the released models, ``eos = +3`` (``n_special=4``).
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from percli.models import register_model
+from percli.models.common import LoadReport, plain, read_state
+from percli.models.voicecraft_codebooks import (
+    Interval,
+    delay_pattern,
+    interleave_masks,
+    rearrange,
+    sample_mask_intervals,
+    split_at_masks,
+    undelay_logits,
+    unmasked_intervals,
+)
+
+# --------------------------------------------------------------------------- blocks
+
+
+class TokenEmbedding(nn.Module):
+    """``nn.Embedding`` + dropout, named ``word_embeddings`` as in the official checkpoints."""
+
+    def __init__(self, dim: int, vocab_size: int, dropout: float = 0.0):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(vocab_size, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.word_embeddings(tokens))
+
+
+def sinusoidal_table(length: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
+    """[length, dim] interleaved sin/cos code: ``pe[p, 2i] = sin(p w_i)``, ``pe[p, 2i+1] = cos(p w_i)``."""
+    position = torch.arange(length, dtype=torch.float32, device=device)[:, None]
+    inv_freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=device) * -(math.log(10000.0) / dim))
+    table = torch.zeros(length, dim, device=device)
+    table[:, 0::2] = torch.sin(position * inv_freq)
+    table[:, 1::2] = torch.cos(position * inv_freq)
+    return table
+
+
+class SinePositionalEmbedding(nn.Module):
+    """``x + alpha * pe`` with a learnable scalar ``alpha`` (initialised to 1), then dropout."""
+
+    def __init__(self, dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.dim = dim
+        self.alpha = nn.Parameter(torch.ones(1))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """``x [B, T, D]`` whose first step sits at position ``offset``."""
+        pe = sinusoidal_table(offset + x.shape[1], self.dim, x.device)[offset:].to(x.dtype)
+        return self.dropout(x + self.alpha * pe)
+
+
+KVCache = tuple[torch.Tensor, torch.Tensor]  # keys, values [B, heads, S, head_dim]
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with the packed ``in_proj`` of ``nn.MultiheadAttention``."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"d_model {dim} is not divisible by nhead {num_heads}")
+        self.num_heads, self.dropout = num_heads, dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
+        self.out_proj = nn.Linear(dim, dim)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: torch.Tensor, attend: torch.Tensor | None,
+                past: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
+        """``x [B, S, D]``; ``attend`` [B, 1, S, S_past + S] bool (True = may attend) or None (all).
+
+        Returns the output and the keys/values of the past and new steps (the cache to pass next).
+        """
+        B, S, D = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # [B, S, 3D]
+        qkv = qkv.view(B, S, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)  # [3, B, H, S, hd]
+        q, k, v = qkv.unbind(0)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attend,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        out = out.transpose(1, 2).reshape(B, S, D)  # [B, H, S, hd] -> [B, S, D]
+        return self.out_proj(out), (k, v)
+
+
+class DecoderLayer(nn.Module):
+    """Pre-LN Transformer layer: ``x + SA(LN x)``, then ``x + FFN(LN x)`` with a ReLU FFN."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float):
+        super().__init__()
+        self.self_attn = SelfAttention(dim, num_heads, dropout)
+        self.linear1 = nn.Linear(dim, 4 * dim)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(4 * dim, dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, attend: torch.Tensor | None,
+                past: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
+        h, present = self.self_attn(self.norm1(x), attend, past)
+        x = x + self.dropout1(h)
+        x = x + self.dropout2(self.linear2(self.dropout(F.relu(self.linear1(self.norm2(x))))))
+        return x, present
+
+
+class Decoder(nn.Module):
+    """The layer stack and final LayerNorm (official ``decoder.layers.*`` / ``decoder.norm``)."""
+
+    def __init__(self, dim: int, num_heads: int, depth: int, dropout: float):
+        super().__init__()
+        self.layers = nn.ModuleList([DecoderLayer(dim, num_heads, dropout) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, attend: torch.Tensor | None,
+                past: Sequence[KVCache] | None = None) -> tuple[torch.Tensor, list[KVCache]]:
+        presents = []
+        for i, layer in enumerate(self.layers):
+            x, present = layer(x, attend, None if past is None else past[i])
+            presents.append(present)
+        return self.norm(x), presents
+
+
+# --------------------------------------------------------------------------- sampling
+
+# codebook-0 ids of silence for the released 4x2048 Encodec (encodec_4cb2048_giga.th) only
+SILENCE_TOKENS = (1388, 1898, 131)
+
+
+def sample_top_k_top_p(logits: torch.Tensor, top_k: int = 40, top_p: float = 1.0, temperature: float = 1.0,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of ``logits [N, C]``: temperature, then top-k and nucleus filtering.
+
+    ``top_k <= 0`` and ``top_p >= 1`` disable their filter; the nucleus keeps the smallest prefix whose
+    probability reaches ``top_p`` (the first token is always kept).
+    """
+    logits = logits / temperature if temperature != 1.0 else logits.clone()
+    if top_k > 0:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits[logits < kth] = -math.inf
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative > top_p
+        drop[..., 1:] = drop[..., :-1].clone()  # keep the token that crosses the threshold
+        drop[..., 0] = False
+        logits[drop.scatter(-1, order, drop)] = -math.inf
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass
+class AudioBatch:
+    """The rearranged audio side of a training batch (lists are per sample, then per piece)."""
+
+    mask_intervals: list[list[Interval]]
+    targets: list[list[torch.Tensor]]  # rearranged pieces [K, T_i]: also the targets
+    shifted: list[list[torch.Tensor]]  # delayed pieces [K, T_i + K]
+    mask_positions: list[list[int]]  # steps holding a mask embedding
+    mask_values: list[list[int]]  # which mask embedding at each of those steps
+    tokens: torch.Tensor  # [K, S, B], padded with audio_pad_token
+    lengths: torch.Tensor  # [B] steps per sample
+
+
+class VoiceCraft(nn.Module):
+    """The VoiceCraft token-infilling language model (official argument names)."""
+
+    def __init__(
+        self,
+        d_model: int = 2048,
+        audio_embedding_dim: int | None = None,
+        nhead: int = 16,
+        num_decoder_layers: int = 16,
+        n_codebooks: int = 4,
+        audio_vocab_size: int = 2048,
+        n_special: int = 4,
+        empty_token: int = 2048,
+        eog: int = 2049,
+        audio_pad_token: int = 2050,
+        eos: int = 2051,
+        reduced_eog: bool = True,
+        text_vocab_size: int = 100,
+        text_pad_token: int = 100,
+        max_n_spans: int = 3,
+        mask_len_min: int = 1,
+        mask_len_max: int = 600,
+        mask_sample_dist: str = "poisson1",
+        min_gap: int = 5,
+        shuffle_mask_embedding: bool = False,
+        codebook_weight: Sequence[float] | None = (5.0, 1.0, 0.5, 0.1),
+        text_embedding_dropout: float = 0.1,
+        audio_embedding_dropout: float = 0.0,
+        text_positional_embedding_dropout: float = 0.1,
+        audio_positional_embedding_dropout: float = 0.1,
+        trm_dropout: float = 0.1,
+    ):
+        args = dict(locals())
+        super().__init__()
+        self.config = {k: plain(v) for k, v in args.items() if k not in ("self", "__class__")}
+        self.arch = type(self).__name__
+        audio_embedding_dim = audio_embedding_dim or d_model
+        if audio_embedding_dim != d_model:
+            raise ValueError(f"audio_embedding_dim ({audio_embedding_dim}) must equal d_model ({d_model})")
+        expected = {"empty_token": audio_vocab_size, "eog": audio_vocab_size + 1,
+                    "audio_pad_token": audio_vocab_size + 2, "text_pad_token": text_vocab_size}
+        given = {"empty_token": empty_token, "eog": eog, "audio_pad_token": audio_pad_token,
+                 "text_pad_token": text_pad_token}
+        wrong = {k: (given[k], v) for k, v in expected.items() if given[k] != v}
+        if wrong:
+            raise ValueError(f"special token ids must follow the vocabularies; (given, expected): {wrong}")
+        if eos > 0 and (eos in (empty_token, audio_pad_token) or not reduced_eog):
+            raise ValueError(f"eos={eos} must differ from empty/pad tokens and needs reduced_eog=1")
+        if codebook_weight is not None and len(codebook_weight) != n_codebooks:
+            raise ValueError(f"codebook_weight needs {n_codebooks} values, got {list(codebook_weight)}")
+        self.d_model, self.nhead, self.n_codebooks = d_model, nhead, n_codebooks
+        self.audio_vocab_size, self.n_audio_tokens = audio_vocab_size, audio_vocab_size + n_special
+        self.empty_token, self.eog_token, self.audio_pad_token = empty_token, eog, audio_pad_token
+        self.eos_token, self.reduced_eog = eos, bool(reduced_eog)
+        self.text_pad_token = text_pad_token
+        self.max_n_spans, self.mask_len_min, self.mask_len_max = max_n_spans, mask_len_min, mask_len_max
+        self.mask_sample_dist, self.min_gap = mask_sample_dist, min_gap
+        self.shuffle_mask_embedding = bool(shuffle_mask_embedding)
+        self.codebook_weight = [1.0] * n_codebooks if codebook_weight is None else [float(w) for w in codebook_weight]
+
+        # frozen long "parameters": kept as such so official state dicts load strictly
+        self.eog = nn.Parameter(torch.full((n_codebooks, 1), eog, dtype=torch.long), requires_grad=False)
+        if eos > 0:
+            self.eos = nn.Parameter(torch.full((n_codebooks, 1), eos, dtype=torch.long), requires_grad=False)
+        self.text_embedding = TokenEmbedding(d_model, text_vocab_size + 1, text_embedding_dropout)
+        self.audio_embedding = nn.ModuleList(
+            [TokenEmbedding(d_model, self.n_audio_tokens, audio_embedding_dropout) for _ in range(n_codebooks)])
+        self.mask_embedding = nn.Parameter(torch.randn(max_n_spans, d_model))
+        self.text_positional_embedding = SinePositionalEmbedding(d_model, text_positional_embedding_dropout)
+        self.audio_positional_embedding = SinePositionalEmbedding(d_model, audio_positional_embedding_dropout)
+        self.decoder = Decoder(d_model, nhead, num_decoder_layers, trm_dropout)
+        hidden = audio_vocab_size // 2
+        self.predict_layer = nn.ModuleList(
+            [nn.Sequential(nn.Linear(d_model, hidden), nn.GELU(), nn.Linear(hidden, self.n_audio_tokens))
+             for _ in range(n_codebooks)])
+
+    def checkpoint_meta(self) -> dict:
+        """Name and constructor arguments, to store beside the weights."""
+        return {"name": self.arch, "class": type(self).__name__, "config": dict(self.config)}
+
+    # -- token rearrangement
+    def sample_mask_intervals(self, y_lens: Sequence[int], rng: random.Random,
+                              generator: torch.Generator | None = None) -> list[list[Interval]]:
+        """Masked spans per utterance, drawn in batch order as the official ``prepare_mask_intervals``."""
+        return [sample_mask_intervals(int(n), max_n_spans=self.max_n_spans, mask_len_min=self.mask_len_min,
+                                      mask_len_max=self.mask_len_max, min_gap=self.min_gap,
+                                      dist=self.mask_sample_dist, rng=rng, generator=generator)
+                for n in y_lens]
+
+    def prepare_audio(self, y: torch.Tensor, y_lens: torch.Tensor, mask_intervals: Sequence[Sequence[Interval]],
+                      rng: random.Random | None = None) -> AudioBatch:
+        """Rearrange, delay and join the codes ``y [B, K, T]`` given each sample's masked spans."""
+        targets, shifted, positions, values, joined = [], [], [], [], []
+        for i, spans in enumerate(mask_intervals):
+            pieces = rearrange(y[i, :, : int(y_lens[i])], spans, eog=self.eog_token, eos=self.eos_token,
+                               reduced_eog=self.reduced_eog)
+            delayed = [delay_pattern(p, self.empty_token) for p in pieces]
+            mask_ids = list(range(self.max_n_spans))
+            if self.shuffle_mask_embedding:
+                (rng or random.Random()).shuffle(mask_ids)
+            seq, pos, val = interleave_masks(delayed, self.eog_token, mask_ids)
+            targets.append(pieces)
+            shifted.append(delayed)
+            positions.append(pos)
+            values.append(val)
+            joined.append(seq.T)  # [S_i, K]
+        tokens = nn.utils.rnn.pad_sequence(joined, padding_value=self.audio_pad_token)  # [S, B, K]
+        lengths = torch.tensor([s.shape[0] for s in joined], device=y.device)
+        return AudioBatch([list(s) for s in mask_intervals], targets, shifted, positions, values,
+                          tokens.permute(2, 0, 1), lengths)
+
+    # -- embeddings and masks
+    def embed_text(self, x: torch.Tensor) -> torch.Tensor:
+        """Phoneme ids ``[B, L]`` -> ``[B, L, D]`` (embedding + positional code)."""
+        return self.text_positional_embedding(self.text_embedding(x))
+
+    def embed_audio(self, tokens: torch.Tensor, mask_positions: Sequence[Sequence[int]] = (),
+                    mask_values: Sequence[Sequence[int]] = ()) -> torch.Tensor:
+        """``tokens [K, S, B]`` -> ``[B, S, D]``: the codebooks' embeddings summed, mask steps replaced."""
+        emb = torch.stack([self.audio_embedding[k](tokens[k]) for k in range(self.n_codebooks)]).sum(0)
+        emb = emb.transpose(0, 1)  # [S, B, D] -> [B, S, D]
+        for i, (pos, val) in enumerate(zip(mask_positions, mask_values)):
+            if pos:
+                emb[i, pos] = self.mask_embedding[val]
+        return emb
+
+    @staticmethod
+    def attention_blocked(x_padding: torch.Tensor, y_padding: torch.Tensor) -> torch.Tensor:
+        """[B, L+S, L+S] bool, True = may not attend: causal over ``[text ; audio]``, plus key padding.
+
+        Text does not see audio; audio sees all text; both are causal within themselves (the released
+        model masks the phoneme prefix causally too).
+        """
+        L, S = x_padding.shape[1], y_padding.shape[1]
+        blocked = torch.ones(L + S, L + S, dtype=torch.bool, device=x_padding.device).triu(1)
+        blocked[:L, L:] = True
+        padding = torch.cat([x_padding, y_padding], dim=1)  # [B, L+S]
+        return blocked[None] | padding[:, None, :]
+
+    def predict(self, h: torch.Tensor) -> torch.Tensor:
+        """Decoder output ``[B, S, D]`` -> logits ``[B, K, S, n_audio_tokens]``."""
+        return torch.stack([head(h) for head in self.predict_layer], dim=1)
+
+    # -- training forward
+    def forward(
+        self,
+        x: torch.Tensor,
+        x_lens: torch.Tensor,
+        y: torch.Tensor,
+        y_lens: torch.Tensor,
+        *,
+        mask_intervals: Sequence[Sequence[Interval]] | None = None,
+        rng: random.Random | None = None,
+        generator: torch.Generator | None = None,
+        return_intermediates: bool = False,
+    ) -> dict[str, torch.Tensor | list]:
+        """Training forward: loss and top-10 accuracies as the official ``VoiceCraft.forward``.
+
+        Args:
+            x: phoneme ids [B, L], padded with ``text_pad_token``; x_lens: [B].
+            y: codec codes [B, K, T]; y_lens: [B].
+            mask_intervals: per sample, the masked spans ``[(start, end), ...]``; drawn when None.
+            rng: python RNG for the span starts/lengths (default: seeded from torch's generator, so
+                ``torch.manual_seed`` makes a run reproducible); generator: torch RNG for the span count.
+            return_intermediates: also return every intermediate named as in the golden case.
+
+        Returns:
+            ``loss`` (sum_k CE_k * n_k * w_k), ``top10acc`` (sum_k acc_k * n_k), ``top10acc_by_codebook``
+            (list), ``effective_ntoken``, ``logits`` [K, N, C] and ``targets`` [K, N] as the loss sees them.
+        """
+        x = x[:, : int(x_lens.max())]
+        y = y[:, :, : int(y_lens.max())]
+        if mask_intervals is None:
+            if rng is None:
+                rng = random.Random(int(torch.randint(2**62, (1,), generator=generator)))
+            mask_intervals = self.sample_mask_intervals(y_lens.tolist(), rng, generator)
+        audio = self.prepare_audio(y, y_lens, mask_intervals, rng)
+        inter: dict[str, object] = {"audio": audio}
+
+        L = x.shape[1]
+        x_input = self.embed_text(x)
+        x_padding = torch.arange(L, device=x.device)[None] >= x_lens[:, None]
+        embedded_y = self.embed_audio(audio.tokens, audio.mask_positions, audio.mask_values)
+        y_input = self.audio_positional_embedding(embedded_y)
+        y_padding = torch.arange(y_input.shape[1], device=y.device)[None] >= audio.lengths[:, None]
+        blocked = self.attention_blocked(x_padding, y_padding)
+        xy_input = torch.cat([x_input, y_input], dim=1)
+        h, _ = self.decoder(xy_input, ~blocked[:, None])
+        y_out = h[:, L:]
+        logits = self.predict(y_out)  # [B, K, S, C]
+        inter.update(x_input=x_input, x_padding_mask=x_padding, embedded_y=embedded_y, y_input=y_input,
+                     y_padding_mask=y_padding, decoder_xy_input=xy_input, decoder_blocked=blocked,
+                     decoder_out_y=y_out, logits_BKSC=logits)
+
+        # per sample and piece: drop the mask steps, undo the delay; concatenate along time
+        final, targets = [], []
+        for i in range(len(logits)):
+            pieces = split_at_masks(logits[i], audio.mask_positions[i], int(audio.lengths[i]))
+            final += [undelay_logits(p) for p in pieces]
+            targets += audio.targets[i]
+        out = self.forward_loss(torch.cat(final, dim=1), torch.cat(targets, dim=1))
+        if return_intermediates:
+            out.update(inter)
+        return out
+
+    def forward_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor | list]:
+        """Weighted per-codebook cross-entropy and top-10 accuracy of ``logits [K, N, C]`` vs ``targets [K, N]``."""
+        n = targets.shape[1]
+        ce = [F.cross_entropy(logits[k], targets[k]) for k in range(self.n_codebooks)]
+        top = min(10, logits.shape[-1])
+        with torch.no_grad():
+            hit = (logits.topk(top, dim=-1).indices == targets[..., None]).any(-1).float()  # [K, N]
+        by_codebook = [hit[k].mean() * n for k in range(self.n_codebooks)]
+        return {
+            "loss": sum(c * n * w for c, w in zip(ce, self.codebook_weight)),
+            "ce_by_codebook": ce,
+            "top10acc": sum(by_codebook),
+            "top10acc_by_codebook": by_codebook,
+            "effective_ntoken": torch.tensor(n * self.n_codebooks, device=logits.device),
+            "logits": logits,
+            "targets": targets,
+        }
+
+    # -- inference
+    def _next_logits(self, x_input: torch.Tensor, y_emb: torch.Tensor, cache: list[KVCache] | None,
+                     n_new: int) -> tuple[torch.Tensor, list[KVCache]]:
+        """Logits ``[K, C]`` after the last audio step of one sequence; with a cache only the ``n_new`` last
+        steps are run (they see the cached steps and, causally, each other)."""
+        if cache is None:
+            xy = torch.cat([x_input, self.audio_positional_embedding(y_emb)], dim=1)  # [1, L+S, D]
+            n = xy.shape[1]
+            # one unpadded sequence: text causal, audio sees text and earlier audio = plain causal mask
+            h, cache = self.decoder(xy, torch.ones(n, n, dtype=torch.bool, device=xy.device).tril())
+        else:
+            start = y_emb.shape[1] - n_new
+            steps = self.audio_positional_embedding(y_emb[:, start:], offset=start)  # [1, n_new, D]
+            past = cache[0][0].shape[2]
+            attend = torch.ones(n_new, past + n_new, dtype=torch.bool, device=y_emb.device).tril(past)
+            h, cache = self.decoder(steps, attend, past=cache)
+        return self.predict(h[:, -1:])[0, :, 0], cache
+
+    def _decode(self, x_input: torch.Tensor, y_emb: torch.Tensor, next_masks: list[int], *, stop: int, forbid: int,
+                min_steps: int, max_steps: int, top_k: int, top_p: float, temperature: float, stop_repetition: int,
+                silence_tokens: Sequence[int], kv_cache: bool,
+                generator: torch.Generator | None) -> list[torch.Tensor]:
+        """Sample delayed spans after the context ``y_emb [1, S, D]``: one ``[K, G_i]`` per span.
+
+        At step g of a span codebook k > g is forced empty; codebooks > 0 may not end or be empty before
+        codebook 0 ends (sampled or argmax ``stop``, or the context passing ``max_steps``); codebook k
+        then ends k steps later. ``forbid`` (EOG in TTS, EOS in editing) is never sampled; ``stop`` is
+        not allowed on codebook 0 for the first ``min_steps + 1`` steps (``min_steps < 0``: no limit).
+        After a span, if ``next_masks`` is not empty, its last step, the next mask embedding and an empty
+        step are appended and the next span starts.
+        """
+        K, empty = self.n_codebooks, self.empty_token
+        empty_step = self.embed_audio(torch.full((K, 1, 1), empty, device=y_emb.device))  # [1, 1, D]
+        spans: list[torch.Tensor] = []
+        steps: list[torch.Tensor] = []
+        cache: list[KVCache] | None = None
+        n_new, n_done, prev, repeats = y_emb.shape[1], 0, -1, 0
+        while True:
+            logits, new_cache = self._next_logits(x_input, y_emb, cache, n_new)
+            cache = new_cache if kv_cache else None
+            g = len(steps)
+            if forbid >= 0:
+                logits[:, forbid] = -10000.0
+            if n_done == 0:
+                logits[1:, stop] = -10000.0
+                logits[1:, empty] = -10000.0
+                if g <= min_steps:
+                    logits[0, stop] = -10000.0
+                if stop_repetition > 0 and prev in silence_tokens and repeats > stop_repetition:
+                    factor = repeats - (stop_repetition - 1)
+                    v = logits[0, prev]
+                    logits[0, prev] = v * factor if v < 0 else v / factor
+                tokens = sample_top_k_top_p(logits, top_k, top_p, temperature, generator)  # [K]
+                tokens[g + 1:] = empty  # codebook k starts k steps late
+                if tokens[0] == stop or logits[0].argmax() == stop or y_emb.shape[1] > max_steps:
+                    tokens[0], n_done = stop, 1
+                token0 = int(tokens[0])
+                repeats = repeats + 1 if token0 in silence_tokens and token0 == prev else 0
+                prev = token0
+            else:
+                logits[n_done + 1:, stop] = -10000.0
+                logits[n_done + 1:, empty] = -10000.0
+                tokens = sample_top_k_top_p(logits, top_k, top_p, temperature, generator)
+                tokens[:n_done] = empty
+                tokens[n_done] = stop
+                n_done += 1
+            steps.append(tokens)
+            new = [self.embed_audio(tokens[:, None, None])]
+            if n_done == K:
+                spans.append(torch.stack(steps, dim=1))
+                if not next_masks:
+                    return spans
+                new += [self.mask_embedding[next_masks.pop(0)][None, None], empty_step]
+                steps, n_done, prev, repeats = [], 0, -1, 0
+            y_emb = torch.cat([y_emb, *new], dim=1)
+            n_new = len(new)
+
+    @staticmethod
+    def _undelay(span: torch.Tensor) -> torch.Tensor:
+        """A sampled delayed span ``[K, G]`` (ending with the K end steps) -> its frames ``[K, G - K]``."""
+        K, G = span.shape
+        return torch.stack([span[k, k: G - K + k] for k in range(K)])
+
+    @torch.no_grad()
+    def generate(
+        self,
+        x: torch.Tensor,
+        prompt: torch.Tensor,
+        *,
+        top_k: int = 40,
+        top_p: float = 1.0,
+        temperature: float = 1.0,
+        stop_repetition: int = 3,
+        silence_tokens: Sequence[int] = SILENCE_TOKENS,
+        kv_cache: bool = True,
+        codec_rate: int = 50,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """TTS continuation of ``prompt`` (the official ``inference_tts``): the new frames only, ``[K, G]``.
+
+        Args:
+            x: phoneme ids [L] or [1, L] of the prompt's transcript followed by the text to say.
+            prompt: codec codes [K, T] of the prompt audio.
+            top_k, top_p, temperature: sampling filters (``top_k <= 0`` / ``top_p = 1`` disable them).
+            stop_repetition: when codebook 0 repeats a silence token more than this many times, its
+                logit is pushed down in proportion to the run length; ``<= 0`` disables.
+            silence_tokens: codebook-0 silence ids of the codec (the released Encodec's by default).
+            kv_cache: reuse keys/values of earlier steps (same tokens as without, faster).
+            codec_rate: codec frames per second; EOS is forbidden for the first ``codec_rate // 5``
+                steps and generation stops past ``codec_rate // 5`` audio steps per phoneme.
+            generator: torch RNG for the draws (seedable; None uses the global one, as official).
+
+        The prompt is delayed and its last K-1 (partial) steps dropped; the new frames form a fresh
+        delayed piece ending with EOS (EOG for models without EOS). The full utterance is
+        ``torch.cat([prompt, result], dim=1)``.
+        """
+        if self.eos_token <= 0 and not self.reduced_eog:
+            raise ValueError("TTS continuation needs a model trained with reduced_eog (the released ones)")
+        x = x.reshape(1, -1)
+        delayed = delay_pattern(prompt, self.empty_token)[:, : prompt.shape[1] + 1]  # [K, T + 1]
+        stop = self.eos_token if self.eos_token > 0 else self.eog_token
+        spans = self._decode(
+            self.embed_text(x), self.embed_audio(delayed[:, :, None]), [], stop=stop,
+            forbid=self.eog_token if self.eos_token > 0 else -1, min_steps=codec_rate // 5,
+            max_steps=x.shape[1] * (codec_rate // 5), top_k=top_k, top_p=top_p, temperature=temperature,
+            stop_repetition=stop_repetition, silence_tokens=silence_tokens, kv_cache=kv_cache, generator=generator)
+        return self._undelay(spans[0])
+
+    @torch.no_grad()
+    def edit(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mask_intervals: Sequence[Interval],
+        *,
+        top_k: int = 40,
+        top_p: float = 1.0,
+        temperature: float = 1.0,
+        stop_repetition: int = -1,
+        silence_tokens: Sequence[int] = SILENCE_TOKENS,
+        kv_cache: bool = True,
+        codec_rate: int = 50,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Speech editing (the official ``inference``): regenerate the spans, return the codes ``[K, T']``.
+
+        Args:
+            x: phoneme ids [L] or [1, L] of the whole target transcript.
+            y: codec codes [K, T] of the original recording.
+            mask_intervals: sorted, disjoint frame spans ``[(start, end), ...]`` to regenerate (at most
+                ``max_n_spans``); each new span ends at EOG and may be longer or shorter.
+            other arguments: as `generate` (no minimum length here, as official).
+
+        The context is ``U0 M0 U1 ... Un+EOS M0 <empty>``; span i is sampled until EOG, then
+        ``M(i+1) <empty>`` starts the next. Unmasked frames are copied unchanged into the result.
+        """
+        if not 0 < len(mask_intervals) <= self.max_n_spans:
+            raise ValueError(f"need 1..{self.max_n_spans} spans to edit, got {len(mask_intervals)}")
+        x = x.reshape(1, -1)
+        spans = [(int(a), int(b)) for a, b in mask_intervals]
+        pieces = rearrange(y, spans, eog=self.eog_token, eos=self.eos_token, reduced_eog=self.reduced_eog)
+        delayed = [delay_pattern(p, self.empty_token) for p in pieces]
+        seq, positions, values = interleave_masks(delayed, self.eog_token, list(range(self.max_n_spans)))
+        n = len(spans)
+        context = seq[:, : positions[n] + 2]  # through the first span's mask and its leading empty step
+        y_emb = self.embed_audio(context[:, :, None], [positions[: n + 1]], [values[: n + 1]])
+        generated = self._decode(
+            self.embed_text(x), y_emb, values[n + 1:], stop=self.eog_token, forbid=self.eos_token, min_steps=-1,
+            max_steps=x.shape[1] * (codec_rate // 5), top_k=top_k, top_p=top_p, temperature=temperature,
+            stop_repetition=stop_repetition, silence_tokens=silence_tokens, kv_cache=kv_cache, generator=generator)
+        kept = [y[:, a:b] for a, b in unmasked_intervals(spans, y.shape[1])]
+        out = [kept[0]]
+        for span, piece in zip(generated, kept[1:]):
+            out += [self._undelay(span), piece]
+        return torch.cat(out, dim=1)
+
+# --------------------------------------------------------------------------- official checkpoints
+
+def kwargs_from_official_args(args: Mapping | object) -> dict:
+    """Constructor arguments from an official ``args`` Namespace/dict (``.pth["config"]`` or config.json).
+
+    Strings the official code ``eval``s (``audio_vocab_size``, ``codebook_weight``) are parsed as
+    literals; arguments that do not shape the model are ignored.
+    """
+    args = dict(vars(args)) if not isinstance(args, Mapping) else dict(args)
+    if int(args.get("special_first", 0) or 0):
+        raise ValueError("special_first=1 checkpoints (special ids before the codes) are not supported")
+    args.setdefault("eos", -1)
+    if not args.get("n_special"):
+        args["n_special"] = 3  # the official default when absent
+    args.setdefault("reduced_eog", 0)
+    for key in ("audio_vocab_size", "codebook_weight"):
+        if isinstance(args.get(key), str):
+            args[key] = ast.literal_eval(args[key])
+    names = set(inspect.signature(VoiceCraft).parameters)
+    return {k: v for k, v in args.items() if k in names}
+
+
+def load_official_state(model: VoiceCraft, state_or_path: Mapping[str, torch.Tensor] | str | Path) -> LoadReport:
+    """Load an official VoiceCraft state strictly (names, shapes, eog/eos ids).
+
+    Accepts the release ``.pth`` (``{"config", "phn2num", "model"}``, read with ``weights_only=True``:
+    its ``config`` is an ``argparse.Namespace``, the only non-tensor type allowed), the Hugging Face
+    ``model.safetensors``, or a mapping. Raises, naming the keys, if anything does not fit.
+    """
+    state = read_state(state_or_path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong_shape = [k for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong_shape:
+        raise RuntimeError(f"checkpoint does not fit {model.arch}: unexpected {unexpected[:8]}, missing {missing[:8]}, "
+                           f"wrong shape {[(k, list(state[k].shape)) for k in wrong_shape[:8]]}; build the model "
+                           "from the checkpoint's config (kwargs_from_official_args)")
+    special = [k for k in ("eog", "eos") if k in state and not torch.equal(state[k].cpu(), own[k].cpu())]
+    if special:
+        raise RuntimeError(f"checkpoint special token ids {special} differ from the model's; build it from the "
+                           "checkpoint's config")
+    model.load_state_dict(state, strict=True)
+    return LoadReport(source_format="official")
+
+
+# --------------------------------------------------------------------------- registered variants
+
+def _build(name: str, dim: int, depth: int, overrides: dict) -> VoiceCraft:
+    # the released recipe (z_scripts/e830M.sh): EOS + reduced EOG, 4 specials, weights [5, 1, 0.5, 0.1]
+    model = VoiceCraft(**{"d_model": dim, "nhead": 16, "num_decoder_layers": depth, **overrides})
+    model.arch = name
+    return model
+
+
+@register_model
+def voicecraft_830m(**kwargs) -> VoiceCraft:
+    return _build("voicecraft_830m", 2048, 16, kwargs)
+
+
+@register_model
+def voicecraft_330m(**kwargs) -> VoiceCraft:
+    return _build("voicecraft_330m", 1024, 24, kwargs)
