@@ -65,10 +65,11 @@ USER_UPSTREAM = textwrap.dedent('''
 @pytest.fixture(scope="module")
 def user_upstream(tmp_path_factory):
     folder = tmp_path_factory.mktemp("user_upstream")
-    (folder / "my_expert.py").write_text(USER_UPSTREAM)
+    (folder / "avsuperb_runner_expert.py").write_text(USER_UPSTREAM)
     sys.path.insert(0, str(folder))
-    yield "my_expert:build"
+    yield "avsuperb_runner_expert:build"
     sys.path.remove(str(folder))
+    sys.modules.pop("avsuperb_runner_expert", None)
 
 
 @pytest.fixture(scope="module")
