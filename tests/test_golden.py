@@ -175,6 +175,74 @@ def run_voicecraft(case: Case) -> dict[str, torch.Tensor]:
     return out
 
 
+def _pe_vision_outputs(visual: torch.nn.Module, x: torch.Tensor, x_res2: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Outputs both PE cases share: per-block tokens, RoPE tables and the resized abs pos-embed."""
+    out = {f"layer_{i}": visual.forward_features(x, layer_idx=i) for i in range(len(visual.transformer.resblocks))}
+    out["ff_prenorm"] = visual.forward_features(x)
+    out["rope_freq"] = visual.rope_angles(x.shape[2] // visual.patch_size, x.shape[3] // visual.patch_size)
+    grid2 = (x_res2.shape[2] // visual.patch_size, x_res2.shape[3] // visual.patch_size)
+    out["res2_rope_freq"], out["res2_abs_posemb"] = visual.rope_angles(*grid2), visual.sample_abs_posemb(*grid2)
+    return out
+
+
+@torch.no_grad()
+def run_pe_clip(case: Case) -> dict[str, torch.Tensor]:
+    from percli.models.pe import PECLIP
+
+    kwargs = case.config["constructor_kwargs"]  # init_logit_scale: the default (the state holds the value)
+    model = PECLIP(kwargs["vision_cfg"], kwargs["text_cfg"])
+    model.load_state_dict(case.state(), strict=True)
+    model.eval()
+    inputs, visual = case.inputs(), model.visual
+    x, x_res2, text = inputs["x"], inputs["x_res2"], inputs["text"]
+    out = _pe_vision_outputs(visual, x, x_res2)
+    out["image_features"], out["text_features"], out["logit_scale"] = model(x, text)
+    out["logits_per_image"] = out["logit_scale"] * out["image_features"] @ out["text_features"].T
+    out["encode_image"], out["encode_text"] = model.encode_image(x), model.encode_text(text)
+    out["ff_norm"] = visual.forward_features(x, norm=True)
+    out["ff_norm_strip_cls"] = visual.forward_features(x, norm=True, strip_cls_token=True)
+    out["pooled_before_proj"] = visual.pool(out["ff_norm"])
+    out["res2_encode_image"], out["res2_ff_norm"] = model.encode_image(x_res2), visual.forward_features(x_res2, True)
+    out["text_tokens_ln_final"] = model.text_tokens(text)
+    out["text_short_encode_text"] = model.encode_text(inputs["text_short"])
+    return out
+
+
+@torch.no_grad()
+def run_pe_vision(case: Case) -> dict[str, torch.Tensor]:
+    from percli.models.pe import PEVisionTransformer
+
+    model = _build_strict(PEVisionTransformer, case)
+    inputs = case.inputs()
+    out = _pe_vision_outputs(model, inputs["x"], inputs["x_res2"])
+    out["forward"], out["res2_forward"] = model(inputs["x"]), model(inputs["x_res2"])
+    return out
+
+
+@torch.no_grad()
+def run_openclip(case: Case) -> dict[str, torch.Tensor]:
+    from percli.models.clip import CLIP
+
+    model = _build_strict(CLIP, case)
+    image, text = case.inputs()["image"], case.inputs()["text"]
+    out: dict[str, torch.Tensor] = {}
+    out["image_features"], out["text_features"], out["logit_scale"] = model(image, text)
+    out["logits_per_image"], out["logits_per_text"] = model.get_logits(image, text)
+    out["encode_image"], out["encode_text"] = model.encode_image(image), model.encode_text(text)
+    fi = model.forward_intermediates(image, text, image_output_extra_tokens=True, output_logits=True)
+    for i, (patches, prefix) in enumerate(zip(fi["image_intermediates"], fi["image_intermediates_prefix"])):
+        out[f"image_intermediate_{i}"], out[f"image_intermediate_prefix_{i}"] = patches, prefix
+    out.update({f"text_intermediate_{i}": t for i, t in enumerate(fi["text_intermediates"])})
+    out["fi_image_logits"] = fi["image_logits"]
+    last = model.forward_intermediates(image, text, image_indices=[-1], text_indices=[-1], intermediates_only=True,
+                                       normalize_intermediates=True, image_output_fmt="NLC",
+                                       image_output_extra_tokens=True)
+    out["image_patch_tokens_ln_post"] = last["image_intermediates"][0]
+    out["image_cls_token_ln_post"] = last["image_intermediates_prefix"][0]
+    out["text_tokens_ln_final"] = last["text_intermediates"][0]
+    return out
+
+
 # (official_file, official_class) -> runner. Families not listed are skipped, not failed.
 RUNNERS: dict[tuple[str, str], Runner] = {
     ("hiera/hiera.py", "Hiera"): run_hiera,
@@ -182,6 +250,10 @@ RUNNERS: dict[tuple[str, str], Runner] = {
     ("models_mae.py", "MaskedAutoencoderViT"): run_audiomae_mae,
     ("models_vit.py", "VisionTransformer"): run_audiomae_vit,
     ("models/voicecraft.py", "VoiceCraft"): run_voicecraft,
+    ("src/open_clip/model.py (towers: src/open_clip/transformer.py VisionTransformer / TextTransformer)", "CLIP"):
+        run_openclip,
+    ("core/vision_encoder/pe.py", "CLIP"): run_pe_clip,
+    ("core/vision_encoder/pe.py", "VisionTransformer"): run_pe_vision,
 }
 
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 import torch.nn as nn
 
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {}
-_FAMILY_MODULES = ("percli.models.hiera", "percli.models.audio_mae", "percli.models.encodec",
-                  "percli.models.voicecraft")
+_FAMILY_MODULES = ("percli.models.hiera", "percli.models.audio_mae", "percli.models.encodec", "percli.models.clip",
+                  "percli.models.voicecraft", "percli.models.pe")
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
