@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from percli.models import register_model
 from percli.models.audio_mae_decoder import Mlp, SwinDecoderBlock
-from percli.models.common import LoadReport, make_norm, plain, read_state
+from percli.models.common import LoadReport, check_fit, make_norm, plain, read_state
 from percli.models.hiera import DropPath  # identical stochastic depth
 
 # Kaldi fbank statistics of AudioSet used by the official recipes; inputs are (fbank - mean) / (2 * std).
@@ -661,15 +661,8 @@ def load_official_state(model: nn.Module, state_or_path: Mapping[str, torch.Tens
         tolerated += ("fc_norm.", "norm.")
     if not is_mae_model:
         tolerated += ("pos_embed",)  # fixed sin-cos: the model's own table is kept if the file lacks it
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    bad_missing = [k for k in missing if not k.startswith(tolerated)]
-    wrong_shape = [k for k in state if k in own and state[k].shape != own[k].shape]
-    if unexpected or bad_missing or wrong_shape:
-        raise RuntimeError(f"checkpoint does not fit {type(model).__name__}: unexpected {unexpected[:8]}, "
-                           f"missing {bad_missing[:8]}, wrong shape {wrong_shape[:8]}")
+    report.missing = check_fit(model, state, type(model).__name__, tolerated=tolerated)
     model.load_state_dict(state, strict=False)
-    report.missing = missing
     return report
 
 

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from percli.models import register_model
-from percli.models.common import LoadReport, read_state
+from percli.models.common import LoadReport, check_fit, read_state
 
 # OpenAI CLIP's image normalisation, used by every open_clip / MetaCLIP ViT release.
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -359,14 +359,7 @@ def load_official_state(model: CLIP, state_or_path: Mapping[str, torch.Tensor] |
     state = {k: v for k, v in state.items() if k not in report.dropped}
     if "logit_scale" in state and state["logit_scale"].numel() == 1:  # some releases store it as shape [1]
         state["logit_scale"] = state["logit_scale"].reshape(())
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    wrong_shape = [f"{k} {list(state[k].shape)} != {list(own[k].shape)}"
-                   for k in state if k in own and state[k].shape != own[k].shape]
-    if missing or unexpected or wrong_shape:
-        raise RuntimeError(f"checkpoint does not fit {model.arch}: missing {missing[:8]}, unexpected "
-                           f"{unexpected[:8]}, wrong shape {wrong_shape[:8]}; pick the variant the checkpoint "
-                           "was trained as (`percli ls models`)")
+    check_fit(model, state, model.arch, hint="pick the variant the checkpoint was trained as (`percli ls models`)")
     model.load_state_dict(state, strict=True)
     return report
 

@@ -38,6 +38,25 @@ class LoadReport:
     head_reset: bool = False  # the checkpoint's classifier had another num_classes
 
 
+def check_fit(model: nn.Module, state: Mapping[str, torch.Tensor], what: str, *, tolerated: tuple[str, ...] = (),
+              hint: str = "") -> list[str]:
+    """Raise RuntimeError naming what does not fit; return the model keys the state lacks.
+
+    Unexpected keys, missing keys (except those starting with a `tolerated` prefix) and wrong
+    shapes are errors; `hint` says what to do about them.
+    """
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    bad_missing = [k for k in missing if not k.startswith(tolerated)] if tolerated else missing
+    wrong_shape = [f"{k} {list(state[k].shape)} != {list(own[k].shape)}"
+                   for k in state if k in own and state[k].shape != own[k].shape]
+    if unexpected or bad_missing or wrong_shape:
+        raise RuntimeError(f"checkpoint does not fit {what}: missing {bad_missing[:8]}, unexpected {unexpected[:8]}, "
+                           f"wrong shape {wrong_shape[:8]}" + (f"; {hint}" if hint else ""))
+    return missing
+
+
 def read_state(state_or_path: Mapping[str, torch.Tensor] | str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a state dict from a mapping, a .safetensors file or an official .pth.
 

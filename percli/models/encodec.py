@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from percli.models import register_model
-from percli.models.common import plain
+from percli.models.common import check_fit, plain
 
 # --------------------------------------------------------------------------- convolutions
 
@@ -420,14 +420,7 @@ def load_official_state(model: EncodecModel, state_or_path: Mapping[str, torch.T
             state = read_audiocraft_checkpoint(path)
     else:
         state = dict(state_or_path)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong_shape = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}"
-                   for k in state if k in own and state[k].shape != own[k].shape]
-    if missing or unexpected or wrong_shape:
-        raise RuntimeError(f"checkpoint does not fit {model.arch} ({model.config}): missing {missing[:6]}, "
-                           f"unexpected {unexpected[:6]}, wrong shape {wrong_shape[:6]}")
+    check_fit(model, state, f"{model.arch} ({model.config})")
     model.load_state_dict(state)
 
 

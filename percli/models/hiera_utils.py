@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from percli.models.common import LoadReport, read_state
+from percli.models.common import LoadReport, check_fit, read_state
 
 Schedule = Sequence[Sequence[int]]
 
@@ -347,12 +347,6 @@ def load_official_state(model: nn.Module, state_or_path: Mapping[str, torch.Tens
         tolerated += ("head.",)  # new num_classes, or an encoder-only checkpoint
     if from_mae and not is_mae_model:
         tolerated += ("norm.",)  # an MAE has no pretrained final norm for the classifier
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    bad_missing = [k for k in missing if not k.startswith(tolerated)]
-    if unexpected or bad_missing:
-        raise RuntimeError(f"checkpoint does not fit {type(model).__name__}: unexpected {unexpected[:8]}, "
-                           f"missing {bad_missing[:8]}")
+    report.missing = check_fit(model, state, type(model).__name__, tolerated=tolerated)
     model.load_state_dict(state, strict=False)
-    report.missing = missing
     return report

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from percli.models import register_model
-from percli.models.common import LoadReport, plain, read_state
+from percli.models.common import LoadReport, check_fit, plain, read_state
 from percli.models.hiera import DropPath  # identical stochastic depth
 
 PE_MEAN = (0.5, 0.5, 0.5)
@@ -465,15 +465,8 @@ def load_official_state(model: PEVisionTransformer | PECLIP,
     if isinstance(model, PEVisionTransformer) and any(k.startswith("visual.") for k in state):
         report.dropped = sorted(k for k in state if not k.startswith("visual."))
         state = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong_shape = [f"{k} {list(state[k].shape)} vs {list(own[k].shape)}"
-                   for k in state if k in own and state[k].shape != own[k].shape]
-    if missing or unexpected or wrong_shape:
-        hint = " (a vision-only file? load it into a PEVisionTransformer)" if isinstance(model, PECLIP) else ""
-        raise RuntimeError(f"checkpoint does not fit {model.arch}{hint}: missing {missing[:8]}, "
-                           f"unexpected {unexpected[:8]}, wrong shape {wrong_shape[:8]}")
+    check_fit(model, state, model.arch, hint="a vision-only file? load it into a PEVisionTransformer"
+              if isinstance(model, PECLIP) else "")
     model.load_state_dict(state, strict=True)
     return report
 

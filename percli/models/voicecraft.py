@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from percli.models import register_model
-from percli.models.common import LoadReport, plain, read_state
+from percli.models.common import LoadReport, check_fit, plain, read_state
 from percli.models.voicecraft_codebooks import (
     Interval,
     delay_pattern,
@@ -632,14 +632,8 @@ def load_official_state(model: VoiceCraft, state_or_path: Mapping[str, torch.Ten
     ``model.safetensors``, or a mapping. Raises, naming the keys, if anything does not fit.
     """
     state = read_state(state_or_path)
+    check_fit(model, state, model.arch, hint="build the model from the checkpoint's config (kwargs_from_official_args)")
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong_shape = [k for k in state if k in own and state[k].shape != own[k].shape]
-    if missing or unexpected or wrong_shape:
-        raise RuntimeError(f"checkpoint does not fit {model.arch}: unexpected {unexpected[:8]}, missing {missing[:8]}, "
-                           f"wrong shape {[(k, list(state[k].shape)) for k in wrong_shape[:8]]}; build the model "
-                           "from the checkpoint's config (kwargs_from_official_args)")
     special = [k for k in ("eog", "eos") if k in state and not torch.equal(state[k].cpu(), own[k].cpu())]
     if special:
         raise RuntimeError(f"checkpoint special token ids {special} differ from the model's; build it from the "
