@@ -14,6 +14,7 @@ import percli
 from percli.commands.curate import curate_app
 from percli.commands.eval_av_superb import av_superb
 from percli.commands.run import fail, run_recipe
+from percli.commands.tts import tts_app
 from percli.core.config import to_dict, to_yaml
 from percli.recipes import RECIPES, Recipe, find_method
 
@@ -68,6 +69,7 @@ def _add_run_command(group: typer.Typer, recipe: Recipe) -> None:
 
 
 app.add_typer(curate_app, name="curate")
+app.add_typer(tts_app, name="tts")
 
 for verb, verb_help in VERB_HELP.items():
     group = typer.Typer(help=verb_help, no_args_is_help=True)

@@ -243,6 +243,32 @@ def run_openclip(case: Case) -> dict[str, torch.Tensor]:
     return out
 
 
+@torch.no_grad()
+def run_dinov2(case: Case) -> dict[str, torch.Tensor]:
+    from percli.models.dinov2 import DinoVisionTransformer
+
+    kwargs = dict(case.config["constructor_kwargs"])
+    # the official block/attention classes are recorded as text, and block_chunks only groups blocks for FSDP:
+    # percli's one block type is the SDPA path those name (XFORMERS_DISABLED), and 0 keeps the flat names
+    assert "NestedTensorBlock" in kwargs.pop("block_fn") and kwargs.pop("block_chunks") == 0
+    model = DinoVisionTransformer(**kwargs)
+    model.load_state_dict(case.state(), strict=True)
+    model.eval()
+    inputs = case.inputs()
+    x, x_res2 = inputs["x"], inputs["x_res2"]
+    out = {"forward": model(x)}
+    out.update({f"ff_{k}": v for k, v in model.forward_features(x).items() if k != "masks"})
+    out.update({f"ffmask_{k}": v for k, v in model.forward_features(x, masks=inputs["masks"]).items() if k != "masks"})
+    normed = model.get_intermediate_layers(x, n=2, reshape=True, return_class_token=True, norm=True)
+    for i, ((patches, cls), raw) in enumerate(zip(normed, model.get_intermediate_layers(x, n=2, norm=False))):
+        out[f"interm_{i}_patch_bchw"], out[f"interm_{i}_cls"], out[f"interm_{i}_patch_prenorm"] = patches, cls, raw
+    out.update({f"ffres2_{k}": v for k, v in model.forward_features(x_res2).items() if k != "masks"})
+    H2, W2 = x_res2.shape[2:]
+    tokens = torch.zeros(1, 1 + (H2 // model.patch_size) * (W2 // model.patch_size), model.embed_dim)
+    out["ffres2_pos_embed_interp"] = model.interpolate_pos_encoding(tokens, H2, W2)
+    return out
+
+
 # (official_file, official_class) -> runner. Families not listed are skipped, not failed.
 RUNNERS: dict[tuple[str, str], Runner] = {
     ("hiera/hiera.py", "Hiera"): run_hiera,
@@ -254,6 +280,7 @@ RUNNERS: dict[tuple[str, str], Runner] = {
         run_openclip,
     ("core/vision_encoder/pe.py", "CLIP"): run_pe_clip,
     ("core/vision_encoder/pe.py", "VisionTransformer"): run_pe_vision,
+    ("dinov2/models/vision_transformer.py", "DinoVisionTransformer"): run_dinov2,
 }
 
 

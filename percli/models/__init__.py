@@ -13,7 +13,7 @@ import torch.nn as nn
 
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {}
 _FAMILY_MODULES = ("percli.models.hiera", "percli.models.audio_mae", "percli.models.encodec", "percli.models.clip",
-                  "percli.models.voicecraft", "percli.models.pe")
+                  "percli.models.voicecraft", "percli.models.pe", "percli.models.dinov2")
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:

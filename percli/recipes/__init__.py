@@ -65,6 +65,9 @@ RECIPES: list[Recipe] = [
            "Audio-MAE pretraining on fbank spectrograms (Huang et al., NeurIPS 2022)", "tiny"),
     Recipe("finetune", "audio-mae", "percli.recipes.audio_classify",
            "Audio-MAE classification: multi-label (mAP, d-prime) or single-label (accuracy)", "tiny"),
+    Recipe("pretrain", "voicecraft", "percli.recipes.voicecraft",
+           "VoiceCraft codec-LM pretraining by token infilling on (audio, transcript) pairs (Peng et al., ACL 2024)",
+           default_preset="tiny"),
     Recipe("eval", "classify", "percli.recipes.classify_eval",
            "Top-1/top-5 (or multi-label mAP) of a Hiera or Audio-MAE classifier checkpoint on a dataset", None),
 ]
