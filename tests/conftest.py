@@ -6,6 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# The suite runs as two xdist workers on two cores: one torch thread per worker. More threads oversubscribe the
+# cores (and forked loader workers), which made small-op tests (LSTMs, tiny transformers) up to 100x slower.
+torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parents[1]
 # Reference cases made with the official implementations (see ../shared/golden/README.md).
 GOLDEN_DIR = Path(os.environ.get("PERCLI_GOLDEN_DIR", REPO.parent / "shared" / "golden"))

@@ -10,15 +10,6 @@ from percli.avsuperb.featurizer import Featurizer
 from percli.avsuperb.heads import CTCHead, SpeakerHead, UtteranceHead, am_softmax_logits, masked_mean
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny LSTMs run ~20x slower when intra-op threads fight over two shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _layers(n=3, B=2, T=5, D=4):
     return [torch.full((B, T, D), float(i)) for i in range(n)]
 

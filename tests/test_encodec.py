@@ -80,15 +80,6 @@ def audiocraft_state_shapes(channels=1, dimension=128, n_filters=64, n_residual_
     return shapes
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Intra-op threads make these small convs ~100x slower on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def full_codec() -> EncodecModel:
     torch.manual_seed(0)

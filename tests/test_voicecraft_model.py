@@ -35,15 +35,6 @@ TINY = dict(d_model=32, nhead=2, num_decoder_layers=2, audio_vocab_size=32, empt
 EMPTY, EOG, EOS = 32, 33, 35
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny step-by-step decoding is dominated by thread hand-offs on a shared machine: run it on one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def grid(K: int = 4, T: int = 10) -> torch.Tensor:
     """Codes whose value tells the position: codebook k, frame t -> 10 * k + t (t < 10)."""
     return torch.arange(T)[None] + 10 * torch.arange(K)[:, None]

@@ -22,15 +22,6 @@ TINY = ["model.kwargs={d_model: 32, nhead: 2, num_decoder_layers: 2}",
         "train.batch_size=4", "train.num_workers=0", "train.log_every=1", "optim.ref_batch_size=4"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second thread only adds contention on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     return build_corpus(tmp_path_factory.mktemp("corpus"), size=16)

@@ -66,11 +66,11 @@ class Probe(nn.Module):
     """Featurizer + task head over cached features."""
 
     def __init__(self, num_layers: int, dim: int, spec: TaskSpec, num_outputs: int, layer: int | None,
-                 normalize: bool):
+                 normalize: bool, asr_hidden: int = 1024):
         super().__init__()
         self.featurizer = Featurizer(num_layers, layer=layer, normalize=normalize)
         if spec.kind == "asr":
-            self.head = CTCHead(dim, num_outputs)
+            self.head = CTCHead(dim, num_outputs, hidden=asr_hidden)
         elif spec.kind == "speaker":
             self.head = SpeakerHead(dim, num_outputs)
         else:
@@ -91,22 +91,25 @@ class ProbeTask:
     """
 
     def __init__(self, spec: TaskSpec, train_set: Dataset, test_set: Dataset, info: dict[str, Any],
-                 num_layers: int, dim: int, test_ids: list[str], layer: int | None = None, normalize: bool = False):
+                 num_layers: int, dim: int, test_ids: list[str], layer: int | None = None, normalize: bool = False,
+                 asr_hidden: int = 1024):
         self.spec, self.info, self.layer, self.normalize = spec, info, layer, normalize
+        self.asr_hidden = asr_hidden
         self.train_set, self.test_set, self.test_ids = train_set, test_set, test_ids
         self.num_layers, self.dim = num_layers, dim
         self.num_outputs = num_outputs(spec, info)
 
     @classmethod
     def from_caches(cls, spec: TaskSpec, train: dict[str, Any], test: dict[str, Any], info: dict[str, Any],
-                    layer: int | None = None, normalize: bool = False) -> ProbeTask:
+                    layer: int | None = None, normalize: bool = False, asr_hidden: int = 1024) -> ProbeTask:
         outputs = num_outputs(spec, info)
         feats = train["feats"]
         return cls(spec, FeatureSet(train, spec.kind, outputs), FeatureSet(test, spec.kind, outputs), info,
-                   feats.shape[1], feats.shape[-1], test["ids"], layer, normalize)
+                   feats.shape[1], feats.shape[-1], test["ids"], layer, normalize, asr_hidden)
 
     def build_model(self) -> nn.Module:
-        return Probe(self.num_layers, self.dim, self.spec, self.num_outputs, self.layer, self.normalize)
+        return Probe(self.num_layers, self.dim, self.spec, self.num_outputs, self.layer, self.normalize,
+                     self.asr_hidden)
 
     def model_meta(self) -> dict[str, Any]:
         return {"task": self.spec.name, "kind": self.spec.kind}

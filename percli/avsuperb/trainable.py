@@ -65,14 +65,14 @@ class TrainableTask(ProbeTask):
     """`ProbeTask` whose features come from the upstream inside the model."""
 
     def __init__(self, spec: TaskSpec, data: dict[str, Any], upstream: nn.Module, feature_key: str,
-                 layer: int | None = None, normalize: bool = False):
+                 layer: int | None = None, normalize: bool = False, asr_hidden: int = 1024):
         outputs = num_outputs(spec, data)
         train = ClipSet(data["train"], upstream, feature_key, spec.kind, outputs, data["vocab"])
         test = ClipSet(data["test"], upstream, feature_key, spec.kind, outputs, data["vocab"])
         self.upstream, self.feature_key = upstream.requires_grad_(True), feature_key
         num_layers, dim = self._shape(train)
         super().__init__(spec, train, test, data, num_layers, dim, [c.id for c in data["test"].clips], layer,
-                         normalize)
+                         normalize, asr_hidden)
 
     def _shape(self, train: ClipSet) -> tuple[int, int]:
         """(layers, width) of the upstream's features, from the first readable training clip."""
@@ -90,7 +90,7 @@ class TrainableTask(ProbeTask):
 
     def build_model(self) -> nn.Module:
         return EndToEnd(self.upstream, self.feature_key, self.num_layers, self.dim, self.spec, self.num_outputs,
-                        self.layer, self.normalize)
+                        self.layer, self.normalize, self.asr_hidden)
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         lists = {key: [item.pop(key) for item in items] for key in ("audio", "video")}
