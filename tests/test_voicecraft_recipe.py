@@ -7,7 +7,6 @@ import signal
 
 import pytest
 import soundfile
-import torch
 from typer.testing import CliRunner
 
 from percli.cli import app
