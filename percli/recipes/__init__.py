@@ -68,6 +68,11 @@ RECIPES: list[Recipe] = [
     Recipe("pretrain", "voicecraft", "percli.recipes.voicecraft",
            "VoiceCraft codec-LM pretraining by token infilling on (audio, transcript) pairs (Peng et al., ACL 2024)",
            default_preset="tiny"),
+    Recipe("pretrain", "clip", "percli.recipes.clip",
+           "CLIP contrastive image-text pretraining, MetaCLIP recipe (Radford et al. 2021; Xu et al., ICLR 2024)",
+           "tiny"),
+    Recipe("eval", "zero-shot", "percli.recipes.zero_shot",
+           "Zero-shot top-1/top-5 classification and image-text retrieval R@1/5/10 of a CLIP checkpoint", None),
     Recipe("eval", "classify", "percli.recipes.classify_eval",
            "Top-1/top-5 (or multi-label mAP) of a Hiera or Audio-MAE classifier checkpoint on a dataset", None),
 ]

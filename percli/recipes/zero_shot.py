@@ -1,0 +1,257 @@
+"""Zero-shot classification (class names x prompt templates, top-1/top-5) and image-text retrieval
+(R@1/5/10, image->text and text->image) of a CLIP checkpoint.
+
+Classification: each class's embedding is the normalised mean of its normalised prompt embeddings
+(CLIP's prompt ensembling); an image's prediction is the class of highest cosine similarity.
+Retrieval: pair i of the set is image i with text i; R@k is the share of queries whose partner is
+among the k most similar items of the other modality.
+
+The checkpoint is a percli `pretrain clip` run (its metadata names the model, preprocessing and,
+for the embedded set, the held-out class names and prompts) or an official open_clip / MetaCLIP
+file (then set model.name, e.g. clip_vit_b32_quickgelu).
+
+Examples:
+  percli eval zero-shot model.checkpoint=runs/pretrain-clip-X/checkpoints/step_0000600
+  percli eval zero-shot model.checkpoint=metaclip_b32_400m.pt model.name=clip_vit_b32_quickgelu \\
+      data.source=/data/imagenet/val data.classes_file=imagenet_classes.txt data.pairs=/data/coco_val.jsonl
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+
+from percli.core import checkpoint as ckpt
+from percli.core.config import ConfigError, TrainConfig
+from percli.core.data import build_dataset, finetune_transform
+from percli.core.data.captioned import ZERO_SHOT_TEMPLATES, CaptionedShapesDataset
+from percli.core.data.image_text import ImageTextDataset
+from percli.core.engine import BadInputLog, evaluate
+from percli.core.rundir import write_json_atomic
+from percli.curation.formats import expand_inputs
+from percli.models import create_model, list_models
+from percli.models.clip_tokenizer import CLIPTokenizer
+from percli.recipes.common import ModelSection, load_initial_weights
+
+# The seven-prompt subset of CLIP's 80 ImageNet templates (the CLIP repo's prompt-engineering notebook).
+DEFAULT_TEMPLATES: tuple[str, ...] = (
+    "itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
+    "a {} in a video game.", "art of the {}.", "a photo of the small {}.",
+)
+RECALL_KS = (1, 5, 10)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def eval_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> Any:
+    """open_clip's evaluation preprocessing: bicubic resize of the short side, centre crop, normalise."""
+    return finetune_transform(size, mean, std, train=False, crop_pct=1.0)
+
+
+@torch.no_grad()
+def class_embeddings(model: nn.Module, class_names: Sequence[str], templates: Sequence[str],
+                     tokenize: Callable[[list[str]], torch.Tensor], device: torch.device) -> torch.Tensor:
+    """[C, D]: per class, the normalised mean of its normalised prompt embeddings."""
+    prompts = [t.format(name) for name in class_names for t in templates]
+    features = model.encode_text(tokenize(prompts).to(device), normalize=True)  # [C * T, D]
+    features = features.reshape(len(class_names), len(templates), -1).mean(dim=1)  # [C, D]
+    return F.normalize(features, dim=-1)
+
+
+def topk_hits(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Summed top-1 / top-5 hits and the sample count (top-5 is top-C when there are fewer classes)."""
+    top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # [B, k]
+    hits = top == labels[:, None]
+    return {"top1_hits": float(hits[:, 0].sum()), "top5_hits": float(hits.any(dim=1).sum()),
+            "count": float(labels.numel())}
+
+
+def retrieval_recalls(similarity: torch.Tensor, ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
+    """R@k in both directions for a [N images, N texts] similarity matrix whose pairs are on the diagonal."""
+    n = similarity.shape[0]
+    truth = similarity.diagonal()
+    # A query's rank = how many candidates score strictly higher than its partner (ties favour the partner).
+    image_rank = (similarity > truth[:, None]).sum(dim=1)  # [N] image -> text
+    text_rank = (similarity > truth[None, :]).sum(dim=0)  # [N] text -> image
+    out = {}
+    for k in ks:
+        out[f"image_to_text_R@{k}"] = float((image_rank < k).float().mean()) if n else 0.0
+        out[f"text_to_image_R@{k}"] = float((text_rank < k).float().mean()) if n else 0.0
+    return out
+
+
+class ZeroShotTask:
+    """Engine eval task: zero-shot top-1/5 when `class_names` are given, retrieval when `retrieval`.
+
+    `cache=False` rebuilds the class embeddings at every batch (for evaluations during training,
+    where the model changes between calls).
+    """
+
+    def __init__(self, tokenize: Callable[[list[str]], torch.Tensor], class_names: Sequence[str] = (),
+                 templates: Sequence[str] = DEFAULT_TEMPLATES, retrieval: bool = False, cache: bool = True):
+        self.tokenize, self.class_names, self.templates = tokenize, list(class_names), list(templates)
+        self.retrieval, self.cache = retrieval, cache
+        self._classes: torch.Tensor | None = None
+
+    def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, float | torch.Tensor]:
+        clip = getattr(model, "module", model)  # under DDP
+        image_features = clip.encode_image(batch["image"], normalize=True)  # [B, D]
+        out: dict[str, float | torch.Tensor] = {}
+        if self.class_names:
+            if self._classes is None or not self.cache:
+                self._classes = class_embeddings(clip, self.class_names, self.templates, self.tokenize,
+                                                 image_features.device)
+            out.update(topk_hits(image_features @ self._classes.T, batch["label"]))
+        if self.retrieval:
+            out["image_features"] = image_features
+            out["text_features"] = clip.encode_text(batch["text"], normalize=True)
+        return out
+
+    def eval_reduce(self, totals: dict[str, Any]) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        if totals.get("count"):
+            metrics.update(zero_shot_top1=totals["top1_hits"] / totals["count"],
+                           zero_shot_top5=totals["top5_hits"] / totals["count"],
+                           chance_top1=1.0 / len(self.class_names))
+        if "image_features" in totals:
+            metrics.update(retrieval_recalls(totals["image_features"] @ totals["text_features"].T))
+        return metrics
+
+
+# --------------------------------------------------------------------------- the command
+
+
+@dataclasses.dataclass
+class ZeroShotData:
+    source: str | None = "embedded"
+    """Classification data: `embedded` (the captioned held-out split), an image folder of class
+    sub-folders or a .jsonl manifest; null skips classification."""
+    classes: list[str] | None = None
+    """Class names for the prompts, in label order; default: the checkpoint's, else the folder names."""
+    classes_file: str | None = None
+    """A text file with one class name per line, in label order (instead of `classes`)."""
+    templates: list[str] | None = None
+    """Prompt templates with `{}` for the class name; default: the checkpoint's, else CLIP's 7-prompt set."""
+    pairs: str | None = None
+    """Image-text shards (.jsonl/.parquet/.tar patterns, space-separated) for retrieval; null skips it."""
+    image_field: str = "image"
+    text_field: str = "text"
+    embedded_size: int = 2000
+    """As in `pretrain clip`: the embedded held-out split has a quarter of this many images."""
+
+
+@dataclasses.dataclass
+class Config:
+    model: ModelSection = dataclasses.field(default_factory=lambda: ModelSection(name=""))
+    data: ZeroShotData = dataclasses.field(default_factory=ZeroShotData)
+    train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(batch_size=64))
+    """Only batch_size, num_workers, mixed_precision, cpu and seed are used."""
+
+
+def load_clip(section: ModelSection) -> tuple[nn.Module, dict[str, Any]]:
+    """The CLIP model of a percli checkpoint (its metadata rebuilds it) or of an official file + model.name."""
+    if not section.checkpoint:
+        raise ValueError("model.checkpoint is not set: pass model.checkpoint=PATH (a percli clip checkpoint dir, "
+                         "or an open_clip/MetaCLIP file with model.name)")
+    path = Path(section.checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(f"model.checkpoint={path}: no such file or directory")
+    meta: dict[str, Any] = {}
+    if path.is_dir() or path.suffix == ".safetensors":
+        meta = ckpt.read_weights(path)[1]
+        if meta and meta.get("task") != "clip" and not section.name:
+            raise ValueError(f"{path} is a {meta.get('task')} checkpoint, not a CLIP one; train one with "
+                             "`percli pretrain clip` or set model.name")
+    name = section.name or meta.get("name")
+    if not name:
+        raise ValueError(f"{path} carries no model name; set model.name (e.g. model.name=clip_vit_b32_quickgelu)")
+    model = create_model(name, **{**meta.get("kwargs", {}), **section.kwargs})
+    load_initial_weights(model, str(path))
+    return model, {**model.preprocess, **meta}
+
+
+def _class_names(data: ZeroShotData, meta: dict[str, Any], dataset: Any) -> list[str]:
+    if data.classes_file:
+        names = [line.strip() for line in Path(data.classes_file).read_text().splitlines() if line.strip()]
+    elif data.classes:
+        names = list(data.classes)
+    elif data.source == "embedded" or not getattr(dataset, "classes", None):
+        names = list(meta.get("classes") or getattr(dataset, "classes", []))
+    else:
+        names = [c.replace("_", " ") for c in dataset.classes]
+    known = getattr(dataset, "classes", None)
+    if not names:
+        raise ValueError(f"{data.source} has no classes; use a folder of class sub-folders or set data.classes")
+    if known and len(known) != len(names):
+        raise ValueError(f"{len(names)} class names for the {len(known)} classes of {data.source}; "
+                         "give one name per class, in label order")
+    return names
+
+
+def run(cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool = False) -> dict[str, Any]:
+    data = cfg.data
+    if not data.source and not data.pairs:
+        raise ValueError("nothing to evaluate: set data.source (classification) and/or data.pairs (retrieval)")
+    model, meta = load_clip(cfg.model)
+    tokenize = CLIPTokenizer(context_length=model.context_length)
+    transform = eval_transform(meta["image_size"], tuple(meta["mean"]), tuple(meta["std"]))
+    model = accelerator.prepare(model)
+    bad = BadInputLog()
+    metrics: dict[str, float] = {}
+    bad_records: dict[str, Any] = {"count": 0, "examples": []}  # pairs without a usable text
+    if data.source:
+        if data.source == "embedded":
+            dataset = CaptionedShapesDataset("val", max(data.embedded_size // 4, 1), image_size=meta["image_size"],
+                                             transform=transform)
+            default_templates = meta.get("templates") or list(ZERO_SHOT_TEMPLATES)
+        else:
+            dataset = build_dataset(data.source, kind="image", transform=transform)
+            default_templates = meta.get("templates") or list(DEFAULT_TEMPLATES)
+        task = ZeroShotTask(tokenize, _class_names(data, meta, dataset), data.templates or default_templates)
+        metrics.update(evaluate(task, model, dataset, accelerator, cfg.train, bad))
+    if data.pairs:
+        pairs = ImageTextDataset(data.pairs, transform, tokenize, data.image_field, data.text_field)
+        metrics.update(evaluate(ZeroShotTask(tokenize, retrieval=True), model, pairs, accelerator, cfg.train, bad))
+        metrics["retrieval_pairs"] = float(len(pairs))
+        bad_records = {"count": pairs.bad_records.count, "examples": pairs.bad_records.examples}
+    if accelerator.num_processes > 1:  # each rank saw its own shard's unreadable files
+        merged = BadInputLog()
+        for files in gather_object([bad.files]):
+            merged.add(files)
+        bad = merged
+    summary = {"status": "completed", "checkpoint": cfg.model.checkpoint, "data": data.source, "pairs": data.pairs,
+               "metrics": metrics, "step": None, "run_dir": str(run_dir),
+               "bad_inputs": {"count": len(bad.files), "files": bad.files}, "bad_records": bad_records,
+               "world_size": accelerator.num_processes}
+    if accelerator.is_main_process:
+        write_json_atomic(run_dir / "summary.json", summary)
+    return summary
+
+
+def validate(cfg: Config) -> None:
+    """Checks a dry run can make: model name, checkpoint and data paths."""
+    if cfg.model.name and cfg.model.name not in list_models():
+        raise ConfigError(f"model.name: unknown model {cfg.model.name!r}; run `percli ls models` for the names")
+    if not cfg.model.checkpoint:
+        raise ConfigError("model.checkpoint is not set: pass model.checkpoint=PATH (a percli clip checkpoint dir, "
+                          "or an open_clip/MetaCLIP file with model.name)")
+    if not Path(cfg.model.checkpoint).exists():
+        raise ConfigError(f"model.checkpoint: {cfg.model.checkpoint} does not exist")
+    for key in ("source", "classes_file"):
+        value = getattr(cfg.data, key)
+        if value and value != "embedded" and not Path(value).expanduser().exists():
+            raise ConfigError(f"data.{key}: {value} does not exist")
+    if cfg.data.pairs:
+        try:
+            expand_inputs(cfg.data.pairs.split())
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"data.pairs: {e}") from None

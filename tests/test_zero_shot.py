@@ -1,0 +1,135 @@
+"""`percli eval zero-shot`: top-1/top-5 on features whose answer is known, retrieval recalls on a
+hand-made similarity matrix, and the command on a trained tiny checkpoint (percli and official formats)."""
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from percli.cli import app
+from percli.recipes.zero_shot import ZeroShotTask, class_embeddings, retrieval_recalls
+
+runner = CliRunner()
+
+
+class _ConstructedClip(nn.Module):
+    """encode_image returns the input as the feature; a prompt's feature is its class axis plus a
+    template offset on a spare axis, so the class embedding (mean over templates) is known exactly."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.num_classes = num_classes
+
+    def encode_image(self, image, normalize=False):
+        return F.normalize(image, dim=-1) if normalize else image
+
+    def encode_text(self, tokens, normalize=False):
+        cls, template = tokens[:, 0], tokens[:, 1]
+        x = F.one_hot(cls, self.num_classes + 1).float()
+        x[:, -1] = template.float() - 0.5  # +-0.5: averages away over the two templates
+        return F.normalize(x, dim=-1) if normalize else x
+
+
+NAMES = ["cat", "dog", "cow", "owl", "fox", "elk"]
+TEMPLATES = ["a {}.", "the {}!"]
+
+
+def _tokenize(prompts):
+    rows = []
+    for p in prompts:
+        cls = next(i for i, n in enumerate(NAMES) if n in p)
+        rows.append([cls, 0 if p.startswith("a ") else 1])
+    return torch.tensor(rows)
+
+
+def test_class_embedding_is_the_normalised_template_mean():
+    emb = class_embeddings(_ConstructedClip(6), NAMES, TEMPLATES, _tokenize, torch.device("cpu"))
+    assert torch.allclose(emb, torch.eye(6, 7), atol=1e-6)  # the template axis cancels
+
+
+def test_top1_top5_on_constructed_features():
+    model, task = _ConstructedClip(6), ZeroShotTask(_tokenize, NAMES, TEMPLATES)
+    # Image features over the 6 class axes (+ the spare axis); label order below.
+    scores = torch.tensor([
+        [9, 1, 0, 0, 0, 0], [0, 9, 1, 0, 0, 0], [0, 0, 9, 0, 0, 0],  # right: top-1
+        [5, 0, 0, 4, 0, 0],  # label 3 ranked 2nd: top-5 only
+        [6, 5, 4, 3, 2, 1],  # label 5 ranked 6th: miss
+    ], dtype=torch.float)
+    labels = torch.tensor([0, 1, 2, 3, 5])
+    images = torch.cat([scores, torch.zeros(5, 1)], dim=1)
+    sums = task.eval_step(model, {"image": images, "label": labels})
+    metrics = task.eval_reduce(sums)
+    assert metrics["zero_shot_top1"] == pytest.approx(3 / 5)
+    assert metrics["zero_shot_top5"] == pytest.approx(4 / 5)
+    assert metrics["chance_top1"] == pytest.approx(1 / 6)
+
+
+def test_retrieval_recalls_on_a_hand_made_matrix():
+    sim = torch.tensor([
+        [0.9, 0.1, 0.0, 0.0],   # image 0: partner first
+        [0.8, 0.5, 0.0, 0.0],   # image 1: partner second
+        [0.3, 0.2, 0.1, 0.4],   # image 2: partner last (4th)
+        [0.0, 0.0, 0.0, 1.0],   # image 3: partner first
+    ])
+    r = retrieval_recalls(sim, ks=(1, 2, 4))
+    assert r["image_to_text_R@1"] == 0.5 and r["image_to_text_R@2"] == 0.75 and r["image_to_text_R@4"] == 1.0
+    # Columns: text 0 -> images [0.9, .8, .3, 0] rank 1; text 1 -> [.1, .5, .2, 0] rank 1;
+    # text 2 -> [0, 0, .1, 0] rank 1; text 3 -> [0, 0, .4, 1.0] rank 1.
+    assert r["text_to_image_R@1"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny CLIP trained for a few steps by `percli pretrain clip`."""
+    run = tmp_path_factory.mktemp("clip") / "run"
+    out = runner.invoke(app, ["pretrain", "clip", "--run-dir", str(run), "train.max_steps=4", "train.batch_size=16",
+                              "train.num_workers=0", "data.embedded_size=64", "--json"])
+    assert out.exit_code == 0, out.output
+    return run
+
+
+def test_command_scores_the_embedded_held_out_split(trained, tmp_path):
+    ckpt = trained / "checkpoints" / "step_0000004"
+    out = runner.invoke(app, ["eval", "zero-shot", f"model.checkpoint={ckpt}", "data.embedded_size=80",
+                              "train.num_workers=0", "--run-dir", str(tmp_path / "ev"), "--json"])
+    assert out.exit_code == 0, out.output
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    m = summary["metrics"]
+    assert m["chance_top1"] == 0.1 and 0.0 <= m["zero_shot_top1"] <= m["zero_shot_top5"] <= 1.0
+
+
+def test_command_loads_an_official_state_dict_and_retrieves(trained, tmp_path):
+    """An open_clip-format .pt (DDP-prefixed state_dict) + model.name; an ImageFolder and JSONL pairs."""
+    from PIL import Image
+
+    from percli.core.checkpoint import read_weights
+
+    state, meta = read_weights(trained / "checkpoints" / "step_0000004")
+    official = tmp_path / "epoch_32.pt"
+    torch.save({"epoch": 32, "state_dict": {f"module.{k}": v for k, v in state.items()}}, official)
+    config = tmp_path / "eval.yaml"
+    config.write_text(json.dumps({"model": {"name": meta["name"], "kwargs": meta["kwargs"],
+                                            "checkpoint": str(official)}}))
+    lines = []
+    for i, colour in enumerate(["red", "green", "blue"]):
+        Image.new("RGB", (40, 40), colour).save(tmp_path / f"{i}.png")
+        lines.append(json.dumps({"image": f"{i}.png", "text": f"a {colour} square."}))
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    for colour in ("dark_red", "navy"):  # an ImageFolder: class names from the folders, "_" read as a space
+        (tmp_path / "folder" / colour).mkdir(parents=True)
+        Image.new("RGB", (40, 40), colour.replace("_", "")).save(tmp_path / "folder" / colour / "a.png")
+    out = runner.invoke(app, ["eval", "zero-shot", "--config", str(config), f"data.source={tmp_path / 'folder'}",
+                              f"data.pairs={tmp_path / 'pairs.jsonl'}", "train.num_workers=0",
+                              "--run-dir", str(tmp_path / "ev")])
+    assert out.exit_code == 0, out.output
+    m = json.loads((tmp_path / "ev" / "summary.json").read_text())["metrics"]
+    assert m["chance_top1"] == 0.5 and m["zero_shot_top5"] == 1.0  # two classes: top-5 is top-2
+    assert m["retrieval_pairs"] == 3 and m["image_to_text_R@5"] == 1.0 and m["text_to_image_R@10"] == 1.0
+
+
+def test_missing_checkpoint_is_a_clear_error():
+    out = runner.invoke(app, ["eval", "zero-shot"])
+    assert out.exit_code == 2 and "model.checkpoint" in out.output
