@@ -52,3 +52,22 @@ def test_two_process_multilabel_eval_gathers_every_clip(tmp_path):
     summary = json.loads(proc.stdout)
     assert summary["world_size"] == 2 and summary["multilabel"] is True
     assert summary["metrics"]["eval/count"] == 7 and 0 <= summary["metrics"]["eval/mAP"] <= 100
+
+
+def test_two_process_clip_pretraining_gathers_the_global_batch(tmp_path):
+    """`percli pretrain clip` under accelerate launch: InfoNCE over both ranks' features, zero-shot eval gathered."""
+    env = subprocess_env()
+    env["ACCELERATE_USE_CPU"] = "true"
+    cmd = [PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+           "-m", "percli.cli", "pretrain", "clip", "--run-dir", str(tmp_path / "run"), "--json",
+           "train.batch_size=8", "train.num_workers=0", "data.embedded_size=64", "train.log_every=2",
+           "optim.ref_batch_size=16", "train.max_steps=4"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["world_size"] == 2 and summary["effective_batch_size"] == 16 and summary["step"] == 4
+    metrics = summary["metrics"]
+    assert 0.0 <= metrics["eval/zero_shot_top1"] <= 1.0 and metrics["eval/chance_top1"] == 0.1
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "loss" in r] == [2, 4]  # one line per log step: rank 0 writes
