@@ -62,7 +62,15 @@ def mode(
     from percli.curation import demo
     from percli.curation.formats import BadRecords, read_batches
     from percli.curation.metaclip import keep_uniform, shard_names
-    from percli.curation.mode import DISTANCES, INITS, ModeClusters, assign, ensemble_weights, fit_mode
+    from percli.curation.mode import (
+        DISTANCES,
+        INITS,
+        ModeClusters,
+        assign,
+        ensemble_weights,
+        fit_mode,
+        mode_class_embeddings,
+    )
     from percli.curation.selection import resolve_inputs
     from percli.curation.text_encoder import load_text_encoder
 
@@ -188,7 +196,7 @@ def mode(
                "output_dir": str(out_dir), "demo": use_demo}
     if class_names:
         say(f"ensemble weights for {len(class_names)} classes over {len(prompts)} template(s)")
-        weights = ensemble_weights(_class_embeddings(enc, class_names, prompts, batch_size), clusters)
+        weights = ensemble_weights(mode_class_embeddings(enc, class_names, prompts, batch_size), clusters)
         per_class = [{"name": c, "fine": f, "coarse": k, "distance": d}
                      for c, f, k, d in zip(class_names, weights["fine"], weights["coarse"], weights["distance"])]
         write_json_atomic(out_dir / "ensemble_weights.json",
@@ -211,13 +219,6 @@ def _read_lines(path: Path, option: str) -> list[str]:
     if not lines:
         fail(f"{option} {path} is empty; put one item per line")
     return lines
-
-
-def _class_embeddings(enc, class_names: list[str], prompts: list[str], batch_size: int) -> np.ndarray:
-    """MoDE's class embedding: the mean of its templated prompts' embeddings, L2-normalised."""
-    flat = enc.encode([p.replace("{}", c) for c in class_names for p in prompts], batch_size)
-    mean = flat.reshape(len(class_names), len(prompts), -1).mean(1)
-    return mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
 
 
 def report(summary: dict) -> None:

@@ -317,3 +317,10 @@ def ensemble_weights(class_features: np.ndarray | torch.Tensor, clusters: ModeCl
     weights = torch.softmax(raw / SMOOTH_TEMPERATURE, 0)
     return {"weights": weights.tolist(), "raw": raw.tolist(), "scale": scale, "shift": shift,
             "fine": fine.tolist(), "coarse": coarse.tolist(), "distance": dist.tolist()}
+
+
+def mode_class_embeddings(enc, class_names: list[str], prompts: list[str], batch_size: int) -> np.ndarray:
+    """MoDE's class embedding: the mean of its templated prompts' embeddings, L2-normalised."""
+    flat = enc.encode([p.replace("{}", c) for c in class_names for p in prompts], batch_size)
+    mean = flat.reshape(len(class_names), len(prompts), -1).mean(1)
+    return mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)

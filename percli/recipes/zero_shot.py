@@ -14,6 +14,9 @@ Examples:
   percli eval zero-shot model.checkpoint=runs/pretrain-clip-X/checkpoints/step_0000600
   percli eval zero-shot model.checkpoint=metaclip_b32_400m.pt model.name=clip_vit_b32_quickgelu \\
       data.source=/data/imagenet/val data.classes_file=imagenet_classes.txt data.pairs=/data/coco_val.jsonl
+  percli eval zero-shot ensemble=[expert0.pt,expert1.pt] model.name=clip_vit_b32_quickgelu \\
+      ensemble_centers=runs/curate-mode-X/mode_centers.safetensors data.source=/data/imagenet/val
+(MoDE data experts, weighted by the task's class names: percli/recipes/mode_ensemble.py).
 """
 
 from __future__ import annotations
@@ -155,6 +158,13 @@ class Config:
     data: ZeroShotData = dataclasses.field(default_factory=ZeroShotData)
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(batch_size=64))
     """Only batch_size, num_workers, mixed_precision, cpu and seed are used."""
+    ensemble: list[str] | None = None
+    """MoDE: one CLIP checkpoint per data expert, in coarse-cluster order (model.name/kwargs apply to each);
+    classification only, instead of model.checkpoint."""
+    ensemble_weights: str | None = None
+    """The ensemble's expert weights: an ensemble_weights.json from `percli curate mode --classes`."""
+    ensemble_centers: str | None = None
+    """Or a mode_centers.safetensors from `percli curate mode`: weights computed for this eval's classes."""
 
 
 def load_clip(section: ModelSection) -> tuple[nn.Module, dict[str, Any]]:
@@ -197,26 +207,56 @@ def _class_names(data: ZeroShotData, meta: dict[str, Any], dataset: Any) -> list
     return names
 
 
+def _classification_set(data: ZeroShotData, meta: dict[str, Any], transform: Any) -> tuple[Any, list[str], list[str]]:
+    """The dataset of data.source, its class names and the prompt templates."""
+    if data.source == "embedded":
+        dataset = CaptionedShapesDataset("val", max(data.embedded_size // 4, 1), image_size=meta["image_size"],
+                                         transform=transform)
+        default_templates = meta.get("templates") or list(ZERO_SHOT_TEMPLATES)
+    else:
+        dataset = build_dataset(data.source, kind="image", transform=transform)
+        default_templates = meta.get("templates") or list(DEFAULT_TEMPLATES)
+    return dataset, _class_names(data, meta, dataset), data.templates or default_templates
+
+
+def _load_models(cfg: Config) -> tuple[nn.Module, dict[str, Any], list[CLIPTokenizer]]:
+    """The model (or the MoDE experts as one module), the preprocessing metadata and a tokenizer per model."""
+    if not cfg.ensemble:
+        model, meta = load_clip(cfg.model)
+        return model, meta, [CLIPTokenizer(context_length=model.context_length)]
+    from percli.recipes.mode_ensemble import Experts
+
+    if cfg.data.pairs or not cfg.data.source:
+        raise ValueError("ensemble= evaluates zero-shot classification only: set data.source and drop data.pairs")
+    loaded = [load_clip(dataclasses.replace(cfg.model, checkpoint=path)) for path in cfg.ensemble]
+    meta = loaded[0][1]
+    for path, (_, other) in zip(cfg.ensemble[1:], loaded[1:]):
+        if any(other[key] != meta[key] for key in ("image_size", "mean", "std")):
+            raise ValueError(f"ensemble expert {path} preprocesses images unlike {cfg.ensemble[0]} (image size, "
+                             "mean or std differ); ensemble experts that share one preprocessing")
+    models = [model for model, _ in loaded]
+    return Experts(models), meta, [CLIPTokenizer(context_length=m.context_length) for m in models]
+
+
 def run(cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool = False) -> dict[str, Any]:
     data = cfg.data
     if not data.source and not data.pairs:
         raise ValueError("nothing to evaluate: set data.source (classification) and/or data.pairs (retrieval)")
-    model, meta = load_clip(cfg.model)
-    tokenize = CLIPTokenizer(context_length=model.context_length)
+    model, meta, tokenizers = _load_models(cfg)
+    tokenize = tokenizers[0]
     transform = eval_transform(meta["image_size"], tuple(meta["mean"]), tuple(meta["std"]))
     model = accelerator.prepare(model)
     bad = BadInputLog()
     metrics: dict[str, float] = {}
     bad_records: dict[str, Any] = {"count": 0, "examples": []}  # pairs without a usable text
     if data.source:
-        if data.source == "embedded":
-            dataset = CaptionedShapesDataset("val", max(data.embedded_size // 4, 1), image_size=meta["image_size"],
-                                             transform=transform)
-            default_templates = meta.get("templates") or list(ZERO_SHOT_TEMPLATES)
+        dataset, class_names, templates = _classification_set(data, meta, transform)
+        if cfg.ensemble:
+            from percli.recipes.mode_ensemble import ensemble_task
+
+            task = ensemble_task(cfg.ensemble_weights, cfg.ensemble_centers, tokenizers, class_names, templates)
         else:
-            dataset = build_dataset(data.source, kind="image", transform=transform)
-            default_templates = meta.get("templates") or list(DEFAULT_TEMPLATES)
-        task = ZeroShotTask(tokenize, _class_names(data, meta, dataset), data.templates or default_templates)
+            task = ZeroShotTask(tokenize, class_names, templates)
         metrics.update(evaluate(task, model, dataset, accelerator, cfg.train, bad))
     if data.pairs:
         pairs = ImageTextDataset(data.pairs, transform, tokenize, data.image_field, data.text_field)
@@ -228,7 +268,8 @@ def run(cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool = 
         for files in gather_object([bad.files]):
             merged.add(files)
         bad = merged
-    summary = {"status": "completed", "checkpoint": cfg.model.checkpoint, "data": data.source, "pairs": data.pairs,
+    summary = {"status": "completed", "checkpoint": cfg.model.checkpoint, "ensemble": cfg.ensemble,
+               "data": data.source, "pairs": data.pairs,
                "metrics": metrics, "step": None, "run_dir": str(run_dir),
                "bad_inputs": {"count": len(bad.files), "files": bad.files}, "bad_records": bad_records,
                "world_size": accelerator.num_processes}
@@ -241,10 +282,18 @@ def validate(cfg: Config) -> None:
     """Checks a dry run can make: model name, checkpoint and data paths."""
     if cfg.model.name and cfg.model.name not in list_models():
         raise ConfigError(f"model.name: unknown model {cfg.model.name!r}; run `percli ls models` for the names")
-    if not cfg.model.checkpoint:
+    if cfg.ensemble:
+        if bool(cfg.ensemble_weights) == bool(cfg.ensemble_centers):
+            raise ConfigError("ensemble: set exactly one of ensemble_weights=PATH (ensemble_weights.json from "
+                              "`percli curate mode --classes`) or ensemble_centers=PATH (mode_centers.safetensors)")
+        for key, path in [*(("ensemble", p) for p in cfg.ensemble), ("ensemble_weights", cfg.ensemble_weights),
+                          ("ensemble_centers", cfg.ensemble_centers)]:
+            if path and not Path(path).exists():
+                raise ConfigError(f"{key}: {path} does not exist")
+    elif not cfg.model.checkpoint:
         raise ConfigError("model.checkpoint is not set: pass model.checkpoint=PATH (a percli clip checkpoint dir, "
-                          "or an open_clip/MetaCLIP file with model.name)")
-    if not Path(cfg.model.checkpoint).exists():
+                          "or an open_clip/MetaCLIP file with model.name), or ensemble=[PATH, ...]")
+    elif not Path(cfg.model.checkpoint).exists():
         raise ConfigError(f"model.checkpoint: {cfg.model.checkpoint} does not exist")
     for key in ("source", "classes_file"):
         value = getattr(cfg.data, key)
