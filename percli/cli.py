@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 import percli
+from percli.commands.convert import convert
 from percli.commands.curate import curate_app
 from percli.commands.eval_av_superb import av_superb
 from percli.commands.run import fail, run_recipe
@@ -70,6 +71,7 @@ def _add_run_command(group: typer.Typer, recipe: Recipe) -> None:
 
 app.add_typer(curate_app, name="curate")
 app.add_typer(tts_app, name="tts")
+app.command("convert")(convert)
 
 for verb, verb_help in VERB_HELP.items():
     group = typer.Typer(help=verb_help, no_args_is_help=True)
