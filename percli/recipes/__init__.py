@@ -75,6 +75,10 @@ RECIPES: list[Recipe] = [
            "Zero-shot top-1/top-5 classification and image-text retrieval R@1/5/10 of a CLIP checkpoint", None),
     Recipe("eval", "classify", "percli.recipes.classify_eval",
            "Top-1/top-5 (or multi-label mAP) of a Hiera or Audio-MAE classifier checkpoint on a dataset", None),
+    Recipe("eval", "knn", "percli.recipes.knn_eval",
+           "Temperature-weighted k-NN top-1/top-5 of an image encoder's frozen features (DINO/DINOv2 eval)", None),
+    Recipe("eval", "linear-probe", "percli.recipes.linear_probe",
+           "Linear classifier on an image encoder's frozen features, best of a learning-rate sweep", None),
 ]
 
 

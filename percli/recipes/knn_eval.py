@@ -1,0 +1,152 @@
+"""Weighted k-NN accuracy of an encoder's frozen features (DINO / DINOv2 k-NN evaluation).
+
+Any percli image encoder works: a percli checkpoint, an official backbone file, or a registered
+model left at random init (a baseline). Features: DINOv2 gives its normalised cls token, or with
+`features.n_last_blocks` / `features.avgpool` the concatenated cls tokens of the last n blocks plus
+the average-pooled patch tokens of the last one, as DINOv2's linear evaluation builds them; other
+families give their `forward_features` (Hiera: the pooled, normalised final tokens). Train and
+val images get the eval transform (resize + centre crop); the train split is the neighbour bank.
+
+Examples:
+  percli eval knn model.name=dinov2_vits14 model.checkpoint=dinov2_vits14_pretrain.pth data.source=/data/in1k/train \
+      data.val_source=/data/in1k/val
+  percli eval knn model.name=dinov2_vits14 model.kwargs='{img_size: 56, embed_dim: 64, depth: 2, num_heads: 2}' --json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from accelerate import Accelerator
+from rich.console import Console
+from torch.utils.data import DataLoader, Dataset
+
+from percli.core import checkpoint as ckpt
+from percli.core.config import TrainConfig
+from percli.core.knn import knn_classify
+from percli.core.rundir import write_json_atomic
+from percli.models import create_model
+from percli.models.dinov2 import DinoVisionTransformer
+from percli.recipes.common import (
+    DataSection,
+    ModelSection,
+    load_initial_weights,
+    validate,  # noqa: F401  (run by the command before anything is built)
+)
+from percli.recipes.hiera_classify import classification_dataset
+
+
+@dataclasses.dataclass
+class FeatureSection:
+    n_last_blocks: int = 1
+    """DINOv2: concatenate the cls tokens of the last n blocks (its linear eval uses 1 or 4)."""
+    avgpool: bool = False
+    """DINOv2: append the average-pooled patch tokens of the last block."""
+
+
+@dataclasses.dataclass
+class Config:
+    model: ModelSection = dataclasses.field(default_factory=lambda: ModelSection(name="dinov2_vits14"))
+    """model.checkpoint unset = random init (a baseline)."""
+    data: DataSection = dataclasses.field(default_factory=DataSection)
+    features: FeatureSection = dataclasses.field(default_factory=FeatureSection)
+    ks: list[int] = dataclasses.field(default_factory=lambda: [10, 20, 100, 200])
+    """Neighbour counts, as DINOv2 reports them."""
+    temperature: float = 0.07
+    train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(batch_size=64))
+    """Only batch_size, num_workers, cpu and seed are used."""
+
+
+def build_encoder(model_cfg: ModelSection) -> nn.Module:
+    """The registered model, with a percli checkpoint's constructor arguments and the given weights."""
+    meta: dict[str, Any] = {}
+    path = Path(model_cfg.checkpoint) if model_cfg.checkpoint else None
+    if path is not None and path.exists() and (path.is_dir() or path.suffix == ".safetensors"):
+        meta = ckpt.read_weights(path)[1]
+    name = model_cfg.name or meta.get("name")
+    if not name:
+        raise ValueError("model.name is not set; run `percli ls models` for the names")
+    model = create_model(name, **{**meta.get("kwargs", {}), **model_cfg.kwargs})
+    if path is not None:
+        load_initial_weights(model, str(path))
+    else:
+        Console(stderr=True).print(f"no model.checkpoint: {name} features at random init (a baseline)")
+    return model.eval()
+
+
+def encode(model: nn.Module, images: torch.Tensor, features: FeatureSection) -> torch.Tensor:
+    """Frozen features [B, D] of one batch."""
+    if isinstance(model, DinoVisionTransformer):
+        if features.n_last_blocks == 1 and not features.avgpool:
+            return model.forward_features(images)["x_norm_clstoken"]
+        layers = model.get_intermediate_layers(images, features.n_last_blocks, return_class_token=True)
+        parts = [cls for _, cls in layers]  # n x [B, C]
+        if features.avgpool:
+            parts.append(layers[-1][0].mean(dim=1))  # last block's patches [B, L, C] -> [B, C]
+        return torch.cat(parts, dim=-1)
+    if features.n_last_blocks != 1 or features.avgpool:
+        raise ValueError(f"features.n_last_blocks / features.avgpool apply to DINOv2 only, not {type(model).__name__}")
+    out = model.forward_features(images)
+    return out["x_norm_clstoken"] if isinstance(out, dict) else out
+
+
+def image_datasets(model: nn.Module, data: DataSection) -> tuple[Dataset, Dataset]:
+    """Train (neighbour bank / probe training) and val sets, both with the eval transform."""
+    size = model.preprocess["input_size"][1:]  # [C, H, W] (video: [C, T, H, W])
+    if len(size) != 2:
+        raise ValueError(f"{type(model).__name__} is not an image encoder; feature evaluation takes image models")
+    val_source = data.val_source or data.source
+    train = classification_dataset(data.source, "train", False, data, tuple(size), False)
+    val = classification_dataset(val_source, "val", False, data, tuple(size), False)
+    return train, val
+
+
+@torch.no_grad()
+def extract(model: nn.Module, dataset: Dataset, features: FeatureSection, train: TrainConfig,
+            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features [N, D] (float32, on CPU) and labels [N] of a whole dataset, in dataset order."""
+    loader = DataLoader(dataset, batch_size=train.batch_size, num_workers=train.num_workers, shuffle=False)
+    feats, labels = [], []
+    for batch in loader:
+        feats.append(encode(model, batch["image"].to(device), features).float().cpu())
+        labels.append(torch.as_tensor(batch["label"]))
+    return torch.cat(feats), torch.cat(labels).long()
+
+
+def num_classes_of(dataset: Dataset, labels: torch.Tensor) -> int:
+    classes = getattr(dataset, "classes", None)
+    return len(classes) if classes else int(labels.max()) + 1
+
+
+def frozen_features(model_cfg: ModelSection, data: DataSection, features: FeatureSection, train: TrainConfig,
+                    accelerator: Accelerator) -> dict[str, Any]:
+    """Build the encoder and extract train/val features once (shared with the linear probe)."""
+    model = build_encoder(model_cfg).to(accelerator.device)
+    train_set, val_set = image_datasets(model, data)
+    train_x, train_y = extract(model, train_set, features, train, accelerator.device)
+    val_x, val_y = extract(model, val_set, features, train, accelerator.device)
+    if (train_y < 0).any() or (val_y < 0).any():
+        raise ValueError("some images have no label (a flat folder?); give class sub-folders or a labelled manifest")
+    return {"train_x": train_x, "train_y": train_y, "val_x": val_x, "val_y": val_y,
+            "num_classes": max(num_classes_of(train_set, train_y), int(val_y.max()) + 1)}
+
+
+def run(cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool = False) -> dict[str, Any]:
+    if not cfg.ks or min(cfg.ks) < 1:
+        raise ValueError(f"ks={cfg.ks}: give positive neighbour counts, e.g. ks=[10,20,100,200]")
+    f = frozen_features(cfg.model, cfg.data, cfg.features, cfg.train, accelerator)
+    metrics: dict[str, Any] = {"train_count": len(f["train_y"]), "count": len(f["val_y"]),
+                               "feature_dim": f["train_x"].shape[1]}
+    for k in cfg.ks:
+        acc = knn_classify(f["train_x"], f["train_y"], f["val_x"], f["val_y"], f["num_classes"], k=k,
+                           temperature=cfg.temperature)
+        metrics[f"k{k}/top1"], metrics[f"k{k}/top5"] = acc["top1"], acc["top5"]
+    summary = {"status": "completed", "model": cfg.model.name, "checkpoint": cfg.model.checkpoint,
+               "data": cfg.data.source, "metrics": metrics, "step": None, "run_dir": str(run_dir)}
+    if accelerator.is_main_process:
+        write_json_atomic(run_dir / "summary.json", summary)
+    return summary
