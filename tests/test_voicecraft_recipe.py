@@ -59,6 +59,36 @@ def test_short_run_trains_checkpoints_and_speaks(tmp_path, corpus):
     assert bundle.phn2num == phn2num and bundle.codec.quantizer.bins == 32
     assert bundle.model.text_pad_token == len(phn2num) and bundle.model.config["d_model"] == 32
 
+    # `percli tts edit` with this trained run: a WAV of the reported length whose unedited frames are the
+    # input's codec codes (checked through the library with the same seed)
+    import torch
+
+    from percli.core.data.audio import load_audio
+    from percli.tts import inference
+
+    first = json.loads(corpus.read_text().splitlines()[0])
+    words = first["text"].split()
+    wav, rate = soundfile.read(first["audio"])
+    step = len(wav) / rate / len(words)
+    alignment = tmp_path / "words.json"
+    alignment.write_text(json.dumps({"words": [{"word": w, "start": i * step, "end": (i + 1) * step}
+                                               for i, w in enumerate(words)]}))
+    target = " ".join(["painted" if i == 3 else w for i, w in enumerate(words)])
+    out = tmp_path / "edited.wav"
+    edited = runner.invoke(app, ["tts", "edit", first["audio"], "--transcript", first["text"], "--target", target,
+                                 "--checkpoint", str(run), "--alignment", str(alignment), "-o", str(out), "--json"])
+    assert edited.exit_code == 0, edited.output
+    report = json.loads(edited.stdout)
+    samples, sr = soundfile.read(str(out))
+    assert sr == 16000 and len(samples) == report["frames"] * 320
+    (start, end), = report["edit_span_frames"]
+    original = inference.encode(bundle, load_audio(first["audio"], 16000))
+    again = inference.edit_codes(bundle, inference.phoneme_ids(target, bundle), original, [(start, end)],
+                                 inference.Sampling(stop_repetition=-1, seed=1))
+    assert again.codes.shape[1] == report["frames"]
+    assert torch.equal(again.codes[:, :start], original[:, :start])
+    assert torch.equal(again.codes[:, again.codes.shape[1] - (original.shape[1] - end):], original[:, end:])
+
 
 def test_unreadable_audio_is_counted_and_skipped(tmp_path, corpus):
     broken = tmp_path / "broken.wav"
