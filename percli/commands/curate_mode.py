@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from percli.commands.run import err, fail
+from percli.commands.run import emit_summary, err, fail
 from percli.core.rundir import write_json_atomic
 from percli.curation.text_encoder import DEFAULT_TEXT_ENCODER
 
@@ -204,11 +204,7 @@ def mode(
                            "raw_weights": weights["raw"], "scale": weights["scale"], "shift": weights["shift"],
                            "classes": per_class})
         summary["expert_weights"] = weights["weights"]
-    write_json_atomic(out_dir / "summary.json", summary)
-    if json_out:
-        print(json.dumps(summary, indent=1))
-    else:
-        report(summary)
+    emit_summary(out_dir, summary, json_out, report)
 
 
 def _read_lines(path: Path, option: str) -> list[str]:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from percli.commands.run import err, fail
+from percli.commands.run import emit_summary, err, fail
 from percli.core.rundir import write_json_atomic
 
 
@@ -72,11 +71,7 @@ def text_quality(
         fail(str(e))
     summary["demo"] = use_demo
     write_json_atomic(out_dir / "weights.json", summary["weights"])
-    write_json_atomic(out_dir / "summary.json", summary)
-    if json_out:
-        print(json.dumps(summary, indent=1))
-    else:
-        report(summary)
+    emit_summary(out_dir, summary, json_out, report)
 
 
 def report(summary: dict) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -18,6 +19,7 @@ from percli.core.rundir import (
     default_run_dir,
     environment_report,
     prepare_run_dir,
+    write_json_atomic,
 )
 from percli.recipes import Recipe
 
@@ -27,6 +29,15 @@ err = Console(stderr=True)
 def fail(message: str, code: int = 2) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def emit_summary(out_dir: Path, summary: dict, json_out: bool, report: Callable[[dict], None]) -> None:
+    """Write `out_dir/summary.json` atomically, then print it: as JSON with --json, else as a table."""
+    write_json_atomic(out_dir / "summary.json", summary)
+    if json_out:
+        print(json.dumps(summary, indent=1))
+    else:
+        report(summary)
 
 
 def run_recipe(recipe: Recipe, *, overrides: list[str], config_file: str | None, preset: str | None,
