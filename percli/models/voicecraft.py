@@ -58,7 +58,6 @@ from percli.models.voicecraft_layers import (
 SILENCE_TOKENS = (1388, 1898, 131)
 
 
-
 @dataclass
 class AudioBatch:
     """The rearranged audio side of a training batch (lists are per sample, then per piece)."""
