@@ -34,6 +34,13 @@ def test_overrides_are_typed():
     assert cfg.extra == {"a": 1}
 
 
+def test_dotted_override_sets_one_key_of_a_mapping_but_a_file_replaces_it():
+    base = merge(Demo(), {"extra": {"depth": 4, "width": 64, "sub": {"a": 1, "b": 2}}})
+    cfg = apply_overrides(base, ["extra.depth=2", "extra.sub.b=3"])
+    assert cfg.extra == {"depth": 2, "width": 64, "sub": {"a": 1, "b": 3}}
+    assert merge(base, {"extra": {"depth": 2}}).extra == {"depth": 2}  # presets / --config replace the mapping
+
+
 def test_unknown_key_names_key_and_suggests():
     with pytest.raises(ConfigError, match=r"train\.max_step: unknown key\. Did you mean train\.max_steps\?"):
         apply_overrides(Demo(), ["train.max_step=3"])

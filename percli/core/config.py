@@ -190,8 +190,12 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     return merge(cls(), data, prefix)
 
 
-def merge(cfg: T, data: dict[str, Any] | None, prefix: str = "") -> T:
-    """Return a copy of `cfg` with the values of the nested mapping `data` applied."""
+def merge(cfg: T, data: dict[str, Any] | None, prefix: str = "", overlay: bool = False) -> T:
+    """Return a copy of `cfg` with the values of the nested mapping `data` applied.
+
+    A mapping-valued field (e.g. ``model.kwargs``) is replaced by the new mapping, unless `overlay`
+    (command-line overrides): then ``model.kwargs.depth=2`` sets one key and keeps the others.
+    """
     if not data:
         return cfg
     if not isinstance(data, dict):
@@ -205,10 +209,19 @@ def merge(cfg: T, data: dict[str, Any] | None, prefix: str = "") -> T:
         _, tp = fields[name]
         current = getattr(cfg, name)
         if dataclasses.is_dataclass(current):
-            changes[name] = merge(current, value, prefix=f"{key}.")
+            changes[name] = merge(current, value, prefix=f"{key}.", overlay=overlay)
+        elif overlay and isinstance(current, dict) and isinstance(value, dict):
+            changes[name] = _coerce(_overlay(current, value), tp, key)
         else:
             changes[name] = _coerce(value, tp, key)
     return dataclasses.replace(cfg, **changes)
+
+
+def _overlay(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in new.items():
+        out[k] = _overlay(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else v
+    return out
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -247,7 +260,7 @@ def parse_override(text: str) -> dict[str, Any]:
 def apply_overrides(cfg: T, overrides: list[str]) -> T:
     """Apply dotted `key=value` overrides in order."""
     for text in overrides:
-        cfg = merge(cfg, parse_override(text))
+        cfg = merge(cfg, parse_override(text), overlay=True)
     return cfg
 
 

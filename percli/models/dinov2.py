@@ -213,23 +213,9 @@ class DinoVisionTransformer(nn.Module):
         num_patches, num_table = tokens.shape[1] - 1, self.pos_embed.shape[1] - 1
         if num_patches == num_table and height == width:
             return self.pos_embed
-        table = self.pos_embed.float()
-        side = int(math.sqrt(num_table))
-        if side * side != num_table:
-            raise ValueError(f"pos_embed holds {num_table} patch positions, not a square grid")
         rows, cols = height // self.patch_size, width // self.patch_size
-        dim = tokens.shape[-1]
-        if self.interpolate_offset:
-            size = {"scale_factor": ((rows + self.interpolate_offset) / side, (cols + self.interpolate_offset) / side)}
-        else:
-            size = {"size": (rows, cols)}
-        # [1, M*M, C] -> [1, C, M, M] -> [1, C, rows, cols]
-        grid = table[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid, mode="bicubic", antialias=self.interpolate_antialias, **size)
-        if tuple(grid.shape[-2:]) != (rows, cols):
-            raise RuntimeError(f"pos-embed interpolation gave {tuple(grid.shape[-2:])}, expected {(rows, cols)}")
-        patch_pos = grid.permute(0, 2, 3, 1).reshape(1, rows * cols, dim)  # [1, C, r, c] -> [1, r*c, C]
-        return torch.cat([table[:, :1], patch_pos], dim=1).to(tokens.dtype)
+        return resample_pos_table(self.pos_embed, rows, cols, self.interpolate_offset,
+                                  self.interpolate_antialias).to(tokens.dtype)
 
     def prepare_tokens_with_masks(self, x: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
         """Images [B, 3, H, W] -> tokens [B, 1 + R + H/p*W/p, C] (cls, registers, patches)."""
@@ -313,6 +299,51 @@ class DinoVisionTransformer(nn.Module):
         return features if is_training else self.head(features["x_norm_clstoken"])
 
 
+def resample_pos_table(pos_embed: torch.Tensor, rows: int, cols: int, offset: float = 0.1,
+                       antialias: bool = False) -> torch.Tensor:
+    """A [1, 1 + M*M, C] position table (cls + square patch grid) resized to [1, 1 + rows*cols, C].
+
+    The official bicubic resize: with an ``offset`` it passes ``scale_factor = (rows + offset) / M``
+    (not an output size), which changes the sampling positions, so it is reproduced as is.
+    """
+    table = pos_embed.float()
+    num_table, dim = table.shape[1] - 1, table.shape[2]
+    side = math.isqrt(num_table)
+    if side * side != num_table:
+        raise ValueError(f"pos_embed holds {num_table} patch positions, not a square grid")
+    size = {"scale_factor": ((rows + offset) / side, (cols + offset) / side)} if offset else {"size": (rows, cols)}
+    # [1, M*M, C] -> [1, C, M, M] -> [1, C, rows, cols]
+    grid = table[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, mode="bicubic", antialias=antialias, **size)
+    if tuple(grid.shape[-2:]) != (rows, cols):
+        raise RuntimeError(f"pos-embed interpolation gave {tuple(grid.shape[-2:])}, expected {(rows, cols)}")
+    patch_pos = grid.permute(0, 2, 3, 1).reshape(1, rows * cols, dim)  # [1, C, r, c] -> [1, r*c, C]
+    return torch.cat([table[:, :1], patch_pos], dim=1)
+
+
+class DinoLinearClassifier(nn.Module):
+    """A backbone and a linear head on [cls token, mean of the patch tokens] of the last block.
+
+    The layout and names of the official hub classifiers (``dinov2_vit*14_lc`` with ``layers=1``):
+    ``backbone.*`` and ``linear_head.{weight,bias}``; ``create_model("dinov2_vits14", num_classes=N)``
+    builds one. ``forward`` returns logits.
+    """
+
+    def __init__(self, backbone: DinoVisionTransformer, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.linear_head = nn.Linear(2 * backbone.embed_dim, num_classes)
+        nn.init.normal_(self.linear_head.weight, std=0.01)  # as DINOv2's linear evaluation heads
+        nn.init.zeros_(self.linear_head.bias)
+        self.arch = backbone.arch
+        self.preprocess = backbone.preprocess
+        self.config = {"input_size": backbone.preprocess["input_size"][1:], "num_classes": num_classes}
+
+    def forward(self, x: torch.Tensor, return_logits: bool = True) -> torch.Tensor:
+        out = self.backbone.forward_features(x)
+        return self.linear_head(torch.cat([out["x_norm_clstoken"], out["x_norm_patchtokens"].mean(dim=1)], dim=-1))
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 _SWIGLU_OFFICIAL = re.compile(r"^(blocks\.\d+\.mlp\.)(w12|w3)\.")
@@ -358,28 +389,59 @@ def convert_timm_to_official(state: Mapping[str, torch.Tensor]) -> dict[str, tor
     return out
 
 
-def load_official_state(model: DinoVisionTransformer,
-                        state_or_path: Mapping[str, torch.Tensor] | str | Path) -> LoadReport:
+def load_official_state(model: DinoVisionTransformer | DinoLinearClassifier,
+                        state_or_path: Mapping[str, torch.Tensor] | str | Path, *,
+                        resample_pos_embed: bool = False) -> LoadReport:
     """Load a released backbone (.pth read with ``weights_only=True``, .safetensors or a mapping).
 
     Official files load strictly. timm-named files (no ``mask_token``) are converted with
     `convert_timm_to_official`; ``mask_token`` then stays at its zero init (reported as missing).
+    A training checkpoint (official ``teacher_checkpoint.pth`` or a ``percli pretrain dinov2`` step,
+    keys ``teacher.backbone.*``) gives its teacher backbone, as the official evaluations use it.
     Anything else that does not fit raises, naming the keys.
     """
     state = read_state(state_or_path)
+    if isinstance(model, DinoLinearClassifier):
+        return _load_classifier(model, state)
     report = LoadReport()
+    for prefix in ("teacher.backbone.", "backbone."):
+        if any(k.startswith(prefix) for k in state):
+            state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            report.source_format = "training checkpoint"
+            break
     if "mask_token" not in state:
         state = convert_timm_to_official(state)
         report.source_format = "timm"
     hint = ""
     own_pos = model.state_dict()["pos_embed"]
-    if "pos_embed" in state and state["pos_embed"].shape[1] != own_pos.shape[1]:
+    if "pos_embed" in state and state["pos_embed"].shape[1] != own_pos.shape[1] and resample_pos_embed:
+        rows, cols = (n // model.patch_size for n in model.preprocess["input_size"][1:])
+        state = {**state, "pos_embed": resample_pos_table(state["pos_embed"], rows, cols, model.interpolate_offset,
+                                                          model.interpolate_antialias).to(own_pos.dtype)}
+    elif "pos_embed" in state and state["pos_embed"].shape[1] != own_pos.shape[1]:
         side = math.isqrt(state["pos_embed"].shape[1] - 1) * model.patch_size
         hint = (f"the checkpoint's position table is for {side} px; build the model with img_size={side} "
                 "(it interpolates to any input size at run time, as the official hub models)")
     tolerated = ("mask_token",) if report.source_format == "timm" else ()
     report.missing = check_fit(model, state, model.arch, tolerated=tolerated, hint=hint)
     model.load_state_dict(state, strict=False)
+    return report
+
+
+def _load_classifier(model: DinoLinearClassifier, state: Mapping[str, torch.Tensor]) -> LoadReport:
+    """A classifier checkpoint (``backbone.*`` + ``linear_head.*``) or any backbone file (the head then
+    stays at init, reported missing). The position table is resampled to the classifier's input size
+    with the official interpolation, so a 518 px release finetunes at 224 px (or any size)."""
+    head = {k.removeprefix("linear_head."): v for k, v in state.items() if k.startswith("linear_head.")}
+    report = load_official_state(model.backbone, {k: v for k, v in state.items() if not k.startswith("linear_head.")},
+                                 resample_pos_embed=True)
+    own = model.linear_head.state_dict()
+    if head and all(k in head and head[k].shape == v.shape for k, v in own.items()):
+        model.linear_head.load_state_dict(head)
+    else:  # a new head: a backbone file, or another number of classes
+        report.missing = [*report.missing, "linear_head.weight", "linear_head.bias"]
+        report.dropped = [*report.dropped, *(f"linear_head.{k}" for k in head)]
+        report.head_reset = bool(head)
     return report
 
 
@@ -393,15 +455,17 @@ _SIZES = {  # embed_dim, depth, num_heads, ffn_layer (the official vit_small/bas
 }
 
 
-def _build(name: str, size: str, registers: bool, overrides: dict) -> DinoVisionTransformer:
+def _build(name: str, size: str, registers: bool, overrides: dict) -> DinoVisionTransformer | DinoLinearClassifier:
+    """A released configuration; ``num_classes=N`` wraps it in a `DinoLinearClassifier`."""
     dim, depth, heads, ffn = _SIZES[size]
     # as the torch.hub entry points build the released models
     args = dict(img_size=518, patch_size=14, embed_dim=dim, depth=depth, num_heads=heads, mlp_ratio=4,
                 init_values=1.0, ffn_layer=ffn, num_register_tokens=4 if registers else 0,
                 interpolate_antialias=registers, interpolate_offset=0.0 if registers else 0.1)
+    num_classes = overrides.pop("num_classes", 0)
     model = DinoVisionTransformer(**{**args, **overrides})
     model.arch = name
-    return model
+    return DinoLinearClassifier(model, num_classes) if num_classes else model
 
 
 @register_model
