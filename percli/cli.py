@@ -14,7 +14,9 @@ import percli
 from percli.commands.convert import convert
 from percli.commands.curate import curate_app
 from percli.commands.eval_av_superb import av_superb
+from percli.commands.eval_caption import eval_caption
 from percli.commands.run import fail, run_recipe
+from percli.commands.select import select_app
 from percli.commands.tts import tts_app
 from percli.core.config import to_dict, to_yaml
 from percli.recipes import RECIPES, Recipe, find_method
@@ -71,6 +73,7 @@ def _add_run_command(group: typer.Typer, recipe: Recipe) -> None:
 
 app.add_typer(curate_app, name="curate")
 app.add_typer(tts_app, name="tts")
+app.add_typer(select_app, name="select")
 app.command("convert")(convert)
 
 for verb, verb_help in VERB_HELP.items():
@@ -80,6 +83,7 @@ for verb, verb_help in VERB_HELP.items():
             _add_run_command(group, recipe)
     if verb == "eval":
         group.command("av-superb")(av_superb)
+        group.command("caption")(eval_caption)
     app.add_typer(group, name=verb)
 
 

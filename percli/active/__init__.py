@@ -1,0 +1,1 @@
+"""Active learning: pool-based query strategies and a simulation of the classic AL loop."""
