@@ -16,6 +16,7 @@ from percli.commands.curate import curate_app
 from percli.commands.eval_av_superb import av_superb
 from percli.commands.eval_caption import eval_caption
 from percli.commands.run import fail, run_recipe
+from percli.commands.search_arch import search_arch
 from percli.commands.select import select_app
 from percli.commands.tts import tts_app
 from percli.core.config import to_dict, to_yaml
@@ -75,6 +76,7 @@ app.add_typer(curate_app, name="curate")
 app.add_typer(tts_app, name="tts")
 app.add_typer(select_app, name="select")
 app.command("convert")(convert)
+app.command("search-arch")(search_arch)
 
 for verb, verb_help in VERB_HELP.items():
     group = typer.Typer(help=verb_help, no_args_is_help=True)
