@@ -301,7 +301,8 @@ def test_cli_resume_continues_the_output_dir(tmp_path):
 def test_entry_counts_png_is_written_and_valid(tmp_path):
     from PIL import Image
 
-    from percli.curation.plot import HEIGHT, WIDTH, save_entry_counts_png
+    from percli.core.chart import HEIGHT, WIDTH
+    from percli.curation.plot import save_entry_counts_png
 
     pool = write_jsonl(tmp_path / "in.jsonl", demo_pool(2000, seed=1))
     curate_shards([pool], tmp_path / "out", demo_metadata(), t=20, seed=0)

@@ -27,32 +27,23 @@ from typing import Any
 from accelerate import Accelerator
 
 from percli.core import engine
-from percli.core.config import OptimConfig, TrainConfig
+from percli.core.config import OptimConfig
 from percli.recipes.common import (
-    DataSection,
     ModelSection,
     validate,  # noqa: F401  (the command runs it before anything is built)
 )
 from percli.recipes.hiera_classify import ClassifyTask
+from percli.recipes.hiera_classify import Config as ClassifyConfig
 
 
 @dataclasses.dataclass
-class Config:
+class Config(ClassifyConfig):
+    """`percli finetune hiera`'s options; the defaults below differ."""
+
     model: ModelSection = dataclasses.field(default_factory=lambda: ModelSection(
         name="dinov2_vits14", kwargs={"img_size": 224}))
     """model.kwargs.img_size is the finetuning resolution (a multiple of the patch size)."""
-    data: DataSection = dataclasses.field(default_factory=DataSection)
     drop_path: float | None = 0.1
-    label_smoothing: float = 0.1
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    mixup_prob: float = 1.0
-    """Probability of applying mixup or cutmix to a batch (0 disables both)."""
-    rand_augment: str = "rand-m9-mstd0.5-inc1"
-    """timm-style RandAugment spec; empty string disables it."""
-    reprob: float = 0.25
-    crop_pct: float = 0.875
-    train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(batch_size=64, eval_every=1000))
     optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(
         lr=2e-3, ref_batch_size=1024, weight_decay=0.05, betas=(0.9, 0.999), warmup_fraction=0.05,
         layer_decay=0.65))
