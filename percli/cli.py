@@ -16,6 +16,7 @@ from percli.commands.curate import curate_app
 from percli.commands.eval_av_superb import av_superb
 from percli.commands.eval_caption import eval_caption
 from percli.commands.run import fail, run_recipe
+from percli.commands.rwr_gae import rwr_gae
 from percli.commands.search_arch import search_arch
 from percli.commands.select import select_app
 from percli.commands.tts import tts_app
@@ -83,6 +84,8 @@ for verb, verb_help in VERB_HELP.items():
     for recipe in RECIPES:
         if recipe.verb == verb:
             _add_run_command(group, recipe)
+    if verb == "pretrain":
+        group.command("rwr-gae")(rwr_gae)
     if verb == "eval":
         group.command("av-superb")(av_superb)
         group.command("caption")(eval_caption)

@@ -124,3 +124,34 @@ def char_error_rate(hypotheses: Sequence[str], references: Sequence[str]) -> flo
 def word_error_rate(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     """Word error rate: word-level edits summed over the set / reference words (whitespace-split)."""
     return _error_rate([(h.split(), r.split()) for h, r in zip(hypotheses, references, strict=True)])
+
+
+def match_clusters(labels: Sequence[int], clusters: Sequence[int]) -> Sequence[int]:
+    """Relabel `clusters` with the classes of a one-to-one matching that maximises agreement (Hungarian).
+
+    Returns a numpy array [N]; clusters left without a class (more clusters than classes) get the label -1.
+    """
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
+    labels, clusters = np.asarray(labels), np.asarray(clusters)
+    classes, label_ids = np.unique(labels, return_inverse=True)
+    cluster_ids, cluster_index = np.unique(clusters, return_inverse=True)
+    overlap = np.zeros((len(cluster_ids), len(classes)), dtype=np.int64)  # [clusters, classes]
+    np.add.at(overlap, (cluster_index, label_ids), 1)
+    rows, cols = linear_sum_assignment(overlap, maximize=True)
+    mapping = np.full(len(cluster_ids), -1, dtype=labels.dtype)
+    mapping[rows] = classes[cols]
+    return mapping[cluster_index]
+
+
+def clustering_metrics(labels: Sequence[int], clusters: Sequence[int]) -> dict[str, float]:
+    """acc (after Hungarian matching), nmi, macro-f1 (after matching) and ari of a clustering against classes."""
+    import numpy as np
+    from sklearn.metrics import adjusted_rand_score, f1_score, normalized_mutual_info_score
+
+    matched = match_clusters(labels, clusters)
+    return {"acc": float((matched == np.asarray(labels)).mean()),
+            "nmi": float(normalized_mutual_info_score(labels, clusters)),
+            "f1": float(f1_score(labels, matched, labels=sorted(set(labels)), average="macro", zero_division=0)),
+            "ari": float(adjusted_rand_score(labels, clusters))}

@@ -1,0 +1,1 @@
+"""Graph autoencoders (GAE, VGAE) and their random-walk regularisation (RWR-GAE): data, models, training."""

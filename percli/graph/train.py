@@ -1,0 +1,132 @@
+"""Training and evaluation of GAE, VGAE, RWR-GAE and RWR-VGAE, one seed at a time.
+
+One seed fixes the edge split, the initial weights, the walks and k-means. Link prediction
+scores a pair by mu_u · mu_v (the sigmoid does not change AUC/AP); clustering runs k-means with
+k = number of classes on mu. The models are evaluated after the last epoch (no early stopping),
+as the RWR-GAE and GAE scripts do.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from percli.core.metrics import average_precision, clustering_metrics, roc_auc
+from percli.graph.data import EdgeSplit, Graph, split_edges
+from percli.graph.gae import GraphAutoEncoder, forward_loss, normalize_adjacency, reconstruction_weights
+from percli.graph.random_walk import SkipGramContext, random_walks, skipgram_pairs
+
+MODELS = ("gae", "vgae", "rwr-gae", "rwr-vgae")
+METRICS = ("auc", "ap", "acc", "nmi", "f1", "ari")
+
+
+@dataclass
+class TrainConfig:
+    """Defaults of the RWR-GAE README command (GAE's 32-16 GCN, Adam 0.01, 200 epochs)."""
+
+    epochs: int = 200
+    lr: float = 0.01
+    hidden1: int = 32
+    hidden2: int = 16
+    walk_length: int = 5
+    window_size: int = 3
+    number_walks: int = 5
+    lr_dw: float = 0.01
+    negative: int = 0  # 0: full softmax over the nodes; K > 0: K sampled negatives per pair
+
+
+def train_one(graph: Graph, model_name: str, cfg: TrainConfig, seed: int,
+              log: Callable[[str], None] = lambda _msg: None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Split, train and evaluate one model with one seed; returns mu [N, hidden2] and its metrics."""
+    if model_name not in MODELS:
+        raise ValueError(f"unknown model {model_name!r}; choose one of {', '.join(MODELS)}")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
+    split = split_edges(graph.adjacency, rng)
+    n = graph.num_nodes
+    train_adj = split.train_adjacency(n)
+    adj_norm = normalize_adjacency(train_adj)
+    ones = sp.coo_matrix(train_adj + sp.eye(n, dtype=np.float32))
+    positives = torch.as_tensor(np.stack([ones.row, ones.col]), dtype=torch.int64)  # the ones of A + I, [2, P]
+    pos_weight, norm = reconstruction_weights(train_adj)
+
+    model = GraphAutoEncoder(graph.features.shape[1], cfg.hidden1, cfg.hidden2, variational=model_name.endswith("vgae"))
+    optimizers = [torch.optim.Adam(model.parameters(), lr=cfg.lr)]
+    skipgram = SkipGramContext(n, cfg.hidden2) if model_name.startswith("rwr") else None
+    if skipgram is not None:  # the context vectors have their own optimiser; mu's gradients add up in the encoder
+        optimizers.append(torch.optim.Adam(skipgram.parameters(), lr=cfg.lr_dw))
+
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        logits, mu, logstd = model(graph.features, adj_norm)
+        loss = forward_loss(logits, positives, mu, logstd, pos_weight, norm)
+        walk_loss = torch.zeros(())
+        if skipgram is not None:
+            walks = random_walks(train_adj, cfg.number_walks, cfg.walk_length, rng)
+            pairs = torch.as_tensor(skipgram_pairs(walks, cfg.window_size))
+            walk_loss = skipgram(mu, pairs, cfg.negative, generator)
+        for optimizer in optimizers:
+            optimizer.zero_grad()
+        (loss + walk_loss).backward()
+        for optimizer in optimizers:
+            optimizer.step()
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"{model_name} seed {seed}: the loss became {loss.item()} at epoch {epoch}")
+        if epoch % 50 == 0 or epoch == cfg.epochs:
+            log(f"{model_name} seed {seed} epoch {epoch}: loss {loss.item():.4f}"
+                + (f" walk loss {walk_loss.item():.4f}" if skipgram is not None else ""))
+
+    model.eval()
+    with torch.no_grad():
+        mu = model.forward_encoder(graph.features, adj_norm)[0]
+    return mu, evaluate(mu, split, graph.labels, seed)
+
+
+def link_scores(mu: torch.Tensor, pairs: np.ndarray) -> torch.Tensor:
+    """mu_u · mu_v of pairs [E, 2] -> [E]."""
+    pairs = torch.as_tensor(pairs)
+    return (mu[pairs[:, 0]] * mu[pairs[:, 1]]).sum(1)
+
+
+def link_prediction(mu: torch.Tensor, edges: np.ndarray, non_edges: np.ndarray) -> tuple[float, float]:
+    """ROC-AUC and AP of edges against non-edges."""
+    scores = torch.cat([link_scores(mu, edges), link_scores(mu, non_edges)]).unsqueeze(1)  # [E + E', 1]
+    targets = torch.cat([torch.ones(len(edges)), torch.zeros(len(non_edges))]).unsqueeze(1)
+    return float(roc_auc(scores, targets)[0]), float(average_precision(scores, targets)[0])
+
+
+def evaluate(mu: torch.Tensor, split: EdgeSplit, labels: np.ndarray | None, seed: int) -> dict[str, float]:
+    """Test (and validation) link prediction; k-means clustering metrics when the graph has labels."""
+    from sklearn.cluster import KMeans
+
+    auc, ap = link_prediction(mu, split.test_edges, split.test_non_edges)
+    val_auc, val_ap = link_prediction(mu, split.val_edges, split.val_non_edges)
+    metrics = {"auc": auc, "ap": ap, "val_auc": val_auc, "val_ap": val_ap}
+    if labels is None:
+        return metrics | {name: float("nan") for name in ("acc", "nmi", "f1", "ari")}
+    k = len(np.unique(labels))
+    clusters = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(mu.double().numpy())
+    return metrics | clustering_metrics(labels, clusters)
+
+
+def summarize(rows: list[dict]) -> dict[str, dict]:
+    """Per model: the mean of each metric over seeds, their (population) std and the seeds."""
+    summary: dict[str, dict] = {}
+    for model in dict.fromkeys(row["model"] for row in rows):
+        mine = [row for row in rows if row["model"] == model]
+        values = {name: np.array([row[name] for row in mine], dtype=np.float64) for name in METRICS}
+        summary[model] = {name: _finite(v.mean()) for name, v in values.items()}
+        summary[model]["std"] = {name: _finite(v.std()) for name, v in values.items()}
+        summary[model]["seeds"] = [row["seed"] for row in mine]
+    return summary
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no NaN: metrics that do not apply (no labels) become null."""
+    return float(value) if math.isfinite(value) else None
