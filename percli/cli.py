@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 import percli
+from percli.commands.caption import caption_app
 from percli.commands.convert import convert
 from percli.commands.curate import curate_app
 from percli.commands.eval_av_superb import av_superb
@@ -74,6 +75,7 @@ def _add_run_command(group: typer.Typer, recipe: Recipe) -> None:
 
 
 app.add_typer(curate_app, name="curate")
+app.add_typer(caption_app, name="caption")
 app.add_typer(tts_app, name="tts")
 app.add_typer(select_app, name="select")
 app.command("convert")(convert)

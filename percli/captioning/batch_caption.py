@@ -1,0 +1,183 @@
+"""Batch captioning of image shards with a trained Altogether captioner, resumable after a crash.
+
+Inputs are read shard by shard and cut into chunks of ``chunk_size`` consecutive records. Each
+chunk is captioned and written to ``parts/<shard>-<chunk>.jsonl`` under a temp name, then renamed,
+so a chunk file exists completely or not at all. ``--resume`` skips the chunks whose file exists;
+sampling is seeded per chunk, so a resumed run writes what an uninterrupted one would. When every
+chunk is done, the parts are joined in input order into ``captions.jsonl`` (atomic), one line
+``{"key", "alt_text", "altogether"}`` per readable image. Images that do not decode are listed in the
+chunk file with their error, counted and left out of ``captions.jsonl``.
+
+Inputs: a folder holding ``records.jsonl`` (as `percli.captioning.scenes.write_scene_folder`
+writes), JSONL records (``image`` path relative to the file, the alt-text field, ``key``/``uuid``/
+``id`` or else ``<file>:<line>`` as key), Parquet (``image`` column) or WebDataset tar shards (the
+image member; the alt-text member or ``.json`` field; the sample key). Parquet and tar records go
+through the shared image-text indexer, which counts a record with an empty alt-text as bad; JSONL
+records may have an empty alt-text (the caption is then written from the image alone).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from percli.core.checkpoint import latest_checkpoint, read_weights
+from percli.core.data.image_text import _INDEXERS, _open_image
+from percli.core.data.images import BadSample
+from percli.core.rundir import write_json_atomic, write_jsonl_atomic, write_text_atomic
+from percli.curation.formats import BadRecords, expand_inputs, read_records, record_identity, shard_format
+from percli.models.altogether import AltogetherCaptioner, build_captioner
+
+STATE_FILE = "state.json"  # what the run was started with; --resume must match it
+
+
+@dataclass
+class Record:
+    key: str
+    name: str  # shown in error lists
+    image: Any  # what `_open_image` reads: a path, bytes, or (tar shard, offset, size)
+    alt_text: str
+
+
+@dataclass
+class GenerationOptions:
+    strategy: str = "sample"
+    temperature: float = 0.2
+    top_p: float = 0.7
+    num_beams: int = 4
+    max_new_tokens: int = 192
+    seed: int = 0
+
+
+def resolve_inputs(sources: list[str]) -> list[Path]:
+    """Shard paths; a folder stands for its records.jsonl."""
+    paths = []
+    for source in sources:
+        folder = Path(source)
+        if folder.is_dir():
+            if not (folder / "records.jsonl").is_file():
+                raise FileNotFoundError(f"{folder} has no records.jsonl; pass a folder written by the scene writer "
+                                        "or the .jsonl/.parquet/.tar shards themselves")
+            paths.append(folder / "records.jsonl")
+        else:
+            paths += expand_inputs([source])
+    return paths
+
+
+def read_shard(path: Path, alt_field: str, bad: BadRecords) -> list[Record]:
+    """Records of one shard, in order; unusable ones counted in `bad`."""
+    if shard_format(path) == "jsonl":
+        out = []
+        for line, record, alt in read_records(path, alt_field, bad):
+            image = record.get("image")
+            if not isinstance(image, str) or not image:
+                bad.add(path, line, "no string 'image' field")
+                continue
+            key = record.get("key")
+            key = str(key) if key is not None else (record_identity(record) or f"{path.name}:{line}")
+            out.append(Record(key, str(path.parent / image), str(path.parent / image), alt))
+        return out
+    return [Record(name.split("#", 1)[-1], name, ref, text)
+            for name, ref, text in _INDEXERS[shard_format(path)](path, "image", alt_field, bad)]
+
+
+def load_captioner(checkpoint: str | Path) -> tuple[AltogetherCaptioner, dict[str, Any]]:
+    """A captioner from a `finetune altogether` run dir, one of its checkpoint dirs or a .safetensors file."""
+    path = Path(checkpoint)
+    if (path / "checkpoints").is_dir():
+        found = latest_checkpoint(path / "checkpoints")
+        if found is None:
+            raise FileNotFoundError(f"{path}/checkpoints holds no checkpoint; did the run save one?")
+        path = found
+    state, meta = read_weights(path)
+    if meta.get("task") != "altogether":
+        raise ValueError(f"{path} is a {meta.get('task') or 'non-percli'} checkpoint, not an Altogether captioner; "
+                         "train one with `percli finetune altogether`")
+    model = build_captioner(meta)
+    model.load_state_dict(state)
+    return model.eval(), meta
+
+
+def _chunks(records: list[Record], size: int) -> Iterator[tuple[int, list[Record]]]:
+    for start in range(0, len(records), size):
+        yield start // size, records[start:start + size]
+
+
+def caption_chunk(model: AltogetherCaptioner, records: list[Record], transform: Callable, batch_size: int,
+                  options: GenerationOptions, generator: torch.Generator, device: torch.device,
+                  dtype: torch.dtype) -> list[dict[str, Any]]:
+    """Rows for one chunk: captions of the readable images, {key, error} for the others."""
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(records), batch_size):
+        images, good = [], []
+        for record in records[start:start + batch_size]:
+            try:
+                images.append(transform(_open_image(record.name, record.image)))
+                good.append(record)
+            except BadSample as e:
+                rows.append({"key": record.key, "error": str(e)})
+        if not good:
+            continue
+        captions = model.generate(torch.stack(images).to(device, dtype), [r.alt_text for r in good],
+                                  strategy=options.strategy, temperature=options.temperature, top_p=options.top_p,
+                                  num_beams=options.num_beams, max_new_tokens=options.max_new_tokens,
+                                  generator=generator)
+        rows += [{"key": r.key, "alt_text": r.alt_text, "altogether": c} for r, c in zip(good, captions)]
+    order = {r.key: i for i, r in enumerate(records)}
+    return sorted(rows, key=lambda row: order[row["key"]])
+
+
+def caption_shards(model: AltogetherCaptioner, transform: Callable, inputs: list[Path], out_dir: Path,
+                   alt_field: str, batch_size: int, chunk_size: int, options: GenerationOptions, resume: bool,
+                   device: torch.device, dtype: torch.dtype, log: Callable[[str], None] = lambda _msg: None,
+                   run_meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Caption every input record into out_dir (see the module docstring); returns the summary."""
+    state = {"inputs": [str(p) for p in inputs], "alt_field": alt_field, "chunk_size": chunk_size,
+             "generation": asdict(options), **(run_meta or {})}
+    state_path = out_dir / STATE_FILE
+    if resume and state_path.is_file():
+        saved = json.loads(state_path.read_text())
+        changed = sorted(k for k in state if saved.get(k) != state[k])
+        if changed:
+            raise ValueError(f"--resume: {', '.join(changed)} differ from the interrupted run's ({state_path}); "
+                             "pass the same arguments, or start a new --output")
+    write_json_atomic(state_path, state)
+    parts = out_dir / "parts"
+    parts.mkdir(exist_ok=True)
+    bad = BadRecords()
+    done_chunks, resumed, files, seen = 0, 0, [], set()
+    for shard_index, path in enumerate(inputs):
+        records = read_shard(path, alt_field, bad)
+        for record in records:
+            if record.key in seen:
+                raise ValueError(f"{path}: key {record.key!r} occurs twice in the inputs; give every record a "
+                                 "unique 'key' (or uuid/id) field")
+            seen.add(record.key)
+        for chunk_index, chunk in _chunks(records, chunk_size):
+            part = parts / f"{shard_index:05d}-{chunk_index:06d}.jsonl"
+            files.append(part)
+            if part.is_file():
+                resumed += 1
+                continue
+            generator = torch.Generator().manual_seed(options.seed * 1_000_003 + shard_index * 100_003 + chunk_index)
+            rows = caption_chunk(model, chunk, transform, batch_size, options, generator, device, dtype)
+            write_jsonl_atomic(part, rows)
+            done_chunks += 1
+            log(f"{path.name}: chunk {chunk_index + 1}/{-(-len(records) // chunk_size)} written")
+    captioned, errors = [], []
+    for part in files:
+        for line in part.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            (errors if "error" in row else captioned).append(row)
+    write_text_atomic(out_dir / "captions.jsonl",
+                      "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in captioned))
+    return {"method": "caption-altogether", "captioned": len(captioned),
+            "bad_images": {"count": len(errors), "examples": errors[:10]},
+            "bad_records": {"count": bad.count, "examples": bad.examples},
+            "chunks": len(files), "chunks_resumed": resumed, "chunks_written": done_chunks,
+            "captions": str(out_dir / "captions.jsonl"), "output_dir": str(out_dir), **state}
