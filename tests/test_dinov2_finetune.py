@@ -78,7 +78,8 @@ def test_finetune_from_a_pretraining_checkpoint_then_eval_classify(tmp_path):
     assert summary["status"] == "completed" and len(summary["classes"]) == 10
     assert "initial weights" in result.stderr and "linear_head" in result.stderr
     ckpt = tmp_path / "run" / "checkpoints" / "step_0000002"
-    evaluated = runner.invoke(app, ["eval", "classify", "--json", f"checkpoint={ckpt}", "data.source=embedded",
+    evaluated = runner.invoke(app, ["eval", "classify", "--json", "--run-dir", str(tmp_path / "eval"),
+                                    f"checkpoint={ckpt}", "data.source=embedded",
                                     "data.embedded_size=40", "train.num_workers=0", "train.batch_size=8"])
     assert evaluated.exit_code == 0, evaluated.output
     metrics = json.loads(evaluated.stdout)["metrics"]
