@@ -1,16 +1,21 @@
 """Weighted k-NN accuracy of an encoder's frozen features (DINO / DINOv2 k-NN evaluation).
 
-Any percli image encoder works: a percli checkpoint, an official backbone file, or a registered
-model left at random init (a baseline). Features: DINOv2 gives its normalised cls token, or with
-`features.n_last_blocks` / `features.avgpool` the concatenated cls tokens of the last n blocks plus
-the average-pooled patch tokens of the last one, as DINOv2's linear evaluation builds them; other
-families give their `forward_features` (Hiera: the pooled, normalised final tokens). Train and
-val images get the eval transform (resize + centre crop); the train split is the neighbour bank.
+Any percli image or Audio-MAE encoder works: a percli checkpoint, an official backbone file, or a
+registered model left at random init (a baseline). Features: DINOv2 gives its normalised cls token,
+or with `features.n_last_blocks` / `features.avgpool` the concatenated cls tokens of the last n
+blocks plus the average-pooled patch tokens of the last one, as DINOv2's linear evaluation builds
+them; Audio-MAE pretraining models (`percli pretrain audio-mae` checkpoints, decoder unused) give
+the mean of the encoder's patch tokens after its final norm, Audio-MAE classifiers and Hiera their
+`forward_features` (the pooled, normalised final tokens their head reads). Train and val images get
+the eval transform (resize + centre crop); audio clips become normalised fbanks with the
+checkpoint's settings (sample rate, mean/std; frames and mel bins from the model's input size,
+AudioSet's statistics without a percli checkpoint). The train split is the neighbour bank.
 
 Examples:
   percli eval knn model.name=dinov2_vits14 model.checkpoint=dinov2_vits14_pretrain.pth data.source=/data/in1k/train \
       data.val_source=/data/in1k/val
   percli eval knn model.name=dinov2_vits14 model.kwargs='{img_size: 56, embed_dim: 64, depth: 2, num_heads: 2}' --json
+  percli eval knn model.checkpoint=runs/pretrain-audio-mae-X/checkpoints/step_0000300 data.embedded_size=800
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ from percli.core.config import TrainConfig
 from percli.core.knn import knn_classify
 from percli.core.rundir import write_json_atomic
 from percli.models import create_model
+from percli.models.audio_mae import AudioMaskedAutoencoderViT, AudioViT
 from percli.models.dinov2 import DinoVisionTransformer
+from percli.recipes.audio_common import AudioDataSection, audio_dataset
 from percli.recipes.common import (
     DataSection,
     ModelSection,
@@ -38,6 +45,8 @@ from percli.recipes.common import (
     validate,  # noqa: F401  (run by the command before anything is built)
 )
 from percli.recipes.hiera_classify import classification_dataset
+
+DEFAULT_MODEL = "dinov2_vits14"
 
 
 @dataclasses.dataclass
@@ -50,9 +59,12 @@ class FeatureSection:
 
 @dataclasses.dataclass
 class Config:
-    model: ModelSection = dataclasses.field(default_factory=lambda: ModelSection(name="dinov2_vits14"))
-    """model.checkpoint unset = random init (a baseline)."""
+    model: ModelSection = dataclasses.field(default_factory=lambda: ModelSection(name=""))
+    """model.name unset = a percli checkpoint's own model (dinov2_vits14 without one); model.checkpoint
+    unset = random init (a baseline)."""
     data: DataSection = dataclasses.field(default_factory=DataSection)
+    label_csv: str | None = None
+    """Audio: label CSV for AST-style JSON data."""
     features: FeatureSection = dataclasses.field(default_factory=FeatureSection)
     ks: list[int] = dataclasses.field(default_factory=lambda: [10, 20, 100, 200])
     """Neighbour counts, as DINOv2 reports them."""
@@ -61,36 +73,44 @@ class Config:
     """Only batch_size, num_workers, cpu and seed are used."""
 
 
-def build_encoder(model_cfg: ModelSection) -> nn.Module:
-    """The registered model, with a percli checkpoint's constructor arguments and the given weights."""
+def build_encoder(model_cfg: ModelSection) -> tuple[nn.Module, dict[str, Any]]:
+    """The registered model, with a percli checkpoint's constructor arguments and the given weights;
+    also the checkpoint's metadata with the model name resolved."""
     meta: dict[str, Any] = {}
     path = Path(model_cfg.checkpoint) if model_cfg.checkpoint else None
     if path is not None and path.exists() and (path.is_dir() or path.suffix == ".safetensors"):
         meta = ckpt.read_weights(path)[1]
-    name = model_cfg.name or meta.get("name")
-    if not name:
-        raise ValueError("model.name is not set; run `percli ls models` for the names")
+    name = model_cfg.name or meta.get("name") or DEFAULT_MODEL
     model = create_model(name, **{**meta.get("kwargs", {}), **model_cfg.kwargs})
     if path is not None:
         load_initial_weights(model, str(path))
     else:
         Console(stderr=True).print(f"no model.checkpoint: {name} features at random init (a baseline)")
-    return model.eval()
+    return model.eval(), {**meta, "name": name}
 
 
-def encode(model: nn.Module, images: torch.Tensor, features: FeatureSection) -> torch.Tensor:
-    """Frozen features [B, D] of one batch."""
+def is_audio(model: nn.Module) -> bool:
+    return isinstance(model, (AudioViT, AudioMaskedAutoencoderViT))
+
+
+def encode(model: nn.Module, inputs: torch.Tensor, features: FeatureSection) -> torch.Tensor:
+    """Frozen features [B, D] of one batch (images, or fbanks for Audio-MAE)."""
     if isinstance(model, DinoVisionTransformer):
         if features.n_last_blocks == 1 and not features.avgpool:
-            return model.forward_features(images)["x_norm_clstoken"]
-        layers = model.get_intermediate_layers(images, features.n_last_blocks, return_class_token=True)
+            return model.forward_features(inputs)["x_norm_clstoken"]
+        layers = model.get_intermediate_layers(inputs, features.n_last_blocks, return_class_token=True)
         parts = [cls for _, cls in layers]  # n x [B, C]
         if features.avgpool:
             parts.append(layers[-1][0].mean(dim=1))  # last block's patches [B, L, C] -> [B, C]
         return torch.cat(parts, dim=-1)
     if features.n_last_blocks != 1 or features.avgpool:
         raise ValueError(f"features.n_last_blocks / features.avgpool apply to DINOv2 only, not {type(model).__name__}")
-    out = model.forward_features(images)
+    if isinstance(model, AudioMaskedAutoencoderViT):
+        # every token kept, in order (ascending noise = identity shuffle); latent = norm(blocks(...))
+        order = torch.arange(model.patch_embed.num_patches, device=inputs.device, dtype=torch.float32)
+        latent = model.forward_encoder(inputs, 0.0, noise=order.expand(inputs.shape[0], -1))[0]
+        return latent[:, 1:].mean(dim=1)  # patch tokens averaged, cls dropped (the global-pool head's tokens)
+    out = model.forward_features(inputs)
     return out["x_norm_clstoken"] if isinstance(out, dict) else out
 
 
@@ -98,10 +118,26 @@ def image_datasets(model: nn.Module, data: DataSection) -> tuple[Dataset, Datase
     """Train (neighbour bank / probe training) and val sets, both with the eval transform."""
     size = model.preprocess["input_size"][1:]  # [C, H, W] (video: [C, T, H, W])
     if len(size) != 2:
-        raise ValueError(f"{type(model).__name__} is not an image encoder; feature evaluation takes image models")
+        raise ValueError(f"{type(model).__name__} is not an image encoder; feature evaluation takes image and "
+                         "Audio-MAE models")
     val_source = data.val_source or data.source
     train = classification_dataset(data.source, "train", False, data, tuple(size), False)
     val = classification_dataset(val_source, "val", False, data, tuple(size), False)
+    return train, val
+
+
+def audio_datasets(model: nn.Module, meta: dict[str, Any], data: DataSection,
+                   label_csv: str | None) -> tuple[Dataset, Dataset]:
+    """Train and val fbank sets without augmentation: frames and mel bins fit the model's input; sample
+    rate and mean/std are the percli checkpoint's, else the model's defaults (16 kHz, AudioSet's)."""
+    if data.mean is not None or data.std is not None:
+        raise ValueError("data.mean / data.std are image normalisation; Audio-MAE takes the fbank mean/std from "
+                         "its percli checkpoint (AudioSet's otherwise): unset them")
+    settings = {**model.preprocess, **{k: meta[k] for k in ("sample_rate", "mean", "std") if k in meta}}
+    audio = AudioDataSection(source=data.source, label_csv=label_csv, embedded_size=data.embedded_size, **{
+        k: settings[k] for k in ("sample_rate", "num_mel_bins", "target_length", "mean", "std")})
+    train = audio_dataset(audio, data.source, "train", train=False)
+    val = audio_dataset(audio, data.val_source or data.source, "val", train=False)
     return train, val
 
 
@@ -110,9 +146,10 @@ def extract(model: nn.Module, dataset: Dataset, features: FeatureSection, train:
             device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Features [N, D] (float32, on CPU) and labels [N] of a whole dataset, in dataset order."""
     loader = DataLoader(dataset, batch_size=train.batch_size, num_workers=train.num_workers, shuffle=False)
+    key = "fbank" if is_audio(model) else "image"
     feats, labels = [], []
     for batch in loader:
-        feats.append(encode(model, batch["image"].to(device), features).float().cpu())
+        feats.append(encode(model, batch[key].to(device), features).float().cpu())
         labels.append(torch.as_tensor(batch["label"]))
     return torch.cat(feats), torch.cat(labels).long()
 
@@ -123,29 +160,36 @@ def num_classes_of(dataset: Dataset, labels: torch.Tensor) -> int:
 
 
 def frozen_features(model_cfg: ModelSection, data: DataSection, features: FeatureSection, train: TrainConfig,
-                    accelerator: Accelerator) -> dict[str, Any]:
+                    accelerator: Accelerator, label_csv: str | None = None) -> dict[str, Any]:
     """Build the encoder and extract train/val features once (shared with the linear probe)."""
-    model = build_encoder(model_cfg).to(accelerator.device)
-    train_set, val_set = image_datasets(model, data)
+    model, meta = build_encoder(model_cfg)
+    model = model.to(accelerator.device)
+    if is_audio(model):
+        train_set, val_set = audio_datasets(model, meta, data, label_csv)
+    else:
+        train_set, val_set = image_datasets(model, data)
+    if getattr(train_set, "multilabel", False):
+        raise ValueError(f"data.source={data.source!r} is multi-label (clips with several labels); k-NN and the "
+                         "linear probe take single-label data (AudioSet: percli finetune audio-mae, eval classify)")
     train_x, train_y = extract(model, train_set, features, train, accelerator.device)
     val_x, val_y = extract(model, val_set, features, train, accelerator.device)
     if (train_y < 0).any() or (val_y < 0).any():
-        raise ValueError("some images have no label (a flat folder?); give class sub-folders or a labelled manifest")
-    return {"train_x": train_x, "train_y": train_y, "val_x": val_x, "val_y": val_y,
+        raise ValueError("some inputs have no label (a flat folder?); give class sub-folders or a labelled manifest")
+    return {"model": meta["name"], "train_x": train_x, "train_y": train_y, "val_x": val_x, "val_y": val_y,
             "num_classes": max(num_classes_of(train_set, train_y), int(val_y.max()) + 1)}
 
 
 def run(cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool = False) -> dict[str, Any]:
     if not cfg.ks or min(cfg.ks) < 1:
         raise ValueError(f"ks={cfg.ks}: give positive neighbour counts, e.g. ks=[10,20,100,200]")
-    f = frozen_features(cfg.model, cfg.data, cfg.features, cfg.train, accelerator)
+    f = frozen_features(cfg.model, cfg.data, cfg.features, cfg.train, accelerator, cfg.label_csv)
     metrics: dict[str, Any] = {"train_count": len(f["train_y"]), "count": len(f["val_y"]),
                                "feature_dim": f["train_x"].shape[1]}
     for k in cfg.ks:
         acc = knn_classify(f["train_x"], f["train_y"], f["val_x"], f["val_y"], f["num_classes"], k=k,
                            temperature=cfg.temperature)
         metrics[f"k{k}/top1"], metrics[f"k{k}/top5"] = acc["top1"], acc["top5"]
-    summary = {"status": "completed", "model": cfg.model.name, "checkpoint": cfg.model.checkpoint,
+    summary = {"status": "completed", "model": f["model"], "checkpoint": cfg.model.checkpoint,
                "data": cfg.data.source, "metrics": metrics, "step": None, "run_dir": str(run_dir)}
     if accelerator.is_main_process:
         write_json_atomic(run_dir / "summary.json", summary)

@@ -1,7 +1,8 @@
 """Linear-probe accuracy of an encoder's frozen features, with a learning-rate sweep (DINOv2 style).
 
 Features are extracted once (as `percli eval knn` does: DINOv2 cls token, optionally the last n
-blocks' cls tokens + average-pooled patches); then one linear classifier per learning rate is
+blocks' cls tokens + average-pooled patches; Audio-MAE the mean of the encoder's normalised patch
+tokens, on fbanks with the checkpoint's settings); then one linear classifier per learning rate is
 trained on them with SGD (momentum 0.9, no weight decay, cosine schedule) and the one with the
 best val top-1 is reported, as DINOv2's linear evaluation picks its head. Training a linear layer
 on cached features is cheap enough for a CPU.
@@ -10,6 +11,7 @@ Examples:
   percli eval linear-probe model.name=dinov2_vits14 model.checkpoint=dinov2_vits14_pretrain.pth \
       data.source=/data/in1k/train data.val_source=/data/in1k/val features.n_last_blocks=4 features.avgpool=true
   percli eval linear-probe model.name=dinov2_vits14 model.kwargs='{img_size: 56, embed_dim: 64, depth: 2, num_heads: 2}'
+  percli eval linear-probe model.checkpoint=runs/pretrain-audio-mae-X/checkpoints/step_0000300 data.embedded_size=800
 """
 
 from __future__ import annotations
@@ -33,14 +35,19 @@ from percli.recipes.common import (
 )
 from percli.recipes.knn_eval import FeatureSection, frozen_features
 
+DEFAULT_LRS = (0.001, 0.01, 0.1, 0.3, 1.0)
+
 
 @dataclasses.dataclass
 class Config:
-    model: ModelSection = dataclasses.field(default_factory=lambda: ModelSection(name="dinov2_vits14"))
-    """model.checkpoint unset = random init (a baseline)."""
+    model: ModelSection = dataclasses.field(default_factory=lambda: ModelSection(name=""))
+    """model.name unset = a percli checkpoint's own model (dinov2_vits14 without one); model.checkpoint
+    unset = random init (a baseline)."""
     data: DataSection = dataclasses.field(default_factory=DataSection)
+    label_csv: str | None = None
+    """Audio: label CSV for AST-style JSON data."""
     features: FeatureSection = dataclasses.field(default_factory=FeatureSection)
-    lrs: list[float] = dataclasses.field(default_factory=lambda: [0.001, 0.01, 0.1, 0.3, 1.0])
+    lrs: list[float] = dataclasses.field(default_factory=lambda: list(DEFAULT_LRS))
     """Learning rates swept; the best val top-1 wins."""
     epochs: int = 50
     probe_batch_size: int = 256
@@ -95,13 +102,13 @@ def sweep_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torc
 def run(cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool = False) -> dict[str, Any]:
     if not cfg.lrs or min(cfg.lrs) <= 0 or cfg.epochs < 1:
         raise ValueError(f"lrs={cfg.lrs}, epochs={cfg.epochs}: give positive learning rates and epochs >= 1")
-    f = frozen_features(cfg.model, cfg.data, cfg.features, cfg.train, accelerator)
+    f = frozen_features(cfg.model, cfg.data, cfg.features, cfg.train, accelerator, cfg.label_csv)
     result = sweep_linear_probe(f["train_x"], f["train_y"], f["val_x"], f["val_y"], f["num_classes"], cfg.lrs,
                                 cfg.epochs, cfg.probe_batch_size, cfg.train.seed)
     metrics = {"top1": result["top1"], "top5": result["top5"], "best_lr": result["best_lr"],
                "train_count": len(f["train_y"]), "count": len(f["val_y"]), "feature_dim": f["train_x"].shape[1],
                **{f"lr{lr}/top1": acc for lr, acc in result["per_lr"].items()}}
-    summary = {"status": "completed", "model": cfg.model.name, "checkpoint": cfg.model.checkpoint,
+    summary = {"status": "completed", "model": f["model"], "checkpoint": cfg.model.checkpoint,
                "data": cfg.data.source, "metrics": metrics, "step": None, "run_dir": str(run_dir)}
     if accelerator.is_main_process:
         write_json_atomic(run_dir / "summary.json", summary)
