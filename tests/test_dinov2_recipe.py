@@ -65,6 +65,8 @@ def test_short_run_checkpoints_teacher_and_resumes_exactly(tmp_path, monkeypatch
     assert full.exit_code == 0, full.output
     summary = json.loads((tmp_path / "full" / "summary.json").read_text())
     assert summary["status"] == "completed" and set(summary["knn"]) >= {"knn_teacher_top1", "knn_random_init_top1"}
+    probe = summary["linear_probe"]
+    assert 0.0 <= probe["linear_teacher_top1"] <= probe["linear_teacher_top5"] <= 1.0
     state = load_file(tmp_path / "full" / "checkpoints" / "step_0000004" / "model.safetensors")
     assert "teacher.backbone.cls_token" in state and "student.dino_head.last_layer.weight_v" in state
     assert int(state["ema_steps"]) == 3 and int(state["micro_batches"]) == 4  # step 4's update is applied next

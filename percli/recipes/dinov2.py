@@ -44,6 +44,7 @@ from percli.recipes.common import (
     validate,  # noqa: F401  (the command runs it before anything is built)
 )
 from percli.recipes.dinov2_losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
+from percli.recipes.linear_probe import DEFAULT_LRS, sweep_linear_probe
 
 
 @dataclasses.dataclass
@@ -362,7 +363,7 @@ class DINOv2Task:
         return torch.cat(feats), torch.cat(labels)
 
     def finish(self, model: nn.Module, run_dir: Path, accelerator: Accelerator) -> dict[str, Any]:
-        """k-NN top-1/top-5 on the held-out split: the trained teacher vs a random-init backbone."""
+        """k-NN and linear-probe accuracy on the held-out split: the trained teacher vs a random-init backbone."""
         self._step_teacher(model)  # the last optimizer step's EMA update
         transform = finetune_transform(self.cfg.crops.global_size, self.mean, self.std, train=False, crop_pct=1.0)
         train_set, val_set = self._dataset("train", transform), self._dataset("val", transform)
@@ -370,14 +371,17 @@ class DINOv2Task:
         if num_classes < 2:
             return {}
         torch.manual_seed(self.cfg.train.seed)
-        result = {}
+        knn, probe = {}, {}
         for name, backbone in (("teacher", model.teacher["backbone"]), ("random_init", self._backbone())):
             backbone.to(accelerator.device)
             train_f, train_y = self._features(backbone, train_set, accelerator.device)
             val_f, val_y = self._features(backbone, val_set, accelerator.device)
             scores = knn_classify(train_f, train_y, val_f, val_y, num_classes, k=self.cfg.knn_k)
-            result.update({f"knn_{name}_top1": scores["top1"], f"knn_{name}_top5": scores["top5"]})
-        return {"knn": result}
+            knn.update({f"knn_{name}_top1": scores["top1"], f"knn_{name}_top5": scores["top5"]})
+            best = sweep_linear_probe(train_f, train_y, val_f, val_y, num_classes, list(DEFAULT_LRS),
+                                      seed=self.cfg.train.seed)
+            probe.update({f"linear_{name}_top1": best["top1"], f"linear_{name}_top5": best["top5"]})
+        return {"knn": knn, "linear_probe": probe}
 
 
 def run(cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool = False) -> dict[str, Any]:
