@@ -15,7 +15,7 @@ from percli.cli import app
 from percli.core.metrics import clustering_metrics, match_clusters
 from percli.graph.data import adjacency_from_edges, split_edges
 from percli.graph.gae import GraphAutoEncoder, forward_loss, normalize_adjacency, reconstruction_weights
-from percli.graph.random_walk import SkipGramContext, random_walks, skipgram_pairs
+from percli.graph.random_walk import SkipGramContext, WalkStarts, random_walks, skipgram_pairs, walk_gradient
 
 
 def planted_communities(n_per: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -80,9 +80,9 @@ def test_walk_loss_changes_encoder_gradients_only_when_coupled():
     adj = adjacency_from_edges(edges, 12)
     torch.manual_seed(0)
     model = GraphAutoEncoder(12, hidden1=8, hidden2=4)
-    skipgram = SkipGramContext(12, 4)
-    torch.nn.init.normal_(skipgram.context.weight)  # trained context vectors; at their zero init the grad is 0
-    pairs = torch.as_tensor(skipgram_pairs(random_walks(adj, 2, 5, np.random.default_rng(0)), 3))
+    skipgram = SkipGramContext(np.diff(adj.indptr), 4)
+    starts = WalkStarts(adj, 4, np.random.default_rng(0))(0)
+    pairs = torch.as_tensor(skipgram_pairs(random_walks(adj, starts, 5, np.random.default_rng(0)), 0))
     adj_norm, positives = normalize_adjacency(adj), torch.nonzero(torch.as_tensor(adj.toarray()) + torch.eye(12)).t()
     pos_weight, norm = reconstruction_weights(adj)
 
@@ -100,16 +100,38 @@ def test_walk_loss_changes_encoder_gradients_only_when_coupled():
     assert skipgram.context.weight.grad.abs().sum() > 0
 
 
+def test_walk_gradient_sums_pairs_and_steps_context_per_pair():
+    torch.manual_seed(0)
+    skipgram = SkipGramContext(np.ones(6), 3)
+    mu, pairs = torch.randn(6, 3), torch.tensor([[0, 1], [0, 2], [3, 4], [0, 5]])
+    frozen = torch.optim.SGD(skipgram.parameters(), lr=0.0)  # c never moves: the gradient of the summed losses
+    grad, total = walk_gradient(skipgram, frozen, mu, pairs)
+    leaf = mu.clone().requires_grad_()
+    summed = skipgram(leaf, pairs) * len(pairs)
+    summed.backward()
+    assert torch.allclose(grad, leaf.grad, atol=1e-6) and total == pytest.approx(summed.item(), rel=1e-5)
+    before = skipgram.context.weight.detach().clone()
+    moving, _ = walk_gradient(skipgram, torch.optim.Adam(skipgram.parameters(), lr=0.1), mu, pairs)
+    assert not torch.allclose(moving, grad)  # the later pairs saw context vectors updated by the earlier ones
+    assert not torch.equal(skipgram.context.weight, before)
+
+
 def test_walks_follow_edges_and_full_softmax_is_exact():
     edges, _ = planted_communities(n_per=6)
     adj = adjacency_from_edges(edges, 12)
-    walks = random_walks(adj, 3, 5, np.random.default_rng(1))
-    assert walks.shape == (3 * int((np.diff(adj.indptr) > 0).sum()), 5)
+    schedule = WalkStarts(adj, 5, np.random.default_rng(1))
+    blocks = [schedule(epoch) for epoch in range(schedule.blocks)]
+    assert all(len(block) == 5 for block in blocks) and len(set(np.concatenate(blocks).tolist())) == 5 * len(blocks)
+    assert np.array_equal(schedule(schedule.blocks), blocks[0])  # the starts cycle through one shuffled list
+    walks = random_walks(adj, np.concatenate(blocks), 5, np.random.default_rng(1))
+    assert walks.shape == (10, 5) and np.array_equal(walks[:, 0], np.concatenate(blocks))
     assert all(adj[a, b] for a, b in zip(walks[:, :-1].ravel(), walks[:, 1:].ravel()))
+    starts = skipgram_pairs(walks, 0)  # the start node predicts each later node
+    assert starts.tolist() == [[w[0], w[j]] for w in walks.tolist() for j in range(1, 5)]
     pairs = skipgram_pairs(walks, 3)
     assert len(pairs) == 18 * len(walks)  # window 3 in a walk of 5: 3 + 4 + 4 + 4 + 3 contexts
-    skipgram = SkipGramContext(12, 4)
-    torch.nn.init.normal_(skipgram.context.weight)
+    assert pairs[:18].tolist().count([walks[0, 0], walks[0, 3]]) >= 1
+    skipgram = SkipGramContext(np.diff(adj.indptr), 4)
     mu, pairs = torch.randn(12, 4), torch.as_tensor(pairs)
     reference = -F.log_softmax(skipgram.context.weight @ mu.t(), dim=1)[pairs[:, 0], pairs[:, 1]].mean()
     assert skipgram(mu, pairs).item() == pytest.approx(reference.item(), rel=1e-5)

@@ -29,8 +29,11 @@ def rwr_gae(
     seed: int = typer.Option(42, "--seed", help="First seed; the runs use seed, seed+1, ..."),
     epochs: int = typer.Option(200, "--epochs", min=1, help="Training epochs (full-batch)."),
     walk_length: int = typer.Option(5, "--walk-length", min=2, help="Nodes per random walk."),
-    window_size: int = typer.Option(3, "--window-size", min=1, help="Skip-gram window within a walk."),
-    number_walks: int = typer.Option(5, "--number-walks", min=1, help="Walks started from every node per epoch."),
+    window_size: int = typer.Option(
+        0, "--window-size", min=0, help="Skip-gram window within a walk; 0 = the start node with every later node "
+                                        "(the early RWR-GAE code's default)."),
+    number_walks: int = typer.Option(
+        5, "--number-walks", min=1, help="Walks per epoch, started from the next nodes of one shuffled node list."),
     lr_dw: float = typer.Option(0.01, "--lr-dw", help="Adam learning rate of the skip-gram context vectors."),
     negative: int = typer.Option(
         0, "--negative", min=0, help="Negative samples per pair; 0 = full softmax over the nodes (the paper)."),

@@ -19,7 +19,7 @@ import torch
 from percli.core.metrics import average_precision, clustering_metrics, roc_auc
 from percli.graph.data import EdgeSplit, Graph, split_edges
 from percli.graph.gae import GraphAutoEncoder, forward_loss, normalize_adjacency, reconstruction_weights
-from percli.graph.random_walk import SkipGramContext, random_walks, skipgram_pairs
+from percli.graph.random_walk import SkipGramContext, WalkStarts, random_walks, skipgram_pairs, walk_gradient
 
 MODELS = ("gae", "vgae", "rwr-gae", "rwr-vgae")
 METRICS = ("auc", "ap", "acc", "nmi", "f1", "ari")
@@ -34,8 +34,8 @@ class TrainConfig:
     hidden1: int = 32
     hidden2: int = 16
     walk_length: int = 5
-    window_size: int = 3
-    number_walks: int = 5
+    window_size: int = 0  # 0: the start with every later node (the early script ignores the README's 3 by default)
+    number_walks: int = 5  # walks per epoch
     lr_dw: float = 0.01
     negative: int = 0  # 0: full softmax over the nodes; K > 0: K sampled negatives per pair
 
@@ -57,30 +57,30 @@ def train_one(graph: Graph, model_name: str, cfg: TrainConfig, seed: int,
     pos_weight, norm = reconstruction_weights(train_adj)
 
     model = GraphAutoEncoder(graph.features.shape[1], cfg.hidden1, cfg.hidden2, variational=model_name.endswith("vgae"))
-    optimizers = [torch.optim.Adam(model.parameters(), lr=cfg.lr)]
-    skipgram = SkipGramContext(n, cfg.hidden2) if model_name.startswith("rwr") else None
-    if skipgram is not None:  # the context vectors have their own optimiser; mu's gradients add up in the encoder
-        optimizers.append(torch.optim.Adam(skipgram.parameters(), lr=cfg.lr_dw))
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if model_name.startswith("rwr"):  # the context vectors have their own optimiser, stepped once per pair
+        skipgram = SkipGramContext(np.diff(train_adj.indptr), cfg.hidden2)
+        skipgram_optimizer = torch.optim.Adam(skipgram.parameters(), lr=cfg.lr_dw)
+        walk_starts = WalkStarts(train_adj, cfg.number_walks, rng)
 
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         logits, mu, logstd = model(graph.features, adj_norm)
         loss = forward_loss(logits, positives, mu, logstd, pos_weight, norm)
-        walk_loss = torch.zeros(())
-        if skipgram is not None:
-            walks = random_walks(train_adj, cfg.number_walks, cfg.walk_length, rng)
+        optimizer.zero_grad()
+        if model_name.startswith("rwr"):  # the summed walk gradient joins the GAE loss's before the encoder's step
+            walks = random_walks(train_adj, walk_starts(epoch - 1), cfg.walk_length, rng)
             pairs = torch.as_tensor(skipgram_pairs(walks, cfg.window_size))
-            walk_loss = skipgram(mu, pairs, cfg.negative, generator)
-        for optimizer in optimizers:
-            optimizer.zero_grad()
-        (loss + walk_loss).backward()
-        for optimizer in optimizers:
-            optimizer.step()
+            mu_grad, walk_loss = walk_gradient(skipgram, skipgram_optimizer, mu, pairs, cfg.negative, generator)
+            torch.autograd.backward([loss, mu], [None, mu_grad])
+        else:
+            loss.backward()
+        optimizer.step()
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"{model_name} seed {seed}: the loss became {loss.item()} at epoch {epoch}")
         if epoch % 50 == 0 or epoch == cfg.epochs:
             log(f"{model_name} seed {seed} epoch {epoch}: loss {loss.item():.4f}"
-                + (f" walk loss {walk_loss.item():.4f}" if skipgram is not None else ""))
+                + (f" walk loss {walk_loss:.4f}" if model_name.startswith("rwr") else ""))
 
     model.eval()
     with torch.no_grad():
