@@ -37,7 +37,6 @@ from percli.core import engine
 from percli.core.checkpoint import read_weights
 from percli.core.config import ConfigError, OptimConfig, TrainConfig
 from percli.core.rundir import write_jsonl_atomic
-from percli.curation.formats import expand_inputs
 from percli.models import list_models
 from percli.models.altogether import (
     AltogetherCaptioner,
@@ -49,6 +48,7 @@ from percli.models.altogether import (
     vocabulary_of,
 )
 from percli.models.common import read_state
+from percli.recipes.common import check_shard_sources
 
 
 @dataclasses.dataclass
@@ -268,13 +268,7 @@ def validate(cfg: Config) -> None:
                           "altogether checkpoint dir")
     if cfg.decoder.trim_vocab and cfg.decoder.init and not _is_percli_checkpoint(Path(cfg.decoder.init)):
         raise ConfigError("decoder.trim_vocab: a pretrained OPT keeps its vocabulary; set decoder.trim_vocab=false")
-    for key in ("source", "val_source"):
-        value = getattr(cfg.data, key)
-        if value and value != "embedded":
-            try:
-                expand_inputs(value.split())
-            except (FileNotFoundError, ValueError) as e:
-                raise ConfigError(f"data.{key}: {e}; give 'embedded' or .jsonl record files") from None
+    check_shard_sources(cfg.data, ".jsonl record files")
 
 
 def run(cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool = False) -> dict[str, Any]:

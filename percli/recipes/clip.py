@@ -37,10 +37,9 @@ from percli.core import engine
 from percli.core.config import ConfigError, OptimConfig, TrainConfig
 from percli.core.data.captioned import CLASS_NAMES, ZERO_SHOT_TEMPLATES, CaptionedShapesDataset
 from percli.core.data.image_text import ImageTextDataset
-from percli.curation.formats import expand_inputs
 from percli.models import create_model, list_models
 from percli.models.clip_tokenizer import CLIPTokenizer
-from percli.recipes.common import ModelSection, load_initial_weights
+from percli.recipes.common import ModelSection, check_shard_sources, load_initial_weights
 from percli.recipes.zero_shot import ZeroShotTask, eval_transform
 
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -177,13 +176,7 @@ def validate(cfg: Config) -> None:
     """Checks a dry run can make without building anything: model name and data shards."""
     if cfg.model.name not in list_models():
         raise ConfigError(f"model.name: unknown model {cfg.model.name!r}; run `percli ls models` for the names")
-    for key in ("source", "val_source"):
-        value = getattr(cfg.data, key)
-        if value and value != "embedded":
-            try:
-                expand_inputs(value.split())
-            except (FileNotFoundError, ValueError) as e:
-                raise ConfigError(f"data.{key}: {e}; give 'embedded' or .jsonl/.parquet/.tar shard patterns") from None
+    check_shard_sources(cfg.data, ".jsonl/.parquet/.tar shard patterns")
 
 
 def run(cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool = False) -> dict[str, Any]:

@@ -91,6 +91,20 @@ def load_initial_weights(model: nn.Module, path: str) -> Any:
     return report
 
 
+def check_shard_sources(data: Any, hint: str) -> None:
+    """``data.source`` / ``data.val_source`` are 'embedded' or patterns that expand to files (`hint`: what else)."""
+    from percli.core.config import ConfigError
+    from percli.curation.formats import expand_inputs
+
+    for key in ("source", "val_source"):
+        value = getattr(data, key)
+        if value and value != "embedded":
+            try:
+                expand_inputs(value.split())
+            except (FileNotFoundError, ValueError) as e:
+                raise ConfigError(f"data.{key}: {e}; give 'embedded' or {hint}") from None
+
+
 def validate(cfg: Any) -> None:
     """Checks a dry run can make without building anything: model name and data paths."""
     from percli.core.config import ConfigError
