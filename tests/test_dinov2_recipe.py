@@ -90,3 +90,21 @@ def test_short_run_checkpoints_teacher_and_resumes_exactly(tmp_path, monkeypatch
     resumed = runner.invoke(app, ["pretrain", "dinov2", "--run-dir", str(part), "--resume"])
     assert resumed.exit_code == 0, resumed.output
     assert _losses(part) == pytest.approx(_losses(tmp_path / "full"), rel=1e-5)
+
+
+@pytest.mark.parametrize("freeze_epochs", [100.0, 0.0])
+def test_frozen_last_layer_keeps_the_prototypes_while_the_rest_learns(tmp_path, freeze_epochs):
+    """During the frozen epochs the student's prototypes keep their directions (AdamW's decay only rescales
+    the weight-normalised `weight_v`), so the EMA teacher's stay parallel to them; the MLP still trains."""
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["pretrain", "dinov2", "--run-dir", str(run), *SHORT, "train.max_steps=3",
+                                 f"freeze_last_layer_epochs={freeze_epochs}"])
+    assert result.exit_code == 0, result.output
+    state = load_file(run / "checkpoints" / "step_0000003" / "model.safetensors")
+
+    def rows(part: str) -> torch.Tensor:
+        return nn.functional.normalize(state[f"{part}.dino_head.last_layer.weight_v"], dim=1)
+
+    assert not torch.equal(state["student.dino_head.mlp.0.weight"], state["teacher.dino_head.mlp.0.weight"])
+    same = torch.allclose(rows("student"), rows("teacher"), atol=1e-6)
+    assert same == (freeze_epochs > 0)

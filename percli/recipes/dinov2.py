@@ -95,6 +95,8 @@ class Config:
     crops: CropsSection = dataclasses.field(default_factory=CropsSection)
     head: HeadSection = dataclasses.field(default_factory=HeadSection)
     loss: LossSection = dataclasses.field(default_factory=LossSection)
+    freeze_last_layer_epochs: float = 1.0
+    """Official: the prototype (last) layer of the heads gets no gradient during the first epoch."""
     knn_k: int = 20
     """k-NN evaluation of the final teacher (and of a random-init backbone) on the held-out split."""
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(batch_size=64, grad_clip=3.0))
@@ -279,6 +281,8 @@ class DINOv2Task:
         self.mean = tuple(cfg.data.mean or IMAGENET_MEAN)
         self.std = tuple(cfg.data.std or IMAGENET_STD)
         self.total_steps = cfg.train.max_steps
+        self.freeze_steps = 0  # optimizer steps without last-layer gradients (set from the epoch length)
+        self._freeze_now = False
 
     def _backbone(self) -> nn.Module:
         return create_model(self.cfg.model.name, **self.cfg.model.kwargs)
@@ -294,7 +298,16 @@ class DINOv2Task:
             if size % self.patch_size:
                 raise ValueError(f"crop size {size} is not a multiple of the patch size {self.patch_size}; "
                                  "set crops.global_size / crops.local_size to multiples of it")
-        return DINOv2Meta(backbone, self.cfg.head, self.cfg.loss)
+        meta = DINOv2Meta(backbone, self.cfg.head, self.cfg.loss)
+        for name, param in meta.student.named_parameters():
+            if ".last_layer." in name:
+                param.register_hook(self._last_layer_grad)
+        return meta
+
+    def _last_layer_grad(self, grad: torch.Tensor) -> torch.Tensor:
+        # A zero gradient leaves the prototypes' directions as they are (AdamW's decay only rescales
+        # the weight-normalised `weight_v`), as the official `cancel_gradients_last_layer` does.
+        return torch.zeros_like(grad) if self._freeze_now else grad
 
     def model_meta(self) -> dict[str, Any]:
         return {"name": self.cfg.model.name, "kwargs": self.cfg.model.kwargs, "task": "dinov2",
@@ -309,10 +322,12 @@ class DINOv2Task:
     def train_dataset(self) -> Dataset:
         dataset = self._dataset("train", MultiCrop(self.cfg.crops, self.mean, self.std))
         train = self.cfg.train
+        world = PartialState().num_processes
+        per_rank = ResumableSampler(len(dataset), world_size=world).per_rank()
         if train.epochs is not None:  # the schedules need the engine's step count
-            world = PartialState().num_processes
-            per_rank = ResumableSampler(len(dataset), world_size=world).per_rank()
             self.total_steps = engine.plan_run(per_rank, world, train, self.cfg.optim).max_steps
+        one_epoch = engine.plan_run(per_rank, world, dataclasses.replace(train, epochs=1), self.cfg.optim).max_steps
+        self.freeze_steps = round(self.cfg.freeze_last_layer_epochs * one_epoch)
         return dataset
 
     def eval_dataset(self) -> Dataset | None:
@@ -341,6 +356,7 @@ class DINOv2Task:
         self._step_teacher(meta)
         meta.micro_batches += 1
         step = int(meta.ema_steps)
+        self._freeze_now = step < self.freeze_steps
         globals_ = batch["global_crops"]
         side = globals_.shape[-1] // self.patch_size
         masks = sample_masks(globals_.shape[0], side, side, self.cfg.loss).to(globals_.device)
