@@ -39,6 +39,7 @@ def test_dotted_override_sets_one_key_of_a_mapping_but_a_file_replaces_it():
     cfg = apply_overrides(base, ["extra.depth=2", "extra.sub.b=3"])
     assert cfg.extra == {"depth": 2, "width": 64, "sub": {"a": 1, "b": 3}}
     assert merge(base, {"extra": {"depth": 2}}).extra == {"depth": 2}  # presets / --config replace the mapping
+    assert apply_overrides(base, ["extra={depth: 2}"]).extra == {"depth": 2}  # so does a whole-mapping override
 
 
 def test_unknown_key_names_key_and_suggests():

@@ -217,6 +217,19 @@ def merge(cfg: T, data: dict[str, Any] | None, prefix: str = "", overlay: bool =
     return dataclasses.replace(cfg, **changes)
 
 
+def _reaches_into_mapping(cfg: Any, path: list[str]) -> bool:
+    """True when the dotted `path` names a key inside a mapping-valued field (``model.kwargs.depth``),
+    not the field itself (``model.kwargs={...}`` replaces the whole mapping)."""
+    node = cfg
+    for name in path[:-1]:
+        node = getattr(node, name, None)
+        if isinstance(node, dict):
+            return True
+        if not dataclasses.is_dataclass(node):
+            return False
+    return False
+
+
 def _overlay(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in new.items():
@@ -260,7 +273,8 @@ def parse_override(text: str) -> dict[str, Any]:
 def apply_overrides(cfg: T, overrides: list[str]) -> T:
     """Apply dotted `key=value` overrides in order."""
     for text in overrides:
-        cfg = merge(cfg, parse_override(text), overlay=True)
+        path = text.partition("=")[0].strip().split(".")
+        cfg = merge(cfg, parse_override(text), overlay=_reaches_into_mapping(cfg, path))
     return cfg
 
 
