@@ -48,7 +48,7 @@ from percli.models import create_model
 from percli.models.audio_mae_decoder import SwinDecoderBlock, log_relative_coordinates
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hiera_speed import DTYPES, _time_pair, _train_step  # noqa: E402  (shared timing helpers)
+from hiera_speed import DTYPES, _time_pair, _train_step, parse_timing_args  # noqa: E402  (shared timing helpers)
 
 REFERENCE_NOTE = ("timm ViT Block + SwinV2 block (not numerically identical: timm's SwinV2 attention adds "
                   "16*sigmoid(cpb_mlp(.)) as position bias, percli/official Audio-MAE adds the raw meta-MLP output)")
@@ -197,18 +197,9 @@ def run(args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="audiomae_mae_vit_base_patch16", help="percli Audio-MAE pretraining model")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps")
-    parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--mask-ratio", type=float, default=0.8)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     parser.add_argument("--check", action="store_true", help="only run the tiny numeric comparison and exit")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_timing_args(parser)
     if args.check:
         out = check(torch.device(args.device))
         if args.json:

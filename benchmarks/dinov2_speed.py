@@ -31,7 +31,7 @@ from percli.models import create_model
 from percli.models.dinov2 import convert_official_to_timm
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hiera_speed import DTYPES, _autocast, _time_pair, _train_step  # noqa: E402  (shared timing helpers)
+from hiera_speed import DTYPES, _autocast, _time_pair, _train_step, parse_timing_args  # noqa: E402  (shared timing helpers)
 
 TIMM_NAMES = {"dinov2_vits14": "vit_small_patch14_dinov2", "dinov2_vitb14": "vit_base_patch14_dinov2",
               "dinov2_vitl14": "vit_large_patch14_dinov2", "dinov2_vitg14": "vit_giant_patch14_dinov2",
@@ -98,17 +98,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="dinov2_vits14", choices=sorted(TIMM_NAMES))
     parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per workload")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     parser.add_argument("--only", choices=["infer", "train_bb"], default=None, help="run one workload")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_timing_args(parser)
     out = run(args)
     if args.json:
         print(json.dumps(out, indent=1))
