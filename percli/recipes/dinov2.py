@@ -312,7 +312,7 @@ class DINOv2Task:
     def model_meta(self) -> dict[str, Any]:
         return {"name": self.cfg.model.name, "kwargs": self.cfg.model.kwargs, "task": "dinov2",
                 "input_size": [3, self.cfg.crops.global_size, self.cfg.crops.global_size],
-                "mean": list(self.mean), "std": list(self.std), "backbone_prefix": "teacher.backbone."}
+                "mean": list(self.mean), "std": list(self.std)}
 
     def _dataset(self, split: str, transform: Any) -> Dataset:
         source = self.cfg.data.source if split == "train" else (self.cfg.data.val_source or self.cfg.data.source)

@@ -58,7 +58,9 @@ class FeatureSection:
 
 
 @dataclasses.dataclass
-class Config:
+class FrozenFeatureConfig:
+    """What `percli eval knn` and `percli eval linear-probe` share: the encoder, the data and the features."""
+
     model: ModelSection = dataclasses.field(default_factory=lambda: ModelSection(name=""))
     """model.name unset = a percli checkpoint's own model (dinov2_vits14 without one); model.checkpoint
     unset = random init (a baseline)."""
@@ -66,6 +68,10 @@ class Config:
     label_csv: str | None = None
     """Audio: label CSV for AST-style JSON data."""
     features: FeatureSection = dataclasses.field(default_factory=FeatureSection)
+
+
+@dataclasses.dataclass
+class Config(FrozenFeatureConfig):
     ks: list[int] = dataclasses.field(default_factory=lambda: [10, 20, 100, 200])
     """Neighbour counts, as DINOv2 reports them."""
     temperature: float = 0.07

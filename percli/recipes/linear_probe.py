@@ -29,24 +29,15 @@ from accelerate import Accelerator
 from percli.core.config import TrainConfig
 from percli.core.rundir import write_json_atomic
 from percli.recipes.common import (
-    DataSection,
-    ModelSection,
     validate,  # noqa: F401  (run by the command before anything is built)
 )
-from percli.recipes.knn_eval import FeatureSection, frozen_features
+from percli.recipes.knn_eval import FrozenFeatureConfig, frozen_features
 
 DEFAULT_LRS = (0.001, 0.01, 0.1, 0.3, 1.0)
 
 
 @dataclasses.dataclass
-class Config:
-    model: ModelSection = dataclasses.field(default_factory=lambda: ModelSection(name=""))
-    """model.name unset = a percli checkpoint's own model (dinov2_vits14 without one); model.checkpoint
-    unset = random init (a baseline)."""
-    data: DataSection = dataclasses.field(default_factory=DataSection)
-    label_csv: str | None = None
-    """Audio: label CSV for AST-style JSON data."""
-    features: FeatureSection = dataclasses.field(default_factory=FeatureSection)
+class Config(FrozenFeatureConfig):
     lrs: list[float] = dataclasses.field(default_factory=lambda: list(DEFAULT_LRS))
     """Learning rates swept; the best val top-1 wins."""
     epochs: int = 50
