@@ -13,9 +13,10 @@ from typer.testing import CliRunner
 
 from percli.cli import app
 from percli.core.metrics import clustering_metrics, match_clusters
-from percli.graph.data import adjacency_from_edges, split_edges
+from percli.graph.data import Graph, adjacency_from_edges, split_edges
 from percli.graph.gae import GraphAutoEncoder, forward_loss, normalize_adjacency, reconstruction_weights
 from percli.graph.random_walk import SkipGramContext, WalkStarts, random_walks, skipgram_pairs, walk_gradient
+from percli.graph.train import TrainConfig, train_one
 
 
 def planted_communities(n_per: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -98,6 +99,17 @@ def test_walk_loss_changes_encoder_gradients_only_when_coupled():
     assert not torch.allclose(plain, coupled)
     assert torch.equal(plain, context_only)
     assert skipgram.context.weight.grad.abs().sum() > 0
+
+
+def test_walk_weight_zero_trains_plain_gae_and_one_does_not():
+    edges, labels = planted_communities(n_per=10)
+    graph = Graph("planted", adjacency_from_edges(edges, 20), torch.eye(20), labels)
+    cfg = TrainConfig(epochs=15)
+    gae, _ = train_one(graph, "gae", cfg, seed=3)
+    unweighted, _ = train_one(graph, "rwr-gae", TrainConfig(epochs=15, walk_weight=0.0), seed=3)
+    regularised, _ = train_one(graph, "rwr-gae", cfg, seed=3)
+    assert torch.equal(gae, unweighted)  # the walks are still drawn, but add nothing to the encoder's step
+    assert not torch.allclose(gae, regularised, atol=1e-4)
 
 
 def test_walk_gradient_sums_pairs_and_steps_context_per_pair():

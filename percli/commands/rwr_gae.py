@@ -37,6 +37,9 @@ def rwr_gae(
     lr_dw: float = typer.Option(0.01, "--lr-dw", help="Adam learning rate of the skip-gram context vectors."),
     negative: int = typer.Option(
         0, "--negative", min=0, help="Negative samples per pair; 0 = full softmax over the nodes (the paper)."),
+    walk_weight: float = typer.Option(
+        1.0, "--walk-weight", min=0.0, help="Scale of the walk loss's gradient against the GAE loss's (1 = the "
+                                            "paper's plain sum; 0 = plain GAE with the walks still drawn)."),
     save_embeddings: bool = typer.Option(
         False, "--save-embeddings", help="Save mu of every model and seed as embeddings/<model>-seed<S>.safetensors."),
     run_dir: Path | None = typer.Option(
@@ -76,7 +79,7 @@ def rwr_gae(
     if problem:
         fail(problem)
     cfg = TrainConfig(epochs=epochs, walk_length=walk_length, window_size=window_size, number_walks=number_walks,
-                      lr_dw=lr_dw, negative=negative)
+                      lr_dw=lr_dw, negative=negative, walk_weight=walk_weight)
     config = {"graph": graph, "features": str(features) if features else None,
               "labels": str(labels) if labels else None, "models": models, "seeds": list(range(seed, seed + seeds)),
               "train": asdict(cfg)}

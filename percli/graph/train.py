@@ -38,6 +38,7 @@ class TrainConfig:
     number_walks: int = 5  # walks per epoch
     lr_dw: float = 0.01
     negative: int = 0  # 0: full softmax over the nodes; K > 0: K sampled negatives per pair
+    walk_weight: float = 1.0  # scales the summed walk gradient (1: the paper's plain sum; 0: GAE's gradients)
 
 
 def train_one(graph: Graph, model_name: str, cfg: TrainConfig, seed: int,
@@ -72,7 +73,7 @@ def train_one(graph: Graph, model_name: str, cfg: TrainConfig, seed: int,
             walks = random_walks(train_adj, walk_starts(epoch - 1), cfg.walk_length, rng)
             pairs = torch.as_tensor(skipgram_pairs(walks, cfg.window_size))
             mu_grad, walk_loss = walk_gradient(skipgram, skipgram_optimizer, mu, pairs, cfg.negative, generator)
-            torch.autograd.backward([loss, mu], [None, mu_grad])
+            torch.autograd.backward([loss, mu], [None, cfg.walk_weight * mu_grad])
         else:
             loss.backward()
         optimizer.step()
