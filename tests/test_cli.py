@@ -131,3 +131,12 @@ def test_finetune_from_mae_checkpoint_then_eval(tmp_path):
 def test_eval_needs_a_checkpoint(tmp_path):
     result = invoke("eval", "classify", "--run-dir", tmp_path / "ev")
     assert result.exit_code == 2 and "checkpoint=PATH" in result.output
+
+
+def test_weight_decay_schedule_reaches_the_steps(tmp_path):
+    from percli.core.optim import lr_at
+    result = invoke("pretrain", "hiera-mae", "--run-dir", tmp_path / "r", *TINY_MAE, "train.max_steps=6",
+                    "train.log_every=2", "optim.weight_decay=0.05", "optim.weight_decay_end=0.4", "recon_images=0")
+    assert result.exit_code == 0, result.output
+    logged = [r["weight_decay"] for r in read_metrics(tmp_path / "r" / "metrics.jsonl") if "loss" in r]
+    assert logged == pytest.approx([lr_at(step, 6, 0.05, 0, 0.4) for step in (1, 3, 5)])  # each window's last step

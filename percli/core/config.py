@@ -59,20 +59,27 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class OptimConfig:
-    """AdamW with warmup + cosine; the LR scales linearly with the effective batch."""
+    """AdamW with warmup + cosine; the LR follows the effective batch (linearly by default)."""
 
     lr: float = 1e-3
-    """LR at `ref_batch_size`; the run uses lr * effective_batch / ref_batch_size."""
+    """LR at `ref_batch_size`; the run uses lr * effective_batch / ref_batch_size (see lr_scaling)."""
     ref_batch_size: int = 256
+    lr_scaling: Literal["linear", "sqrt"] = "linear"
+    """linear: lr * B / ref_batch_size (MAE, Goyal et al.); sqrt: lr * sqrt(B / ref_batch_size) (DINOv2)."""
     min_lr: float = 0.0
     weight_decay: float = 0.05
     """Not applied to norms, biases, position embeddings and tokens."""
+    weight_decay_end: float | None = None
+    """Weight decay at the last step, reached by a half-cosine from `weight_decay` (DINOv2: 0.04 -> 0.4);
+    None keeps it constant."""
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     warmup_fraction: float = 0.025
     """Share of max_steps spent in linear warmup."""
     layer_decay: float = 1.0
     """Layer-wise LR decay (finetuning): block i gets lr * layer_decay ** (depth - i)."""
+    patch_embed_lr_mult: float = 1.0
+    """Extra LR factor of the patch embedding, on top of layer decay (DINOv2: 0.2)."""
 
 
 # --------------------------------------------------------------------------------------------

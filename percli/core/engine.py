@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from percli.core import checkpoint as ckpt
 from percli.core.config import OptimConfig, TrainConfig
 from percli.core.data.loader import ResumableSampler, SeededSamples, collate_skip_bad, mix_seed, seed_everything
-from percli.core.optim import build_optimizer, lr_at, set_lr
+from percli.core.optim import build_optimizer, lr_at, scaled_lr, set_lr
 from percli.core.rundir import MetricsLog, write_json_atomic
 
 
@@ -212,7 +212,7 @@ def plan_run(samples_per_rank: int, world: int, train_cfg: TrainConfig, optim_cf
                  else train_cfg.max_steps)
     effective_batch = train_cfg.batch_size * train_cfg.grad_accum_steps * world
     return Plan(max_steps, micro_per_epoch, effective_batch,
-                peak_lr=optim_cfg.lr * effective_batch / optim_cfg.ref_batch_size,
+                peak_lr=scaled_lr(optim_cfg, effective_batch),
                 warmup_steps=round(optim_cfg.warmup_fraction * max_steps))
 
 
@@ -299,6 +299,13 @@ class _Trainer:
         self.step += 1
         return samples
 
+    def weight_decay_now(self) -> float | None:
+        """The scheduled weight decay of this step (a half-cosine, no warmup), or None when it is constant."""
+        cfg = self.optim_cfg
+        if cfg.weight_decay_end is None:
+            return None
+        return lr_at(self.step, self.plan.max_steps, cfg.weight_decay, 0, cfg.weight_decay_end)
+
     def log(self, window: dict[str, float], steps: int, samples: int, seconds: float) -> None:
         values = torch.tensor(list(window.values()), device=self.acc.device) / steps
         if self.world > 1:
@@ -307,6 +314,8 @@ class _Trainer:
         record = {"step": self.step, "epoch": self.epoch, **dict(zip(window, values.tolist())),
                   "lr": group["lr"] / group.get("lr_scale", 1.0),
                   "samples_per_s": round(samples * self.world / max(seconds, 1e-9), 2)}
+        if self.optim_cfg.weight_decay_end is not None:  # the scheduled value (0 in the no-decay groups)
+            record["weight_decay"] = max(g["weight_decay"] for g in self.optimizer.param_groups)
         self.metrics.write(record)
         self.history.update({k: v for k, v in record.items() if k != "epoch"})
 
@@ -363,7 +372,7 @@ class _Trainer:
             job = bar.add_task("train", total=plan.max_steps, completed=self.step, info="")
             while self.step < plan.max_steps:
                 set_lr(self.optimizer, lr_at(self.step, plan.max_steps, plan.peak_lr, plan.warmup_steps,
-                                             self.optim_cfg.min_lr))
+                                             self.optim_cfg.min_lr), self.weight_decay_now())
                 window_samples += self.optimizer_step(batches, window)
                 window_steps += 1
                 bar.update(job, completed=self.step, info=f"loss {window.get('loss', 0.0) / window_steps:.4f}")

@@ -31,24 +31,28 @@ def layer_id(name: str, num_blocks: int) -> int:
     return num_blocks + 1
 
 
-def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
-    """AdamW groups keyed by (decay?, layer); each carries an `lr_scale` the schedule applies."""
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0,
+                 patch_embed_lr_mult: float = 1.0) -> list[dict]:
+    """AdamW groups keyed by (decay?, layer, patch embedding?); each carries the `lr_scale` and
+    `wd_scale` (1 or 0) the schedules apply."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     num_blocks = 1 + max((int(m.group(1)) for n, _ in named if (m := _BLOCK.search(n))), default=-1)
-    groups: dict[tuple[bool, int], dict] = {}
+    groups: dict[tuple[bool, int, bool], dict] = {}
     for name, param in named:
         decay = not no_weight_decay(name, param)
         layer = layer_id(name, num_blocks) if layer_decay != 1.0 else 0
-        key = (decay, layer)
+        patch = patch_embed_lr_mult != 1.0 and "patch_embed" in name
+        key = (decay, layer, patch)
         if key not in groups:
             scale = layer_decay ** (num_blocks + 1 - layer) if layer_decay != 1.0 else 1.0
-            groups[key] = {"params": [], "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
+            groups[key] = {"params": [], "weight_decay": weight_decay if decay else 0.0, "wd_scale": float(decay),
+                           "lr_scale": scale * (patch_embed_lr_mult if patch else 1.0)}
         groups[key]["params"].append(param)
     return [groups[k] for k in sorted(groups)]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, peak_lr: float) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.layer_decay, cfg.patch_embed_lr_mult)
     for g in groups:
         g["lr"] = peak_lr * g["lr_scale"]
     return torch.optim.AdamW(groups, lr=peak_lr, betas=tuple(cfg.betas), eps=cfg.eps)
@@ -63,6 +67,15 @@ def lr_at(step: int, max_steps: int, peak_lr: float, warmup_steps: int, min_lr: 
     return min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def scaled_lr(cfg: OptimConfig, effective_batch: int) -> float:
+    """The peak LR of a run: `cfg.lr` given at `cfg.ref_batch_size`, scaled to the effective batch."""
+    ratio = effective_batch / cfg.ref_batch_size
+    return cfg.lr * (math.sqrt(ratio) if cfg.lr_scaling == "sqrt" else ratio)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float | None = None) -> None:
+    """Set every group's LR (times its lr_scale) and, when given, its weight decay (times its wd_scale)."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
+        if weight_decay is not None:
+            group["weight_decay"] = weight_decay * group.get("wd_scale", 1.0)

@@ -6,9 +6,10 @@ Defaults follow the official `ssl_default_config.yaml` (facebookresearch/dinov2)
 (scale 0.32-1) + 8 local (0.05-0.32), 65,536 prototypes, shared DINO/iBOT head, iBOT masks on half
 the images at ratios 0.1-0.5 (block masking), teacher temperature 0.04 -> 0.07 over the first 30%,
 EMA momentum 0.992 -> 1 (cosine), loss weights DINO 1, iBOT 1, KoLeo 0.1, AdamW lr 4e-3 at batch
-1024, wd 0.04, warmup 10%, grad clip 3, layer decay 0.9, drop-path 0.3, LayerScale 1e-5.
-Not reproduced (engine limits): the cosine weight-decay ramp 0.04 -> 0.4, the sqrt LR scaling
-(percli scales linearly), the patch-embed LR x0.2 and the frozen last layer in epoch 1.
+1024 scaled by sqrt(batch / 1024), weight decay 0.04 -> 0.4 (cosine), warmup 10%, grad clip 3, layer
+decay 0.9, patch-embed LR x0.2, the prototype layer frozen in epoch 1, drop-path 0.3, LayerScale 1e-5.
+Not reproduced: the official no-decay set is biases, norms and LayerScale only; percli's shared rule
+also leaves position embeddings and learned tokens undecayed (MAE recipe).
 
 Examples:
   percli pretrain dinov2                                      # tiny preset, embedded data, CPU
@@ -101,8 +102,8 @@ class Config:
     """k-NN evaluation of the final teacher (and of a random-init backbone) on the held-out split."""
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(batch_size=64, grad_clip=3.0))
     optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(
-        lr=4e-3, ref_batch_size=1024, min_lr=1e-6, weight_decay=0.04, betas=(0.9, 0.999), warmup_fraction=0.1,
-        layer_decay=0.9))
+        lr=4e-3, ref_batch_size=1024, lr_scaling="sqrt", min_lr=1e-6, weight_decay=0.04, weight_decay_end=0.4,
+        betas=(0.9, 0.999), warmup_fraction=0.1, layer_decay=0.9, patch_embed_lr_mult=0.2))
 
 
 # --------------------------------------------------------------------------- schedules
