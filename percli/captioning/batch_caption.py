@@ -14,26 +14,45 @@ writes), JSONL records (``image`` path relative to the file, the alt-text field,
 image member; the alt-text member or ``.json`` field; the sample key). Parquet and tar records go
 through the shared image-text indexer, which counts a record with an empty alt-text as bad; JSONL
 records may have an empty alt-text (the caption is then written from the image alone).
+
+``--write-shards`` then writes ``shards/<input file name>`` per input, in its format, holding every
+record of the input in order, unchanged, plus the caption: JSONL field / Parquet string column
+``altogether`` (null where the image did not decode or the record was bad), tar member
+``<key>.altogether.txt`` (none then). JSONL ``image`` paths are made absolute so they still resolve
+from ``shards/``. Each shard is written to a temp name and renamed; a resume skips the shards written.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from percli.core.checkpoint import latest_checkpoint, read_weights
 from percli.core.data.image_text import _INDEXERS, _open_image
 from percli.core.data.images import BadSample
 from percli.core.rundir import write_json_atomic, write_jsonl_atomic, write_text_atomic
-from percli.curation.formats import BadRecords, expand_inputs, read_records, record_identity, shard_format
+from percli.curation.formats import (
+    AddedField,
+    BadRecords,
+    Batch,
+    expand_inputs,
+    open_writer,
+    read_batches,
+    read_records,
+    record_identity,
+    shard_format,
+)
 from percli.models.altogether import AltogetherCaptioner, build_captioner
 
 STATE_FILE = "state.json"  # what the run was started with; --resume must match it
+CAPTION_FIELD = AddedField("altogether", lambda pa: pa.string(), "altogether.txt", lambda text: text.encode("utf-8"))
 
 
 @dataclass
@@ -78,12 +97,59 @@ def read_shard(path: Path, alt_field: str, bad: BadRecords) -> list[Record]:
             if not isinstance(image, str) or not image:
                 bad.add(path, line, "no string 'image' field")
                 continue
-            key = record.get("key")
-            key = str(key) if key is not None else (record_identity(record) or f"{path.name}:{line}")
-            out.append(Record(key, str(path.parent / image), str(path.parent / image), alt))
+            out.append(Record(_jsonl_key(path, line, record), str(path.parent / image), str(path.parent / image), alt))
         return out
     return [Record(name.split("#", 1)[-1], name, ref, text)
             for name, ref, text in _INDEXERS[shard_format(path)](path, "image", alt_field, bad)]
+
+
+def _jsonl_key(path: Path, line: int, record: dict[str, Any]) -> str:
+    key = record.get("key")
+    return str(key) if key is not None else (record_identity(record) or f"{path.name}:{line}")
+
+
+def _batch_keys(path: Path, batch: Batch) -> list[str]:
+    """The keys `read_shard` gives the records of a batch read with `text_field=None`."""
+    fmt = shard_format(path)
+    if fmt == "jsonl":
+        return [_jsonl_key(path, int(i) + 1, r) for i, r in zip(batch.index, batch.items)]
+    if fmt == "tar":
+        return [sample.key for sample in batch.items]
+    keys = []  # Parquet: as the image-text indexer names a row (a path image, or `row<N>` for bytes)
+    images = batch.items.column("image").to_pylist() if "image" in batch.items.column_names else []
+    for row, image in zip(batch.index.tolist(), images or [None] * len(batch.index)):
+        if isinstance(image, dict):
+            image = image.get("bytes") or image.get("path")
+        keys.append(str(path.parent / image) if isinstance(image, str) else f"row{row}")
+    return keys
+
+
+def _absolute_images(path: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**r, "image": os.path.abspath(path.parent / r["image"])} if isinstance(r.get("image"), str)
+            and r["image"] else r for r in records]
+
+
+def write_shards(inputs: list[Path], folder: Path, captions: dict[str, str | None],
+                 log: Callable[[str], None]) -> tuple[list[str], int]:
+    """Every input record plus its caption into `folder/<input name>` (module docstring); returns
+    (shard paths, how many were already written)."""
+    folder.mkdir(exist_ok=True)
+    written, resumed = [], 0
+    for path in inputs:
+        target = folder / path.name
+        written.append(str(target))
+        if target.is_file():
+            resumed += 1
+            continue
+        with open_writer(target, path, "same", CAPTION_FIELD) as writer:
+            for batch in read_batches(path, None, BadRecords()):
+                keys = _batch_keys(path, batch)
+                if shard_format(path) == "jsonl":
+                    batch.items = _absolute_images(path, batch.items)
+                writer.write(batch, np.arange(len(keys)), [captions.get(k) for k in keys])
+            writer.commit()
+        log(f"{target} written")
+    return written, resumed
 
 
 def load_captioner(checkpoint: str | Path) -> tuple[AltogetherCaptioner, dict[str, Any]]:
@@ -135,8 +201,13 @@ def caption_chunk(model: AltogetherCaptioner, records: list[Record], transform: 
 def caption_shards(model: AltogetherCaptioner, transform: Callable, inputs: list[Path], out_dir: Path,
                    alt_field: str, batch_size: int, chunk_size: int, options: GenerationOptions, resume: bool,
                    device: torch.device, dtype: torch.dtype, log: Callable[[str], None] = lambda _msg: None,
-                   run_meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Caption every input record into out_dir (see the module docstring); returns the summary."""
+                   run_meta: dict[str, Any] | None = None, shards: bool = False) -> dict[str, Any]:
+    """Caption every input record into out_dir (and shards/ with `shards`; see the module docstring)."""
+    names = [p.name for p in inputs]
+    clash = next((n for n in names if names.count(n) > 1), None)
+    if shards and clash:
+        raise ValueError(f"--write-shards: several inputs are named {clash}, and shards/ holds one file per input "
+                         "name; rename them or caption them in separate runs")
     state = {"inputs": [str(p) for p in inputs], "alt_field": alt_field, "chunk_size": chunk_size,
              "generation": asdict(options), **(run_meta or {})}
     state_path = out_dir / STATE_FILE
@@ -176,8 +247,13 @@ def caption_shards(model: AltogetherCaptioner, transform: Callable, inputs: list
             (errors if "error" in row else captioned).append(row)
     write_text_atomic(out_dir / "captions.jsonl",
                       "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in captioned))
+    shard_paths, shards_resumed = [], 0
+    if shards:
+        by_key = {r["key"]: r["altogether"] for r in captioned}  # failed images and bad records: None
+        shard_paths, shards_resumed = write_shards(inputs, out_dir / "shards", by_key, log)
     return {"method": "caption-altogether", "captioned": len(captioned),
             "bad_images": {"count": len(errors), "examples": errors[:10]},
             "bad_records": {"count": bad.count, "examples": bad.examples},
             "chunks": len(files), "chunks_resumed": resumed, "chunks_written": done_chunks,
-            "captions": str(out_dir / "captions.jsonl"), "output_dir": str(out_dir), **state}
+            "captions": str(out_dir / "captions.jsonl"), "shards": shard_paths, "shards_resumed": shards_resumed,
+            "output_dir": str(out_dir), **state}

@@ -6,22 +6,47 @@ captions): the target is the caption, the prompt the alt-texts joined by "; ". I
 prompt is replaced by "" with probability ``prompt_dropout`` (0.5 officially), so the model also
 captions images that come without alt-text.
 
-Sources: the embedded scenes (`percli.captioning.scenes`) or JSONL records
-``{"image": path relative to the file, alt_field: str or [str], caption_field: str}``
-(e.g. Altogether-FT: ``img_path``, ``alt``, ``round3``).
+Sources: the embedded scenes (`percli.captioning.scenes`) or record shards, read with the shared
+readers of `percli.curation.formats`:
+
+* JSONL: ``{image_field: path relative to the file, alt_field: str or [str], caption_field: str}``
+  (e.g. Altogether-FT: ``img_path``, ``alt``, ``round3``);
+* Parquet: column ``image_field`` holding encoded bytes, an ``{"bytes": ...}`` struct or a path
+  relative to the file; columns ``alt_field`` (string or list of strings) and ``caption_field``;
+* WebDataset tar: the image member (``.jpg``/``.jpeg``/``.png``/``.webp``); the alt-text and the
+  caption are members ``<key>.<alt_field>`` / ``<key>.<caption_field>``, else those fields of the
+  sample's ``.json`` member (the caption `percli caption altogether --write-shards` adds is the
+  member ``<key>.altogether.txt``: ``data.caption_field=altogether.txt``).
+
+Parquet and tar images are held in memory (encoded) after indexing. A record without an image or
+target is counted in ``bad_records``; an image that does not decode raises `BadSample` when read,
+so the engine counts and skips it (``bad_inputs``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
 from percli.captioning.scenes import SceneDataset, make_scene
-from percli.core.data.image_text import _open_image
-from percli.curation.formats import BadRecords, expand_inputs, read_records
+from percli.core.data.image_text import TAR_IMAGE_EXTENSIONS, ImageRef, _open_image
+from percli.curation.formats import (
+    BadRecords,
+    Sample,
+    expand_inputs,
+    read_batches,
+    read_records,
+    shard_format,
+    split_member_name,
+)
+
+# One record as read: (position, "line"/"row"/"sample", image or None, alt-text value, caption value, key)
+RawTriple = tuple[int, str, ImageRef | None, Any, Any, str]
 
 
 def alt_texts(value: Any) -> list[str]:
@@ -69,27 +94,78 @@ class SceneTriples(Dataset):
         return {**item, "image": self.transform(item["image"]), "prompt": prompt, "target": target}
 
 
+def _jsonl_triples(path: Path, fields: tuple[str, str, str], bad: BadRecords) -> Iterator[RawTriple]:
+    image_field, alt_field, caption_field = fields
+    for line, record, image in read_records(path, image_field, bad):
+        key = str(record.get("key", record.get("uuid", f"{path.name}:{line}")))
+        yield line, "line", str(path.parent / image) if image else None, record.get(alt_field), \
+            record.get(caption_field), key
+
+
+def _parquet_triples(path: Path, fields: tuple[str, str, str], bad: BadRecords) -> Iterator[RawTriple]:
+    image_field, alt_field, caption_field = fields
+    for batch in read_batches(path, None, bad):
+        table = batch.items
+        if image_field not in table.column_names:
+            raise ValueError(f"{path}: no column {image_field!r} (columns: {table.column_names}); set data.image_field")
+        columns = [table.column(c).to_pylist() if c in table.column_names else [None] * table.num_rows
+                   for c in (image_field, alt_field, caption_field, "key")]
+        for row, identity, image, alt, caption, key in zip(batch.index.tolist(), batch.keys, *columns):
+            if isinstance(image, dict):
+                image = image.get("bytes") or image.get("path")
+            if isinstance(image, str) and image:
+                image = str(path.parent / image)
+            key = str(key) if key is not None else identity or f"{path.name}#row{row}"
+            yield row, "row", image if isinstance(image, (str, bytes)) and image else None, alt, caption, key
+
+
+def _tar_value(sample: Sample, field: str) -> Any:
+    """Member ``<key>.<field>`` as text, else field `field` of the ``.json`` member (any JSON value), else None."""
+    members = {split_member_name(m.name)[1]: m.data for m in sample.members}
+    try:
+        if field in members:
+            return members[field].decode("utf-8")
+        record = json.loads(members["json"].decode("utf-8")) if "json" in members else {}
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return record.get(field) if isinstance(record, dict) else None
+
+
+def _tar_triples(path: Path, fields: tuple[str, str, str], bad: BadRecords) -> Iterator[RawTriple]:
+    _, alt_field, caption_field = fields  # the image is the member with an image extension
+    for batch in read_batches(path, None, bad):
+        for position, sample in zip(batch.index.tolist(), batch.items):
+            image = next((m.data for m in sample.members
+                          if split_member_name(m.name)[1].lower() in TAR_IMAGE_EXTENSIONS), None)
+            yield position, "sample", image, _tar_value(sample, alt_field), _tar_value(sample, caption_field), \
+                sample.key
+
+
+_TRIPLE_READERS = {"jsonl": _jsonl_triples, "parquet": _parquet_triples, "tar": _tar_triples}
+
+
 class RecordTriples(Dataset):
-    """JSONL records (see the module docstring); records without an image or target are counted in ``bad_records``."""
+    """Record shards (see the module docstring); records without an image or target are counted in ``bad_records``."""
 
     def __init__(self, source: str, transform: Callable[[Any], torch.Tensor], stage: str, prompt_dropout: float,
                  image_field: str = "image", alt_field: str = "alt_text", caption_field: str = "caption"):
         self.transform, self.stage, self.prompt_dropout = transform, stage, prompt_dropout
         self.bad_records = BadRecords()
-        self.items: list[tuple[str, list[str], str, str]] = []  # (image path, alt-texts, caption, key)
+        self.items: list[tuple[str, ImageRef, list[str], str, str]] = []  # (name, image, alt-texts, caption, key)
+        fields = (image_field, alt_field, caption_field)
         for path in expand_inputs(source.split()):
-            if not path.name.endswith((".jsonl", ".jsonl.gz")):
-                raise ValueError(f"{path}: Altogether training reads JSONL records; convert other shards first")
-            for line, record, image in read_records(path, image_field, self.bad_records):
-                alts, caption = alt_texts(record.get(alt_field)), record.get(caption_field)
+            for position, where, image, alt, caption, key in _TRIPLE_READERS[shard_format(path)](path, fields,
+                                                                                                self.bad_records):
+                alts = alt_texts(alt)
                 caption = caption.strip() if isinstance(caption, str) else ""
-                if not image:
-                    self.bad_records.add(path, line, f"empty {image_field!r}")
+                if image is None:
+                    self.bad_records.add(path, position, f"no or empty {image_field!r}", where)
                 elif not (alts if stage == "pt" else caption):
-                    self.bad_records.add(path, line, f"no {alt_field if stage == 'pt' else caption_field!r} text")
+                    self.bad_records.add(path, position, f"no {alt_field if stage == 'pt' else caption_field!r} text",
+                                         where)
                 else:
-                    key = str(record.get("key", record.get("uuid", f"{path.name}:{line}")))
-                    self.items.append((str(path.parent / image), alts, caption, key))
+                    name = image if isinstance(image, str) else f"{path}#{key}"
+                    self.items.append((name, image, alts, caption, key))
         if not self.items:
             raise ValueError(f"{source}: no usable record ({self.bad_records.count} malformed, e.g. "
                              f"{self.bad_records.examples[:2]}); check data.image_field/alt_field/caption_field")
@@ -98,10 +174,10 @@ class RecordTriples(Dataset):
         return len(self.items)
 
     def texts(self) -> list[str]:
-        return [t for _, alts, caption, _ in self.items for t in [*alts, caption]]
+        return [t for _, _, alts, caption, _ in self.items for t in [*alts, caption]]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        path, alts, caption, key = self.items[index]
+        name, image, alts, caption, key = self.items[index]
         prompt, target = prompt_and_target(alts, caption, self.stage, self.prompt_dropout)
-        return {"image": self.transform(_open_image(path, path)), "prompt": prompt, "target": target,
+        return {"image": self.transform(_open_image(name, image)), "prompt": prompt, "target": target,
                 "alt_text": "; ".join(alts), "caption": caption, "key": key}

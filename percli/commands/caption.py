@@ -41,12 +41,16 @@ def altogether(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --output dir."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --output: written chunks are "
                                                         "kept, the rest captioned."),
+    write_shards: bool = typer.Option(
+        False, "--write-shards", help="Also write each input shard with its captions into <output>/shards/ (JSONL "
+                                      "field / Parquet column `altogether`, tar member <key>.altogether.txt)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Caption every image of the inputs from the image and its alt-text.
 
     Writes captions.jsonl ({key, alt_text, altogether} per image, input order), parts/ (one file
-    per chunk) and summary.json. Images that do not decode are counted and listed, not fatal.
+    per chunk) and summary.json; with --write-shards also shards/ (every input record plus its caption, in
+    the input's format). Images that do not decode are counted and listed, not fatal.
     Example: [bold]percli caption altogether --images runs/finetune-altogether-X/heldout
     --checkpoint runs/finetune-altogether-X -o runs/captions[/]
     """
@@ -85,7 +89,7 @@ def altogether(
         summary = caption_shards(
             model, image_transform(pre["image_size"], pre["mean"], pre["std"]), inputs, out_dir, alt_text, batch_size,
             chunk_size, options, resume, device, dtype, log=lambda msg: err.print(msg, highlight=False),
-            run_meta={"checkpoint": str(checkpoint), "precision": precision})
+            run_meta={"checkpoint": str(checkpoint), "precision": precision}, shards=write_shards)
     except (OSError, ValueError) as e:
         fail(str(e))
     summary["elapsed_s"] = round(time.time() - started, 2)
@@ -100,5 +104,7 @@ def report(summary: dict) -> None:
     table.add_row("chunks (resumed)", f"{summary['chunks']:,} ({summary['chunks_resumed']:,})")
     table.add_row("strategy", json.dumps(summary["generation"]))
     table.add_row("captions", summary["captions"])
+    if summary["shards"]:
+        table.add_row("shards (resumed)", f"{len(summary['shards']):,} ({summary['shards_resumed']:,})")
     table.add_row("seconds", f"{summary['elapsed_s']:.1f}")
     Console().print(table)

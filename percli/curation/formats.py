@@ -13,13 +13,15 @@ The format of a shard is read from its name: `.jsonl`, `.jsonl.gz`, `.parquet`, 
 
 Readers yield `Batch`es of the usable records and count the malformed ones in `BadRecords`
 without stopping: bad JSON, a missing or non-string text, an unreadable Parquet row group (all its
-rows), a truncated tar (the sample being read when the archive breaks off). Writers write kept
-records in the input's format to a temp name and rename it on `commit()`:
+rows), a truncated tar (the sample being read when the archive breaks off). With `text_field=None`
+they yield every record that parses, text or not (texts ""). Writers write kept records in the
+input's format to a temp name and rename it on `commit()`, each with one added value described by
+an `AddedField` (default `METACLIP_ENTRIES`):
 
 * JSONL: the record plus `"metaclip_entries": [ids]`;
 * Parquet: the same schema plus a `metaclip_entries` list<int64> column;
 * tar: the kept samples' members with their bytes unchanged, plus `<key>.metaclip.json`
-  = `{"metaclip_entries": [ids]}`;
+  = `{"metaclip_entries": [ids]}` (no member for a None value);
 * index (any input): one line `{"index": position, "key": uuid/id/tar key or null, "entries": [ids]}`
   per kept record, for users who keep their shards where they are.
 """
@@ -33,7 +35,7 @@ import json
 import os
 import re
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -180,12 +182,12 @@ def _open_binary(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")
 
 
-def read_records(path: str | Path, text_field: str = "text",
+def read_records(path: str | Path, text_field: str | None = "text",
                  bad: BadRecords | None = None) -> Iterator[tuple[int, dict[str, Any], str]]:
     """Yield (line number, record, text) for each usable line of a JSONL file (`.gz` too).
 
     Lines that are not UTF-8 JSON objects with a string `text_field` are skipped and counted in
-    `bad`; blank lines are skipped silently.
+    `bad`; blank lines are skipped silently. `text_field=None`: every JSON object, text "".
     """
     path = Path(path)
     with _open_binary(path) as f:
@@ -202,6 +204,8 @@ def read_records(path: str | Path, text_field: str = "text",
             else:
                 if not isinstance(record, dict):
                     reason = "not a JSON object"
+                elif text_field is None:
+                    pass
                 elif text_field not in record:
                     reason = f"no {text_field!r} field"
                 elif not isinstance(record[text_field], str):
@@ -210,10 +214,10 @@ def read_records(path: str | Path, text_field: str = "text",
                 if bad is not None:
                     bad.add(path, line_no, reason)
                 continue
-            yield line_no, record, record[text_field]
+            yield line_no, record, "" if text_field is None else record[text_field]
 
 
-def _read_jsonl(path: Path, text_field: str, bad: BadRecords, batch_size: int) -> Iterator[Batch]:
+def _read_jsonl(path: Path, text_field: str | None, bad: BadRecords, batch_size: int) -> Iterator[Batch]:
     index: list[int] = []
     records: list[dict[str, Any]] = []
     texts: list[str] = []
@@ -228,7 +232,7 @@ def _read_jsonl(path: Path, text_field: str, bad: BadRecords, batch_size: int) -
         yield Batch(np.asarray(index, dtype=np.int64), texts, [record_identity(r) for r in records], records)
 
 
-def _read_parquet(path: Path, text_field: str, bad: BadRecords, batch_size: int) -> Iterator[Batch]:
+def _read_parquet(path: Path, text_field: str | None, bad: BadRecords, batch_size: int) -> Iterator[Batch]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -247,13 +251,13 @@ def _read_parquet(path: Path, text_field: str, bad: BadRecords, batch_size: int)
             bad.add(path, first_row, f"unreadable row group {group} ({rows} rows): {e}", "row", rows)
             first_row += rows
             continue
-        if text_field not in names:
+        if text_field is not None and text_field not in names:
             bad.add(path, first_row, f"no {text_field!r} column", "row", rows)
             first_row += rows
             continue
         for start in range(0, rows, batch_size):
             chunk = table.slice(start, batch_size)
-            texts = chunk.column(text_field).to_pylist()
+            texts = [""] * chunk.num_rows if text_field is None else chunk.column(text_field).to_pylist()
             usable = [i for i, text in enumerate(texts) if isinstance(text, str)]
             for i in sorted(set(range(len(texts))) - set(usable)):
                 reason = f"{text_field!r} is null" if texts[i] is None else f"{text_field!r} is not a string"
@@ -410,12 +414,12 @@ def _tar_samples(path: Path, bad: BadRecords) -> Iterator[Sample]:
         yield current
 
 
-def _read_tar(path: Path, text_field: str, bad: BadRecords, batch_size: int) -> Iterator[Batch]:
+def _read_tar(path: Path, text_field: str | None, bad: BadRecords, batch_size: int) -> Iterator[Batch]:
     index: list[int] = []
     samples: list[Sample] = []
     texts: list[str] = []
     for position, sample in enumerate(_tar_samples(path, bad)):
-        text, reason = sample_text(sample, text_field)
+        text, reason = ("", None) if text_field is None else sample_text(sample, text_field)
         if text is None:
             bad.add(path, position, reason, "sample")
             continue
@@ -432,9 +436,12 @@ def _read_tar(path: Path, text_field: str, bad: BadRecords, batch_size: int) -> 
 _READERS = {"jsonl": _read_jsonl, "parquet": _read_parquet, "tar": _read_tar}
 
 
-def read_batches(path: str | Path, text_field: str, bad: BadRecords,
+def read_batches(path: str | Path, text_field: str | None, bad: BadRecords,
                  batch_size: int = BATCH_SIZE) -> Iterator[Batch]:
-    """The usable records of one shard, `batch_size` at a time; malformed ones are counted in `bad`."""
+    """The usable records of one shard, `batch_size` at a time; malformed ones are counted in `bad`.
+
+    `text_field=None` yields every record that parses, whether or not it has a text.
+    """
     path = Path(path)
     return _READERS[shard_format(path)](path, text_field, bad, batch_size)
 
@@ -443,18 +450,34 @@ def read_batches(path: str | Path, text_field: str, bad: BadRecords,
 # Writing
 
 
+@dataclass(frozen=True)
+class AddedField:
+    """The value a writer adds to each record: JSONL field / Parquet column `name` of Arrow type
+    `arrow_type(pyarrow)`, tar member `<key>.<tar_extension>` holding `tar_payload(value)`."""
+
+    name: str
+    arrow_type: Callable[[Any], Any]
+    tar_extension: str
+    tar_payload: Callable[[Any], bytes]
+
+
+METACLIP_ENTRIES = AddedField(ENTRIES_FIELD, lambda pa: pa.list_(pa.int64()), "metaclip.json",
+                              lambda ids: json.dumps({ENTRIES_FIELD: ids}).encode())
+
+
 class ShardWriter:
     """Writes kept records to a temp file beside `target`; `commit()` renames it into place.
 
     Used as a context manager: leaving the block by an exception removes the temp file.
     """
 
-    def __init__(self, target: Path):
-        self.target = target
+    def __init__(self, target: Path, field: AddedField = METACLIP_ENTRIES):
+        self.target, self.field = target, field
         self.tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
 
-    def write(self, batch: Batch, kept: np.ndarray, entries: list[list[int]]) -> None:
-        """Write the records at positions `kept` of `batch`, each with its matched entry ids."""
+    def write(self, batch: Batch, kept: np.ndarray, entries: list[Any]) -> None:
+        """Write the records at positions `kept` of `batch`, each with its value of the added field
+        (MetaCLIP: its matched entry ids)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -474,17 +497,17 @@ class ShardWriter:
 
 
 class _JsonlWriter(ShardWriter):
-    def __init__(self, target: Path, gz: bool):
-        super().__init__(target)
+    def __init__(self, target: Path, gz: bool, field: AddedField = METACLIP_ENTRIES):
+        super().__init__(target, field)
         self._raw = self.tmp.open("wb")
         # mtime=0 and no file name in the gzip header: the same records always give the same bytes.
         binary = gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, mtime=0) if gz else self._raw
         self._out = io.TextIOWrapper(binary, encoding="utf-8")
 
-    def write(self, batch: Batch, kept: np.ndarray, entries: list[list[int]]) -> None:
-        for pos, ids in zip(kept.tolist(), entries):
+    def write(self, batch: Batch, kept: np.ndarray, entries: list[Any]) -> None:
+        for pos, value in zip(kept.tolist(), entries):
             record = dict(batch.items[pos])
-            record[ENTRIES_FIELD] = ids
+            record[self.field.name] = value
             self._out.write(json.dumps(record, ensure_ascii=False) + "\n")
 
     def close(self) -> None:
@@ -500,24 +523,25 @@ class _IndexWriter(_JsonlWriter):
 
 
 class _ParquetWriter(ShardWriter):
-    def __init__(self, target: Path, source: Path):
+    def __init__(self, target: Path, source: Path, field: AddedField = METACLIP_ENTRIES):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        super().__init__(target)
+        super().__init__(target, field)
         schema = pq.read_schema(source)
-        if ENTRIES_FIELD in schema.names:  # a pool curated before: its old entries are replaced
-            schema = schema.remove(schema.get_field_index(ENTRIES_FIELD))
-        self._schema = schema.append(pa.field(ENTRIES_FIELD, pa.list_(pa.int64())))
+        if field.name in schema.names:  # a pool curated (captioned) before: its old values are replaced
+            schema = schema.remove(schema.get_field_index(field.name))
+        self._type = field.arrow_type(pa)
+        self._schema = schema.append(pa.field(field.name, self._type))
         self._out = pq.ParquetWriter(self.tmp, self._schema)
 
-    def write(self, batch: Batch, kept: np.ndarray, entries: list[list[int]]) -> None:
+    def write(self, batch: Batch, kept: np.ndarray, entries: list[Any]) -> None:
         import pyarrow as pa
 
         table = batch.items.take(pa.array(kept, type=pa.int64()))
-        if ENTRIES_FIELD in table.column_names:
-            table = table.drop_columns([ENTRIES_FIELD])
-        table = table.append_column(ENTRIES_FIELD, pa.array(entries, type=pa.list_(pa.int64())))
+        if self.field.name in table.column_names:
+            table = table.drop_columns([self.field.name])
+        table = table.append_column(self.field.name, pa.array(entries, type=self._type))
         self._out.write_table(table.cast(self._schema))
 
     def close(self) -> None:
@@ -526,17 +550,19 @@ class _ParquetWriter(ShardWriter):
 
 
 class _TarWriter(ShardWriter):
-    def __init__(self, target: Path):
-        super().__init__(target)
+    def __init__(self, target: Path, field: AddedField = METACLIP_ENTRIES):
+        super().__init__(target, field)
         self._out = self.tmp.open("wb")
 
-    def write(self, batch: Batch, kept: np.ndarray, entries: list[list[int]]) -> None:
-        for pos, ids in zip(kept.tolist(), entries):
+    def write(self, batch: Batch, kept: np.ndarray, entries: list[Any]) -> None:
+        for pos, value in zip(kept.tolist(), entries):
             sample: Sample = batch.items[pos]
             for member in sample.members:
                 self._out.write(member.raw)  # headers and content as in the input
-            payload = json.dumps({ENTRIES_FIELD: ids}).encode()
-            info = tarfile.TarInfo(f"{sample.key}.metaclip.json")
+            if value is None:
+                continue
+            payload = self.field.tar_payload(value)
+            info = tarfile.TarInfo(f"{sample.key}.{self.field.tar_extension}")
             info.size, info.mode, info.mtime = len(payload), 0o644, sample.members[0].mtime
             self._out.write(info.tobuf(tarfile.PAX_FORMAT) + payload + bytes(-len(payload) % BLOCK))
 
@@ -554,13 +580,15 @@ def output_suffix(path: Path, output_format: str) -> str:
     return ".index.jsonl" if output_format == "index" else shard_suffix(path)
 
 
-def open_writer(target: Path, source: Path, output_format: str) -> ShardWriter:
-    """A writer of kept records of shard `source` into `target`, in the input's format or as an index."""
+def open_writer(target: Path, source: Path, output_format: str,
+                field: AddedField = METACLIP_ENTRIES) -> ShardWriter:
+    """A writer of kept records of shard `source` into `target`, in the input's format (adding `field`)
+    or as a MetaCLIP index."""
     if output_format == "index":
         return _IndexWriter(target, gz=False)
     fmt = shard_format(source)
     if fmt == "jsonl":
-        return _JsonlWriter(target, gz=source.name.endswith(".gz"))
+        return _JsonlWriter(target, gz=source.name.endswith(".gz"), field=field)
     if fmt == "parquet":
-        return _ParquetWriter(target, source)
-    return _TarWriter(target)
+        return _ParquetWriter(target, source, field)
+    return _TarWriter(target, field)

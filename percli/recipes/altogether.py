@@ -87,9 +87,10 @@ class CaptionerSection:
 @dataclasses.dataclass
 class AltogetherData:
     source: str = "embedded"
-    """`embedded` (rendered scenes with web-like alt-texts) or JSONL record patterns (space-separated)."""
+    """`embedded` (rendered scenes with web-like alt-texts) or .jsonl/.parquet/.tar record shard patterns
+    (space-separated; see `percli.captioning.triples`)."""
     val_source: str | None = None
-    """Held-out JSONL records for the final caption evaluation (embedded: its test split)."""
+    """Held-out record shards for the final caption evaluation (embedded: its test split)."""
     stage: Literal["pt", "ft"] = "ft"
     prompt_dropout: float = 0.5
     embedded_size: int = 4000
@@ -268,7 +269,7 @@ def validate(cfg: Config) -> None:
                           "altogether checkpoint dir")
     if cfg.decoder.trim_vocab and cfg.decoder.init and not _is_percli_checkpoint(Path(cfg.decoder.init)):
         raise ConfigError("decoder.trim_vocab: a pretrained OPT keeps its vocabulary; set decoder.trim_vocab=false")
-    check_shard_sources(cfg.data, ".jsonl record files")
+    check_shard_sources(cfg.data, ".jsonl/.parquet/.tar record shards")
 
 
 def run(cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool = False) -> dict[str, Any]:
