@@ -53,6 +53,15 @@ def audio_dataset(data: AudioDataSection, source: str, split: str, train: bool) 
     return build_dataset(source, kind="audio", label_csv=data.label_csv, **features)
 
 
+def eval_audio_section(model: nn.Module, meta: dict[str, Any], source: str, label_csv: str | None,
+                       embedded_size: int) -> AudioDataSection:
+    """Fbank settings to evaluate `model` on: frames and mel bins fit its input; sample rate and mean/std
+    are the percli checkpoint's (`meta`), else the model's defaults (16 kHz, AudioSet's)."""
+    settings = {**model.preprocess, **{k: meta[k] for k in ("sample_rate", "mean", "std") if k in meta}}
+    return AudioDataSection(source=source, label_csv=label_csv, embedded_size=embedded_size, **{
+        k: settings[k] for k in ("sample_rate", "num_mel_bins", "target_length", "mean", "std")})
+
+
 def model_kwargs(kwargs: dict[str, Any], data: AudioDataSection) -> dict[str, Any]:
     """Constructor arguments with the spectrogram size taken from the data settings."""
     out = dict(kwargs)

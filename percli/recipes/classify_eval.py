@@ -27,7 +27,7 @@ from percli.core.engine import BadInputLog, evaluate
 from percli.core.rundir import write_json_atomic
 from percli.models import create_model
 from percli.recipes.audio_classify import audio_eval_reduce, audio_eval_step
-from percli.recipes.audio_common import AudioDataSection, audio_dataset
+from percli.recipes.audio_common import audio_dataset, eval_audio_section
 from percli.recipes.common import (
     DataSection,
     ModelSection,
@@ -100,10 +100,7 @@ class _AudioEvalTask:
 
 
 def _audio_setup(cfg: Config, meta: dict[str, Any], model: nn.Module, source: str):
-    audio = AudioDataSection(source=source, label_csv=cfg.label_csv, embedded_size=cfg.data.embedded_size, **{
-        k: meta[k] for k in ("sample_rate", "num_mel_bins", "target_length", "mean", "std") if k in meta})
-    if "target_length" not in meta:  # an official checkpoint: its input size decides the frames and bins
-        audio.target_length, audio.num_mel_bins = model.config["img_size"]
+    audio = eval_audio_section(model, meta, source, cfg.label_csv, cfg.data.embedded_size)
     dataset = audio_dataset(audio, source, "val", train=False)
     multilabel = meta.get("multilabel", bool(getattr(dataset, "multilabel", False)))
     return dataset, _AudioEvalTask(multilabel)

@@ -37,7 +37,7 @@ from percli.core.rundir import write_json_atomic
 from percli.models import create_model
 from percli.models.audio_mae import AudioMaskedAutoencoderViT, AudioViT
 from percli.models.dinov2 import DinoVisionTransformer
-from percli.recipes.audio_common import AudioDataSection, audio_dataset
+from percli.recipes.audio_common import audio_dataset, eval_audio_section
 from percli.recipes.common import (
     DataSection,
     ModelSection,
@@ -139,9 +139,7 @@ def audio_datasets(model: nn.Module, meta: dict[str, Any], data: DataSection,
     if data.mean is not None or data.std is not None:
         raise ValueError("data.mean / data.std are image normalisation; Audio-MAE takes the fbank mean/std from "
                          "its percli checkpoint (AudioSet's otherwise): unset them")
-    settings = {**model.preprocess, **{k: meta[k] for k in ("sample_rate", "mean", "std") if k in meta}}
-    audio = AudioDataSection(source=data.source, label_csv=label_csv, embedded_size=data.embedded_size, **{
-        k: settings[k] for k in ("sample_rate", "num_mel_bins", "target_length", "mean", "std")})
+    audio = eval_audio_section(model, meta, data.source, label_csv, data.embedded_size)
     train = audio_dataset(audio, data.source, "train", train=False)
     val = audio_dataset(audio, data.val_source or data.source, "val", train=False)
     return train, val
