@@ -69,6 +69,8 @@ class OptimConfig:
     min_lr: float = 0.0
     weight_decay: float = 0.05
     """Not applied to norms, biases, position embeddings and tokens."""
+    decay_embeddings: bool = False
+    """Also decay position embeddings and learned tokens (DINOv2 exempts only biases, norms and LayerScale)."""
     weight_decay_end: float | None = None
     """Weight decay at the last step, reached by a half-cosine from `weight_decay` (DINOv2: 0.04 -> 0.4);
     None keeps it constant."""

@@ -16,9 +16,11 @@ _BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
 _INPUT_PARAMS = ("patch_embed", "pos_embed", "cls_token", "mask_token", "reg_token")
 
 
-def no_weight_decay(name: str, param: nn.Parameter) -> bool:
-    """Norm weights, biases, position embeddings and learned tokens are not decayed (MAE recipe)."""
-    return param.ndim <= 1 or name.endswith(".bias") or "pos_embed" in name or "token" in name
+def no_weight_decay(name: str, param: nn.Parameter, decay_embeddings: bool = False) -> bool:
+    """Norm weights, biases (all 1-D parameters) and, unless `decay_embeddings`, position embeddings and
+    learned tokens are not decayed (MAE recipe; DINOv2 decays the embeddings)."""
+    embedding = "pos_embed" in name or "token" in name
+    return param.ndim <= 1 or name.endswith(".bias") or (embedding and not decay_embeddings)
 
 
 def layer_id(name: str, num_blocks: int) -> int:
@@ -31,15 +33,15 @@ def layer_id(name: str, num_blocks: int) -> int:
     return num_blocks + 1
 
 
-def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0,
-                 patch_embed_lr_mult: float = 1.0) -> list[dict]:
+def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     """AdamW groups keyed by (decay?, layer, patch embedding?); each carries the `lr_scale` and
     `wd_scale` (1 or 0) the schedules apply."""
+    weight_decay, layer_decay, patch_embed_lr_mult = cfg.weight_decay, cfg.layer_decay, cfg.patch_embed_lr_mult
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     num_blocks = 1 + max((int(m.group(1)) for n, _ in named if (m := _BLOCK.search(n))), default=-1)
     groups: dict[tuple[bool, int, bool], dict] = {}
     for name, param in named:
-        decay = not no_weight_decay(name, param)
+        decay = not no_weight_decay(name, param, cfg.decay_embeddings)
         layer = layer_id(name, num_blocks) if layer_decay != 1.0 else 0
         patch = patch_embed_lr_mult != 1.0 and "patch_embed" in name
         key = (decay, layer, patch)
@@ -52,7 +54,7 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, peak_lr: float) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay, cfg.layer_decay, cfg.patch_embed_lr_mult)
+    groups = param_groups(model, cfg)
     for g in groups:
         g["lr"] = peak_lr * g["lr_scale"]
     return torch.optim.AdamW(groups, lr=peak_lr, betas=tuple(cfg.betas), eps=cfg.eps)

@@ -8,8 +8,7 @@ the images at ratios 0.1-0.5 (block masking), teacher temperature 0.04 -> 0.07 o
 EMA momentum 0.992 -> 1 (cosine), loss weights DINO 1, iBOT 1, KoLeo 0.1, AdamW lr 4e-3 at batch
 1024 scaled by sqrt(batch / 1024), weight decay 0.04 -> 0.4 (cosine), warmup 10%, grad clip 3, layer
 decay 0.9, patch-embed LR x0.2, the prototype layer frozen in epoch 1, drop-path 0.3, LayerScale 1e-5.
-Not reproduced: the official no-decay set is biases, norms and LayerScale only; percli's shared rule
-also leaves position embeddings and learned tokens undecayed (MAE recipe).
+Weight decay spares biases, norms and LayerScale only (position embeddings and tokens are decayed).
 
 Examples:
   percli pretrain dinov2                                      # tiny preset, embedded data, CPU
@@ -103,7 +102,7 @@ class Config:
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(batch_size=64, grad_clip=3.0))
     optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(
         lr=4e-3, ref_batch_size=1024, lr_scaling="sqrt", min_lr=1e-6, weight_decay=0.04, weight_decay_end=0.4,
-        betas=(0.9, 0.999), warmup_fraction=0.1, layer_decay=0.9, patch_embed_lr_mult=0.2))
+        decay_embeddings=True, betas=(0.9, 0.999), warmup_fraction=0.1, layer_decay=0.9, patch_embed_lr_mult=0.2))
 
 
 # --------------------------------------------------------------------------- schedules
