@@ -26,7 +26,7 @@ def _tar_members(path: Path) -> list[tuple[str, bytes]]:
 
 
 def _pool(tmp_path: Path) -> tuple[Path, Path, Path]:
-    """A scene folder (JSONL, one bad record), a Parquet and a tar shard, each with one corrupt image."""
+    """A scene folder (JSONL), a Parquet and a tar shard, each with a corrupt image and a record without alt-text."""
     folder = write_scene_folder(tmp_path / "scenes", "test", 4)
     (folder / "images" / "scene-test-s0-000002.png").write_bytes(b"not a png")
     with (folder / "records.jsonl").open("a") as f:
@@ -41,7 +41,7 @@ def _pool(tmp_path: Path) -> tuple[Path, Path, Path]:
     shard = tmp_path / "pool.tar"
     with tarfile.open(shard, "w") as tar:
         for i, (record, image) in enumerate(zip(records, [pngs[0], b"garbage", pngs[3], pngs[1]])):
-            alt = b"" if i == 3 else record["alt_text"].encode()  # sample 3: empty alt-text, a bad record
+            alt = b"" if i == 3 else record["alt_text"].encode()  # sample 3: empty alt-text, captioned from the image
             for name, data in ((f"t{i}.png", image), (f"t{i}.txt", alt), (f"t{i}.json", b'{"n": 1}')):
                 info = tarfile.TarInfo(name)
                 info.size, info.mtime = len(data), 1_700_000_000
@@ -80,9 +80,10 @@ def test_shards_hold_every_record_and_its_caption_and_resume_after_a_crash(tmp_p
     assert summary["shards_resumed"] == 1 and summary["chunks_resumed"] == summary["chunks"]
     assert all(p.read_bytes() == data for p, data in inputs_before.items())  # inputs untouched
     captions = {r["key"]: r["altogether"] for r in map(json.loads, (out / "captions.jsonl").read_text().splitlines())}
-    assert summary["bad_images"]["count"] == 3 and summary["bad_records"]["count"] == 3
+    assert summary["bad_images"]["count"] == 3 and summary["bad_records"]["count"] == 0
+    assert summary["without_alt_text"] == 3 and summary["captioned"] == 10
 
-    # JSONL: same records in order, image paths absolute, caption or null (corrupt image, bad record)
+    # JSONL: same records in order, image paths absolute, caption or null (the corrupt image)
     original = [json.loads(line) for line in (folder / "records.jsonl").read_text().splitlines()]
     written = [json.loads(line) for line in (out / "shards" / "records.jsonl").read_text().splitlines()]
     assert len(written) == len(original) == 5
@@ -92,24 +93,24 @@ def test_shards_hold_every_record_and_its_caption_and_resume_after_a_crash(tmp_p
         assert {k: v for k, v in after.items() if k not in ("image", "altogether")} == \
             {k: v for k, v in before.items() if k != "image"}
         assert after["altogether"] == captions.get(before["key"])
-    assert [r["altogether"] is None for r in written] == [False, False, True, False, True]
+    assert [r["altogether"] is None for r in written] == [False, False, True, False, False]
 
-    # Parquet: same rows and columns, the old `altogether` column replaced by the captions (null: rows 1, 2)
+    # Parquet: same rows and columns, the old `altogether` column replaced by the captions (null: row 1)
     table = pq.read_table(out / "shards" / "pool.parquet")
     source = pq.read_table(parquet)
     assert table.column_names == ["uid", "image", "alt_text", "altogether"]
     assert table.schema.field("altogether").type == pa.string()
     for name in ("uid", "image", "alt_text"):
         assert table.column(name).to_pylist() == source.column(name).to_pylist()
-    assert table.column("altogether").to_pylist() == [captions["row0"], None, None, captions["row3"]]
+    assert table.column("altogether").to_pylist() == [captions["row0"], None, captions["row2"], captions["row3"]]
     assert isinstance(captions["row0"], str)
 
     # tar: every member byte-identical, in order, plus <key>.altogether.txt for the captioned samples
     members = _tar_members(out / "shards" / "pool.tar")
     added = {name: data for name, data in members if name.endswith(".altogether.txt")}
     assert [m for m in members if not m[0].endswith(".altogether.txt")] == _tar_members(shard)
-    assert sorted(added) == ["t0.altogether.txt", "t2.altogether.txt"]  # t1: corrupt image, t3: no alt-text
-    assert all(added[f"t{i}.altogether.txt"].decode() == captions[f"t{i}"] for i in (0, 2))
+    assert sorted(added) == ["t0.altogether.txt", "t2.altogether.txt", "t3.altogether.txt"]  # t1: corrupt image
+    assert all(added[f"t{i}.altogether.txt"].decode() == captions[f"t{i}"] for i in (0, 2, 3))
     names = [name for name, _ in members]
     assert names.index("t0.altogether.txt") == names.index("t0.json") + 1  # within its sample
 

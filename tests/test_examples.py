@@ -17,3 +17,21 @@ def test_example_config_dry_runs(path):
     result = CliRunner().invoke(app, [*COMMAND[path.name], "--config", str(path), "--dry-run",
                                       "data.source=embedded", "data.val_source=null"])
     assert result.exit_code == 0, result.output
+
+
+def test_altogether_shards_example_runs_end_to_end(tmp_path):
+    """The captioning example script, shortened (2 steps, 20 scenes): every command in it still works."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "captioning" / "altogether_shards.sh"
+    env = {**os.environ, "PERCLI": f"{sys.executable} -m percli.cli", "PYTHON": sys.executable, "STEPS": "2",
+           "SCENES": "20", "TRAIN_SCENES": "64"}
+    done = subprocess.run(["bash", str(script), str(tmp_path / "work")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "work" / "caption_summary.json").read_text())
+    assert summary["captioned"] == 20 and len(summary["shards"]) == 2
+    assert (tmp_path / "work" / "round2" / "summary.json").is_file()

@@ -9,11 +9,12 @@ chunk is done, the parts are joined in input order into ``captions.jsonl`` (atom
 chunk file with their error, counted and left out of ``captions.jsonl``.
 
 Inputs: a folder holding ``records.jsonl`` (as `percli.captioning.scenes.write_scene_folder`
-writes), JSONL records (``image`` path relative to the file, the alt-text field, ``key``/``uuid``/
-``id`` or else ``<file>:<line>`` as key), Parquet (``image`` column) or WebDataset tar shards (the
-image member; the alt-text member or ``.json`` field; the sample key). Parquet and tar records go
-through the shared image-text indexer, which counts a record with an empty alt-text as bad; JSONL
-records may have an empty alt-text (the caption is then written from the image alone).
+writes), JSONL records (``image`` path relative to the file, the alt-text field — a list of alt-texts
+is joined by "; " as in training —, ``key``/``uuid``/``id`` or else ``<file>:<line>`` as key), Parquet
+(``image`` column) or WebDataset tar shards (the image member; the alt-text member or ``.json``
+field; the sample key). A record with a missing or empty alt-text is captioned from the image alone
+(the captioner is trained with prompt dropout for this); the summary counts them as
+``without_alt_text``.
 
 ``--write-shards`` then writes ``shards/<input file name>`` per input, in its format, holding every
 record of the input in order, unchanged, plus the caption: JSONL field / Parquet string column
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from percli.captioning.triples import alt_texts
 from percli.core.checkpoint import latest_checkpoint, read_weights
 from percli.core.data.image_text import _INDEXERS, _open_image
 from percli.core.data.images import BadSample
@@ -92,15 +94,15 @@ def read_shard(path: Path, alt_field: str, bad: BadRecords) -> list[Record]:
     """Records of one shard, in order; unusable ones counted in `bad`."""
     if shard_format(path) == "jsonl":
         out = []
-        for line, record, alt in read_records(path, alt_field, bad):
-            image = record.get("image")
+        for line, record, _ in read_records(path, None, bad):
+            image, alt = record.get("image"), "; ".join(alt_texts(record.get(alt_field)))
             if not isinstance(image, str) or not image:
                 bad.add(path, line, "no string 'image' field")
                 continue
             out.append(Record(_jsonl_key(path, line, record), str(path.parent / image), str(path.parent / image), alt))
         return out
     return [Record(name.split("#", 1)[-1], name, ref, text)
-            for name, ref, text in _INDEXERS[shard_format(path)](path, "image", alt_field, bad)]
+            for name, ref, text in _INDEXERS[shard_format(path)](path, "image", alt_field, bad, allow_empty_text=True)]
 
 
 def _jsonl_key(path: Path, line: int, record: dict[str, Any]) -> str:
@@ -252,6 +254,7 @@ def caption_shards(model: AltogetherCaptioner, transform: Callable, inputs: list
         by_key = {r["key"]: r["altogether"] for r in captioned}  # failed images and bad records: None
         shard_paths, shards_resumed = write_shards(inputs, out_dir / "shards", by_key, log)
     return {"method": "caption-altogether", "captioned": len(captioned),
+            "without_alt_text": sum(1 for row in captioned if not row["alt_text"].strip()),
             "bad_images": {"count": len(errors), "examples": errors[:10]},
             "bad_records": {"count": bad.count, "examples": bad.examples},
             "chunks": len(files), "chunks_resumed": resumed, "chunks_written": done_chunks,

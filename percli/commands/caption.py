@@ -99,6 +99,7 @@ def altogether(
 def report(summary: dict) -> None:
     table = Table("", "value", title="Altogether captioning", title_justify="left")
     table.add_row("captioned", f"{summary['captioned']:,}")
+    table.add_row("of them without alt-text", f"{summary['without_alt_text']:,}")
     table.add_row("bad images", f"{summary['bad_images']['count']:,}")
     table.add_row("bad records", f"{summary['bad_records']['count']:,}")
     table.add_row("chunks (resumed)", f"{summary['chunks']:,} ({summary['chunks_resumed']:,})")

@@ -48,13 +48,14 @@ def _usable(text: Any) -> bool:
     return isinstance(text, str) and bool(text.strip())
 
 
-def _index_jsonl(path: Path, image_field: str, text_field: str, bad: BadRecords) -> list[Pair]:
+def _index_jsonl(path: Path, image_field: str, text_field: str, bad: BadRecords,
+                 allow_empty_text: bool = False) -> list[Pair]:
     pairs: list[Pair] = []
     for line_no, record, text in read_records(path, text_field, bad):
         image = record.get(image_field)
         if not isinstance(image, str) or not image:
             bad.add(path, line_no, f"no string {image_field!r} field")
-        elif not _usable(text):
+        elif not _usable(text) and not allow_empty_text:
             bad.add(path, line_no, f"empty {text_field!r}")
         else:
             image = str(path.parent / image)  # an absolute `image` stays absolute
@@ -62,7 +63,8 @@ def _index_jsonl(path: Path, image_field: str, text_field: str, bad: BadRecords)
     return pairs
 
 
-def _index_parquet(path: Path, image_field: str, text_field: str, bad: BadRecords) -> list[Pair]:
+def _index_parquet(path: Path, image_field: str, text_field: str, bad: BadRecords,
+                   allow_empty_text: bool = False) -> list[Pair]:
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
@@ -77,16 +79,20 @@ def _index_parquet(path: Path, image_field: str, text_field: str, bad: BadRecord
             image = image.get("bytes") or image.get("path")
         if not isinstance(image, (str, bytes)) or not image:
             bad.add(path, row, f"{image_field!r} is neither a path nor image bytes", "row")
-        elif not _usable(text):
+        elif not _usable(text) and not allow_empty_text:
             bad.add(path, row, f"{text_field!r} is missing or empty", "row")
         else:
             name = str(path.parent / image) if isinstance(image, str) else f"{path}#row{row}"
-            pairs.append((name, name if isinstance(image, str) else image, text))
+            pairs.append((name, name if isinstance(image, str) else image, text if _usable(text) else ""))
     return pairs
 
 
-def _index_tar(path: Path, image_field: str, text_field: str, bad: BadRecords) -> list[Pair]:
-    """One pass over the headers: image members by offset, text members read (they are small)."""
+def _index_tar(path: Path, image_field: str, text_field: str, bad: BadRecords,
+               allow_empty_text: bool = False) -> list[Pair]:
+    """One pass over the headers: image members by offset, text members read (they are small).
+
+    `allow_empty_text`: a sample without a (non-empty) text is kept with text "" instead of counted as bad.
+    """
     del image_field  # tar images are found by extension
     samples: dict[str, tuple[list[Member], tuple[int, int] | None]] = {}
     try:
@@ -109,10 +115,10 @@ def _index_tar(path: Path, image_field: str, text_field: str, bad: BadRecords) -
             text = sample_text(Sample(key, members), "txt")[0]
         if image is None:
             bad.add(path, position, f"no image member ({', '.join(TAR_IMAGE_EXTENSIONS)})", "sample")
-        elif not _usable(text):
+        elif not _usable(text) and not allow_empty_text:
             bad.add(path, position, reason or "empty text", "sample")
         else:
-            pairs.append((f"{path}#{key}", (str(path), *image), text))
+            pairs.append((f"{path}#{key}", (str(path), *image), text if _usable(text) else ""))
     return pairs
 
 
