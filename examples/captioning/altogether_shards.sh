@@ -46,7 +46,9 @@ $PERCLI caption altogether --images "$WORK/pool/pool-{000..001}.tar" --alt-text 
 $PERCLI eval caption --captions "$WORK/captions/captions.jsonl" \
     --references "$WORK/round1/heldout/records.jsonl" --field altogether --field alt_text -o "$WORK/eval"
 
-# 5. Round 2: train on the re-aligned shards (alt-text member as the prompt, the new caption as the target).
-$PERCLI finetune altogether --run-dir "$WORK/round2" \
+# 5. Round 2: continue round 1's captioner on the re-aligned shards (the alt-text member as the prompt, the
+#    new caption as the target).
+LAST=$(ls -d "$WORK"/round1/checkpoints/step_* | tail -n 1)
+$PERCLI finetune altogether --run-dir "$WORK/round2" decoder.init="$LAST" \
     data.source="$WORK/captions/shards/pool-{000..001}.tar" data.alt_field=txt \
     data.caption_field=altogether.txt train.max_steps=20 train.batch_size=16
