@@ -18,6 +18,12 @@ is a seeded random-init Encodec of the configured size whose codebooks are fitte
 data (as audiocraft initialises them): the codes follow the audio, but the decoder is untrained, so
 the decoded sample is not speech.
 
+Finetuning: `model.checkpoint` (a release .pth such as giga830M.pth, a pyp1/VoiceCraft_* Hugging Face
+folder, or a percli run / checkpoint dir / model.safetensors) builds the model from the checkpoint's
+config and loads its weights strictly; its phoneme vocabulary becomes the run's (data phonemes outside
+it are dropped and counted in the summary). Release weights need the released codec as
+`model.codec_checkpoint`; a percli checkpoint without it uses the codec its run saved.
+
 Run dir: `phn2num.json` (the phoneme vocabulary), `codec.safetensors` (the codec used, with its
 config), checkpoints whose metadata hold the model config, phn2num and the codec's location, and
 `samples/tts_sample.wav`: a held-out prompt continued by the trained model (top-k 40, seeded).
@@ -26,6 +32,8 @@ Examples:
   percli pretrain voicecraft                      # tiny model on the embedded corpus, a few CPU minutes
   percli pretrain voicecraft --preset 830m data.source=train.jsonl model.codec_checkpoint=encodec_4cb2048_giga.th
   percli pretrain voicecraft train.max_steps=50 data.source=my_speech.jsonl   # tiny model on your data
+  percli pretrain voicecraft --preset 830m model.checkpoint=giga830M.pth data.source=my_speech.jsonl \
+      model.codec_checkpoint=encodec_4cb2048_giga.th train.max_steps=2000   # finetune the released model
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ from percli.core.data import BadSample, load_audio
 from percli.core.data.loader import mix_seed
 from percli.core.rundir import write_json_atomic
 from percli.models import create_model, list_models
+from percli.models.common import plain
 
 PHN2NUM_FILE = "phn2num.json"
 CODEC_FILE = "codec.safetensors"
@@ -72,6 +81,10 @@ class VoiceCraftModelSection:
     """The frozen codec: the released encodec_4cb2048_giga.th or a percli codec .safetensors.
     Unset: a random-init codec seeded with `codec_seed` (codes without learned structure)."""
     codec_seed: int = 0
+    checkpoint: str | None = None
+    """Initial weights (finetuning): a release .pth (giga830M.pth, ...), a Hugging Face VoiceCraft folder
+    or a percli run / checkpoint dir / model.safetensors. The model then comes from the checkpoint's
+    config (`kwargs` may only repeat it) and the vocabulary from its phn2num."""
 
 
 @dataclasses.dataclass
@@ -124,20 +137,47 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.audio_min_length must be >= 0 and below data.audio_max_length")
     if not 0 <= cfg.sample_prompt_fraction < 1:
         raise ConfigError("sample_prompt_fraction must lie in [0, 1)")
+    if cfg.model.checkpoint:
+        validate_checkpoint(cfg.model)
+
+
+def validate_checkpoint(model: VoiceCraftModelSection) -> None:
+    """model.checkpoint exists, and release weights come with the released codec."""
+    from percli.tts.inference import checkpoint_layout
+
+    path = Path(model.checkpoint).expanduser()
+    if not path.exists():
+        raise ConfigError(f"model.checkpoint: {path} does not exist; give a release .pth (giga830M.pth), a Hugging "
+                          "Face VoiceCraft folder or a percli run dir")
+    if checkpoint_layout(path) != "percli" and not model.codec_checkpoint:
+        raise ConfigError(f"model.checkpoint={path} holds release weights, which read the codes of the released "
+                          "codec: pass model.codec_checkpoint=encodec_4cb2048_giga.th (from "
+                          "https://huggingface.co/pyp1/VoiceCraft)")
 
 
 # --------------------------------------------------------------------------- data
 
 
 def build_codec(section: VoiceCraftModelSection) -> nn.Module:
-    """The codec's architecture, seeded with `codec_seed`, with the checkpoint's weights when one is given."""
+    """The codec's architecture, seeded with `codec_seed`, with the checkpoint's weights when one is given.
+
+    A percli codec .safetensors brings its own constructor arguments (`codec_kwargs` then do not apply)."""
+    from percli.core.checkpoint import read_weights
     from percli.models.encodec import load_official_state
 
+    weights = Path(section.codec_checkpoint).expanduser() if section.codec_checkpoint else None
+    kwargs = section.codec_kwargs
+    if weights is not None and weights.suffix == ".safetensors":
+        kwargs = read_weights(weights)[1].get("config") or kwargs
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(section.codec_seed)
-        codec = create_model(section.codec, **section.codec_kwargs)
-    if section.codec_checkpoint:
-        load_official_state(codec, Path(section.codec_checkpoint).expanduser())
+        codec = create_model(section.codec, **kwargs)
+    if weights is not None:
+        try:
+            load_official_state(codec, weights)
+        except RuntimeError as e:
+            raise ConfigError(f"model.codec_checkpoint={weights} does not fit model.codec_kwargs={kwargs} ({e}); "
+                              "drop model.codec_kwargs (model.codec_kwargs={} for the released codec)") from None
     return codec.eval().requires_grad_(False)
 
 
@@ -169,13 +209,9 @@ def fit_codebooks(codec: nn.Module, waves: list[torch.Tensor], seed: int, iterat
 
 def prepare_codec(section: VoiceCraftModelSection, run_dir: Path, manifest: Path) -> nn.Module:
     """The run's frozen codec, saved as `codec.safetensors` in the run dir (reused on resume)."""
-    from percli.models.encodec import load_official_state
-
     saved = run_dir / CODEC_FILE
-    codec = build_codec(dataclasses.replace(section, codec_checkpoint=None) if saved.is_file() else section)
-    if saved.is_file():
-        load_official_state(codec, saved)
-    elif not section.codec_checkpoint:
+    codec = build_codec(dataclasses.replace(section, codec_checkpoint=str(saved)) if saved.is_file() else section)
+    if not saved.is_file() and not section.codec_checkpoint:
         waves = []
         for record in read_speech_manifest(manifest)[0][:64]:
             try:
@@ -266,6 +302,8 @@ class SpeechCodesDataset(Dataset):
 
         self.codes, self.items = codes, items
         self.ids = [tokens_to_ids(it.get("phonemes", []), phn2num, drop_unknown=True) for it in items]
+        self.dropped = sum(len(it.get("phonemes", [])) - len(ids) for it, ids in zip(items, self.ids))
+        """Phoneme tokens of the data left out for lack of an id."""
 
     def __len__(self) -> int:
         return len(self.items)
@@ -314,13 +352,14 @@ def _load_codes(path: Path, data: SpeechDataSection) -> tuple[torch.Tensor, list
     return codes, kept, left_out
 
 
-def prepare_speech_data(cfg: Config, run_dir: Path, accelerator: Accelerator) -> tuple[nn.Module, SpeechData]:
-    """Manifests -> codec -> cached codes -> datasets and the phoneme vocabulary.
+def prepare_speech_data(cfg: Config, run_dir: Path, accelerator: Accelerator,
+                        initial: InitialModel | None = None) -> tuple[nn.Module, SpeechData]:
+    """Manifests -> codec -> cached codes -> datasets and the phoneme vocabulary (`initial`'s if given).
 
     The main process builds the corpus, the codec and the code caches; the others then read them.
     """
-    from percli.models.encodec import load_official_state
     from percli.tts.corpus import build_corpus
+    from percli.tts.inference import WeightsError, check_codec_fits
 
     data = cfg.data
     cache = Path(data.cache_dir).expanduser() if data.cache_dir else run_dir / "cache"
@@ -329,6 +368,12 @@ def prepare_speech_data(cfg: Config, run_dir: Path, accelerator: Accelerator) ->
         source = build_corpus(cache / "embedded_corpus", data.embedded_size) if data.source == "embedded" \
             else Path(data.source).expanduser()
         codec = prepare_codec(cfg.model, run_dir, source)
+        if initial is not None:
+            try:
+                check_codec_fits(codec, initial.model.n_codebooks, initial.model.audio_vocab_size)
+            except WeightsError as e:
+                raise ConfigError(f"model.codec_checkpoint={cfg.model.codec_checkpoint} does not fit "
+                                  f"model.checkpoint={cfg.model.checkpoint}: {e}") from None
         files = [encode_manifest(source, codec, cache, accelerator.device)]
         if data.val_source:
             files.append(encode_manifest(Path(data.val_source).expanduser(), codec, cache, accelerator.device))
@@ -338,8 +383,7 @@ def prepare_speech_data(cfg: Config, run_dir: Path, accelerator: Accelerator) ->
 
         broadcast_object_list(names, from_process=0)
         if not accelerator.is_main_process:
-            codec = build_codec(dataclasses.replace(cfg.model, codec_checkpoint=None))
-            load_official_state(codec, run_dir / CODEC_FILE)
+            codec = build_codec(dataclasses.replace(cfg.model, codec_checkpoint=str(run_dir / CODEC_FILE)))
     loaded = [_load_codes(Path(f), data) for f in names[0]]
     codes, items, left_out = loaded[0]
     if data.val_source:
@@ -349,7 +393,8 @@ def prepare_speech_data(cfg: Config, run_dir: Path, accelerator: Accelerator) ->
             raise ValueError(f"{data.source} has {len(items)} usable utterances, not more than data.val_size="
                              f"{data.val_size}; give more data, lower data.val_size or set data.val_source")
         val_codes, val_items, items = codes, items[len(items) - data.val_size:], items[: len(items) - data.val_size]
-    phn2num = phoneme_vocabulary(data, run_dir, [it for it in items + val_items if "bad" not in it])
+    phn2num = initial.phn2num if initial is not None else \
+        phoneme_vocabulary(data, run_dir, [it for it in items + val_items if "bad" not in it])
     return codec, SpeechData(SpeechCodesDataset(codes, items, phn2num),
                              SpeechCodesDataset(val_codes, val_items, phn2num), phn2num, left_out)
 
@@ -360,6 +405,41 @@ def phoneme_vocabulary(data: SpeechDataSection, run_dir: Path, items: list[dict[
     if data.phn2num or saved.is_file():
         return {str(k): int(v) for k, v in json.loads(Path(data.phn2num or saved).expanduser().read_text()).items()}
     return {p: i for i, p in enumerate(sorted({p for it in items for p in it["phonemes"]}))}
+
+
+@dataclasses.dataclass
+class InitialModel:
+    """`model.checkpoint` loaded: the model with its weights and the vocabulary it was trained with."""
+
+    model: nn.Module
+    phn2num: dict[str, int]
+
+
+def load_initial_model(cfg: Config) -> tuple[InitialModel, Config]:
+    """The model of `model.checkpoint` and the config with the codec it reads (a percli run's own codec
+    when `model.codec_checkpoint` is unset)."""
+    from percli.tts.inference import read_voicecraft_weights
+
+    validate_checkpoint(cfg.model)
+    path = Path(cfg.model.checkpoint).expanduser()
+    weights = read_voicecraft_weights(path)
+    if cfg.data.phn2num:
+        given = {str(k): int(v) for k, v in json.loads(Path(cfg.data.phn2num).expanduser().read_text()).items()}
+        if given != weights.phn2num:
+            raise ConfigError(f"data.phn2num={cfg.data.phn2num} differs from the phoneme vocabulary of "
+                              f"model.checkpoint={path}; drop data.phn2num (the checkpoint's is used)")
+    if not cfg.model.codec_checkpoint:
+        if weights.codec_path is None:
+            raise ConfigError(f"model.checkpoint={path} names no codec; pass model.codec_checkpoint (the codec it "
+                              "was trained with)")
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, codec_checkpoint=str(weights.codec_path)))
+    model = weights.build(path)
+    clash = {k: v for k, v in cfg.model.kwargs.items() if plain(v) != model.config.get(k, "(not an argument)")}
+    if clash:
+        raise ConfigError(f"model.kwargs {clash} contradict model.checkpoint={path}, whose config gives "
+                          f"{ {k: model.config.get(k, '(not an argument)') for k in clash} }: the model is built "
+                          "from the checkpoint; drop model.kwargs (model.kwargs={} or --preset none)")
+    return InitialModel(model, weights.phn2num), cfg
 
 
 # --------------------------------------------------------------------------- task
@@ -379,13 +459,16 @@ def model_kwargs(kwargs: dict[str, Any], codec: nn.Module, phn2num: dict[str, in
 
 
 class VoiceCraftTask:
-    def __init__(self, cfg: Config, codec: nn.Module, data: SpeechData):
-        self.cfg, self.codec, self.data = cfg, codec, data
-        self.kwargs = model_kwargs(cfg.model.kwargs, codec, data.phn2num)
+    def __init__(self, cfg: Config, codec: nn.Module, data: SpeechData, initial: nn.Module | None = None):
+        self.cfg, self.codec, self.data, self.initial = cfg, codec, data, initial
+        # with initial weights, every constructor argument (create_model(name, **kwargs) rebuilds it)
+        self.kwargs = dict(initial.config) if initial is not None else \
+            model_kwargs(cfg.model.kwargs, codec, data.phn2num)
         self.text_pad = self.kwargs["text_pad_token"]
 
     def build_model(self) -> nn.Module:
-        model = create_model(self.cfg.model.name, **self.kwargs)
+        # on --resume the engine then loads the run's own checkpoint over the initial weights
+        model = self.initial if self.initial is not None else create_model(self.cfg.model.name, **self.kwargs)
         self.model_config = dict(model.config)  # every constructor argument, as official args
         return model
 
@@ -472,12 +555,17 @@ class VoiceCraftTask:
 
 
 def run(cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool = False) -> dict[str, Any]:
-    codec, data = prepare_speech_data(cfg, run_dir, accelerator)
+    initial = None
+    if cfg.model.checkpoint:
+        initial, cfg = load_initial_model(cfg)
+    codec, data = prepare_speech_data(cfg, run_dir, accelerator, initial)
     if accelerator.is_main_process:
         write_json_atomic(run_dir / PHN2NUM_FILE, data.phn2num)
-    summary = engine.train(VoiceCraftTask(cfg, codec, data), cfg.train, cfg.optim, run_dir, accelerator,
-                           resume=resume)
+    task = VoiceCraftTask(cfg, codec, data, initial.model if initial is not None else None)
+    summary = engine.train(task, cfg.train, cfg.optim, run_dir, accelerator, resume=resume)
     summary.update(left_out=data.left_out, phonemes=len(data.phn2num),
+                   dropped_phonemes=data.train.dropped + data.val.dropped,
+                   initial_weights=cfg.model.checkpoint or "random init",
                    codec=f"weights from {cfg.model.codec_checkpoint}" if cfg.model.codec_checkpoint else
                    "untrained (random init, codebooks fitted by k-means): the codes follow the audio, but the "
                    "decoded sample is not speech")

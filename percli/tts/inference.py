@@ -94,8 +94,8 @@ def _resolve_checkpoint_dir(path: Path) -> Path:
     return latest
 
 
-def _percli_codec(meta: dict, where: Path) -> EncodecModel | None:
-    """The codec a percli checkpoint names in its metadata (``codec``: name, config, weights path)."""
+def _percli_codec_path(meta: dict, where: Path) -> Path | None:
+    """The codec weights a percli checkpoint names in its metadata (``codec``: name, config, weights path)."""
     info = meta.get("codec")
     if not info:
         return None
@@ -103,11 +103,10 @@ def _percli_codec(meta: dict, where: Path) -> EncodecModel | None:
         info = {"path": info}
     weights = info.get("path") or info.get("weights")
     if not weights:
-        raise WeightsError(f"{where} names its codec but not the codec weights; pass --codec")
+        return None
     weights = Path(weights)
-    if not weights.is_absolute():  # relative to the checkpoint dir (the recipe writes ../../codec.safetensors)
-        weights = where / weights
-    return load_codec(weights, config=info.get("config"))
+    # relative to the checkpoint dir (the recipe writes ../../codec.safetensors)
+    return weights if weights.is_absolute() else where / weights
 
 
 def load_codec(path: Path, config: dict | None = None) -> EncodecModel:
@@ -127,6 +126,72 @@ def load_codec(path: Path, config: dict | None = None) -> EncodecModel:
     return codec.eval()
 
 
+def checkpoint_layout(checkpoint: Path) -> str:
+    """``release`` (a ``.pth``), ``hub`` (a Hugging Face folder) or ``percli`` (safetensors, checkpoint or run dir)."""
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_file() and checkpoint.suffix != ".safetensors":
+        return "release"
+    if (checkpoint / "config.json").is_file() and (checkpoint / "model.safetensors").is_file():
+        return "hub"
+    return "percli"
+
+
+@dataclass
+class VoiceCraftWeights:
+    """What any of the three layouts holds: the official args, the vocabulary and the state dict."""
+
+    config: dict  # official args (``kwargs_from_official_args`` makes constructor arguments of them)
+    phn2num: dict[str, int]
+    state: dict[str, torch.Tensor]
+    layout: str  # see `checkpoint_layout`; release and hub weights need the released codec
+    codec_path: Path | None  # the codec a percli checkpoint names in its metadata
+
+    def build(self, source: Path | str) -> VoiceCraft:
+        """The model of ``config`` with ``state`` loaded strictly."""
+        try:
+            model = VoiceCraft(**kwargs_from_official_args(self.config))
+            load_voicecraft_state(model, self.state)
+        except (RuntimeError, ValueError, TypeError) as e:
+            raise WeightsError(f"{source} does not load as VoiceCraft: {e}") from e
+        return model
+
+
+def read_voicecraft_weights(checkpoint: Path | None) -> VoiceCraftWeights:
+    """Config, phoneme vocabulary and state of a release ``.pth``, a Hugging Face folder or a percli
+    ``model.safetensors`` / checkpoint dir / run dir (see `load_voicecraft`)."""
+    if checkpoint is None:
+        raise WeightsError(f"no VoiceCraft weights given; {WEIGHTS_HELP}")
+    checkpoint = Path(checkpoint)
+    if not checkpoint.exists():
+        raise WeightsError(f"no VoiceCraft weights at {checkpoint}; {WEIGHTS_HELP}")
+    layout, codec_path = checkpoint_layout(checkpoint), None
+    if layout == "release":
+        config, phn2num, state = _read_official_pth(checkpoint)
+    elif layout == "hub":
+        # the Hugging Face layout of pyp1/VoiceCraft_* (PyTorchModelHubMixin): args as config.json
+        config = json.loads((checkpoint / "config.json").read_text())
+        config = config.get("args", config)
+        phn2num, state = config.get("phn2num"), read_weights(checkpoint / "model.safetensors")[0]
+    else:
+        weights = checkpoint if checkpoint.is_file() else _resolve_checkpoint_dir(checkpoint) / MODEL_FILE
+        state, meta = read_weights(weights)
+        config = meta.get("config") or {}
+        phn2num = meta.get("phn2num")
+        if phn2num is None and (weights.parent / "phn2num.json").is_file():
+            phn2num = json.loads((weights.parent / "phn2num.json").read_text())
+        codec_path = _percli_codec_path(meta, weights.parent)
+    if not phn2num:
+        raise WeightsError(f"{checkpoint} carries no phoneme vocabulary (phn2num); {WEIGHTS_HELP}")
+    return VoiceCraftWeights(config, {str(k): int(v) for k, v in phn2num.items()}, state, layout, codec_path)
+
+
+def check_codec_fits(codec: EncodecModel, n_codebooks: int, audio_vocab_size: int) -> None:
+    """Raise `WeightsError` unless the codec makes the codes the model reads."""
+    if codec.quantizer.n_q != n_codebooks or codec.quantizer.bins != audio_vocab_size:
+        raise WeightsError(f"the codec ({codec.quantizer.n_q} x {codec.quantizer.bins} codes) does not match the "
+                           f"model ({n_codebooks} x {audio_vocab_size}); pass the codec the model was trained with")
+
+
 def load_voicecraft(checkpoint: Path | None, codec: Path | None, device: str | torch.device = "cpu"
                     ) -> VoiceCraftBundle:
     """Load the model, codec and phoneme vocabulary from the release files or a percli checkpoint.
@@ -141,46 +206,16 @@ def load_voicecraft(checkpoint: Path | None, codec: Path | None, device: str | t
     Raises:
         WeightsError: naming what is missing and where to get it.
     """
-    if checkpoint is None:
-        raise WeightsError(f"no VoiceCraft weights given; {WEIGHTS_HELP}")
-    checkpoint = Path(checkpoint)
-    if not checkpoint.exists():
-        raise WeightsError(f"no VoiceCraft weights at {checkpoint}; {WEIGHTS_HELP}")
-    found_codec = None
-    if checkpoint.is_file() and checkpoint.suffix != ".safetensors":
-        config, phn2num, state = _read_official_pth(checkpoint)
-    elif (checkpoint / "config.json").is_file() and (checkpoint / "model.safetensors").is_file():
-        # the Hugging Face layout of pyp1/VoiceCraft_* (PyTorchModelHubMixin): args as config.json
-        config = json.loads((checkpoint / "config.json").read_text())
-        config = config.get("args", config)
-        phn2num, state = config.get("phn2num"), read_weights(checkpoint / "model.safetensors")[0]
-    else:
-        weights = checkpoint if checkpoint.is_file() else _resolve_checkpoint_dir(checkpoint) / MODEL_FILE
-        state, meta = read_weights(weights)
-        config = meta.get("config") or {}
-        phn2num = meta.get("phn2num")
-        if phn2num is None and (weights.parent / "phn2num.json").is_file():
-            phn2num = json.loads((weights.parent / "phn2num.json").read_text())
-        found_codec = None if codec is not None else _percli_codec(meta, weights.parent)
-    if not phn2num:
-        raise WeightsError(f"{checkpoint} carries no phoneme vocabulary (phn2num); {WEIGHTS_HELP}")
-    try:
-        model = VoiceCraft(**kwargs_from_official_args(config))
-        load_voicecraft_state(model, state)
-    except (RuntimeError, ValueError, TypeError) as e:
-        raise WeightsError(f"{checkpoint} does not load as VoiceCraft: {e}") from e
-    if codec is not None:
-        found_codec = load_codec(codec)
-    if found_codec is None:
+    weights = read_voicecraft_weights(checkpoint)
+    model = weights.build(checkpoint)
+    codec = codec if codec is not None else weights.codec_path
+    if codec is None:
         raise WeightsError(f"no codec weights given for {checkpoint}; {WEIGHTS_HELP}")
-    if found_codec.quantizer.n_q != model.n_codebooks or found_codec.quantizer.bins != model.audio_vocab_size:
-        raise WeightsError(f"the codec ({found_codec.quantizer.n_q} x {found_codec.quantizer.bins} codes) does not "
-                           f"match the model ({model.n_codebooks} x {model.audio_vocab_size}); pass the codec the "
-                           "model was trained with")
+    found_codec = load_codec(codec)
+    check_codec_fits(found_codec, model.n_codebooks, model.audio_vocab_size)
     # the decoding heuristic's silence ids are those of the released codec; any other codec has its own
     release_codec = found_codec.config == {k: plain(p.default) for k, p in signature(EncodecModel).parameters.items()}
-    return VoiceCraftBundle(model.to(device).eval(), found_codec.to(device).eval(),
-                            {str(k): int(v) for k, v in phn2num.items()}, str(checkpoint),
+    return VoiceCraftBundle(model.to(device).eval(), found_codec.to(device).eval(), weights.phn2num, str(checkpoint),
                             SILENCE_TOKENS if release_codec else ())
 
 
