@@ -1,6 +1,8 @@
 import os
+import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -53,3 +55,19 @@ def subprocess_env() -> dict[str, str]:
 
 PYTHON = sys.executable
 CUDA = torch.cuda.is_available()
+
+
+def sigterm_after_step(monkeypatch, step: int) -> Callable[[], None]:
+    """Make a run send itself SIGTERM right after it logs training step `step` (what SLURM preemption or
+    Ctrl-C does, at a known step); returns the function that undoes it."""
+    from percli.core import rundir
+
+    write = rundir.MetricsLog.write
+
+    def write_then_signal(self, record):
+        write(self, record)
+        if record.get("step") == step and "loss" in record:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(rundir.MetricsLog, "write", write_then_signal)
+    return lambda: monkeypatch.setattr(rundir.MetricsLog, "write", write)

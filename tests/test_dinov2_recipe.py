@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 
 import pytest
@@ -14,8 +13,8 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from percli.cli import app
-from percli.core import rundir
 from percli.recipes.dinov2 import LossSection, cosine_momentum, ema_update, sample_masks, teacher_temperature
+from tests.conftest import sigterm_after_step
 
 runner = CliRunner()
 SHORT = ["data.embedded_size=48", "train.batch_size=8", "train.log_every=1", "train.num_workers=0",
@@ -74,19 +73,12 @@ def test_short_run_checkpoints_teacher_and_resumes_exactly(tmp_path, monkeypatch
                            state["student.backbone.blocks.0.attn.qkv.weight"])
     assert state["dino_loss.center"].abs().sum() > 0
 
-    write = rundir.MetricsLog.write
-
-    def write_then_signal(self, record):  # preempted after step 2, as SLURM would
-        write(self, record)
-        if record.get("step") == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(rundir.MetricsLog, "write", write_then_signal)
+    undo = sigterm_after_step(monkeypatch, 2)
     part = tmp_path / "part"
     first = runner.invoke(app, ["pretrain", "dinov2", "--run-dir", str(part), *SHORT, "train.max_steps=4",
                                 "train.ckpt_every=2"])
     assert first.exit_code == 128 + signal.SIGTERM, first.output
-    monkeypatch.setattr(rundir.MetricsLog, "write", write)
+    undo()
     resumed = runner.invoke(app, ["pretrain", "dinov2", "--run-dir", str(part), "--resume"])
     assert resumed.exit_code == 0, resumed.output
     assert _losses(part) == pytest.approx(_losses(tmp_path / "full"), rel=1e-5)

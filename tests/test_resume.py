@@ -8,9 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from percli.cli import app
-from percli.core import rundir
 from percli.core.rundir import read_metrics
-from tests.conftest import TINY_MAE
+from tests.conftest import TINY_MAE, sigterm_after_step
 
 runner = CliRunner()
 ARGS = [*TINY_MAE, "train.max_steps=12", "train.log_every=1", "train.ckpt_every=5", "recon_images=0",
@@ -27,21 +26,14 @@ def test_sigterm_checkpoints_and_resume_reproduces_uninterrupted_loss(tmp_path, 
     assert full.exit_code == 0, full.output
 
     stop_at = 7
-    write = rundir.MetricsLog.write
-
-    def write_then_signal(self, record):
-        write(self, record)
-        if record.get("step") == stop_at:  # what SLURM preemption or Ctrl-C does, at a known step
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(rundir.MetricsLog, "write", write_then_signal)
+    undo = sigterm_after_step(monkeypatch, stop_at)
     part = tmp_path / "part"
     stopped = runner.invoke(app, ["pretrain", method, "--run-dir", str(part), *args])
     assert stopped.exit_code == 128 + signal.SIGTERM, stopped.output
     summary = json.loads((part / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["step"] == stop_at
     assert sorted(p.name for p in (part / "checkpoints").iterdir()) == ["step_0000005", "step_0000007"]
-    monkeypatch.setattr(rundir.MetricsLog, "write", write)
+    undo()
 
     resumed = runner.invoke(app, ["pretrain", method, "--run-dir", str(part), "--resume"])
     assert resumed.exit_code == 0, resumed.output

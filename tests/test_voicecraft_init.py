@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 
 import pytest
@@ -15,13 +14,13 @@ import torch
 from typer.testing import CliRunner
 
 from percli.cli import app
-from percli.core import rundir
 from percli.core.checkpoint import read_weights, save_weights
 from percli.core.rundir import read_metrics
 from percli.models.encodec import EncodecModel
 from percli.models.voicecraft import VoiceCraft
 from percli.tts import text
 from percli.tts.corpus import build_corpus
+from tests.conftest import sigterm_after_step
 from tests.test_tts_commands import CODEC, TARGET, TINY, TRANSCRIPT
 
 runner = CliRunner()
@@ -75,18 +74,11 @@ def test_finetuned_run_resumes_exactly_and_speaks(files, tmp_path, monkeypatch):
     args = ["train.max_steps=3", "train.ckpt_every=1"]
     full = finetune(files, tmp_path / "full", *args)
     assert full.exit_code == 0, full.output
-    write = rundir.MetricsLog.write
-
-    def write_then_signal(self, record):
-        write(self, record)
-        if record.get("step") == 2 and "loss" in record:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(rundir.MetricsLog, "write", write_then_signal)
+    undo = sigterm_after_step(monkeypatch, 2)
     part = tmp_path / "part"
     stopped = finetune(files, part, *args)
     assert stopped.exit_code == 128 + signal.SIGTERM, stopped.output
-    monkeypatch.setattr(rundir.MetricsLog, "write", write)
+    undo()
     resumed = runner.invoke(app, ["pretrain", "voicecraft", "--run-dir", str(part), "--resume"])
     assert resumed.exit_code == 0, resumed.output
     expected = [r["loss"] for r in read_metrics(tmp_path / "full" / "metrics.jsonl") if "loss" in r]

@@ -2,7 +2,6 @@
 counted and skipped, and exact resume."""
 
 import json
-import os
 import signal
 
 import pytest
@@ -10,9 +9,9 @@ import soundfile
 from typer.testing import CliRunner
 
 from percli.cli import app
-from percli.core import rundir
 from percli.core.rundir import read_metrics
 from percli.tts.corpus import build_corpus
+from tests.conftest import sigterm_after_step
 
 runner = CliRunner()
 # 16 sentences (4 held out), a 32-d 2-layer model over a 4 x 32 random-init codec: ~0.1 s a step.
@@ -113,18 +112,11 @@ def test_resume_reproduces_uninterrupted_losses(tmp_path, monkeypatch):
     full = runner.invoke(app, ["pretrain", "voicecraft", "--run-dir", str(tmp_path / "full"), *args])
     assert full.exit_code == 0, full.output
 
-    write = rundir.MetricsLog.write
-
-    def write_then_signal(self, record):
-        write(self, record)
-        if record.get("step") == 5 and "loss" in record:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    monkeypatch.setattr(rundir.MetricsLog, "write", write_then_signal)
+    undo = sigterm_after_step(monkeypatch, 5)
     part = tmp_path / "part"
     stopped = runner.invoke(app, ["pretrain", "voicecraft", "--run-dir", str(part), *args])
     assert stopped.exit_code == 128 + signal.SIGTERM, stopped.output
-    monkeypatch.setattr(rundir.MetricsLog, "write", write)
+    undo()
     resumed = runner.invoke(app, ["pretrain", "voicecraft", "--run-dir", str(part), "--resume"])
     assert resumed.exit_code == 0, resumed.output
     expected = [r["loss"] for r in read_metrics(tmp_path / "full" / "metrics.jsonl") if "loss" in r]
