@@ -134,13 +134,12 @@ def test_edit_keeps_unedited_codes_and_writes_plausible_duration(weights, record
     assert torch.equal(edited.codes[:, -(100 - 36):], original[:, 36:])
 
 
-def test_synthesize_keeps_the_shortest_of_n_samples(weights, recording, tmp_path, monkeypatch):
-    lengths = iter([30, 10, 20])
+def test_synthesize_samples_n_continuations_as_one_batch(weights, recording, tmp_path, monkeypatch):
     seen = []
 
-    def fake_generate(self, x, prompt, *, generator=None, **kwargs):
-        seen.append(generator.initial_seed())
-        return torch.randint(0, BINS, (4, next(lengths)), generator=generator)
+    def fake_generate(self, x, prompt, *, generator=None, batch_size=1, **kwargs):
+        seen.append((generator.initial_seed(), batch_size))
+        return torch.randint(0, BINS, (4, 10), generator=generator)
 
     monkeypatch.setattr(VoiceCraft, "generate", fake_generate)
     out = tmp_path / "say.wav"
@@ -148,10 +147,21 @@ def test_synthesize_keeps_the_shortest_of_n_samples(weights, recording, tmp_path
                     "--checkpoint", weights["run"], "-o", out, "--device", "cpu", "--seed", 7, "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert summary["sample_frames"] == [30, 10, 20] and summary["frames"] == 10
-    assert seen == [7, 7, 7]  # one generator, seeded once
+    # the official batch keeps the first row to end; the others are dropped unfinished
+    assert summary["sample_frames"] == [10] and summary["frames"] == 10 and summary["num_samples"] == 3
+    assert seen == [(7, 3)]  # one batch of the default 3, from one generator seeded once
     samples, _ = soundfile.read(str(out))
-    assert len(samples) == 10 * 320  # only the new speech, the shortest sample
+    assert len(samples) == 10 * 320  # only the new speech
+
+
+def test_synthesize_batch_is_reproducible_with_a_seed(weights, recording, tmp_path):
+    outs = [tmp_path / f"say{i}.wav" for i in range(2)]
+    for out in outs:
+        result = invoke("synthesize", "--prompt", recording["wav"], "--prompt-text", TRANSCRIPT, "--text", "hello",
+                        "--checkpoint", weights["pth"], "--codec", weights["codec"], "-o", out, "--device", "cpu",
+                        "--num-samples", 3, "--seed", 11, "--json")
+        assert result.exit_code == 0, result.output
+    assert outs[0].read_bytes() == outs[1].read_bytes()
 
 
 def test_synthesize_runs_the_real_sampler_with_a_cut_prompt(weights, recording, tmp_path):

@@ -197,3 +197,47 @@ def test_edit_keeps_unmasked_frames_and_caching_changes_nothing() -> None:
     assert not ((out == EOG) | (out == EOS)).any()
     with pytest.raises(ValueError, match="1..3 spans"):
         model.edit(x, y, [(1, 2), (4, 5), (7, 8), (10, 11)])
+
+
+def batch_case() -> tuple[VoiceCraft, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    return VoiceCraft(**TINY).eval(), torch.randint(0, 20, (8,)), torch.randint(0, 32, (4, 12))
+
+
+def continue_batch(model: VoiceCraft, x: torch.Tensor, prompt: torch.Tensor, seed: int, **kwargs):
+    sampling = dict(top_k=40, top_p=1.0, temperature=1.5, stop_repetition=3, silence_tokens=(3,), kv_cache=True,
+                    codec_rate=20, batch_size=4, generator=torch.Generator().manual_seed(seed))
+    return model._continue(x, prompt, **{**sampling, **kwargs})
+
+
+def test_greedy_batch_rows_all_equal_the_single_sequence() -> None:
+    model, x, prompt = batch_case()
+    single = model.generate(x, prompt, top_k=1, silence_tokens=(3,))
+    assert torch.equal(model.generate(x, prompt, top_k=1, silence_tokens=(3,), batch_size=3), single)
+    race = continue_batch(model, x, prompt, 0, top_k=1, codec_rate=50, batch_size=3).race
+    assert race.shape == (3, 4, single.shape[1] + 1)  # every step of codebook 0 up to and with the end
+    assert all(torch.equal(race[b], race[0]) for b in range(3))
+
+
+def test_batch_keeps_the_last_of_the_rows_that_end_first() -> None:
+    model, x, prompt = batch_case()
+    out = continue_batch(model, x, prompt, 3)
+    steps = out.race.shape[2]
+    ended = out.race[:, 0, -1] == EOS
+    assert ended.tolist() == [False, False, True, True] and out.keep == 3  # a tie at the first end: the last row
+    assert not (out.race[:, 0, :-1] == EOS).any()  # no row ended earlier
+    assert len({tuple(row.flatten().tolist()) for row in out.race}) == 4  # independent draws per row
+    span = out.spans[0]
+    assert span.shape == (4, steps + 3) and torch.equal(span[:, :steps], out.race[3])  # then 3 ending steps
+    assert (span[torch.arange(4), torch.arange(4) + steps - 1] == EOS).all()  # codebook k ends k steps later
+    frames = model.generate(x, prompt, top_k=40, temperature=1.5, silence_tokens=(3,), codec_rate=20, batch_size=4,
+                            generator=torch.Generator().manual_seed(3))
+    assert torch.equal(frames, model._undelay(span)) and frames.shape[1] == steps - 1
+
+
+@pytest.mark.parametrize("seed", [2, 7])
+def test_batched_kv_cache_gives_the_same_tokens_as_without(seed: int) -> None:
+    model, x, prompt = batch_case()
+    runs = [continue_batch(model, x, prompt, seed, kv_cache=cache) for cache in (True, False)]
+    assert runs[0].keep == runs[1].keep and torch.equal(runs[0].race, runs[1].race)
+    assert torch.equal(runs[0].spans[0], runs[1].spans[0])

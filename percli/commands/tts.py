@@ -179,8 +179,9 @@ def synthesize(
     temperature: float = TEMPERATURE,
     stop_repetition: int = typer.Option(3, "--stop-repetition", help="Penalise codebook-0 silence repeated more "
                                                                      "than this many times (-1 = off)."),
-    num_samples: int = typer.Option(3, "--num-samples", help="Draw N continuations and keep the shortest "
-                                                             "(official: 3; fewer long pauses)."),
+    num_samples: int = typer.Option(3, "--num-samples", help="Sample N continuations as one batch and keep the "
+                                                             "first to end, the shortest (official: 3; fewer long "
+                                                             "pauses)."),
     seed: int = SEED,
     kv_cache: bool = KV_CACHE,
     device: str | None = DEVICE,
@@ -221,7 +222,8 @@ def synthesize(
         "output": str(output), "duration_s": len(samples) / bundle.sample_rate,
         "prompt_s": wav.shape[1] / bundle.sample_rate, "prompt_text": spoken, "frames": int(result.generated.shape[1]),
         "prompt_frames": int(result.prompt.shape[1]), "sample_frames": result.sample_lengths,
-        "include_prompt": include_prompt, "special_ids": special, "seed": seed, "checkpoint": bundle.source,
+        "num_samples": num_samples, "include_prompt": include_prompt, "special_ids": special, "seed": seed,
+        "checkpoint": bundle.source,
     }
-    _print(summary, json_out, f"wrote {output} ({summary['duration_s']:.2f} s; shortest of "
-                              f"{num_samples} sample(s): {result.sample_lengths})")
+    _print(summary, json_out, f"wrote {output} ({summary['duration_s']:.2f} s; first of "
+                              f"{num_samples} batched sample(s) to end: {summary['frames']} frames)")

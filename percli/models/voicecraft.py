@@ -71,6 +71,15 @@ class AudioBatch:
     lengths: torch.Tensor  # [B] steps per sample
 
 
+@dataclass
+class Decoded:
+    """What `VoiceCraft._decode` sampled: the kept row's delayed spans and the race that chose it."""
+
+    spans: list[torch.Tensor]  # one [K, G_i] per span, ending with the K end steps
+    keep: int  # the batch row kept (the last whose codebook 0 ended first)
+    race: torch.Tensor  # [B, K, g + 1]: every row's steps through the first end (codebook 0 = stop there)
+
+
 class VoiceCraft(nn.Module):
     """The VoiceCraft token-infilling language model (official argument names)."""
 
@@ -297,77 +306,97 @@ class VoiceCraft(nn.Module):
     # -- inference
     def _next_logits(self, x_input: torch.Tensor, y_emb: torch.Tensor, cache: list[KVCache] | None,
                      n_new: int) -> tuple[torch.Tensor, list[KVCache]]:
-        """Logits ``[K, C]`` after the last audio step of one sequence; with a cache only the ``n_new`` last
-        steps are run (they see the cached steps and, causally, each other)."""
+        """Logits ``[B, K, C]`` after the last audio step of B equally long sequences; with a cache only the
+        ``n_new`` last steps are run (they see the cached steps and, causally, each other)."""
         if cache is None:
-            xy = torch.cat([x_input, self.audio_positional_embedding(y_emb)], dim=1)  # [1, L+S, D]
+            xy = torch.cat([x_input, self.audio_positional_embedding(y_emb)], dim=1)  # [B, L+S, D]
             n = xy.shape[1]
-            # one unpadded sequence: text causal, audio sees text and earlier audio = plain causal mask
+            # unpadded sequences: text causal, audio sees text and earlier audio = plain causal mask
             h, cache = self.decoder(xy, torch.ones(n, n, dtype=torch.bool, device=xy.device).tril())
         else:
             start = y_emb.shape[1] - n_new
-            steps = self.audio_positional_embedding(y_emb[:, start:], offset=start)  # [1, n_new, D]
+            steps = self.audio_positional_embedding(y_emb[:, start:], offset=start)  # [B, n_new, D]
             past = cache[0][0].shape[2]
             attend = torch.ones(n_new, past + n_new, dtype=torch.bool, device=y_emb.device).tril(past)
             h, cache = self.decoder(steps, attend, past=cache)
-        return self.predict(h[:, -1:])[0, :, 0], cache
+        return self.predict(h[:, -1:])[:, :, 0], cache
 
     def _decode(self, x_input: torch.Tensor, y_emb: torch.Tensor, next_masks: list[int], *, stop: int, forbid: int,
                 min_steps: int, max_steps: int, top_k: int, top_p: float, temperature: float, stop_repetition: int,
-                silence_tokens: Sequence[int], kv_cache: bool,
-                generator: torch.Generator | None) -> list[torch.Tensor]:
-        """Sample delayed spans after the context ``y_emb [1, S, D]``: one ``[K, G_i]`` per span.
+                silence_tokens: Sequence[int], kv_cache: bool, generator: torch.Generator | None) -> Decoded:
+        """Sample delayed spans after the contexts ``y_emb [B, S, D]`` (B copies of one context).
 
         At step g of a span codebook k > g is forced empty; codebooks > 0 may not end or be empty before
         codebook 0 ends (sampled or argmax ``stop``, or the context passing ``max_steps``); codebook k
         then ends k steps later. ``forbid`` (EOG in TTS, EOS in editing) is never sampled; ``stop`` is
         not allowed on codebook 0 for the first ``min_steps + 1`` steps (``min_steps < 0``: no limit).
+        The B rows are sampled independently (one forward and one draw per step for all) until codebook 0
+        of any row ends; the last row ending at that step is kept and finished alone (the official
+        ``inference_tts_batch``; it goes on drawing the dropped rows' tokens and throws them away).
         After a span, if ``next_masks`` is not empty, its last step, the next mask embedding and an empty
         step are appended and the next span starts.
         """
         K, empty = self.n_codebooks, self.empty_token
+        B = y_emb.shape[0]
+        x_input = x_input.expand(B, -1, -1)
         empty_step = self.embed_audio(torch.full((K, 1, 1), empty, device=y_emb.device))  # [1, 1, D]
         spans: list[torch.Tensor] = []
-        steps: list[torch.Tensor] = []
+        steps: list[torch.Tensor] = []  # [B, K] each
         cache: list[KVCache] | None = None
-        n_new, n_done, prev, repeats = y_emb.shape[1], 0, -1, 0
+        race, keep = None, 0
+        n_new, n_done, prev, repeats = y_emb.shape[1], 0, [-1] * B, [0] * B
         while True:
-            logits, new_cache = self._next_logits(x_input, y_emb, cache, n_new)
+            logits, new_cache = self._next_logits(x_input, y_emb, cache, n_new)  # [B, K, C]
             cache = new_cache if kv_cache else None
             g = len(steps)
             if forbid >= 0:
-                logits[:, forbid] = -10000.0
+                logits[:, :, forbid] = -10000.0
             if n_done == 0:
-                logits[1:, stop] = -10000.0
-                logits[1:, empty] = -10000.0
+                logits[:, 1:, stop] = -10000.0
+                logits[:, 1:, empty] = -10000.0
                 if g <= min_steps:
-                    logits[0, stop] = -10000.0
-                if stop_repetition > 0 and prev in silence_tokens and repeats > stop_repetition:
-                    factor = repeats - (stop_repetition - 1)
-                    v = logits[0, prev]
-                    logits[0, prev] = v * factor if v < 0 else v / factor
-                tokens = sample_top_k_top_p(logits, top_k, top_p, temperature, generator)  # [K]
-                tokens[g + 1:] = empty  # codebook k starts k steps late
-                if tokens[0] == stop or logits[0].argmax() == stop or y_emb.shape[1] > max_steps:
-                    tokens[0], n_done = stop, 1
-                token0 = int(tokens[0])
-                repeats = repeats + 1 if token0 in silence_tokens and token0 == prev else 0
-                prev = token0
+                    logits[:, 0, stop] = -10000.0
+                for b in range(B):
+                    if stop_repetition > 0 and prev[b] in silence_tokens and repeats[b] > stop_repetition:
+                        factor = repeats[b] - (stop_repetition - 1)
+                        v = logits[b, 0, prev[b]]
+                        logits[b, 0, prev[b]] = v * factor if v < 0 else v / factor
+                tokens = sample_top_k_top_p(logits.reshape(B * K, -1), top_k, top_p, temperature,
+                                            generator).reshape(B, K)
+                tokens[:, g + 1:] = empty  # codebook k starts k steps late
+                ended = (tokens[:, 0] == stop) | (logits[:, 0].argmax(-1) == stop)
+                if y_emb.shape[1] > max_steps:
+                    ended[:] = True
+                tokens[ended, 0] = stop
+                for b in range(B):
+                    token0 = int(tokens[b, 0])
+                    repeats[b] = repeats[b] + 1 if token0 in silence_tokens and token0 == prev[b] else 0
+                    prev[b] = token0
+                if ended.any():
+                    n_done = 1
+                    if race is None:
+                        race = torch.stack([*steps, tokens], dim=2)  # [B, K, g + 1]
+                    if B > 1:  # keep one row: the last that ended (official), drop the others
+                        keep = int(ended.nonzero().max())
+                        row = slice(keep, keep + 1)
+                        tokens, steps, y_emb, x_input = tokens[row], [s[row] for s in steps], y_emb[row], x_input[row]
+                        cache = [(k[row], v[row]) for k, v in cache] if cache is not None else None
+                        B = 1
             else:
-                logits[n_done + 1:, stop] = -10000.0
-                logits[n_done + 1:, empty] = -10000.0
-                tokens = sample_top_k_top_p(logits, top_k, top_p, temperature, generator)
-                tokens[:n_done] = empty
-                tokens[n_done] = stop
+                logits[:, n_done + 1:, stop] = -10000.0
+                logits[:, n_done + 1:, empty] = -10000.0
+                tokens = sample_top_k_top_p(logits[0], top_k, top_p, temperature, generator)[None]
+                tokens[:, :n_done] = empty
+                tokens[:, n_done] = stop
                 n_done += 1
             steps.append(tokens)
-            new = [self.embed_audio(tokens[:, None, None])]
+            new = [self.embed_audio(tokens.T[:, None, :])]  # [B, 1, D]
             if n_done == K:
-                spans.append(torch.stack(steps, dim=1))
+                spans.append(torch.stack(steps, dim=2)[0])
                 if not next_masks:
-                    return spans
+                    return Decoded(spans, keep, race)
                 new += [self.mask_embedding[next_masks.pop(0)][None, None], empty_step]
-                steps, n_done, prev, repeats = [], 0, -1, 0
+                steps, n_done, prev, repeats = [], 0, [-1], [0]
             y_emb = torch.cat([y_emb, *new], dim=1)
             n_new = len(new)
 
@@ -390,6 +419,7 @@ class VoiceCraft(nn.Module):
         silence_tokens: Sequence[int] = SILENCE_TOKENS,
         kv_cache: bool = True,
         codec_rate: int = 50,
+        batch_size: int = 1,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """TTS continuation of ``prompt`` (the official ``inference_tts``): the new frames only, ``[K, G]``.
@@ -404,23 +434,33 @@ class VoiceCraft(nn.Module):
             kv_cache: reuse keys/values of earlier steps (same tokens as without, faster).
             codec_rate: codec frames per second; EOS is forbidden for the first ``codec_rate // 5``
                 steps and generation stops past ``codec_rate // 5`` audio steps per phoneme.
+            batch_size: B > 1 is the official ``inference_tts_batch``: B copies of the prompt are sampled
+                together (one forward per step) and the first to end is returned, so the shortest of B;
+                when several end at the same step, the last of them (official). 1 is ``inference_tts``.
             generator: torch RNG for the draws (seedable; None uses the global one, as official).
 
         The prompt is delayed and its last K-1 (partial) steps dropped; the new frames form a fresh
         delayed piece ending with EOS (EOG for models without EOS). The full utterance is
         ``torch.cat([prompt, result], dim=1)``.
         """
+        return self._undelay(self._continue(x, prompt, top_k=top_k, top_p=top_p, temperature=temperature,
+                                            stop_repetition=stop_repetition, silence_tokens=silence_tokens,
+                                            kv_cache=kv_cache, codec_rate=codec_rate, batch_size=batch_size,
+                                            generator=generator).spans[0])
+
+    def _continue(self, x: torch.Tensor, prompt: torch.Tensor, *, codec_rate: int, batch_size: int,
+                  **sampling) -> Decoded:
+        """`generate`'s sampling, returning the delayed span with the race of the batch rows."""
         if self.eos_token <= 0 and not self.reduced_eog:
             raise ValueError("TTS continuation needs a model trained with reduced_eog (the released ones)")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         x = x.reshape(1, -1)
         delayed = delay_pattern(prompt, self.empty_token)[:, : prompt.shape[1] + 1]  # [K, T + 1]
         stop = self.eos_token if self.eos_token > 0 else self.eog_token
-        spans = self._decode(
-            self.embed_text(x), self.embed_audio(delayed[:, :, None]), [], stop=stop,
-            forbid=self.eog_token if self.eos_token > 0 else -1, min_steps=codec_rate // 5,
-            max_steps=x.shape[1] * (codec_rate // 5), top_k=top_k, top_p=top_p, temperature=temperature,
-            stop_repetition=stop_repetition, silence_tokens=silence_tokens, kv_cache=kv_cache, generator=generator)
-        return self._undelay(spans[0])
+        y_emb = self.embed_audio(delayed[:, :, None]).expand(batch_size, -1, -1)
+        return self._decode(self.embed_text(x), y_emb, [], stop=stop, forbid=self.eog_token if self.eos_token > 0
+                            else -1, min_steps=codec_rate // 5, max_steps=x.shape[1] * (codec_rate // 5), **sampling)
 
     @torch.no_grad()
     def edit(
@@ -463,7 +503,8 @@ class VoiceCraft(nn.Module):
         generated = self._decode(
             self.embed_text(x), y_emb, values[n + 1:], stop=self.eog_token, forbid=self.eos_token, min_steps=-1,
             max_steps=x.shape[1] * (codec_rate // 5), top_k=top_k, top_p=top_p, temperature=temperature,
-            stop_repetition=stop_repetition, silence_tokens=silence_tokens, kv_cache=kv_cache, generator=generator)
+            stop_repetition=stop_repetition, silence_tokens=silence_tokens, kv_cache=kv_cache,
+            generator=generator).spans
         kept = [y[:, a:b] for a, b in unmasked_intervals(spans, y.shape[1])]
         out = [kept[0]]
         for span, piece in zip(generated, kept[1:]):

@@ -7,7 +7,9 @@ audiocraft codec ``encodec_4cb2048_giga.th``) or from a percli checkpoint or run
 
 Sampling follows the official notebooks: every sample draws from one ``torch.Generator`` seeded once,
 and of ``num_samples`` generations the one with the fewest new frames is kept (the official
-``sample_batch_size``, which steers speaking rate and long pauses).
+``sample_batch_size``, which steers speaking rate and long pauses). TTS samples them as one batch and
+keeps the first to end (``inference_tts_batch``); editing, which has no batched version, draws them
+one after the other.
 """
 
 from __future__ import annotations
@@ -295,19 +297,23 @@ class SynthesisResult:
 
     prompt: torch.Tensor  # [K, T]
     generated: torch.Tensor  # [K, G]
-    sample_lengths: list[int]  # new frames of every sample drawn
+    sample_lengths: list[int]  # new frames of the kept sample (the batch's others never finish)
 
 
 def continue_prompt(bundle: VoiceCraftBundle, phonemes: torch.Tensor, prompt: torch.Tensor, sampling: Sampling,
                     report: Callable[[str], None] | None = None) -> SynthesisResult:
-    """Zero-shot TTS: continue the codes ``prompt [K, T]`` saying ``phonemes`` (prompt words + new text)."""
+    """Zero-shot TTS: continue the codes ``prompt [K, T]`` saying ``phonemes`` (prompt words + new text).
 
-    def draw(generator: torch.Generator) -> torch.Tensor:
-        return bundle.model.generate(phonemes, prompt, generator=generator, codec_rate=bundle.frame_rate,
-                                     silence_tokens=bundle.silence_tokens, **sampling.kwargs())
-
-    generated, lengths = keep_shortest(draw, sampling.num_samples, sampling.seed, prompt.device, report)
-    return SynthesisResult(prompt, generated, lengths)
+    The ``num_samples`` continuations run as one batch (the official ``inference_tts_batch``): the first
+    to end, i.e. the shortest, is kept and the others are dropped unfinished, so only its length is known.
+    """
+    generator = torch.Generator(device=prompt.device).manual_seed(sampling.seed)
+    generated = bundle.model.generate(phonemes, prompt, generator=generator, codec_rate=bundle.frame_rate,
+                                      silence_tokens=bundle.silence_tokens, batch_size=sampling.num_samples,
+                                      **sampling.kwargs())
+    if report:
+        report(f"first of {sampling.num_samples} sample(s) to end: {generated.shape[1]} frames")
+    return SynthesisResult(prompt, generated, [int(generated.shape[1])])
 
 
 # --------------------------------------------------------------------------- text, timings, audio
