@@ -120,3 +120,17 @@ def test_inputs_with_the_same_name_are_refused(tmp_path, checkpoint):
     two = write_scene_folder(tmp_path / "two", "test", 2, seed=1)
     result = _caption([one, two], checkpoint, tmp_path / "out")
     assert result.exit_code == 2 and "records.jsonl" in result.output
+
+
+def test_parquet_path_images_become_absolute_in_the_written_shard(tmp_path, checkpoint):
+    folder = write_scene_folder(tmp_path / "scenes", "test", 3)
+    records = [json.loads(line) for line in (folder / "records.jsonl").read_text().splitlines()]
+    parquet = folder / "pool.parquet"  # beside images/, so the relative paths resolve from the input
+    pq.write_table(pa.table({"image": [r["image"] for r in records], "alt_text": [r["alt_text"] for r in records]}),
+                   parquet)
+    result = _caption([parquet], checkpoint, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(tmp_path / "out" / "shards" / "pool.parquet")
+    images = table.column("image").to_pylist()
+    assert images == [str((folder / r["image"]).absolute()) for r in records]
+    assert all(Path(p).is_file() for p in images) and None not in table.column("altogether").to_pylist()

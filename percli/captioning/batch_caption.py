@@ -19,8 +19,8 @@ field; the sample key). A record with a missing or empty alt-text is captioned f
 ``--write-shards`` then writes ``shards/<input file name>`` per input, in its format, holding every
 record of the input in order, unchanged, plus the caption: JSONL field / Parquet string column
 ``altogether`` (null where the image did not decode or the record was bad), tar member
-``<key>.altogether.txt`` (none then). JSONL ``image`` paths are made absolute so they still resolve
-from ``shards/``. Each shard is written to a temp name and renamed; a resume skips the shards written.
+``<key>.altogether.txt`` (none then). JSONL and Parquet ``image`` paths are made absolute so they still
+resolve from ``shards/``. Each shard is written to a temp name and renamed; a resume skips the shards written.
 """
 
 from __future__ import annotations
@@ -126,9 +126,23 @@ def _batch_keys(path: Path, batch: Batch) -> list[str]:
     return keys
 
 
-def _absolute_images(path: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{**r, "image": os.path.abspath(path.parent / r["image"])} if isinstance(r.get("image"), str)
-            and r["image"] else r for r in records]
+def _absolute_images(path: Path, batch: Batch) -> Any:
+    """The batch's records with relative `image` paths made absolute, so they resolve from shards/ too.
+
+    JSONL records are dicts; Parquet rows a pyarrow table whose string `image` column is rewritten (an
+    image given as bytes or a {bytes, path} struct is left as it is). Tar samples carry their images.
+    """
+    fmt = shard_format(path)
+    if fmt == "jsonl":
+        return [{**r, "image": os.path.abspath(path.parent / r["image"])} if isinstance(r.get("image"), str)
+                and r["image"] else r for r in batch.items]
+    table = batch.items
+    if fmt != "parquet" or "image" not in table.column_names or str(table.schema.field("image").type) != "string":
+        return table
+    import pyarrow as pa
+
+    paths = [os.path.abspath(path.parent / p) if p else p for p in table.column("image").to_pylist()]
+    return table.set_column(table.column_names.index("image"), "image", pa.array(paths, type=pa.string()))
 
 
 def write_shards(inputs: list[Path], folder: Path, captions: dict[str, str | None],
@@ -146,8 +160,7 @@ def write_shards(inputs: list[Path], folder: Path, captions: dict[str, str | Non
         with open_writer(target, path, "same", CAPTION_FIELD) as writer:
             for batch in read_batches(path, None, BadRecords()):
                 keys = _batch_keys(path, batch)
-                if shard_format(path) == "jsonl":
-                    batch.items = _absolute_images(path, batch.items)
+                batch.items = _absolute_images(path, batch)
                 writer.write(batch, np.arange(len(keys)), [captions.get(k) for k in keys])
             writer.commit()
         log(f"{target} written")
