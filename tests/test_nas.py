@@ -131,9 +131,11 @@ def test_darts_resume_reproduces_the_uninterrupted_search(tiny_digits, tmp_path)
     uninterrupted.run(lambda row: None)
     first = DartsSearch(tiny_digits, cfg)
     first.train_epoch()
-    first.save(tmp_path / "state.pt")
+    saved = first.save(tmp_path / "state")
+    assert sorted(p.name for p in saved.iterdir()) == ["model.safetensors", "optimizer.safetensors",
+                                                         "trainer_state.json"]  # nothing pickled
     resumed = DartsSearch(tiny_digits, cfg)
-    resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    resumed.load(saved)
     resumed.run(lambda row: None)
     assert torch.allclose(resumed.model.alpha, uninterrupted.model.alpha)
 
@@ -164,9 +166,13 @@ def test_cli_darts_writes_alpha_and_genotype(tmp_path, tiny_digits, monkeypatch)
     summary = json.loads((run / "summary.json").read_text())
     assert len(summary["genotype"]) == 3 and all(len(node) == 2 for node in summary["genotype"])
     assert len(summary["alpha_softmax"]) == 9 and summary["max_alpha_deviation"] > 0
-    assert (run / "darts_state.pt").is_file() and (run / "search.png").is_file()
+    assert (run / "darts_state" / "step_0000001" / "model.safetensors").is_file() and (run / "search.png").is_file()
     result = runner.invoke(app, ["search-arch", "--strategy", "darts", "--epochs", "1", "--proxy-steps", "3",
                                  "--arch-lr", "0.05", "--run-dir", str(run), "--resume", "--json"])
     assert result.exit_code == 0, result.output
     assert "resumed after epoch 1" in result.output
     assert json.loads((run / "summary.json").read_text())["genotype"] == summary["genotype"]
+    (run / "darts_state" / "step_0000001" / "model.safetensors").write_bytes(b"damaged")
+    result = runner.invoke(app, ["search-arch", "--strategy", "darts", "--epochs", "1", "--proxy-steps", "3",
+                                 "--arch-lr", "0.05", "--run-dir", str(run), "--resume"])
+    assert result.exit_code == 2 and "cannot load" in result.output and "restart the DARTS search" in result.output

@@ -156,6 +156,7 @@ def _discrete(task: ProxyTask, settings: dict[str, Any], space: SearchSpace, out
 
 def _darts(task: ProxyTask, settings: dict[str, Any], out_dir: Path, resume: bool) -> dict[str, Any]:
     """DARTS search, one history row and one checkpoint per epoch; then the derived cell trained by the proxy."""
+    from percli.core.checkpoint import latest_checkpoint
     from percli.curation.formats import BadRecords, read_records
     from percli.nas.darts import OPS, DartsConfig, DartsSearch, derived_network, discretise
     from percli.nas.plot import draw_alpha, save_png
@@ -163,17 +164,21 @@ def _darts(task: ProxyTask, settings: dict[str, Any], out_dir: Path, resume: boo
 
     cfg = DartsConfig(epochs=settings["epochs"], arch_lr=settings["arch_lr"], seed=settings["seed"])
     search = DartsSearch(task, cfg)
-    history_path, state_path = out_dir / "history.jsonl", out_dir / "darts_state.pt"
+    history_path, state_root = out_dir / "history.jsonl", out_dir / "darts_state"
     rows: list[dict] = []
-    if resume and state_path.is_file():
-        search.load_state_dict(_load_state(state_path))
+    saved = latest_checkpoint(state_root) if resume else None
+    if saved is not None:
+        try:
+            search.load(saved)
+        except Exception as e:  # noqa: BLE001 - a damaged or foreign state (safetensors raises its own type)
+            fail(f"--resume: cannot load {saved} ({e}); delete {state_root} to restart the DARTS search from epoch 0")
         rows = [row for _, row, _ in read_records(history_path, "arch", BadRecords())][:search.epoch]
         err.print(f"resumed after epoch {search.epoch}")
 
     def on_epoch(row: dict) -> None:
         rows.append({**row, "arch": json.dumps(row["genotype"])})
         write_jsonl_atomic(history_path, rows)
-        search.save(state_path)
+        search.save(state_root)
         deviation = max(abs(w - 1 / len(OPS)) for edge in row["alpha_softmax"] for w in edge)
         err.print(f"epoch {row['epoch']}/{cfg.epochs}: loss {row['train_loss']:.3f} supernet val acc "
                   f"{row['supernet_accuracy']:.3f}  max|softmax(alpha) - 1/{len(OPS)}| {deviation:.3f}  "
@@ -195,14 +200,6 @@ def _darts(task: ProxyTask, settings: dict[str, Any], out_dir: Path, resume: boo
             "max_alpha_deviation": round(float((weights - 1 / len(OPS)).abs().max()), 4), "genotype": genotype,
             "darts_config": asdict(cfg), "epochs_done": search.epoch}
 
-
-def _load_state(path: Path) -> dict:
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file: say which and how to recover
-        fail(f"--resume: cannot load {path} ({e}); delete it to restart the DARTS search from epoch 0")
 
 
 def report(summary: dict) -> None:

@@ -66,7 +66,8 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     return load_file(str(path)), json.loads(raw)
 
 
-def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """An optimizer's state_dict as (tensors by "<param id>.<name>", JSON strings of the rest)."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, Any] = {}
     for pid, pstate in state["state"].items():
@@ -79,7 +80,8 @@ def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], 
     return tensors, meta
 
 
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> dict[str, Any]:
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> dict[str, Any]:
+    """The inverse of `flatten_optimizer`: a state_dict the optimizer loads."""
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         pid, name = key.split(".", 1)
@@ -127,7 +129,7 @@ def save_checkpoint(
     tmp.mkdir()
     save_weights(tmp / MODEL_FILE, model_state, model_meta)
     if optimizer_state is not None:
-        tensors, meta = _flatten_optimizer(optimizer_state)
+        tensors, meta = flatten_optimizer(optimizer_state)
         save_file(_cpu_tensors(tensors), str(tmp / OPTIMIZER_FILE), metadata=meta)
     (tmp / TRAINER_FILE).write_text(json.dumps(trainer_state, indent=1))
     for f in tmp.iterdir():
@@ -152,7 +154,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if opt_path.is_file():
         with safe_open(str(opt_path), framework="pt") as f:
             meta = f.metadata() or {}
-        optimizer = _unflatten_optimizer(load_file(str(opt_path)), meta)
+        optimizer = unflatten_optimizer(load_file(str(opt_path)), meta)
     trainer_state = json.loads((path / TRAINER_FILE).read_text())
     return {"model": model_state, "model_meta": model_meta, "optimizer": optimizer, "trainer_state": trainer_state}
 

@@ -18,7 +18,6 @@ steps an epoch, CIFAR-10 ~390).
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,8 +28,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from percli.core.checkpoint import flatten_optimizer, load_checkpoint, save_checkpoint, unflatten_optimizer
 from percli.nas.proxy import ProxyTask, accuracy
 
+BATCH_RNG, ARCH_OPT = "search.batch_rng", "search.arch_opt"  # extra tensors of a saved search state
 OPS = ("none", "skip_connect", "conv_3x3", "conv_5x5", "sep_conv_3x3", "max_pool_3x3", "avg_pool_3x3")
 Genotype = list[list[tuple[str, int]]]  # per node: [(op, input state), (op, input state)]
 
@@ -222,24 +223,27 @@ class DartsSearch:
         while self.epoch < self.cfg.epochs:
             on_epoch(self.train_epoch())
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "model": self.model.state_dict(), "w_opt": self.w_opt.state_dict(),
-                "w_sched": self.w_sched.state_dict(), "arch_opt": self.arch_opt.state_dict(),
-                "batches": self.batches.get_state()}
+    def save(self, root: Path) -> Path:
+        """The search state as `root/step_<epoch>` (safetensors + JSON, written aside and renamed: nothing
+        unpickles, a crash never leaves half a state). Returns the checkpoint dir."""
+        arch_tensors, arch_meta = flatten_optimizer(self.arch_opt.state_dict())
+        tensors = {**self.model.state_dict(), BATCH_RNG: self.batches.get_state(),
+                   **{f"{ARCH_OPT}.{k}": v for k, v in arch_tensors.items()}}
+        trainer = {"epoch": self.epoch, "w_sched": self.w_sched.state_dict(), "arch_opt": arch_meta}
+        return save_checkpoint(root, self.epoch, tensors, {"darts": "search state"}, self.w_opt.state_dict(),
+                               trainer, keep_last=1)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch = state["epoch"]
-        self.model.load_state_dict(state["model"])
-        self.w_opt.load_state_dict(state["w_opt"])
-        self.w_sched.load_state_dict(state["w_sched"])
-        self.arch_opt.load_state_dict(state["arch_opt"])
-        self.batches.set_state(state["batches"])
-
-    def save(self, path: Path) -> None:
-        """torch.save via a temp file and a rename (a crash never leaves half a checkpoint)."""
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+    def load(self, checkpoint: Path) -> None:
+        """Continue from a dir `save` wrote."""
+        saved = load_checkpoint(checkpoint)
+        tensors, trainer = saved["model"], saved["trainer_state"]
+        arch = {k[len(ARCH_OPT) + 1:]: tensors.pop(k) for k in [k for k in tensors if k.startswith(f"{ARCH_OPT}.")]}
+        self.batches.set_state(tensors.pop(BATCH_RNG))
+        self.model.load_state_dict(tensors)
+        self.w_opt.load_state_dict(saved["optimizer"])
+        self.arch_opt.load_state_dict(unflatten_optimizer(arch, trainer["arch_opt"]))
+        self.w_sched.load_state_dict(trainer["w_sched"])
+        self.epoch = trainer["epoch"]
 
 
 def derived_network(genotype: Genotype, cfg: DartsConfig, task: ProxyTask) -> DartsNetwork:
