@@ -37,7 +37,7 @@ import torch
 
 from percli.captioning.triples import alt_texts
 from percli.core.checkpoint import latest_checkpoint, read_weights
-from percli.core.data.image_text import _INDEXERS, _open_image
+from percli.core.data.image_text import _INDEXERS, _open_image, parquet_image, parquet_image_name
 from percli.core.data.images import BadSample
 from percli.core.rundir import write_json_atomic, write_jsonl_atomic, write_text_atomic
 from percli.curation.formats import (
@@ -48,7 +48,7 @@ from percli.curation.formats import (
     open_writer,
     read_batches,
     read_records,
-    record_identity,
+    record_key,
     shard_format,
 )
 from percli.models.altogether import AltogetherCaptioner, build_captioner
@@ -99,31 +99,24 @@ def read_shard(path: Path, alt_field: str, bad: BadRecords) -> list[Record]:
             if not isinstance(image, str) or not image:
                 bad.add(path, line, "no string 'image' field")
                 continue
-            out.append(Record(_jsonl_key(path, line, record), str(path.parent / image), str(path.parent / image), alt))
+            out.append(Record(record_key(record, f"{path.name}:{line}"), str(path.parent / image),
+                              str(path.parent / image), alt))
         return out
     return [Record(name.split("#", 1)[-1], name, ref, text)
             for name, ref, text in _INDEXERS[shard_format(path)](path, "image", alt_field, bad, allow_empty_text=True)]
-
-
-def _jsonl_key(path: Path, line: int, record: dict[str, Any]) -> str:
-    key = record.get("key")
-    return str(key) if key is not None else (record_identity(record) or f"{path.name}:{line}")
 
 
 def _batch_keys(path: Path, batch: Batch) -> list[str]:
     """The keys `read_shard` gives the records of a batch read with `text_field=None`."""
     fmt = shard_format(path)
     if fmt == "jsonl":
-        return [_jsonl_key(path, int(i) + 1, r) for i, r in zip(batch.index, batch.items)]
+        return [record_key(r, f"{path.name}:{int(i) + 1}") for i, r in zip(batch.index, batch.items)]
     if fmt == "tar":
         return [sample.key for sample in batch.items]
-    keys = []  # Parquet: as the image-text indexer names a row (a path image, or `row<N>` for bytes)
+    # Parquet: the name the image-text indexer gives the row, as `read_shard` keys it
     images = batch.items.column("image").to_pylist() if "image" in batch.items.column_names else []
-    for row, image in zip(batch.index.tolist(), images or [None] * len(batch.index)):
-        if isinstance(image, dict):
-            image = image.get("bytes") or image.get("path")
-        keys.append(str(path.parent / image) if isinstance(image, str) else f"row{row}")
-    return keys
+    return [parquet_image_name(path, row, parquet_image(cell) or b"").split("#", 1)[-1]
+            for row, cell in zip(batch.index.tolist(), images or [None] * len(batch.index))]
 
 
 def _absolute_images(path: Path, batch: Batch) -> Any:

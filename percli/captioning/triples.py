@@ -34,13 +34,14 @@ import torch
 from torch.utils.data import Dataset
 
 from percli.captioning.scenes import SceneDataset, make_scene
-from percli.core.data.image_text import TAR_IMAGE_EXTENSIONS, ImageRef, _open_image
+from percli.core.data.image_text import TAR_IMAGE_EXTENSIONS, ImageRef, _open_image, parquet_image
 from percli.curation.formats import (
     BadRecords,
     Sample,
     expand_inputs,
     read_batches,
     read_records,
+    record_key,
     shard_format,
     split_member_name,
 )
@@ -97,7 +98,7 @@ class SceneTriples(Dataset):
 def _jsonl_triples(path: Path, fields: tuple[str, str, str], bad: BadRecords) -> Iterator[RawTriple]:
     image_field, alt_field, caption_field = fields
     for line, record, image in read_records(path, image_field, bad):
-        key = str(record.get("key", record.get("uuid", f"{path.name}:{line}")))
+        key = record_key(record, f"{path.name}:{line}")
         yield line, "line", str(path.parent / image) if image else None, record.get(alt_field), \
             record.get(caption_field), key
 
@@ -111,12 +112,11 @@ def _parquet_triples(path: Path, fields: tuple[str, str, str], bad: BadRecords) 
         columns = [table.column(c).to_pylist() if c in table.column_names else [None] * table.num_rows
                    for c in (image_field, alt_field, caption_field, "key")]
         for row, identity, image, alt, caption, key in zip(batch.index.tolist(), batch.keys, *columns):
-            if isinstance(image, dict):
-                image = image.get("bytes") or image.get("path")
-            if isinstance(image, str) and image:
+            image = parquet_image(image)
+            if isinstance(image, str):
                 image = str(path.parent / image)
             key = str(key) if key is not None else identity or f"{path.name}#row{row}"
-            yield row, "row", image if isinstance(image, (str, bytes)) and image else None, alt, caption, key
+            yield row, "row", image, alt, caption, key
 
 
 def _tar_value(sample: Sample, field: str) -> Any:

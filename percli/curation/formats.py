@@ -178,6 +178,12 @@ def record_identity(record: dict[str, Any]) -> str | None:
     return None
 
 
+def record_key(record: dict[str, Any], fallback: str) -> str:
+    """A record's ``key`` field, else its uuid/id (`record_identity`), else `fallback` (its place in the shard)."""
+    key = record.get("key")
+    return str(key) if key is not None else record_identity(record) or fallback
+
+
 def _open_binary(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")
 

@@ -63,6 +63,18 @@ def _index_jsonl(path: Path, image_field: str, text_field: str, bad: BadRecords,
     return pairs
 
 
+def parquet_image(cell: Any) -> str | bytes | None:
+    """A Parquet image cell (encoded bytes, a path, or a {bytes, path} struct) as bytes or a path; None if neither."""
+    if isinstance(cell, dict):
+        cell = cell.get("bytes") or cell.get("path")
+    return cell if isinstance(cell, (str, bytes)) and cell else None
+
+
+def parquet_image_name(path: Path, row: int, image: str | bytes) -> str:
+    """How a Parquet row's image is named: its path resolved beside the file, or ``<file>#row<N>`` for bytes."""
+    return str(path.parent / image) if isinstance(image, str) else f"{path}#row{row}"
+
+
 def _index_parquet(path: Path, image_field: str, text_field: str, bad: BadRecords,
                    allow_empty_text: bool = False) -> list[Pair]:
     import pyarrow.parquet as pq
@@ -74,15 +86,14 @@ def _index_parquet(path: Path, image_field: str, text_field: str, bad: BadRecord
                          "set data.image_field / data.text_field")
     pairs: list[Pair] = []
     images, texts = table.column(image_field).to_pylist(), table.column(text_field).to_pylist()
-    for row, (image, text) in enumerate(zip(images, texts)):
-        if isinstance(image, dict):
-            image = image.get("bytes") or image.get("path")
-        if not isinstance(image, (str, bytes)) or not image:
+    for row, (cell, text) in enumerate(zip(images, texts)):
+        image = parquet_image(cell)
+        if image is None:
             bad.add(path, row, f"{image_field!r} is neither a path nor image bytes", "row")
         elif not _usable(text) and not allow_empty_text:
             bad.add(path, row, f"{text_field!r} is missing or empty", "row")
         else:
-            name = str(path.parent / image) if isinstance(image, str) else f"{path}#row{row}"
+            name = parquet_image_name(path, row, image)
             pairs.append((name, name if isinstance(image, str) else image, text if _usable(text) else ""))
     return pairs
 
