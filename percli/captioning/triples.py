@@ -25,7 +25,6 @@ so the engine counts and skips it (``bad_inputs``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,11 +36,11 @@ from percli.captioning.scenes import SceneDataset, make_scene
 from percli.core.data.image_text import TAR_IMAGE_EXTENSIONS, ImageRef, _open_image, parquet_image
 from percli.curation.formats import (
     BadRecords,
-    Sample,
     expand_inputs,
     read_batches,
     read_records,
     record_key,
+    sample_value,
     shard_format,
     split_member_name,
 )
@@ -119,26 +118,14 @@ def _parquet_triples(path: Path, fields: tuple[str, str, str], bad: BadRecords) 
             yield row, "row", image, alt, caption, key
 
 
-def _tar_value(sample: Sample, field: str) -> Any:
-    """Member ``<key>.<field>`` as text, else field `field` of the ``.json`` member (any JSON value), else None."""
-    members = {split_member_name(m.name)[1]: m.data for m in sample.members}
-    try:
-        if field in members:
-            return members[field].decode("utf-8")
-        record = json.loads(members["json"].decode("utf-8")) if "json" in members else {}
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return record.get(field) if isinstance(record, dict) else None
-
-
 def _tar_triples(path: Path, fields: tuple[str, str, str], bad: BadRecords) -> Iterator[RawTriple]:
     _, alt_field, caption_field = fields  # the image is the member with an image extension
     for batch in read_batches(path, None, bad):
         for position, sample in zip(batch.index.tolist(), batch.items):
             image = next((m.data for m in sample.members
                           if split_member_name(m.name)[1].lower() in TAR_IMAGE_EXTENSIONS), None)
-            yield position, "sample", image, _tar_value(sample, alt_field), _tar_value(sample, caption_field), \
-                sample.key
+            alt, caption = sample_value(sample, alt_field)[0], sample_value(sample, caption_field)[0]
+            yield position, "sample", image, alt, caption, sample.key
 
 
 _TRIPLE_READERS = {"jsonl": _jsonl_triples, "parquet": _parquet_triples, "tar": _tar_triples}

@@ -305,23 +305,32 @@ def split_member_name(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext
 
 
-def sample_text(sample: Sample, text_field: str) -> tuple[str | None, str | None]:
-    """(text, None), or (None, reason it is unusable); see the module docstring for the rule."""
+def sample_value(sample: Sample, field: str) -> tuple[Any, str | None]:
+    """(value, None), or (None, why there is none): member ``<key>.<field>`` as UTF-8 text, else field `field`
+    of the ``.json`` member (any JSON value: a string, or e.g. a list of alt-texts)."""
     by_ext = {split_member_name(m.name)[1]: m.data for m in sample.members}
-    if text_field in by_ext:
+    if field in by_ext:
         try:
-            return by_ext[text_field].decode("utf-8"), None
+            return by_ext[field].decode("utf-8"), None
         except UnicodeDecodeError:
-            return None, f"member .{text_field} is not UTF-8"
+            return None, f"member .{field} is not UTF-8"
     if "json" not in by_ext:
-        return None, f"no .{text_field} member and no .json member"
+        return None, f"no .{field} member and no .json member"
     try:
         record = json.loads(by_ext["json"].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         return None, f"bad .json member: {e}"
-    if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-        return None, f"no .{text_field} member and no string {text_field!r} in the .json member"
-    return record[text_field], None
+    if not isinstance(record, dict) or record.get(field) is None:
+        return None, f"no .{field} member and no {field!r} in the .json member"
+    return record[field], None
+
+
+def sample_text(sample: Sample, text_field: str) -> tuple[str | None, str | None]:
+    """(text, None), or (None, reason it is unusable); see the module docstring for the rule."""
+    value, reason = sample_value(sample, text_field)
+    if value is None or isinstance(value, str):
+        return value, reason
+    return None, f"no .{text_field} member and no string {text_field!r} in the .json member"
 
 
 BLOCK = 512
