@@ -26,6 +26,7 @@ from percli.recipes import RECIPES, Recipe, find_method
 
 app = typer.Typer(
     name="percli", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,  # locals of a training loop are tensors and models: unreadable
     help="Perception research methods from one command line.\n\n"
          "Example: [bold]percli pretrain hiera-mae train.max_steps=50[/]",
 )
@@ -169,8 +170,19 @@ def audio_stats(
         print(f"data.mean={mean:.7g} data.std={std:.7g}")
 
 
+BUG_HINT = ("this is a bug in percli, not a problem with your input: please report it with the command line, "
+            "the traceback above and the run dir's env.json")
+
+
 def main() -> None:
-    app()
+    """Entry point: anticipated failures exit 2 (or 3, 128+N) with one line before they get here; anything
+    else is a bug and exits 1 with its traceback and where to report it."""
+    try:
+        app()
+    except Exception as e:  # noqa: BLE001 - the last resort: show the bug, never hide it
+        sys.excepthook(type(e), e, e.__traceback__)
+        Console(stderr=True).print(f"[bold red]percli:[/] {BUG_HINT}", highlight=False, soft_wrap=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

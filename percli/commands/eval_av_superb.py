@@ -103,7 +103,7 @@ def av_superb(
         if not dist.is_initialized():
             dist.init_process_group("gloo")
     out_dir, problem = prepare_output_dir(run_dir, "eval", "av-superb", overwrite=overwrite, resume=resume,
-                                          can_resume=True, rank=rank, world=world)
+                                          can_resume=True, rank=rank, world=world, flag="--run-dir")
     if problem:
         fail(problem)
     say = (lambda msg: err.print(msg, highlight=False)) if rank == 0 else (lambda _m: None)

@@ -75,7 +75,7 @@ def rwr_gae(
         fail(str(e))
     if loaded.skipped_lines:
         err.print(f"[yellow]warning:[/] skipped {loaded.skipped_lines} malformed edge-list lines of {graph}")
-    out_dir, problem = prepare_output_dir(run_dir, "pretrain", "rwr-gae", overwrite=overwrite)
+    out_dir, problem = prepare_output_dir(run_dir, "pretrain", "rwr-gae", overwrite=overwrite, flag="--run-dir")
     if problem:
         fail(problem)
     cfg = TrainConfig(epochs=epochs, walk_length=walk_length, window_size=window_size, number_walks=number_walks,

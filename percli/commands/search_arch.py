@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from percli.commands.run import emit_summary, err, fail
-from percli.core.rundir import RunDirError, default_run_dir, prepare_run_dir, write_json_atomic, write_jsonl_atomic
+from percli.core.rundir import RunDirError, default_run_dir, claim_run_dir, write_json_atomic, write_jsonl_atomic
 
 if TYPE_CHECKING:
     from percli.nas.proxy import ProxyTask
@@ -70,7 +70,7 @@ def search_arch(
         fail("--resume needs --run-dir: the dir of the search to continue")
     out_dir = run_dir or default_run_dir("search-arch", strategy)
     try:
-        prepare_run_dir(out_dir, resume=resume, overwrite=overwrite)
+        claim_run_dir(out_dir, resume=resume, overwrite=overwrite)
     except RunDirError as e:
         fail(str(e))
     if resume:

@@ -217,7 +217,7 @@ def simulate(
     """
     from percli.active.simulate import SimulationConfig
     from percli.active.simulate import simulate as run_simulation
-    from percli.core.rundir import RunDirError, prepare_run_dir
+    from percli.core.rundir import RunDirError, claim_run_dir
 
     cfg = SimulationConfig(dataset=dataset, strategies=[s.strip() for s in strategies.split(",") if s.strip()],
                            seeds=seeds, initial=initial, budget=budget, rounds=rounds, steps=steps)
@@ -226,7 +226,7 @@ def simulate(
     except ValueError as e:
         fail(f"--{str(e)}")
     try:
-        out_dir = prepare_run_dir(run_dir or default_run_dir("select", "simulate"), resume=False, overwrite=overwrite)
+        out_dir = claim_run_dir(run_dir or default_run_dir("select", "simulate"), resume=False, overwrite=overwrite)
     except RunDirError as e:
         fail(str(e))
     err.print(f"run dir: {out_dir}", highlight=False)

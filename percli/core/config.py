@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -252,9 +253,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -268,7 +269,12 @@ def parse_override(text: str) -> dict[str, Any]:
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"override {text!r} must look like section.key=value (e.g. train.max_steps=20)")
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({mark}); quote it, e.g. "
+                          f"{key}='\"...\"'") from None
     # YAML 1.1 reads `1e-3` as a string; the field type converts it when it expects a number.
     nested: dict[str, Any] = {}
     node = nested
@@ -285,6 +291,82 @@ def apply_overrides(cfg: T, overrides: list[str]) -> T:
         path = text.partition("=")[0].strip().split(".")
         cfg = merge(cfg, parse_override(text), overlay=_reaches_into_mapping(cfg, path))
     return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# Value checks beyond the types (run at resolution time, so --dry-run and show-config report them).
+
+_POSITIVE_TRAIN = ("batch_size", "grad_accum_steps", "log_every", "ckpt_every", "keep_last")
+
+
+def _finite(key: str, value: float | None, low: float = 0.0, *, strict: bool = False, high: float | None = None,
+            allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    bad = value is None or not math.isfinite(value) or value < low or (strict and value == low) \
+        or (high is not None and value > high)
+    if bad:
+        bound = f"> {low}" if strict else f">= {low}"
+        raise ConfigError(f"{key}: got {value!r}; expected a finite number {bound}"
+                          + (f" and <= {high}" if high is not None else ""))
+
+
+def check_train(train: TrainConfig, prefix: str = "train.") -> None:
+    for name in _POSITIVE_TRAIN:
+        value = getattr(train, name)
+        if value < 1:
+            raise ConfigError(f"{prefix}{name}: got {value}; expected an integer >= 1")
+    for name in ("max_steps", "eval_every", "num_workers"):  # 0 steps: load, save, finish (a conversion)
+        if getattr(train, name) < 0:
+            raise ConfigError(f"{prefix}{name}: got {getattr(train, name)}; expected an integer >= 0")
+    _finite(f"{prefix}epochs", train.epochs, strict=True)
+    _finite(f"{prefix}grad_clip", train.grad_clip, strict=True)
+
+
+def check_optim(optim: OptimConfig, prefix: str = "optim.") -> None:
+    _finite(f"{prefix}lr", optim.lr, allow_none=False)
+    _finite(f"{prefix}min_lr", optim.min_lr, allow_none=False)
+    _finite(f"{prefix}weight_decay", optim.weight_decay, allow_none=False)
+    _finite(f"{prefix}weight_decay_end", optim.weight_decay_end)
+    _finite(f"{prefix}eps", optim.eps, strict=True, allow_none=False)
+    _finite(f"{prefix}warmup_fraction", optim.warmup_fraction, high=1.0, allow_none=False)
+    _finite(f"{prefix}layer_decay", optim.layer_decay, strict=True, allow_none=False)
+    _finite(f"{prefix}patch_embed_lr_mult", optim.patch_embed_lr_mult, allow_none=False)
+    for i, beta in enumerate(optim.betas):
+        _finite(f"{prefix}betas[{i}]", beta, high=0.999999, allow_none=False)
+    if optim.ref_batch_size < 1:
+        raise ConfigError(f"{prefix}ref_batch_size: got {optim.ref_batch_size}; expected an integer >= 1")
+
+
+_OFF_SWITCHES = {"eos", "layer_idx"}
+"""Model arguments where -1 is a documented value (VoiceCraft without EOS token, PE's last layer)."""
+
+
+def _check_sizes(key: str, value: Any) -> None:
+    """Model constructor arguments: no negative integer (a size, depth or count) and no NaN/inf."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_sizes(f"{key}.{k}", v)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_sizes(f"{key}[{i}]", v)
+    elif isinstance(value, bool):
+        return
+    elif isinstance(value, int) and value < 0 and not (value == -1 and key.rsplit(".", 1)[-1] in _OFF_SWITCHES):
+        raise ConfigError(f"{key}: got {value}; sizes, depths and counts must be >= 0")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: got {value}; expected a finite number")
+
+
+def check_values(cfg: Any) -> None:
+    """Range checks of the sections every training method shares (train, optim, model.kwargs)."""
+    if isinstance(getattr(cfg, "train", None), TrainConfig):
+        check_train(cfg.train)
+    if isinstance(getattr(cfg, "optim", None), OptimConfig):
+        check_optim(cfg.optim)
+    kwargs = getattr(getattr(cfg, "model", None), "kwargs", None)
+    if isinstance(kwargs, dict):
+        _check_sizes("model.kwargs", kwargs)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

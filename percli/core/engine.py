@@ -65,6 +65,19 @@ class RunStopped(RuntimeError):
         self.summary = summary
 
 
+class NoUsableData(ValueError):
+    """Every sample read was unreadable: the run would learn (or measure) nothing."""
+
+
+def no_usable_data_message(what: str, task: Any, dataset: Dataset, bad: list[dict[str, str]]) -> str:
+    """One line naming the data source, the counts and the first unreadable file."""
+    data = getattr(getattr(task, "cfg", None), "data", None)
+    source = getattr(data, "source", None) or getattr(dataset, "source", None) or type(dataset).__name__
+    first = f"; first: {bad[0]['path']} ({bad[0].get('reason', '')})" if bad else ""
+    return (f"no usable sample in {what} from {source}: all {len(bad)} file(s) read were unreadable "
+            f"({len(dataset)} in the set; listed in summary.json){first}. Check the data source and the files")
+
+
 @dataclass
 class BadInputLog:
     """Unreadable inputs seen so far (counted, listed in summary.json, never fatal)."""
@@ -163,11 +176,13 @@ def evaluate(task: Task, model: nn.Module, dataset: Dataset, accelerator: Accele
     loader = _loader(dataset, sampler, train, train.seed, task)
     sums: dict[str, float] = {}
     parts: dict[str, list[torch.Tensor]] = {}  # per-sample outputs (scores, targets) for set-level metrics
+    usable = 0
     was_training = model.training
     model.eval()
     with torch.no_grad():
         for item in _start_workers(loader):
             bad_log.add(item["bad"])
+            usable += item["good"]
             if item["batch"] is None:
                 continue
             for k, v in task.eval_step(model, _to_device(item["batch"], accelerator.device)).items():
@@ -176,6 +191,8 @@ def evaluate(task: Task, model: nn.Module, dataset: Dataset, accelerator: Accele
                 else:
                     sums[k] = sums.get(k, 0.0) + float(v)
     model.train(was_training)
+    if not _any_rank(accelerator, usable > 0) and len(dataset):
+        raise NoUsableData(no_usable_data_message("the evaluation data", task, dataset, bad_log.files))
     keys = sorted(sums)
     if accelerator.num_processes > 1:  # a rank with no eval batches has no keys of its own
         keys = sorted(set().union(*gather_object([keys])))
@@ -236,6 +253,7 @@ class _Trainer:
         self.ckpt_root = run_dir / "checkpoints"
         self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=self.is_main)
         self.step, self.epoch, self.bad_log, self.history = 0, 0, BadInputLog(), {}
+        self.samples_used, self.empty_micro_batches = 0, 0  # this session's good samples; empty batches in a row
         self.t_start = time.time()
 
     def restore(self) -> dict[str, Any]:
@@ -278,11 +296,12 @@ class _Trainer:
             seed_everything(mix_seed(self.cfg.seed, self.step, m, self.rank))
             last = m == accum - 1
             with contextlib.nullcontext() if last or self.world == 1 else self.acc.no_sync(self.model):
+                samples += item["good"]
+                self.empty_micro_batches = 0 if item["good"] else self.empty_micro_batches + 1
                 if item["batch"] is None:  # every sample of this micro-batch was unreadable
                     out = {"loss": sum(p.sum() * 0.0 for p in self.model.parameters())}
                 else:
                     out = self.task.loss_step(self.model, _to_device(item["batch"], self.acc.device))
-                    samples += len(item["batch"].get("path", [])) or self.cfg.batch_size
                 loss = out["loss"]
                 if _any_rank(self.acc, not bool(torch.isfinite(loss.detach()).all())):
                     raise RunStopped(
@@ -297,6 +316,7 @@ class _Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        self.samples_used += samples
         return samples
 
     def weight_decay_now(self) -> float | None:
@@ -319,8 +339,15 @@ class _Trainer:
         self.metrics.write(record)
         self.history.update({k: v for k, v in record.items() if k != "epoch"})
 
+    def no_data(self, message: str) -> RunStopped:
+        return RunStopped(message, 2, self.summary("failed", error="no usable sample"))
+
     def evaluate(self) -> None:
-        result = evaluate(self.task, self.model, self.eval_set, self.acc, self.cfg, self.bad_log)
+        try:
+            result = evaluate(self.task, self.model, self.eval_set, self.acc, self.cfg, self.bad_log)
+        except NoUsableData as e:
+            self.save()  # the training done so far is kept
+            raise self.no_data(str(e)) from None
         result = {f"eval/{k}": v for k, v in result.items()}
         self.metrics.write({"step": self.step, **result})
         self.history.update(result)
@@ -354,6 +381,7 @@ class _Trainer:
 
     def run(self, resume: bool) -> dict[str, Any]:
         trainer_state = self.restore() if resume else {}
+        self.start_step = self.step
         self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
         if self.acc.scaler is not None and trainer_state.get("grad_scaler"):
             self.acc.scaler.load_state_dict(trainer_state["grad_scaler"])
@@ -375,6 +403,10 @@ class _Trainer:
                                              self.optim_cfg.min_lr), self.weight_decay_now())
                 window_samples += self.optimizer_step(batches, window)
                 window_steps += 1
+                # A whole epoch's worth of micro-batches in a row without one readable sample (on every rank).
+                if not _any_rank(self.acc, self.empty_micro_batches < plan.micro_per_epoch):
+                    raise self.no_data(no_usable_data_message("a whole epoch", self.task, self.train_set,
+                                                              self.bad_log.files))
                 bar.update(job, completed=self.step, info=f"loss {window.get('loss', 0.0) / window_steps:.4f}")
                 if self.step % cfg.log_every == 0 or self.step == plan.max_steps:
                     self.log(window, window_steps, window_samples, time.time() - window_t)
@@ -390,6 +422,9 @@ class _Trainer:
                     name = signal.Signals(signum).name
                     raise RunStopped(f"stopped by {name} at step {self.step}; checkpoint written, continue with "
                                      "--resume", 128 + signum, self.summary("interrupted", signal=name))
+        if not _any_rank(self.acc, self.samples_used > 0) and self.step > self.start_step:
+            raise self.no_data(no_usable_data_message("the training data", self.task, self.train_set,
+                                                      self.bad_log.files))
         if self.eval_set is not None:
             self.evaluate()
         last = self.save()

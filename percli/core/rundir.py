@@ -7,18 +7,133 @@ a finished run.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import platform
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+LOCK_NAME = ".percli.lock"
+"""The lock file inside a run dir: held (flock) by the process that writes the dir, for its lifetime."""
+
+_HELD: dict[str, int] = {}  # realpath of a run dir -> the open lock file this process holds
+
 
 class RunDirError(RuntimeError):
     """The run dir cannot be used as asked; the message says what to pass instead."""
+
+
+def _holder(lock: Path) -> str:
+    try:
+        info = json.loads(lock.read_text() or "{}")
+    except (OSError, ValueError):
+        info = {}
+    if not isinstance(info, dict) or "pid" not in info:
+        return "another process"
+    return f"PID {info['pid']} on {info.get('host', '?')} (since {info.get('since', '?')})"
+
+
+def lock_run_dir(path: Path) -> None:
+    """Hold `path`/.percli.lock until the process exits (or `unlock_run_dir`).
+
+    An OS-level advisory lock (flock): the kernel releases it when the holder exits, however it
+    ends, so a crashed run never leaves a stale lock behind. Re-entrant within one process.
+
+    Raises:
+        RunDirError: another live process holds the lock (named by PID and host), or the dir is not writable.
+    """
+    key = os.path.realpath(path)
+    if key in _HELD:
+        return
+    lock = Path(path) / LOCK_NAME
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise RunDirError(f"cannot write in run dir {path}: {e.strerror}; choose a writable --run-dir") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise RunDirError(f"cannot lock run dir {path}: {e.strerror}") from None
+        raise RunDirError(f"run dir {path} is in use by {_holder(lock)}; wait for that run to end, "
+                          "or choose another --run-dir") from None
+    info = {"pid": os.getpid(), "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps(info).encode())
+    _HELD[key] = fd
+
+
+def unlock_run_dir(path: Path) -> None:
+    """Release this process's lock on `path` (no-op when it holds none)."""
+    fd = _HELD.pop(os.path.realpath(path), None)
+    if fd is not None:
+        os.close(fd)  # closing the last descriptor releases the flock
+
+
+def _entries(path: Path) -> list[Path]:
+    """What a run dir holds besides its lock file."""
+    return [p for p in path.iterdir() if p.name != LOCK_NAME] if path.is_dir() else []
+
+
+def check_run_dir(path: Path, *, resume: bool, overwrite: bool, can_resume: bool = True,
+                  flag: str = "--run-dir") -> None:
+    """Everything `claim_run_dir` would refuse, checked without creating or changing anything
+    (so config validation and --dry-run report it before a run dir exists)."""
+    if resume and overwrite:
+        raise RunDirError("--resume and --overwrite contradict each other; pass one of them")
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"{flag} {path} is a file; choose a directory")
+    if resume and not _entries(path):
+        raise RunDirError(f"--resume: {path} holds no run to resume; drop --resume to start a new run")
+    if _entries(path) and not (resume or overwrite):
+        raise RunDirError(
+            f"{flag} {path} is not empty; pass " + ("--resume to continue it, " if can_resume else "")
+            + f"--overwrite to replace it, or {flag} to choose another")
+    parent = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise RunDirError(f"{flag} {path}: {parent} is a file, not a folder; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RunDirError(f"{flag} {path}: {parent} is not writable; choose a writable directory")
+    lock = path / LOCK_NAME
+    if lock.is_file() and os.path.realpath(path) not in _HELD:
+        try:
+            with open(lock, "rb") as f:
+                fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirError(f"{flag} {path} is in use by {_holder(lock)}; wait for that run to end, "
+                              f"or choose another {flag}") from None
+        except OSError:
+            pass
+
+
+def claim_run_dir(path: Path, *, resume: bool, overwrite: bool, can_resume: bool = True,
+                  flag: str = "--run-dir") -> Path:
+    """Create (or reuse with --resume / empty with --overwrite) the run dir and hold its lock.
+
+    The lock is taken before anything in the dir is judged or removed, so `--overwrite` or a second
+    `--resume` beside a live run is refused instead of interleaving with it.
+    """
+    check_run_dir(path, resume=resume, overwrite=overwrite, can_resume=can_resume, flag=flag)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"cannot create {flag} {path}: {e.strerror}; choose a writable directory") from None
+    lock_run_dir(path)
+    entries = _entries(path)
+    if entries and not resume:
+        if not overwrite:  # appeared between the check and the lock
+            raise RunDirError(f"{flag} {path} is not empty; pass --overwrite to replace it")
+        for entry in entries:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    return path
 
 
 def default_run_dir(verb: str, method: str) -> Path:
@@ -27,7 +142,8 @@ def default_run_dir(verb: str, method: str) -> Path:
 
 
 def prepare_output_dir(output: Path | None, verb: str, method: str, *, overwrite: bool, resume: bool = False,
-                       can_resume: bool = False, rank: int = 0, world: int = 1) -> tuple[Path, str | None]:
+                       can_resume: bool = False, rank: int = 0, world: int = 1,
+                       flag: str = "--output") -> tuple[Path, str | None]:
     """The output dir of a data job (default runs/<verb>-<method>-<UTC time>), created by rank 0.
 
     Only rank 0 checks, empties (--overwrite) and creates it, so processes never race on rmtree;
@@ -38,18 +154,11 @@ def prepare_output_dir(output: Path | None, verb: str, method: str, *, overwrite
     if rank == 0:
         out_dir = output or default_run_dir(verb, method)
         problem = None
-        if resume and overwrite:
-            problem = "--resume and --overwrite contradict each other; pass one of them"
-        elif out_dir.exists() and not out_dir.is_dir():
-            problem = f"--output {out_dir} is a file; choose a directory"
-        elif out_dir.is_dir() and any(out_dir.iterdir()) and not resume:
-            if overwrite:
-                shutil.rmtree(out_dir)
-            else:
-                problem = (f"output dir {out_dir} is not empty; pass --overwrite to replace it, "
-                           + ("--resume to continue it, " if can_resume else "") + "or --output to choose another")
-        if problem is None:
-            out_dir.mkdir(parents=True, exist_ok=True)
+        try:  # --resume of an empty or new output dir simply starts the job
+            claim_run_dir(out_dir, resume=resume and bool(_entries(out_dir)), overwrite=overwrite,
+                          can_resume=can_resume, flag=flag)
+        except RunDirError as e:
+            problem = str(e)
         chosen = [str(out_dir), problem]
     if world > 1:
         import torch.distributed as dist
@@ -58,23 +167,6 @@ def prepare_output_dir(output: Path | None, verb: str, method: str, *, overwrite
     return Path(chosen[0]), chosen[1]
 
 
-def prepare_run_dir(path: Path, *, resume: bool, overwrite: bool) -> Path:
-    """Create or validate the run dir according to --resume / --overwrite."""
-    if resume and overwrite:
-        raise RunDirError("--resume and --overwrite contradict each other; pass one of them")
-    non_empty = path.is_dir() and any(path.iterdir())
-    if resume:
-        if not non_empty:
-            raise RunDirError(f"--resume: {path} holds no run to resume; drop --resume to start a new run")
-    elif non_empty:
-        if not overwrite:
-            raise RunDirError(
-                f"run dir {path} is not empty; pass --resume to continue it, --overwrite to replace it, "
-                "or --run-dir to choose another"
-            )
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from percli.core.config import ConfigError, apply_overrides, load_yaml, merge
+from percli.core.config import ConfigError, apply_overrides, check_values, load_yaml, merge
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -53,7 +53,9 @@ class Recipe:
             cfg = merge(cfg, base)
         if config_file:
             cfg = merge(cfg, load_yaml(config_file))
-        return apply_overrides(cfg, overrides or [])
+        cfg = apply_overrides(cfg, overrides or [])
+        check_values(cfg)
+        return cfg
 
 
 RECIPES: list[Recipe] = [

@@ -113,7 +113,7 @@ def _image_setup(cfg: Config, meta: dict[str, Any], model: nn.Module, source: st
     if data.mean is None and meta.get("mean"):
         data = dataclasses.replace(data, mean=tuple(meta["mean"]), std=tuple(meta["std"]))
     dataset = classification_dataset(source, "val", False, data, input_size, video,
-                                     crop_pct=meta.get("crop_pct", 0.875))
+                                     crop_pct=meta.get("crop_pct", 0.875), classes=meta.get("classes"))
     return dataset, _EvalTask(video)
 
 

@@ -117,10 +117,10 @@ class ClassifyTask:
                 "input_size": list(self.input_size), "mean": list(mean), "std": list(std),
                 "crop_pct": self.cfg.crop_pct, "classes": self.classes}
 
-    def _dataset(self, source: str, split: str, train: bool) -> Dataset:
+    def _dataset(self, source: str, split: str, train: bool, classes: list[str] | None = None) -> Dataset:
         return classification_dataset(source, split, train, self.cfg.data, self.input_size, self.video,
                                       rand_augment=self.cfg.rand_augment, reprob=self.cfg.reprob,
-                                      crop_pct=self.cfg.crop_pct)
+                                      crop_pct=self.cfg.crop_pct, classes=classes)
 
     def train_dataset(self) -> Dataset:
         return self._train
@@ -128,7 +128,7 @@ class ClassifyTask:
     def eval_dataset(self) -> Dataset | None:
         d = self.cfg.data
         source = d.val_source or ("embedded" if d.source == "embedded" else None)
-        return self._dataset(source, "val", train=False) if source else None
+        return self._dataset(source, "val", train=False, classes=self.classes) if source else None
 
     def loss_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         x = batch["video"] if self.video else batch["image"]
@@ -150,8 +150,9 @@ class ClassifyTask:
 
 def classification_dataset(source: str, split: str, train: bool, data: DataSection, input_size: tuple[int, ...],
                            video: bool, *, rand_augment: str = "", reprob: float = 0.0,
-                           crop_pct: float = 0.875) -> Dataset:
-    """Train (augmented) or eval (resize + centre crop) dataset for a classifier."""
+                           crop_pct: float = 0.875, classes: list[str] | None = None) -> Dataset:
+    """Train (augmented) or eval (resize + centre crop) dataset for a classifier: every sample labelled,
+    with `classes` (the training set's or a checkpoint's) when given."""
     mean, std = normalisation(data, video)
     size = input_size[-1]
     if video:
@@ -159,7 +160,7 @@ def classification_dataset(source: str, split: str, train: bool, data: DataSecti
     else:
         transform = finetune_transform(size, mean, std, train=train, rand_augment=rand_augment or None,
                                        re_prob=reprob, crop_pct=crop_pct)
-    return make_dataset(data, source, split, train, transform, video, size)
+    return make_dataset(data, source, split, train, transform, video, size, classes=classes, require_labels=True)
 
 
 def run(cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool = False) -> dict[str, Any]:

@@ -32,6 +32,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from percli.core import checkpoint as ckpt
 from percli.core.config import TrainConfig
+from percli.core.data.loader import SeededSamples, collate_skip_bad
+from percli.core.engine import BadInputLog, NoUsableData, no_usable_data_message
 from percli.core.knn import knn_classify
 from percli.core.rundir import write_json_atomic
 from percli.models import create_model
@@ -128,7 +130,8 @@ def image_datasets(model: nn.Module, data: DataSection) -> tuple[Dataset, Datase
                          "Audio-MAE models")
     val_source = data.val_source or data.source
     train = classification_dataset(data.source, "train", False, data, tuple(size), False)
-    val = classification_dataset(val_source, "val", False, data, tuple(size), False)
+    val = classification_dataset(val_source, "val", False, data, tuple(size), False,
+                                 classes=list(getattr(train, "classes", [])) or None)
     return train, val
 
 
@@ -147,14 +150,20 @@ def audio_datasets(model: nn.Module, meta: dict[str, Any], data: DataSection,
 
 @torch.no_grad()
 def extract(model: nn.Module, dataset: Dataset, features: FeatureSection, train: TrainConfig,
-            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features [N, D] (float32, on CPU) and labels [N] of a whole dataset, in dataset order."""
-    loader = DataLoader(dataset, batch_size=train.batch_size, num_workers=train.num_workers, shuffle=False)
+            device: torch.device, bad: BadInputLog) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features [N, D] (float32, on CPU) and labels [N] of a whole dataset's readable samples, in dataset
+    order; unreadable files are skipped and added to `bad`."""
+    loader = DataLoader(SeededSamples(dataset, train.seed), batch_size=train.batch_size,
+                        num_workers=train.num_workers, shuffle=False, collate_fn=collate_skip_bad)
     key = "fbank" if is_audio(model) else "image"
     feats, labels = [], []
-    for batch in loader:
-        feats.append(encode(model, batch[key].to(device), features).float().cpu())
-        labels.append(torch.as_tensor(batch["label"]))
+    for item in loader:
+        bad.add(item["bad"])
+        if item["batch"] is not None:
+            feats.append(encode(model, item["batch"][key].to(device), features).float().cpu())
+            labels.append(torch.as_tensor(item["batch"]["label"]))
+    if not feats:
+        raise NoUsableData(no_usable_data_message("the features' data", None, dataset, bad.files))
     return torch.cat(feats), torch.cat(labels).long()
 
 
@@ -175,12 +184,14 @@ def frozen_features(model_cfg: ModelSection, data: DataSection, features: Featur
     if getattr(train_set, "multilabel", False):
         raise ValueError(f"data.source={data.source!r} is multi-label (clips with several labels); k-NN and the "
                          "linear probe take single-label data (AudioSet: percli finetune audio-mae, eval classify)")
-    train_x, train_y = extract(model, train_set, features, train, accelerator.device)
-    val_x, val_y = extract(model, val_set, features, train, accelerator.device)
+    bad = BadInputLog()
+    train_x, train_y = extract(model, train_set, features, train, accelerator.device, bad)
+    val_x, val_y = extract(model, val_set, features, train, accelerator.device, bad)
     if (train_y < 0).any() or (val_y < 0).any():
         raise ValueError("some inputs have no label (a flat folder?); give class sub-folders or a labelled manifest")
     return {"model": meta["name"], "train_x": train_x, "train_y": train_y, "val_x": val_x, "val_y": val_y,
-            "num_classes": max(num_classes_of(train_set, train_y), int(val_y.max()) + 1)}
+            "num_classes": max(num_classes_of(train_set, train_y), int(val_y.max()) + 1),
+            "bad_inputs": {"count": len(bad.files), "files": bad.files}}
 
 
 def run(cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool = False) -> dict[str, Any]:
@@ -194,6 +205,7 @@ def run(cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool = 
                            temperature=cfg.temperature)
         metrics[f"k{k}/top1"], metrics[f"k{k}/top5"] = acc["top1"], acc["top5"]
     summary = {"status": "completed", "model": f["model"], "checkpoint": cfg.model.checkpoint,
+               "bad_inputs": f["bad_inputs"],
                "data": cfg.data.source, "metrics": metrics, "step": None, "run_dir": str(run_dir)}
     if accelerator.is_main_process:
         write_json_atomic(run_dir / "summary.json", summary)

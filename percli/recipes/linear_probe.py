@@ -100,6 +100,7 @@ def run(cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool = 
                "train_count": len(f["train_y"]), "count": len(f["val_y"]), "feature_dim": f["train_x"].shape[1],
                **{f"lr{lr}/top1": acc for lr, acc in result["per_lr"].items()}}
     summary = {"status": "completed", "model": f["model"], "checkpoint": cfg.model.checkpoint,
+               "bad_inputs": f["bad_inputs"],
                "data": cfg.data.source, "metrics": metrics, "step": None, "run_dir": str(run_dir)}
     if accelerator.is_main_process:
         write_json_atomic(run_dir / "summary.json", summary)

@@ -24,6 +24,10 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", "
 
 Sample = tuple[str, int]
 
+MAX_INFERRED_CLASSES = 100_000
+"""Integer labels imply ``max_label + 1`` classes; beyond this many (ImageNet-22k has 21,841) a label is
+taken for a typo rather than a class index, and the class list must be given explicitly."""
+
 
 class BadSample(Exception):
     """A data file that is corrupt, unreadable or undecodable.
@@ -61,7 +65,8 @@ def _files_under(folder: Path, extensions: tuple[str, ...], *, recursive: bool) 
     return sorted(found)
 
 
-def list_folder(root: str | Path, extensions: Iterable[str]) -> tuple[list[Sample], list[str]]:
+def list_folder(root: str | Path, extensions: Iterable[str], classes: list[str] | None = None,
+                require_labels: bool = False) -> tuple[list[Sample], list[str]]:
     """List the samples of a folder of class sub-folders, or of a flat (unlabeled) folder.
 
     Sub-folders that contain at least one matching file (searched recursively) become classes,
@@ -71,6 +76,9 @@ def list_folder(root: str | Path, extensions: Iterable[str]) -> tuple[list[Sampl
     Args:
         root: The folder.
         extensions: File suffixes to keep (lower case, with the dot); other files are ignored.
+        classes: Class names in label order (e.g. the training set's, for a validation folder that
+            holds only some of them); a sub-folder that is not among them is an error.
+        require_labels: Refuse a flat (unlabeled) folder.
 
     Returns:
         ``(samples, classes)`` with samples as ``(path, label)`` pairs in a deterministic order.
@@ -88,9 +96,19 @@ def list_folder(root: str | Path, extensions: Iterable[str]) -> tuple[list[Sampl
         if d.is_dir() and not d.name.startswith(".") and (files := _files_under(d, extensions, recursive=True))
     }
     if class_files:
-        classes = list(class_files)
-        samples = [(p, label) for label, name in enumerate(classes) for p in class_files[name]]
-        return samples, classes
+        if classes is None:
+            classes = list(class_files)
+        index = {name: i for i, name in enumerate(classes)}
+        unknown = [name for name in class_files if name not in index]
+        if unknown:
+            raise ValueError(f"{root}: sub-folder(s) {', '.join(map(repr, unknown[:5]))} are not among the "
+                             f"{len(classes)} classes of the training data/checkpoint; remove them or label the "
+                             "data like the training set")
+        samples = [(p, index[name]) for name, files in class_files.items() for p in files]
+        return samples, list(classes)
+    if require_labels:
+        raise ValueError(f"{root} holds no class sub-folders: classification needs labelled data "
+                         "(one sub-folder per class, or a manifest with labels)")
     samples = [(p, -1) for p in _files_under(root, extensions, recursive=False)]
     if not samples:
         raise ValueError(
@@ -100,7 +118,8 @@ def list_folder(root: str | Path, extensions: Iterable[str]) -> tuple[list[Sampl
     return samples, []
 
 
-def read_manifest(manifest: str | Path, classes: list[str] | None = None) -> tuple[list[Sample], list[str]]:
+def read_manifest(manifest: str | Path, classes: list[str] | None = None,
+                  require_labels: bool = False) -> tuple[list[Sample], list[str]]:
     """Read a JSONL manifest with one ``{"path": ..., "label": ...}`` object per line.
 
     ``label`` is a class index, a class name, or absent/null for unlabeled (-1). Relative paths are
@@ -110,7 +129,9 @@ def read_manifest(manifest: str | Path, classes: list[str] | None = None) -> tup
     Args:
         manifest: The ``.jsonl`` file.
         classes: Class names in label order. If omitted they are inferred: the sorted set of names
-            when labels are names, or ``"0" .. str(max_label)`` when labels are integers.
+            when labels are names, or ``"0" .. str(max_label)`` when labels are integers (at most
+            ``MAX_INFERRED_CLASSES``).
+        require_labels: Refuse unlabeled lines (classification data).
 
     Returns:
         ``(samples, classes)``.
@@ -135,7 +156,12 @@ def read_manifest(manifest: str | Path, classes: list[str] | None = None) -> tup
         if names:
             classes = names
         elif has_ints:
-            classes = [str(i) for i in range(max(lab for _, _, lab in entries if isinstance(lab, int)) + 1)]
+            lineno, top = max(((n, lab) for n, _, lab in entries if isinstance(lab, int)), key=lambda e: e[1])
+            if top >= MAX_INFERRED_CLASSES:
+                raise ValueError(f"{manifest}:{lineno}: label {top} implies {top + 1} classes (more than "
+                                 f"{MAX_INFERRED_CLASSES}); labels are class indices 0..C-1: fix the line or use "
+                                 "class names")
+            classes = [str(i) for i in range(top + 1)]
         else:
             classes = []
     index = {name: i for i, name in enumerate(classes)}
@@ -147,6 +173,9 @@ def read_manifest(manifest: str | Path, classes: list[str] | None = None) -> tup
                 raise ValueError(f"{manifest}:{lineno}: unknown class name {label!r}")
             label = index[label]
         elif label is None:
+            if require_labels:
+                raise ValueError(f"{manifest}:{lineno}: no label (classification needs a class index or name on "
+                                 "every line)")
             label = -1
         elif label >= len(classes):
             raise ValueError(f"{manifest}:{lineno}: label {label} out of range for {len(classes)} classes")
@@ -223,6 +252,7 @@ class ImageFolderDataset(_ImageSamples):
         transform: Called on the RGB PIL image; must return FloatTensor[C, H, W]. Without it the
             image is returned as floats in [0, 1] at its own size.
         extensions: Recognised image suffixes; other files are ignored.
+        classes, require_labels: As for :func:`list_folder`.
     """
 
     def __init__(
@@ -230,10 +260,12 @@ class ImageFolderDataset(_ImageSamples):
         root: str | Path,
         transform: Callable[[Any], torch.Tensor] | None = None,
         extensions: Iterable[str] = IMAGE_EXTENSIONS,
+        classes: list[str] | None = None,
+        require_labels: bool = False,
     ) -> None:
         self.root = str(root)
         self.transform = transform
-        self.samples, self.classes = list_folder(root, extensions)
+        self.samples, self.classes = list_folder(root, extensions, classes, require_labels)
 
 
 class JsonlImageDataset(_ImageSamples):
@@ -243,6 +275,7 @@ class JsonlImageDataset(_ImageSamples):
         manifest: The ``.jsonl`` file.
         transform: As for :class:`ImageFolderDataset`.
         classes: Class names in label order; inferred from the labels when omitted.
+        require_labels: Refuse unlabeled lines.
     """
 
     def __init__(
@@ -250,7 +283,8 @@ class JsonlImageDataset(_ImageSamples):
         manifest: str | Path,
         transform: Callable[[Any], torch.Tensor] | None = None,
         classes: list[str] | None = None,
+        require_labels: bool = False,
     ) -> None:
         self.manifest = str(manifest)
         self.transform = transform
-        self.samples, self.classes = read_manifest(manifest, classes)
+        self.samples, self.classes = read_manifest(manifest, classes, require_labels)

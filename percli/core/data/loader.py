@@ -106,7 +106,8 @@ class ResumableSampler(Sampler[int]):
 
 
 def collate_skip_bad(items: list[dict[str, Any]], collate: Any = default_collate) -> dict[str, Any]:
-    """Collate the good samples (with `collate`); return the bad ones' paths/reasons beside them."""
+    """Collate the good samples (with `collate`); return the bad ones' paths/reasons and the number of
+    good ones beside them."""
     bad = [it["_bad"] for it in items if "_bad" in it]
     good = [it for it in items if "_bad" not in it]
-    return {"batch": collate(good) if good else None, "bad": bad}
+    return {"batch": collate(good) if good else None, "bad": bad, "good": len(good)}

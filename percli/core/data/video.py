@@ -148,8 +148,9 @@ class VideoClipDataset(Dataset):
         sampling_rate: Temporal stride between clip frames.
         train: Random clip start if True, centred clip otherwise.
         backend: Video reader, see :func:`read_clip`.
-        classes: Class names for a manifest (inferred when omitted).
+        classes: Class names in label order (inferred when omitted).
         extensions: Video suffixes recognised in a folder.
+        require_labels: Refuse unlabeled clips (classification data).
     """
 
     def __init__(
@@ -163,6 +164,7 @@ class VideoClipDataset(Dataset):
         backend: str = "auto",
         classes: Sequence[str] | None = None,
         extensions: Iterable[str] = VIDEO_EXTENSIONS,
+        require_labels: bool = False,
     ) -> None:
         if num_frames < 1 or sampling_rate < 1:
             raise ValueError(f"num_frames and sampling_rate must be >= 1, got {num_frames}, {sampling_rate}")
@@ -175,10 +177,11 @@ class VideoClipDataset(Dataset):
         self.backend = backend
         path = Path(source)
         self.samples: list[Sample]
+        classes = list(classes) if classes is not None else None
         if path.is_dir():
-            self.samples, self.classes = list_folder(path, extensions)
+            self.samples, self.classes = list_folder(path, extensions, classes, require_labels)
         elif path.suffix == ".jsonl" and path.is_file():
-            self.samples, self.classes = read_manifest(path, list(classes) if classes is not None else None)
+            self.samples, self.classes = read_manifest(path, classes, require_labels)
         else:
             raise ValueError(f"video source {source!r} must be a folder of videos or a .jsonl manifest")
 
