@@ -179,14 +179,17 @@ def test_synthesize_runs_the_real_sampler_with_a_cut_prompt(weights, recording, 
 
 
 @pytest.mark.parametrize("case", ["no_weights", "missing_weights", "identical", "bad_audio", "no_alignment",
-                                  "output_exists"])
+                                  "output_exists", "alignment_past_audio", "nan_alignment"])
 def test_errors_name_the_fix(case, weights, recording, tmp_path, monkeypatch):
     monkeypatch.delenv("PERCLI_VOICECRAFT_CHECKPOINT", raising=False)
     monkeypatch.delenv("PERCLI_VOICECRAFT_CODEC", raising=False)
     audio, target = recording["wav"], TARGET
     extra = ["--checkpoint", weights["pth"], "--codec", weights["codec"]]
     expected = {"no_weights": "pyp1/VoiceCraft", "missing_weights": "giga830M.pth", "identical": "identical",
-                "bad_audio": "cannot read audio", "no_alignment": "--alignment", "output_exists": "--overwrite"}[case]
+                "bad_audio": "cannot read audio", "no_alignment": "--alignment", "output_exists": "--overwrite",
+                # the span of "cat" (0.40-0.64 s in WORDS) and the recording's length
+                "alignment_past_audio": "span 3.40-3.64 s (from the timings of 'cat') does not lie within the 2.00 s",
+                "nan_alignment": "span nan-0.64 s (from the timings of 'cat') does not lie within the 2.00 s"}[case]
     if case == "no_weights":
         extra = []
     elif case == "missing_weights":
@@ -203,6 +206,13 @@ def test_errors_name_the_fix(case, weights, recording, tmp_path, monkeypatch):
         monkeypatch.setattr(inference, "align_offline", no_aligner)
     elif case == "output_exists":
         (tmp_path / "out.wav").write_bytes(b"keep me")
+    elif case in ("alignment_past_audio", "nan_alignment"):  # another recording's timings; a NaN start
+        shift = 3.0 if case == "alignment_past_audio" else 0.0
+        words = [{**w, "start": w["start"] + shift, "end": w["end"] + shift} for w in WORDS]
+        if case == "nan_alignment":
+            words[1]["start"] = float("nan")  # json writes NaN, which json (and whisperX output) reads
+        (tmp_path / "bad.json").write_text(json.dumps({"words": words}))
+        extra += ["--alignment", tmp_path / "bad.json"]
     result = invoke("edit", audio, "--transcript", TRANSCRIPT, "--target", target, "-o", tmp_path / "out.wav",
                     "--device", "cpu", *extra)
     assert result.exit_code == 2

@@ -66,6 +66,7 @@ def test_short_run_trains_checkpoints_and_speaks(tmp_path, corpus):
     from percli.tts import inference
 
     first = json.loads(corpus.read_text().splitlines()[0])
+    first["audio"] = str(corpus.parent / first["audio"])  # the manifest names it relative to its folder
     words = first["text"].split()
     wav, rate = soundfile.read(first["audio"])
     step = len(wav) / rate / len(words)
@@ -89,10 +90,23 @@ def test_short_run_trains_checkpoints_and_speaks(tmp_path, corpus):
     assert torch.equal(again.codes[:, again.codes.shape[1] - (original.shape[1] - end):], original[:, end:])
 
 
+def test_default_run_dir_relative_to_the_working_dir(tmp_path, monkeypatch):
+    # the README command: no --run-dir, so the run (and the embedded corpus in its cache) lands under ./runs
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["pretrain", "voicecraft", *TINY, "train.max_steps=2", "sample_prompt_fraction=0"])
+    assert result.exit_code == 0, result.output
+    run, = (tmp_path / "runs").iterdir()
+    assert json.loads((run / "summary.json").read_text())["bad_inputs"]["count"] == 0
+    manifest = run / "cache" / "embedded_corpus" / "manifest.jsonl"
+    audio = [json.loads(line)["audio"] for line in manifest.read_text().splitlines()]
+    assert audio[0] == "utt_0000.wav" and all((manifest.parent / a).is_file() for a in audio)
+
+
 def test_unreadable_audio_is_counted_and_skipped(tmp_path, corpus):
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF\x00\x00not audio at all")
-    lines = corpus.read_text().splitlines()
+    lines = [json.dumps({**r, "audio": str(corpus.parent / r["audio"])})  # moved away from the corpus folder
+             for r in map(json.loads, corpus.read_text().splitlines())]
     lines.insert(2, json.dumps({"audio": str(broken), "text": "A broken file."}))
     lines.insert(3, "{not json")
     manifest = tmp_path / "train.jsonl"

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from percli.cli import app
+from percli.models import create_model
 from percli.recipes.zero_shot import ZeroShotTask, class_embeddings, retrieval_recalls
 
 runner = CliRunner()
@@ -133,3 +134,60 @@ def test_command_loads_an_official_state_dict_and_retrieves(trained, tmp_path):
 def test_missing_checkpoint_is_a_clear_error():
     out = runner.invoke(app, ["eval", "zero-shot"])
     assert out.exit_code == 2 and "model.checkpoint" in out.output
+
+
+# --------------------------------------------------------------------------- PE models (squash, input_size)
+
+PE_KWARGS = {"vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "heads": 2,
+                            "output_dim": 16},
+             "text_cfg": {"width": 32, "heads": 2, "layers": 1, "output_dim": 16}}
+
+
+def _left_red(width: int, height: int):
+    """A wide image: red in its left eighth, blue elsewhere."""
+    from PIL import Image
+
+    image = Image.new("RGB", (width, height), "blue")
+    image.paste((255, 0, 0), (0, 0, width // 8, height))
+    return image
+
+
+def test_eval_transform_follows_the_model_pe_squashes_and_clip_crops():
+    from percli.core.data.transforms import ImagePreprocess
+    from percli.models.pe import PEVisionTransformer
+
+    pe = ImagePreprocess.of(PEVisionTransformer(**PE_KWARGS["vision_cfg"], mlp_ratio=4.0).preprocess)
+    clip = ImagePreprocess.of(create_model("clip_vit_b32_quickgelu", embed_dim=16, vision_cfg={
+        "image_size": 32, "patch_size": 8, "width": 32, "head_width": 16, "layers": 1},
+        text_cfg={"width": 16, "heads": 2, "layers": 1}).preprocess)
+    assert (pe.size, pe.resize_mode, pe.interpolation, pe.mean) == (32, "squash", "bilinear", (0.5, 0.5, 0.5))
+    assert (clip.size, clip.resize_mode, clip.interpolation) == (32, "shortest", "bicubic")
+    # metadata written before PE declared image_size/resize_mode reads the same
+    assert ImagePreprocess.of({"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3,
+                               "interpolation": "bilinear", "resize": "squash"}) == pe
+
+    squashed = pe.eval_transform()(_left_red(80, 40))  # the whole image in 32 x 32: the red eighth stays
+    assert squashed.shape == (3, 32, 32)
+    assert (squashed[0, :, :3] > 0.9).all() and (squashed[0, :, 6:] < -0.9).all()  # red = +1 in PE's range
+    cropped = clip.eval_transform()(_left_red(80, 40))  # 40 px high -> 32, 64 wide, centre 32: the red is cut
+    assert cropped.shape == (3, 32, 32) and (cropped[2] > 1.0).all()  # blue everywhere
+
+
+def test_command_evaluates_a_pe_model(tmp_path):
+    """`eval zero-shot` with a PE checkpoint (official .pt layout) on non-square images."""
+    from PIL import Image
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "PE-Core-tiny.pt"
+    torch.save(create_model("pe_core_t16_384", **PE_KWARGS).state_dict(), checkpoint)
+    for colour in ("red", "blue"):
+        (tmp_path / "folder" / colour).mkdir(parents=True)
+        Image.new("RGB", (60, 30), colour).save(tmp_path / "folder" / colour / "a.png")
+    config = tmp_path / "eval.yaml"
+    config.write_text(json.dumps({"model": {"name": "pe_core_t16_384", "kwargs": PE_KWARGS,
+                                            "checkpoint": str(checkpoint)}}))
+    out = runner.invoke(app, ["eval", "zero-shot", "--config", str(config), f"data.source={tmp_path / 'folder'}",
+                              "train.num_workers=0", "--run-dir", str(tmp_path / "ev")])
+    assert out.exit_code == 0, out.output
+    m = json.loads((tmp_path / "ev" / "summary.json").read_text())["metrics"]
+    assert m["chance_top1"] == 0.5 and m["zero_shot_top5"] == 1.0

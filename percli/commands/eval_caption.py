@@ -68,16 +68,17 @@ def _clip_scores(checkpoint: str, model_name: str | None, images: Path, keys: li
 
     from percli.captioning.metrics import clip_score
     from percli.core.data.images import BadSample, load_rgb
+    from percli.core.data.transforms import ImagePreprocess
     from percli.models.clip_tokenizer import CLIPTokenizer
     from percli.recipes.common import ModelSection
-    from percli.recipes.zero_shot import eval_transform, load_clip
+    from percli.recipes.zero_shot import load_clip
 
     try:
         model, meta = load_clip(ModelSection(name=model_name or "", checkpoint=checkpoint))
     except (FileNotFoundError, ValueError) as e:
         fail(f"--clip-checkpoint: {e}")
     model.eval().to("cuda" if torch.cuda.is_available() else "cpu")
-    transform = eval_transform(meta["image_size"], tuple(meta["mean"]), tuple(meta["std"]))
+    transform = ImagePreprocess.of(meta).eval_transform()  # CLIP centre-crops, PE squashes
     tokenizer = CLIPTokenizer(context_length=model.context_length)
     sums = dict.fromkeys(captions, 0.0)
     scored, bad_examples = 0, []

@@ -250,8 +250,9 @@ class PEVisionTransformer(nn.Module):
         self.use_cls_token, self.use_abs_posemb, self.use_rope2d = use_cls_token, use_abs_posemb, use_rope2d
         self.pool_type, self.output_dim = pool_type, output_dim or width
         self.posemb_grid_size = image_size // patch_size
-        self.preprocess = {"input_size": [3, image_size, image_size], "mean": list(PE_MEAN), "std": list(PE_STD),
-                           "interpolation": "bilinear", "resize": "squash"}
+        # the keys CLIP declares (read by percli.core.data.transforms.ImagePreprocess), plus input_size
+        self.preprocess = {"image_size": image_size, "input_size": [3, image_size, image_size], "mean": list(PE_MEAN),
+                           "std": list(PE_STD), "interpolation": "bilinear", "resize_mode": "squash"}
 
         # own tensors first: this is the official state-dict order
         scale = width**-0.5

@@ -58,6 +58,7 @@ from percli.core import engine
 from percli.core.checkpoint import save_weights
 from percli.core.config import ConfigError, OptimConfig, TrainConfig
 from percli.core.data import BadSample, load_audio
+from percli.core.data.audio import resolve_manifest_path
 from percli.core.data.loader import mix_seed
 from percli.core.rundir import write_json_atomic
 from percli.models import create_model, list_models
@@ -244,7 +245,7 @@ def read_speech_manifest(path: Path) -> tuple[list[dict[str, str]], list[dict[st
         if not isinstance(audio, str) or not audio:
             bad.add(path, line_no, "no 'audio' path")
             continue
-        records.append({"audio": str(path.parent / Path(audio).expanduser()), "text": text})
+        records.append({"audio": resolve_manifest_path(path.parent, audio), "text": text})
     return records, bad.examples
 
 

@@ -34,9 +34,10 @@ from accelerate.utils import gather_object
 
 from percli.core import checkpoint as ckpt
 from percli.core.config import ConfigError, TrainConfig
-from percli.core.data import build_dataset, finetune_transform
+from percli.core.data import build_dataset
 from percli.core.data.captioned import ZERO_SHOT_TEMPLATES, CaptionedShapesDataset
 from percli.core.data.image_text import ImageTextDataset
+from percli.core.data.transforms import ImagePreprocess
 from percli.core.engine import BadInputLog, evaluate
 from percli.core.rundir import write_json_atomic
 from percli.curation.formats import expand_inputs
@@ -56,8 +57,11 @@ RECALL_KS = (1, 5, 10)
 
 
 def eval_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> Any:
-    """open_clip's evaluation preprocessing: bicubic resize of the short side, centre crop, normalise."""
-    return finetune_transform(size, mean, std, train=False, crop_pct=1.0)
+    """open_clip's evaluation preprocessing: bicubic resize of the short side, centre crop, normalise.
+
+    A model's own preprocessing (PE squashes instead): ``ImagePreprocess.of(model.preprocess).eval_transform()``.
+    """
+    return ImagePreprocess(size, tuple(mean), tuple(std)).eval_transform()
 
 
 @torch.no_grad()
@@ -210,8 +214,8 @@ def _class_names(data: ZeroShotData, meta: dict[str, Any], dataset: Any) -> list
 def _classification_set(data: ZeroShotData, meta: dict[str, Any], transform: Any) -> tuple[Any, list[str], list[str]]:
     """The dataset of data.source, its class names and the prompt templates."""
     if data.source == "embedded":
-        dataset = CaptionedShapesDataset("val", max(data.embedded_size // 4, 1), image_size=meta["image_size"],
-                                         transform=transform)
+        dataset = CaptionedShapesDataset("val", max(data.embedded_size // 4, 1),
+                                         image_size=ImagePreprocess.of(meta).size, transform=transform)
         default_templates = meta.get("templates") or list(ZERO_SHOT_TEMPLATES)
     else:
         dataset = build_dataset(data.source, kind="image", transform=transform)
@@ -231,9 +235,10 @@ def _load_models(cfg: Config) -> tuple[nn.Module, dict[str, Any], list[CLIPToken
     loaded = [load_clip(dataclasses.replace(cfg.model, checkpoint=path)) for path in cfg.ensemble]
     meta = loaded[0][1]
     for path, (_, other) in zip(cfg.ensemble[1:], loaded[1:]):
-        if any(other[key] != meta[key] for key in ("image_size", "mean", "std")):
+        if ImagePreprocess.of(other) != ImagePreprocess.of(meta):
             raise ValueError(f"ensemble expert {path} preprocesses images unlike {cfg.ensemble[0]} (image size, "
-                             "mean or std differ); ensemble experts that share one preprocessing")
+                             "resize mode, interpolation, mean or std differ); ensemble experts that share one "
+                             "preprocessing")
     models = [model for model, _ in loaded]
     return Experts(models), meta, [CLIPTokenizer(context_length=m.context_length) for m in models]
 
@@ -244,7 +249,7 @@ def run(cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool = 
         raise ValueError("nothing to evaluate: set data.source (classification) and/or data.pairs (retrieval)")
     model, meta, tokenizers = _load_models(cfg)
     tokenize = tokenizers[0]
-    transform = eval_transform(meta["image_size"], tuple(meta["mean"]), tuple(meta["std"]))
+    transform = ImagePreprocess.of(meta).eval_transform()  # the model's own: CLIP centre-crops, PE squashes
     model = accelerator.prepare(model)
     bad = BadInputLog()
     metrics: dict[str, float] = {}

@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import difflib
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -357,6 +358,10 @@ def edit_spans(
 
     Returns:
         Spans in time order, non-overlapping; ``[start_frame, end_frame)`` at ``frame_rate``.
+
+    Raises:
+        ValueError: if an edited stretch of the timings is not finite or not within the recording
+            (``0 <= start <= end <= duration``, give or take one codec frame): the timings are not this audio's.
     """
     if len(timings) != len(orig_transcript.split()):
         raise ValueError(f"{len(timings)} word timings for {len(orig_transcript.split())} transcript words")
@@ -368,6 +373,9 @@ def edit_spans(
             end = timings[i].start if i < len(timings) else duration
         else:
             start, end = timings[edit.orig_start].start, timings[edit.orig_end - 1].end
+        around = int(edit.kind == "insertion")  # an insertion's span comes from its neighbours
+        _check_span(start, end, duration, timings[max(edit.orig_start - around, 0): edit.orig_end + around],
+                    1 / frame_rate)
         start = max(start - left_margin, 1 / frame_rate)
         end = min(end + right_margin, duration)
         span = EditSpan((edit,), start, end, round(start * frame_rate), round(end * frame_rate))
@@ -377,6 +385,17 @@ def edit_spans(
                             max(prev.end_frame, span.end_frame))
         spans.append(span)
     return spans
+
+
+def _check_span(start: float, end: float, duration: float, words: list[WordTiming], tolerance: float) -> None:
+    """An edit span from word timings lies within the recording (``tolerance``: codec frame rounding)."""
+    finite = math.isfinite(start) and math.isfinite(end)
+    if finite and start >= -tolerance and end <= duration + tolerance and start <= end + tolerance:
+        return
+    named = " ".join(w.word for w in words)
+    raise ValueError(f"the edit span {start:.2f}-{end:.2f} s (from the timings of {named!r}) does not lie within the "
+                     f"{duration:.2f} s audio (0 <= start <= end <= {duration:.2f}); give word timings of this "
+                     "recording, in seconds from its start (or no --alignment, to align it offline)")
 
 
 # --------------------------------------------------------------------------------------------

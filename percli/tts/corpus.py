@@ -9,7 +9,8 @@ then resampled from espeak-ng's 22.05 kHz to 16 kHz and written as 16-bit WAV.
 Determinism: espeak-ng keeps internal state between utterances (the same sentence spoken twice in
 one process differs by a few samples), so the whole corpus is always synthesised in a fresh
 process, in index order: every build gives bit-identical files. ``build_corpus`` writes the WAVs and
-a ``manifest.jsonl`` ({"audio": path, "text": transcript}) and reuses a complete earlier build.
+a ``manifest.jsonl`` ({"audio": path, "text": transcript}, each path relative to the manifest's folder,
+as manifest readers resolve them) and reuses a complete earlier build.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def build_corpus(folder: str | Path, size: int = 200, seed: int = 0) -> Path:
     texts = sentences(size, seed)
     if manifest.is_file():
         records = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
-        if [r["text"] for r in records] == texts and all(Path(r["audio"]).is_file() for r in records):
+        if [r["text"] for r in records] == texts and all((folder / r["audio"]).is_file() for r in records):
             return manifest
     folder.mkdir(parents=True, exist_ok=True)
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -122,8 +123,8 @@ def build_corpus(folder: str | Path, size: int = 200, seed: int = 0) -> Path:
     resample, paths = torchaudio.transforms.Resample(rate, SAMPLE_RATE), []  # one windowed-sinc kernel for all
     for i, wave in enumerate(waves):
         wave = resample(torch.from_numpy(wave.astype(np.float32) / 32768.0))
-        paths.append(str(folder / f"utt_{i:04d}.wav"))
-        soundfile.write(paths[-1], wave.clamp(-1, 1).numpy(), SAMPLE_RATE, subtype="PCM_16")
+        paths.append(f"utt_{i:04d}.wav")  # relative to the manifest's folder, wherever the process runs
+        soundfile.write(str(folder / paths[-1]), wave.clamp(-1, 1).numpy(), SAMPLE_RATE, subtype="PCM_16")
     tmp = folder / f".{MANIFEST}.tmp-{os.getpid()}"
     tmp.write_text("".join(json.dumps({"audio": p, "text": t}) + "\n" for p, t in zip(paths, texts)))
     os.replace(tmp, manifest)

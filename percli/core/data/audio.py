@@ -324,7 +324,8 @@ class FbankDataset(Dataset):
 AudioItem = tuple[str, list[int]]
 
 
-def _resolve(base: Path, path: str) -> str:
+def resolve_manifest_path(base: Path, path: str) -> str:
+    """A path read from a manifest in folder ``base``: ``~`` expanded, absolute kept, relative joined onto ``base``."""
     resolved = Path(path).expanduser()
     return str(resolved if resolved.is_absolute() else base / resolved)
 
@@ -394,7 +395,7 @@ def read_audio_manifest(manifest: str | Path, classes: list[str] | None = None) 
                 # bool is an int subclass; a true/false label is a manifest bug.
                 if isinstance(lab, bool) or not isinstance(lab, int | str) or (isinstance(lab, int) and lab < -1):
                     raise ValueError(f"{where}: a label must be a class name or an index >= 0, got {lab!r}")
-            entries.append((_resolve(manifest.parent, obj["path"]), [lab for lab in labels if lab != -1]))
+            entries.append((resolve_manifest_path(manifest.parent, obj["path"]), [lab for lab in labels if lab != -1]))
     if not entries:
         raise ValueError(f"{manifest}: manifest has no entries")
     return _index_names(manifest, entries, classes)
@@ -441,7 +442,7 @@ def read_ast_json(
             raise ValueError(f'{json_file}: entry {i} has no "wav" path')
         labels = datum.get("labels") or ""
         mids = [m.strip() for m in labels.split(",") if m.strip()] if isinstance(labels, str) else list(labels)
-        entries.append((_resolve(json_file.parent, datum["wav"]), mids))
+        entries.append((resolve_manifest_path(json_file.parent, datum["wav"]), mids))
     if not entries:
         raise ValueError(f"{json_file}: data list is empty")
     if label_csv is None:

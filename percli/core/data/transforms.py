@@ -11,8 +11,9 @@ the engine seeds per sample, so augmentation is reproducible and resumable.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -214,6 +215,48 @@ def finetune_transform(
     if re_prob > 0:
         steps.append(v2.RandomErasing(p=re_prob, value="random"))
     return v2.Compose(steps)
+
+
+RESIZE_MODES = ("shortest", "squash")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagePreprocess:
+    """A CLIP/PE model's image preprocessing, read from its ``preprocess`` description (or a checkpoint's).
+
+    CLIP (open_clip) declares ``resize_mode: "shortest"`` with bicubic resizing: the short side goes
+    to ``size`` and the centre is cropped. PE declares ``resize_mode: "squash"`` with bilinear
+    resizing: the whole image is resized to ``size x size`` without a crop (the official PE
+    ``get_image_transform`` default). Metadata written before both used these keys gave PE's size
+    as ``input_size: [C, H, W]`` and its mode as ``resize``; both are still read.
+    """
+
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"
+
+    @classmethod
+    def of(cls, preprocess: Mapping[str, Any]) -> ImagePreprocess:
+        size = preprocess.get("image_size") or (preprocess.get("input_size") or [None])[-1]
+        if not size or "mean" not in preprocess or "std" not in preprocess:
+            raise ValueError(f"the model's preprocessing {dict(preprocess)} names no image size (image_size or "
+                             "input_size), mean or std; is it a CLIP or PE image model?")
+        mode = preprocess.get("resize_mode") or preprocess.get("resize") or "shortest"
+        if mode not in RESIZE_MODES:
+            raise ValueError(f"resize mode {mode!r} is not supported; use one of {', '.join(RESIZE_MODES)}")
+        return cls(int(size), tuple(map(float, preprocess["mean"])), tuple(map(float, preprocess["std"])),
+                   str(preprocess.get("interpolation", "bicubic")), mode)
+
+    def eval_transform(self) -> v2.Compose:
+        """PIL image (or uint8 tensor) -> FloatTensor[3, size, size]: resize (and crop for "shortest"), normalise."""
+        interpolation = v2.InterpolationMode(self.interpolation)
+        if self.resize_mode == "squash":
+            resize = [v2.Resize((self.size, self.size), interpolation=interpolation, antialias=True)]
+        else:
+            resize = [v2.Resize(self.size, interpolation=interpolation, antialias=True), v2.CenterCrop(self.size)]
+        return v2.Compose([*resize, *_to_normalized_float(self.mean, self.std)])
 
 
 def video_transform(
