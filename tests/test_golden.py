@@ -5,6 +5,12 @@ Every folder under ``$PERCLI_GOLDEN_DIR`` (default ``<repo>/../shared/golden``) 
 there). A case runs through the runner registered for its official file and class in `RUNNERS`;
 a family percli does not implement yet is skipped with its name. Adding a family = writing one
 runner that builds the percli model, replays the case's "calls" and returns every output by name.
+
+Runners replay what the case records, not a fixed copy of the public cases: a `CallBook`
+(tests/golden_replay.py, whose docstring is the convention) parses every recorded call with `ast` and calls
+the percli method with the recorded positional and keyword arguments; an entry it cannot replay is
+implemented by hand only if pinned to the verbatim text it implements, and anything else fails, naming the
+case, the entry and the call.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import GOLDEN_DIR
+from tests.golden_replay import CallBook, GoldenReplayError, extract_calls, output_names
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,12 @@ def discover_cases(root: Path) -> list[Case]:
 
 
 # --------------------------------------------------------------------------- runners
+#
+# A runner builds the percli model from config.json and hands the case's recorded `calls` to a `CallBook`
+# (tests/golden_replay.py), which replays every recorded call with the arguments it records and names the
+# outputs from the entry keys. What a runner adds by hand is listed in it: the saved RNG draws that replace the
+# official draws (`extra`), names the case's prose uses (`names`), official -> percli method names (`aliases`),
+# and entries that record no replayable call, pinned to the verbatim fragments of their text they implement.
 
 Runner = Callable[[Case], dict[str, torch.Tensor]]
 
@@ -61,35 +74,24 @@ def _build_strict(cls: type[torch.nn.Module], case: Case) -> torch.nn.Module:
     return model.eval()
 
 
+def _book(case: Case, model: torch.nn.Module, inputs: dict[str, torch.Tensor] | None = None, **kwargs) -> CallBook:
+    return CallBook(case.name, case.config, case.inputs() if inputs is None else inputs, model, **kwargs)
+
+
 @torch.no_grad()
 def run_hiera(case: Case) -> dict[str, torch.Tensor]:
     from percli.models.hiera import Hiera
 
-    model = _build_strict(Hiera, case)
-    x, mask = case.inputs()["x"], case.inputs()["mask"]
-    out: dict[str, torch.Tensor] = {}
-    out["probs_eval"], maps = model(x, return_intermediates=True)
-    out.update({f"intermediate_{i}": m for i, m in enumerate(maps)})
-    model.train()  # the official head skips its softmax in train mode (all drop rates are 0)
-    out["logits_trainmode"] = model(x)
-    model.eval()
-    out["masked_tokens_out"], maps = model(x, mask=mask, return_intermediates=True)
-    out.update({f"masked_intermediate_{i}": m for i, m in enumerate(maps)})
-    return out
+    # every entry is "model.eval()/train(); model(x, ...)" with literal arguments and the saved `mask`
+    return _book(case, _build_strict(Hiera, case)).replay_all()
 
 
 @torch.no_grad()
 def run_hiera_mae(case: Case) -> dict[str, torch.Tensor]:
     from percli.models.hiera import MaskedAutoencoderHiera
 
-    model = _build_strict(MaskedAutoencoderHiera, case)
-    x, mask = case.inputs()["x"], case.inputs()["mask"]
-    ratio = case.config["mask_ratio"]
-    out: dict[str, torch.Tensor] = {}
-    out["loss"], out["pred"], out["label"], out["mask_out"] = model(x, ratio, mask=mask)
-    out["encoder_latent"] = model.forward_encoder(x, ratio, mask=mask)[0]
-    out["decoder_pred_full"], out["pred_mask"] = model.forward_decoder(out["encoder_latent"], mask)
-    return out
+    # `mask_ratio` is config.json's number; the mask drawn by the official get_random_mask is the input `mask`
+    return _book(case, _build_strict(MaskedAutoencoderHiera, case)).replay_all()
 
 
 def _audiomae_kwargs(case: Case) -> dict:
@@ -107,21 +109,32 @@ def run_audiomae_mae(case: Case) -> dict[str, torch.Tensor]:
     model = AudioMaskedAutoencoderViT(**_audiomae_kwargs(case))
     model.load_state_dict(case.state(), strict=True)
     model.eval()
-    inputs, ratio = case.inputs(), case.config["mask_ratio"]
+    inputs = case.inputs()
+    book = _book(case, model, inputs)
     x = inputs["x"]
 
-    def run(prefix: str, **masking: torch.Tensor | bool) -> dict[str, torch.Tensor]:
-        latent, mask, ids_restore = model.forward_encoder(x, ratio, **masking)
+    def forward(_: dict) -> dict[str, torch.Tensor]:
+        # the recorded statements (enc, mask, ids_restore, _ = model.forward_encoder(...); pred, _, _ = ...;
+        # loss = ...), with the saved draw of torch.rand inside random_masking instead of torch.manual_seed
+        env = book.execute("forward", extra={"model.forward_encoder": {"noise": inputs["noise"]}}).env
+        return {"encoder_out": env["enc"], "mask": env["mask"], "ids_restore": env["ids_restore"],
+                "pred": env["pred"], "loss": env["loss"]}
+
+    def mask2d(_: dict) -> dict[str, torch.Tensor]:
+        latent, mask, ids_restore = model.forward_encoder(x, case.config["mask_ratio"], mask_2d=True,
+                                                          noise_t=inputs["mask2d_noise_t"],
+                                                          noise_f=inputs["mask2d_noise_f"])
         pred = model.forward_decoder(latent, ids_restore)
         loss = model.forward_loss(x, pred, mask, norm_pix_loss=model.norm_pix_loss)
-        return {f"{prefix}encoder_out": latent, f"{prefix}mask": mask, f"{prefix}ids_restore": ids_restore,
-                f"{prefix}pred": pred, f"{prefix}loss": loss}
+        return {"mask2d_encoder_out": latent, "mask2d_mask": mask, "mask2d_ids_restore": ids_restore,
+                "mask2d_pred": pred, "mask2d_loss": loss}
 
-    out = run("", mask_2d=model.mask_2d, noise=inputs["noise"])
-    out["target_patches"] = model.patchify(x)
-    if "mask2d_noise_t" in inputs:  # second run with time/frequency masking
-        out.update(run("mask2d_", mask_2d=True, noise_t=inputs["mask2d_noise_t"], noise_f=inputs["mask2d_noise_f"]))
-    return out
+    return book.replay_all(
+        custom={"forward": ((), forward),
+                "mask2d_*": (("forward_encoder(x, mask_ratio, mask_2d=True) using model.mask_t_prob/mask_f_prob",
+                              "mask2d_noise_t = torch.rand(N, 64) then mask2d_noise_f = torch.rand(N, 8)",
+                              "then decoder and loss as above"), mask2d)},
+        pins={"noise": ("inputs['noise'] is the exact torch.rand(N, L) drawn inside random_masking",)})
 
 
 @torch.no_grad()
@@ -132,10 +145,9 @@ def run_audiomae_vit(case: Case) -> dict[str, torch.Tensor]:
     model.load_state_dict(case.state(), strict=True)
     model.eval()
     inputs = case.inputs()
-    x = inputs["x"]
-    masked = model(x, case.config["mask_t_prob"], case.config["mask_f_prob"],
-                   noise_t=inputs["masked_noise_t"], noise_f=inputs["masked_noise_f"])
-    return {"logits": model(x), "features": model.forward_features(x), "masked_logits": masked}
+    # masked_logits: "model(x, mask_t_prob, mask_f_prob)" with the saved draws of the official masking
+    draws = {"noise_t": inputs["masked_noise_t"], "noise_f": inputs["masked_noise_f"]}
+    return _book(case, model, inputs).replay_all(extra={"masked_logits": {"model": draws}})
 
 
 @torch.no_grad()
@@ -149,63 +161,115 @@ def run_voicecraft(case: Case) -> dict[str, torch.Tensor]:
     model.load_state_dict(case.state(), strict=True)
     model.eval()
     inputs, seed = case.inputs(), case.config["rng_seed"]
-    # replay the official draws: random.seed(seed) / torch.manual_seed(seed) == these two generators
-    res = model(inputs["x"], inputs["x_lens"], inputs["y"], inputs["y_lens"], rng=random.Random(seed),
-                generator=torch.Generator().manual_seed(seed), return_intermediates=True)
-    audio = res["audio"]
-    out = {k: res[k] for k in ("loss", "top10acc", "effective_ntoken", "x_input", "x_padding_mask", "embedded_y",
-                               "y_input", "y_padding_mask", "decoder_xy_input", "decoder_out_y", "logits_BKSC")}
-    out.update({"cated_y_KTB": audio.tokens, "new_y_lens": audio.lengths, "logits_final_KTC": res["logits"],
-                "targets_KT": res["targets"]})
-    # the unpadded text / audio blocks of the full mask: read them in the longest sample
-    L, blocked = res["x_input"].shape[1], res["decoder_blocked"]
-    out["x_attention_mask"] = blocked[int(inputs["x_lens"].argmax()), :L, :L]
-    out["y_attention_mask"] = blocked[int(audio.lengths.argmax()), L:, L:]
-    out["decoder_attn_mask_float"] = blocked.repeat_interleave(model.nhead, dim=0)  # [B*heads, ..]
-    for k in range(model.n_codebooks):
-        out[f"top10acc_by_codebook_{k}"] = res["top10acc_by_codebook"][k]
-        out[f"ce_loss_codebook_{k}"] = res["ce_by_codebook"][k]
-    for i, spans in enumerate(audio.mask_intervals):
-        out[f"mask_intervals_b{i}"] = torch.tensor(spans)
-        out[f"non_mask_intervals_b{i}"] = torch.tensor(unmasked_intervals(spans, int(inputs["y_lens"][i])))
-        out[f"mask_position_b{i}"] = torch.tensor(audio.mask_positions[i])
-        out[f"mask_value_b{i}"] = torch.tensor(audio.mask_values[i])
-        for j, (piece, delayed) in enumerate(zip(audio.targets[i], audio.shifted[i])):
-            out[f"rearranged_b{i}_seg{j}"], out[f"shifted_b{i}_seg{j}"] = piece, delayed
-    return out
+    book = _book(case, model, inputs)
+
+    def forward(_: dict) -> dict[str, torch.Tensor]:
+        # the official forward takes the batch dict {x, x_lens, y, y_lens}; percli takes them as arguments.
+        # replay the official draws: random.seed(seed) / torch.manual_seed(seed) == these two generators
+        res = model(inputs["x"], inputs["x_lens"], inputs["y"], inputs["y_lens"], rng=random.Random(seed),
+                    generator=torch.Generator().manual_seed(seed), return_intermediates=True)
+        audio = res["audio"]
+        out = {k: res[k] for k in ("loss", "top10acc", "effective_ntoken", "x_input", "x_padding_mask",
+                                   "embedded_y", "y_input", "y_padding_mask", "decoder_xy_input", "decoder_out_y",
+                                   "logits_BKSC")}
+        out.update({"cated_y_KTB": audio.tokens, "new_y_lens": audio.lengths, "logits_final_KTC": res["logits"],
+                    "targets_KT": res["targets"]})
+        # the unpadded text / audio blocks of the full mask: read them in the longest sample
+        L, blocked = res["x_input"].shape[1], res["decoder_blocked"]
+        out["x_attention_mask"] = blocked[int(inputs["x_lens"].argmax()), :L, :L]
+        out["y_attention_mask"] = blocked[int(audio.lengths.argmax()), L:, L:]
+        out["decoder_attn_mask_float"] = blocked.repeat_interleave(model.nhead, dim=0)  # [B*heads, ..]
+        for k in range(model.n_codebooks):
+            out[f"top10acc_by_codebook_{k}"] = res["top10acc_by_codebook"][k]
+            out[f"ce_loss_codebook_{k}"] = res["ce_by_codebook"][k]
+        for i, spans in enumerate(audio.mask_intervals):
+            out[f"mask_intervals_b{i}"] = torch.tensor(spans)
+            out[f"non_mask_intervals_b{i}"] = torch.tensor(unmasked_intervals(spans, int(inputs["y_lens"][i])))
+            out[f"mask_position_b{i}"] = torch.tensor(audio.mask_positions[i])
+            out[f"mask_value_b{i}"] = torch.tensor(audio.mask_values[i])
+            for j, (piece, delayed) in enumerate(zip(audio.targets[i], audio.shifted[i])):
+                out[f"rearranged_b{i}_seg{j}"], out[f"shifted_b{i}_seg{j}"] = piece, delayed
+        return out
+
+    # one training forward; every other entry records an intermediate of it, pinned to what percli returns
+    return book.replay_all(
+        custom={"forward": (("model.eval()", "random.seed(rng_seed); torch.manual_seed(rng_seed)",
+                             "res = model({'x','x_lens','y','y_lens'})"), forward)},
+        pins={"rearranged_b{i}_seg{j}": ("model.rearrange(...)[i][j]",),
+              "shifted_b{i}_seg{j}": ("model.shift(...)[0][i][j]",),
+              "mask_position_b{i}, mask_value_b{i}": ("model.insert_mask(...)[1][i], [2][i]",),
+              "cated_y_KTB, new_y_lens": ("model.cat_y(...)  [K, T, B] padded with audio_pad_token",),
+              "embedded_y": ("model.embed_y(...) [B, T, D]",),
+              "y_input / y_padding_mask / y_attention_mask": ("prepare_input_target outputs",),
+              "x_input / x_attention_mask / x_padding_mask": ("dec_forward args",),
+              "decoder_xy_input / decoder_attn_mask_float": ("cat([x_input, y_input],1)", "[B*nhead, S, S] (0 / -inf)"),
+              "decoder_out_y": ("dec_forward(...)[0]",),
+              "logits_BKSC": ("stack of predict_layer[k](decoder_out_y) -> [B, K, T, card]",),
+              "logits_final_KTC / targets_KT": ("after remove_mask + revert_pattern",),
+              "ce_loss_codebook_k": ("F.cross_entropy(logits_final_KTC[k], targets_KT[k]) (mean)",)})
 
 
-def _pe_vision_outputs(visual: torch.nn.Module, x: torch.Tensor, x_res2: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Outputs both PE cases share: per-block tokens, RoPE tables and the resized abs pos-embed."""
-    out = {f"layer_{i}": visual.forward_features(x, layer_idx=i) for i in range(len(visual.transformer.resblocks))}
-    out["ff_prenorm"] = visual.forward_features(x)
-    out["rope_freq"] = visual.rope_angles(x.shape[2] // visual.patch_size, x.shape[3] // visual.patch_size)
-    grid2 = (x_res2.shape[2] // visual.patch_size, x_res2.shape[3] // visual.patch_size)
-    out["res2_rope_freq"], out["res2_abs_posemb"] = visual.rope_angles(*grid2), visual.sample_abs_posemb(*grid2)
-    return out
+def _pe_grids(visual: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, int]:
+    """The patch grids the PE cases' prose names: gh, gw of `x` and gh2, gw2 of `x_res2`."""
+    p = visual.patch_size
+    (H, W), (H2, W2) = inputs["x"].shape[2:], inputs["x_res2"].shape[2:]
+    return {"gh": H // p, "gw": W // p, "gh2": H2 // p, "gw2": W2 // p}
+
+
+def _pe_vision_custom(book: CallBook, visual: torch.nn.Module, inputs: dict[str, torch.Tensor], res2_key: str,
+                      res2_forward: Callable[[torch.Tensor], dict[str, torch.Tensor]]) -> dict:
+    """Entries both PE cases record in prose: the RoPE table and the second-resolution path."""
+    g = _pe_grids(visual, inputs)
+
+    def res2(_: dict) -> dict[str, torch.Tensor]:
+        # "same at x_res2 ... = <receiver>._sample_abs_posemb(gh2, gw2)": the recorded call is replayed
+        (abs_posemb,) = book.execute(res2_key).values
+        out = {f"res2_{name}": value for name, value in res2_forward(inputs["x_res2"]).items()}
+        return {**out, "res2_rope_freq": visual.rope_angles(g["gh2"], g["gw2"]), "res2_abs_posemb": abs_posemb}
+
+    def rope(_: dict) -> dict[str, torch.Tensor]:
+        return {"rope_freq": visual.rope_angles(g["gh"], g["gw"])}
+
+    return {"rope_freq": (("rope.freq after running x",), rope), res2_key: (("same at x_res2",), res2)}
 
 
 @torch.no_grad()
 def run_pe_clip(case: Case) -> dict[str, torch.Tensor]:
     from percli.models.pe import PECLIP
 
-    kwargs = case.config["constructor_kwargs"]  # init_logit_scale: the default (the state holds the value)
-    model = PECLIP(kwargs["vision_cfg"], kwargs["text_cfg"])
+    kwargs = dict(case.config["constructor_kwargs"])
+    scale = kwargs.pop("init_logit_scale", None)  # the state holds the value; only a recorded default is ignored
+    assert scale is None or "(default)" in str(scale), f"unexpected init_logit_scale {scale!r}"
+    model = PECLIP(kwargs.pop("vision_cfg"), kwargs.pop("text_cfg"), **kwargs)
     model.load_state_dict(case.state(), strict=True)
     model.eval()
     inputs, visual = case.inputs(), model.visual
-    x, x_res2, text = inputs["x"], inputs["x_res2"], inputs["text"]
-    out = _pe_vision_outputs(visual, x, x_res2)
-    out["image_features"], out["text_features"], out["logit_scale"] = model(x, text)
-    out["logits_per_image"] = out["logit_scale"] * out["image_features"] @ out["text_features"].T
-    out["encode_image"], out["encode_text"] = model.encode_image(x), model.encode_text(text)
-    out["ff_norm"] = visual.forward_features(x, norm=True)
-    out["ff_norm_strip_cls"] = visual.forward_features(x, norm=True, strip_cls_token=True)
-    out["pooled_before_proj"] = visual.pool(out["ff_norm"])
-    out["res2_encode_image"], out["res2_ff_norm"] = model.encode_image(x_res2), visual.forward_features(x_res2, True)
-    out["text_tokens_ln_final"] = model.text_tokens(text)
-    out["text_short_encode_text"] = model.encode_text(inputs["text_short"])
-    return out
+    book = _book(case, model, inputs, names=_pe_grids(visual, inputs),
+                 aliases={"_pool": "pool", "_sample_abs_posemb": "sample_abs_posemb"})
+    x, text = inputs["x"], inputs["text"]
+
+    def encode_image(_: dict) -> dict[str, torch.Tensor]:
+        # "model.encode_image(x) = model.visual(x)": both replayed, the record says they are one value
+        first, second = book.execute("encode_image").values
+        torch.testing.assert_close(second, first, atol=0, rtol=0)
+        return {"encode_image": first}
+
+    res2_key = "res2_encode_image / res2_ff_norm / res2_rope_freq / res2_abs_posemb"
+    custom = _pe_vision_custom(book, visual, inputs, res2_key,
+                               lambda x2: {"encode_image": model.encode_image(x2),
+                                           "ff_norm": visual.forward_features(x2, norm=True)})
+    custom.update({
+        "logits_per_image": (("logit_scale.exp() * image_features @ text_features.T",),
+                             lambda out: {"logits_per_image": out["logit_scale"] * out["image_features"]
+                                          @ out["text_features"].T}),
+        "encode_image": ((), encode_image),
+        "ff_norm / ff_prenorm": (("model.visual.forward_features(x, norm=True / False)",),
+                                 lambda _: {"ff_norm": visual.forward_features(x, norm=True),
+                                            "ff_prenorm": visual.forward_features(x, norm=False)}),
+        "text_tokens_ln_final": (("model.output_tokens = True; TextTransformer.forward(model, text)[1]",),
+                                 lambda _: {"text_tokens_ln_final": model.text_tokens(text)}),
+    })
+    return book.replay_all(custom=custom, loops={"layer_i": {"i": range(len(visual.transformer.resblocks))}})
 
 
 @torch.no_grad()
@@ -214,9 +278,11 @@ def run_pe_vision(case: Case) -> dict[str, torch.Tensor]:
 
     model = _build_strict(PEVisionTransformer, case)
     inputs = case.inputs()
-    out = _pe_vision_outputs(model, inputs["x"], inputs["x_res2"])
-    out["forward"], out["res2_forward"] = model(inputs["x"]), model(inputs["x_res2"])
-    return out
+    book = _book(case, model, inputs, receivers=("v",), names=_pe_grids(model, inputs),
+                 aliases={"_sample_abs_posemb": "sample_abs_posemb"})
+    custom = _pe_vision_custom(book, model, inputs, "res2_forward / res2_rope_freq / res2_abs_posemb",
+                               lambda x2: {"forward": model(x2)})
+    return book.replay_all(custom=custom, loops={"layer_i": {"i": range(len(model.transformer.resblocks))}})
 
 
 @torch.no_grad()
@@ -225,22 +291,23 @@ def run_openclip(case: Case) -> dict[str, torch.Tensor]:
 
     model = _build_strict(CLIP, case)
     image, text = case.inputs()["image"], case.inputs()["text"]
-    out: dict[str, torch.Tensor] = {}
-    out["image_features"], out["text_features"], out["logit_scale"] = model(image, text)
-    out["logits_per_image"], out["logits_per_text"] = model.get_logits(image, text)
-    out["encode_image"], out["encode_text"] = model.encode_image(image), model.encode_text(text)
-    fi = model.forward_intermediates(image, text, image_output_extra_tokens=True, output_logits=True)
-    for i, (patches, prefix) in enumerate(zip(fi["image_intermediates"], fi["image_intermediates_prefix"])):
-        out[f"image_intermediate_{i}"], out[f"image_intermediate_prefix_{i}"] = patches, prefix
-    out.update({f"text_intermediate_{i}": t for i, t in enumerate(fi["text_intermediates"])})
-    out["fi_image_logits"] = fi["image_logits"]
-    last = model.forward_intermediates(image, text, image_indices=[-1], text_indices=[-1], intermediates_only=True,
-                                       normalize_intermediates=True, image_output_fmt="NLC",
-                                       image_output_extra_tokens=True)
-    out["image_patch_tokens_ln_post"] = last["image_intermediates"][0]
-    out["image_cls_token_ln_post"] = last["image_intermediates_prefix"][0]
-    out["text_tokens_ln_final"] = last["text_intermediates"][0]
-    return out
+    fields = {"image_intermediate_i": "image_intermediates", "text_intermediate_i": "text_intermediates",
+              "image_intermediate_prefix_i": "image_intermediates_prefix", "fi_image_logits": "image_logits"}
+
+    def last_normalized(_: dict) -> dict[str, torch.Tensor]:
+        # recorded with its inputs elided ("...") and one `indices=[last]` for both towers
+        last = model.forward_intermediates(image, text, image_indices=[-1], text_indices=[-1],
+                                           normalize_intermediates=True, intermediates_only=True,
+                                           image_output_fmt="NLC", image_output_extra_tokens=True)
+        return {"image_patch_tokens_ln_post": last["image_intermediates"][0],
+                "image_cls_token_ln_post": last["image_intermediates_prefix"][0],
+                "text_tokens_ln_final": last["text_intermediates"][0]}
+
+    return _book(case, model).replay_all(
+        fields={"image_intermediate_i / image_intermediate_prefix_i / text_intermediate_i / fi_image_logits": fields},
+        custom={"image_patch_tokens_ln_post / image_cls_token_ln_post / text_tokens_ln_final": (
+            ("model.forward_intermediates(..., indices=[last], normalize_intermediates=True, intermediates_only=True, "
+             "image_output_fmt='NLC', image_output_extra_tokens=True)",), last_normalized)})
 
 
 @torch.no_grad()
@@ -255,18 +322,10 @@ def run_dinov2(case: Case) -> dict[str, torch.Tensor]:
     model.load_state_dict(case.state(), strict=True)
     model.eval()
     inputs = case.inputs()
-    x, x_res2 = inputs["x"], inputs["x_res2"]
-    out = {"forward": model(x)}
-    out.update({f"ff_{k}": v for k, v in model.forward_features(x).items() if k != "masks"})
-    out.update({f"ffmask_{k}": v for k, v in model.forward_features(x, masks=inputs["masks"]).items() if k != "masks"})
-    normed = model.get_intermediate_layers(x, n=2, reshape=True, return_class_token=True, norm=True)
-    for i, ((patches, cls), raw) in enumerate(zip(normed, model.get_intermediate_layers(x, n=2, norm=False))):
-        out[f"interm_{i}_patch_bchw"], out[f"interm_{i}_cls"], out[f"interm_{i}_patch_prenorm"] = patches, cls, raw
-    out.update({f"ffres2_{k}": v for k, v in model.forward_features(x_res2).items() if k != "masks"})
-    H2, W2 = x_res2.shape[2:]
-    tokens = torch.zeros(1, 1 + (H2 // model.patch_size) * (W2 // model.patch_size), model.embed_dim)
-    out["ffres2_pos_embed_interp"] = model.interpolate_pos_encoding(tokens, H2, W2)
-    return out
+    # the names of "model.interpolate_pos_encoding(zeros(1, 1+h2*w2, C), H2, W2)": x_res2's size and grid
+    H2, W2 = inputs["x_res2"].shape[2:]
+    names = {"H2": H2, "W2": W2, "h2": H2 // model.patch_size, "w2": W2 // model.patch_size, "C": model.embed_dim}
+    return _book(case, model, inputs, names=names, functions={"zeros": torch.zeros}).replay_all()
 
 
 # (official_file, official_class) -> runner. Families not listed are skipped, not failed.
@@ -298,15 +357,21 @@ def _assert_matches(name: str, actual: torch.Tensor, expected: torch.Tensor, tol
     torch.testing.assert_close(actual, expected, atol=tol["atol"], rtol=tol["rtol"], msg=lambda m: f"{name}: {m}")
 
 
+def runner_for(case: Case) -> Runner | None:
+    """The runner registered for the case's official file and class, or None (a family not built yet)."""
+    # a class may carry a note after its name, e.g. "VisionTransformer (models_vit.py, subclass of ...)"
+    key = (case.config.get("official_file", "?"), case.config.get("official_class", "?").split(" ")[0])
+    return RUNNERS.get(key)
+
+
 @pytest.mark.skipif(not CASES, reason=f"no golden cases found in {GOLDEN_DIR} (set PERCLI_GOLDEN_DIR)")
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_golden_case_matches_official_outputs(case: Case) -> None:
-    # a class may carry a note after its name, e.g. "VisionTransformer (models_vit.py, subclass of ...)"
-    key = (case.config.get("official_file", "?"), case.config.get("official_class", "?").split(" ")[0])
-    runner = RUNNERS.get(key)
+    runner = runner_for(case)
     if runner is None:
         family = case.config.get("official_repo", "unknown repo")
-        pytest.skip(f"family not implemented in percli yet: {family} {key[0]}::{key[1]}")
+        official = f"{case.config.get('official_file', '?')}::{case.config.get('official_class', '?').split(' ')[0]}"
+        pytest.skip(f"family not implemented in percli yet: {family} {official}")
     expected = load_file(str(case.path / "outputs.safetensors"))
     actual = runner(case)
     missing = sorted(set(expected) - set(actual))
@@ -314,3 +379,119 @@ def test_golden_case_matches_official_outputs(case: Case) -> None:
     tol = case.config["recommended_tolerance"]
     for name, want in expected.items():
         _assert_matches(name, actual[name], want, tol)
+
+
+# --------------------------------------------------------------------------- the replay itself
+
+
+def test_recorded_calls_are_parsed_from_the_text_not_evaluated() -> None:
+    text = ("model.eval(); the official forward() ends with torch.FloatTensor([0.0]).cuda(): torch.manual_seed(s); "
+            "enc, mask, _ = model.forward_encoder(x, 0.5, ids=[1, -2], fmt='N(C)')[0]  -> (tokens, [reroll'd maps]); "
+            "model.visual._pool(ff_norm)")
+    calls = extract_calls(text)
+    assert [c.text for c in calls] == ["model.eval()", "model.forward_encoder(x, 0.5, ids=[1, -2], fmt='N(C)')[0]",
+                                       "model.visual._pool(ff_norm)"]
+    assert [c.targets for c in calls] == [(), ("enc", "mask", "_"), ()]
+    assert all(c.error is None for c in calls)
+    assert [c.text for c in extract_calls("v.eval(); v(x); model(x)", receivers=("v",))] == ["v.eval()", "v(x)"]
+    assert output_names("interm_i_patch_bchw / interm_i_cls") == ["interm_i_patch_bchw", "interm_i_cls"]
+    assert output_names("probs_eval + intermediate_i") == ["probs_eval", "intermediate_i"]
+    assert output_names("loss, pred, label, mask_out") == ["loss", "pred", "label", "mask_out"]
+
+
+def _case_copy(tmp_path: Path, name: str, edits: list[tuple[str, str | None, str]]) -> Case:
+    """A copy of public case `name` (same folder name; tensors linked) whose `calls` entries are edited:
+    (key, old, new) replaces the text `old` by `new` in entry `key`; old None adds or overwrites the entry."""
+    source = GOLDEN_DIR / name
+    if not (source / "config.json").is_file():
+        pytest.skip(f"golden case {name} not found in {GOLDEN_DIR}")
+    (tmp_path / name).mkdir()
+    for item in source.iterdir():
+        if item.name != "config.json":
+            (tmp_path / name / item.name).symlink_to(item)
+    config = json.loads((source / "config.json").read_text())
+    for key, old, new in edits:
+        if old is not None:
+            assert old in config["calls"][key], f"{name}: {old!r} is not in calls[{key!r}]"
+            new = config["calls"][key].replace(old, new)
+        config["calls"][key] = new
+    (tmp_path / name / "config.json").write_text(json.dumps(config))
+    (case,) = discover_cases(tmp_path)
+    return case
+
+
+_DINO_INTERM = ["interm_i_patch_bchw / interm_i_cls", "interm_i_patch_prenorm"]
+
+# (case, edits of its calls, {output of the edited case: output of the public case it must equal}, outputs that
+# must be absent): each expectation follows from the official outputs, so honouring the edit is checked against them
+CHANGED_CALLS = {
+    "dinov2_n1": ("dinov2_tiny_cfg", [(k, "n=2", "n=1") for k in _DINO_INTERM],
+                  {f"interm_0_{s}": f"interm_1_{s}" for s in ("patch_bchw", "cls", "patch_prenorm")},
+                  ["interm_1_patch_bchw", "interm_1_cls", "interm_1_patch_prenorm"]),
+    "dinov2_list": ("dinov2_reg_swiglu_tiny_cfg", [(k, "n=2", "n=[0]") for k in _DINO_INTERM],
+                    {f"interm_0_{s}": f"interm_0_{s}" for s in ("patch_bchw", "cls", "patch_prenorm")},
+                    ["interm_1_patch_bchw", "interm_1_cls", "interm_1_patch_prenorm"]),
+    "openclip_indices": (
+        "openclip_vit_tiny_cfg",
+        [("image_intermediate_i / image_intermediate_prefix_i / text_intermediate_i / fi_image_logits",
+          "image_indices=None, text_indices=None", "image_indices=[1], text_indices=[0]")],
+        {"image_intermediate_0": "image_intermediate_1", "image_intermediate_prefix_0": "image_intermediate_prefix_1",
+         "text_intermediate_0": "text_intermediate_0", "fi_image_logits": "fi_image_logits"},
+        ["image_intermediate_1", "image_intermediate_prefix_1", "text_intermediate_1"]),
+    "pe_norm": ("pe_core_tiny_cfg", [("layer_i", "norm=False, layer_idx=i", "norm=True, layer_idx=i")],
+                {"layer_2": "ff_norm"}, []),
+    "hiera_unmasked": ("hiera_tiny_cfg", [("masked_tokens_out + masked_intermediate_i",
+                                           "model(x, mask=mask, return_intermediates=True)",
+                                           "model(x, return_intermediates=True)")],
+                       {"masked_tokens_out": "probs_eval", "masked_intermediate_3": "intermediate_3"}, []),
+    "audiomae_no_masking": ("audiomae_vit_ft_tiny_cfg", [("masked_logits", "model(x, mask_t_prob, mask_f_prob)",
+                                                          "model(x)")],
+                            {"masked_logits": "logits"}, []),
+}
+
+
+@pytest.mark.parametrize("name", list(CHANGED_CALLS))
+def test_runner_replays_a_changed_recorded_argument(tmp_path: Path, name: str) -> None:
+    case_name, edits, equal, absent = CHANGED_CALLS[name]
+    case = _case_copy(tmp_path, case_name, edits)
+    public = load_file(str(GOLDEN_DIR / case_name / "outputs.safetensors"))
+    actual = runner_for(case)(case)
+    tol = case.config["recommended_tolerance"]
+    for new, old in equal.items():
+        _assert_matches(f"{new} (= public {old})", actual[new], public[old], tol)
+    assert not set(absent) & set(actual), f"the edited call still produced {sorted(set(absent) & set(actual))}"
+    if name == "pe_norm":  # and the other layers changed too (layer_0 is not the public, unnormed one)
+        assert not torch.allclose(actual["layer_0"], public["layer_0"], atol=1e-3)
+
+
+# (case, edits, what the error must say): a call the runner cannot replay as recorded fails, naming the case
+UNREPLAYABLE = {
+    "unknown_name": ("dinov2_tiny_cfg", [(_DINO_INTERM[0], "n=2", "n=depth")], "cannot resolve the name 'depth'"),
+    "unknown_method": ("dinov2_tiny_cfg", [(_DINO_INTERM[1], "get_intermediate_layers", "get_intermediate_layerz")],
+                       "has no method 'get_intermediate_layerz'"),
+    "unknown_argument": ("dinov2_tiny_cfg", [(_DINO_INTERM[1], "norm=False)", "norm=False, chunked=True)")],
+                         "cannot take the recorded arguments"),
+    "elided_argument": ("dinov2_tiny_cfg", [("ff_*", "forward_features(x)", "forward_features(...)")],
+                        "an elided argument"),
+    "unknown_attribute": ("audiomae_mae_globaldec_small_input_cfg", [("forward", "model.mask_2d", "model.mask_3d")],
+                          "has no attribute 'mask_3d'"),
+    "changed_pinned_call": ("openclip_vit_tiny_cfg",
+                            [("image_patch_tokens_ln_post / image_cls_token_ln_post / text_tokens_ln_final",
+                              "indices=[last]", "indices=[0]")], "no longer says"),
+    "prose_only_entry": ("hiera_tiny_cfg", [("pooled_features", None, "the pooled features, before the head")],
+                         "records no call on the model"),
+    "rng_override": ("audiomae_vit_ft_tiny_cfg", [("masked_logits", "mask_f_prob)", "mask_f_prob, noise_t=x)")],
+                     "would override recorded ones"),
+    "more_names_than_values": ("hiera_mae_tiny_cfg", [("latent, pred, mask", None,
+                                                       "model.forward_decoder(encoder_latent, mask)")],
+                               "3 output names ['latent', 'pred', 'mask'], but the replayed call gives 2 values"),
+}
+
+
+@pytest.mark.parametrize("name", list(UNREPLAYABLE))
+def test_unreplayable_recorded_call_fails_loudly(tmp_path: Path, name: str) -> None:
+    case_name, edits, says = UNREPLAYABLE[name]
+    case = _case_copy(tmp_path, case_name, edits)
+    with pytest.raises(GoldenReplayError, match=f"golden case {case_name}") as err:
+        runner_for(case)(case)
+    assert says in str(err.value)
