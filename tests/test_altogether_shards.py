@@ -92,3 +92,27 @@ def test_two_steps_from_tar_and_parquet(tmp_path, pool):
     assert summary["status"] == "completed" and summary["step"] == 2
     assert summary["bad_records"]["count"] == 1
     assert summary["bad_inputs"]["count"] == 1 and "corrupt" in json.dumps(summary["bad_inputs"])
+
+
+def test_invalid_alt_texts_are_counted_not_fatal_and_train_without_alt_text(tmp_path):
+    folder = write_scene_folder(tmp_path / "scenes", "train", 5)
+    records = [json.loads(line) for line in (folder / "records.jsonl").read_text().splitlines()]
+    for record, alt in zip(records, [7, {"first key": 1}, ["ok", 3], None, ["one", "two"]]):
+        record["alt_text"] = alt
+    jsonl = folder / "pool.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
+    shard = tmp_path / "pool.tar"
+    with tarfile.open(shard, "w") as tar:
+        for r in records[:2]:
+            _add(tar, f"{r['key']}.png", (folder / r["image"]).read_bytes())
+            _add(tar, f"{r['key']}.alt_text", b"caf\xe9")  # Latin-1, not UTF-8
+            _add(tar, f"{r['key']}.caption", r["caption"].encode())
+    ft = RecordTriples(f"{jsonl} {shard}", pil_to_tensor, "ft", 0.0)
+    assert len(ft) == 7 and ft.bad_records.count == 0  # the caption is the target: every record trains
+    assert [alts for _, _, alts, _, _ in ft.items] == [[], [], [], [], ["one", "two"], [], []]
+    assert ft.invalid_alt_text.count == 5
+    reasons = [e["reason"] for e in ft.invalid_alt_text.examples]
+    assert "(it is a list)" in reasons[2] and "(it is a dict)" in reasons[1] and "not UTF-8" in reasons[3]
+    assert [e.get("line", e.get("sample")) for e in ft.invalid_alt_text.examples] == [1, 2, 3, 0, 1]
+    pt = RecordTriples(str(jsonl), pil_to_tensor, "pt", 0.0)
+    assert len(pt) == 1 and pt.bad_records.count == 4 and pt.invalid_alt_text.count == 3  # pt: no alt-text, no target

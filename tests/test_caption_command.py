@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 
 import pytest
 import torch
@@ -128,3 +130,52 @@ def test_webdataset_tar_shards_are_captioned_by_sample_key(tmp_path, scenes, che
                                  "--checkpoint", str(checkpoint), "-o", str(tmp_path / "out"), "--json"])
     assert result.exit_code == 0, result.output
     assert [r["key"] for r in _rows(tmp_path / "out")] == [r["key"] for r in records]
+
+
+def _tar(path, members):
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_invalid_alt_texts_are_counted_and_captioned_from_the_image_alone(tmp_path, checkpoint):
+    folder = write_scene_folder(tmp_path / "scenes", "test", 6)
+    records = [json.loads(line) for line in (folder / "records.jsonl").read_text().splitlines()]
+    alts = [5, {"a dict": "becomes its first key"}, [1, "x"], None, [" two ", "alts", None], "plain"]
+    for record, alt in zip(records, alts):
+        record["alt_text"] = alt
+    (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    png = (folder / records[0]["image"]).read_bytes()
+    shard = _tar(tmp_path / "shard.tar", [("t0.png", png), ("t0.txt", b"\xff\xfe not UTF-8"),  # the .txt fallback
+                                          ("t1.png", png), ("t1.alt_text", b"\xc3"),
+                                          ("t2.png", png), ("t2.txt", "café".encode())])
+    result = _caption(folder, checkpoint, tmp_path / "out", "--images", str(shard))
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["captioned"] == 9 and summary["bad_records"]["count"] == 0
+    invalid = summary["invalid_alt_text"]
+    assert invalid["count"] == 5 and summary["without_alt_text"] == 6  # the 5 invalid ones and the null one
+    assert [(e.get("line"), e.get("sample")) for e in invalid["examples"]] == [(1, None), (2, None), (3, None),
+                                                                              (None, 0), (None, 1)]
+    assert "'alt_text' is not a string or a list of strings (it is a dict)" in invalid["examples"][1]["reason"]
+    assert "not UTF-8" in invalid["examples"][3]["reason"]
+    assert [r["alt_text"] for r in _rows(tmp_path / "out")] == ["", "", "", "", "two; alts", "plain", "", "", "café"]
+
+
+def test_duplicate_tar_keys_keep_the_first_sample_and_are_counted(tmp_path, scenes, checkpoint):
+    records = [json.loads(line) for line in (scenes / "records.jsonl").read_text().splitlines()][:3]
+    png = [(scenes / r["image"]).read_bytes() for r in records]
+    shard = _tar(tmp_path / "dup.tar", [("a.png", png[0]), ("a.txt", b"first a"), ("b.png", png[1]),
+                                        ("b.txt", b"b"), ("a.png", png[2]), ("a.txt", b"second a")])
+    result = _caption(shard, checkpoint, tmp_path / "out", "--alt-text", "txt", "--write-shards")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["duplicate_keys"] == 1 and summary["captioned"] == 2
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["duplicate_keys"] == 1
+    assert [(r["key"], r["alt_text"]) for r in _rows(tmp_path / "out")] == [("a", "first a"), ("b", "b")]
+    with tarfile.open(tmp_path / "out" / "shards" / "dup.tar") as tar:
+        assert [m.name for m in tar] == ["a.png", "a.txt", "a.altogether.txt", "b.png", "b.txt", "b.altogether.txt"]
+        assert tar.extractfile("a.png").read() == png[0]

@@ -146,7 +146,9 @@ def test_bad_parquet_rows_and_truncated_tar_are_counted_not_fatal(tmp_path):
     assert summary["texts_read"] == 298 + 0 + 99
     reasons = [b["reason"] for b in summary["bad_examples"]]
     assert reasons[:2] == ["'text' is null", "'text' is not a string"] and "truncated" in reasons[-1]
-    assert summary["bad_examples"][-1] == {"file": str(cut), "sample": 100, "reason": reasons[-1]}
+    assert summary["bad_examples"][-1] == {"file": str(cut), "sample": 100, "offset": member.offset,
+                                           "reason": reasons[-1]}  # the header of the member that breaks off
+    assert f"at byte {member.offset}" in reasons[-1]
 
 
 def cli(*args):

@@ -226,6 +226,15 @@ def test_curate_counts_malformed_lines_and_tags_kept_records(tmp_path):
     assert [r[2] for r in read_records(path, "caption")] == ["dog"]
 
 
+def test_saved_matches_are_loaded_without_pickle(tmp_path, monkeypatch):
+    """`count` and `balance --matches` read user-given .npz files: np.load gets allow_pickle=False explicitly."""
+    real_load, calls = np.load, []
+    monkeypatch.setattr(np, "load", lambda *args, **kwargs: calls.append(kwargs) or real_load(*args, **kwargs))
+    path = write_jsonl(tmp_path / "in.jsonl", demo_pool(50, seed=2))
+    curate_shards([path], tmp_path / "out", demo_metadata(), t=5)  # count and balance both read matches/
+    assert len(calls) == 2 and all(kwargs.get("allow_pickle") is False for kwargs in calls)
+
+
 def test_load_metadata_json_and_lines(tmp_path):
     (tmp_path / "m.json").write_text(json.dumps(["dog", "hot dog", " spaced "]))
     (tmp_path / "m.txt").write_text("dog\nhot dog\n\nSt. Louis\n")

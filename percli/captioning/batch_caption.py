@@ -14,7 +14,10 @@ is joined by "; " as in training —, ``key``/``uuid``/``id`` or else ``<file>:<
 (``image`` column) or WebDataset tar shards (the image member; the alt-text member or ``.json``
 field; the sample key). A record with a missing or empty alt-text is captioned from the image alone
 (the captioner is trained with prompt dropout for this); the summary counts them as
-``without_alt_text``.
+``without_alt_text``. So is a record whose alt-text is invalid (neither a string nor a list of strings,
+e.g. a number or a dict; or a tar member that is not UTF-8), which the summary also counts in
+``invalid_alt_text`` (with the file and position of the first few). A tar sample whose key an earlier
+sample of its shard had is skipped (the first wins) and counted in ``duplicate_keys``.
 
 ``--write-shards`` then writes ``shards/<input file name>`` per input, in its format, holding every
 record of the input in order, unchanged, plus the caption: JSONL field / Parquet string column
@@ -35,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from percli.captioning.triples import alt_texts
+from percli.captioning.triples import _TRIPLE_READERS, alt_texts
 from percli.core.checkpoint import latest_checkpoint, read_weights
 from percli.core.data.image_text import _INDEXERS, _open_image, parquet_image, parquet_image_name
 from percli.core.data.images import BadSample
@@ -47,7 +50,6 @@ from percli.curation.formats import (
     expand_inputs,
     open_writer,
     read_batches,
-    read_records,
     record_key,
     shard_format,
 )
@@ -90,20 +92,23 @@ def resolve_inputs(sources: list[str]) -> list[Path]:
     return paths
 
 
-def read_shard(path: Path, alt_field: str, bad: BadRecords) -> list[Record]:
-    """Records of one shard, in order; unusable ones counted in `bad`."""
-    if shard_format(path) == "jsonl":
-        out = []
-        for line, record, _ in read_records(path, None, bad):
-            image, alt = record.get("image"), "; ".join(alt_texts(record.get(alt_field)))
-            if not isinstance(image, str) or not image:
-                bad.add(path, line, "no string 'image' field")
-                continue
-            out.append(Record(record_key(record, f"{path.name}:{line}"), str(path.parent / image),
-                              str(path.parent / image), alt))
-        return out
-    return [Record(name.split("#", 1)[-1], name, ref, text)
-            for name, ref, text in _INDEXERS[shard_format(path)](path, "image", alt_field, bad, allow_empty_text=True)]
+def read_shard(path: Path, alt_field: str, bad: BadRecords, invalid_alt: BadRecords) -> list[Record]:
+    """Records of one shard, in order; unusable ones counted in `bad`, invalid alt-texts in `invalid_alt`."""
+    fmt = shard_format(path)
+    if fmt == "parquet":
+        return [Record(name.split("#", 1)[-1], name, ref, text)
+                for name, ref, text in _INDEXERS[fmt](path, "image", alt_field, bad, allow_empty_text=True)]
+    records = []
+    fallback = "txt" if fmt == "tar" else alt_field  # a tar sample without `alt_field`: its .txt (img2dataset's)
+    for position, where, image, alt, alt_txt, key in _TRIPLE_READERS[fmt](path, ("image", alt_field, fallback), bad):
+        if image is None:
+            bad.add(path, position, "no image member" if fmt == "tar" else "no or empty 'image' field", where)
+            continue
+        alts, problem = alt_texts(alt_txt if alt is None else alt, alt_field)
+        if problem:
+            invalid_alt.add(path, position, problem, where)
+        records.append(Record(key, image if isinstance(image, str) else f"{path}#{key}", image, "; ".join(alts)))
+    return records
 
 
 def _batch_keys(path: Path, batch: Batch) -> list[str]:
@@ -228,10 +233,10 @@ def caption_shards(model: AltogetherCaptioner, transform: Callable, inputs: list
     write_json_atomic(state_path, state)
     parts = out_dir / "parts"
     parts.mkdir(exist_ok=True)
-    bad = BadRecords()
+    bad, invalid_alt = BadRecords(), BadRecords()
     done_chunks, resumed, files, seen = 0, 0, [], set()
     for shard_index, path in enumerate(inputs):
-        records = read_shard(path, alt_field, bad)
+        records = read_shard(path, alt_field, bad, invalid_alt)
         for record in records:
             if record.key in seen:
                 raise ValueError(f"{path}: key {record.key!r} occurs twice in the inputs; give every record a "
@@ -263,6 +268,8 @@ def caption_shards(model: AltogetherCaptioner, transform: Callable, inputs: list
             "without_alt_text": sum(1 for row in captioned if not row["alt_text"].strip()),
             "bad_images": {"count": len(errors), "examples": errors[:10]},
             "bad_records": {"count": bad.count, "examples": bad.examples},
+            "invalid_alt_text": {"count": invalid_alt.count, "examples": invalid_alt.examples},
+            "duplicate_keys": bad.duplicate_keys,
             "chunks": len(files), "chunks_resumed": resumed, "chunks_written": done_chunks,
             "captions": str(out_dir / "captions.jsonl"), "shards": shard_paths, "shards_resumed": shards_resumed,
             "output_dir": str(out_dir), **state}

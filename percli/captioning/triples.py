@@ -18,14 +18,18 @@ readers of `percli.curation.formats`:
   sample's ``.json`` member (the caption `percli caption altogether --write-shards` adds is the
   member ``<key>.altogether.txt``: ``data.caption_field=altogether.txt``).
 
-Parquet and tar images are held in memory (encoded) after indexing. A record without an image or
-target is counted in ``bad_records``; an image that does not decode raises `BadSample` when read,
-so the engine counts and skips it (``bad_inputs``).
+Parquet images are held in memory (encoded) after indexing; tar images are read from the shard by
+offset. A record without an image or target is counted in ``bad_records``; an image that does not
+decode raises `BadSample` when read, so the engine counts and skips it (``bad_inputs``). An alt-text
+that is neither a string nor a list of strings (a number, a dict, a list holding a number), or a tar
+alt-text member that is not UTF-8, is counted in ``invalid_alt_text`` and the record used as one
+without alt-text (in stage ``pt`` it then has no target: a bad record).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +40,7 @@ from percli.captioning.scenes import SceneDataset, make_scene
 from percli.core.data.image_text import TAR_IMAGE_EXTENSIONS, ImageRef, _open_image, parquet_image
 from percli.curation.formats import (
     BadRecords,
+    Sample,
     expand_inputs,
     read_batches,
     read_records,
@@ -49,10 +54,26 @@ from percli.curation.formats import (
 RawTriple = tuple[int, str, ImageRef | None, Any, Any, str]
 
 
-def alt_texts(value: Any) -> list[str]:
-    """The distinct non-empty alt-texts of a record field (a string or a list of strings), in order."""
-    texts = [value] if isinstance(value, str) else [v for v in value or [] if isinstance(v, str)]
-    return list(dict.fromkeys(t.strip() for t in texts if t.strip()))
+@dataclass(frozen=True)
+class Unreadable:
+    """A tar sample's field whose member could not be read (not UTF-8, bad JSON), and why."""
+
+    reason: str
+
+
+def alt_texts(value: Any, field: str = "alt_text") -> tuple[list[str], str | None]:
+    """The distinct non-empty alt-texts of a record's `field` value, in order, and why the value is invalid.
+
+    A string or a list of strings (nulls in it skipped) is used; null gives none. Any other value (a
+    number, a dict, a list holding a non-string) or an `Unreadable` one gives none and the reason, for
+    ``invalid_alt_text``.
+    """
+    if isinstance(value, Unreadable):
+        return [], value.reason
+    texts = [value] if isinstance(value, str) else [] if value is None else value
+    if not isinstance(texts, list) or not all(t is None or isinstance(t, str) for t in texts):
+        return [], f"{field!r} is not a string or a list of strings (it is a {type(value).__name__})"
+    return list(dict.fromkeys(t.strip() for t in texts if t and t.strip())), None
 
 
 def prompt_and_target(alts: list[str], caption: str, stage: str, prompt_dropout: float) -> tuple[str, str]:
@@ -89,7 +110,7 @@ class SceneTriples(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.scenes[index]
-        prompt, target = prompt_and_target(alt_texts(item["alt_text"]), item["caption"], self.stage,
+        prompt, target = prompt_and_target(alt_texts(item["alt_text"])[0], item["caption"], self.stage,
                                            self.prompt_dropout)
         return {**item, "image": self.transform(item["image"]), "prompt": prompt, "target": target}
 
@@ -118,32 +139,42 @@ def _parquet_triples(path: Path, fields: tuple[str, str, str], bad: BadRecords) 
             yield row, "row", image, alt, caption, key
 
 
+def _tar_field(sample: Sample, field: str) -> Any:
+    """`sample_value` of the field, or `Unreadable` when its member is."""
+    value, problem = sample_value(sample, field)
+    return Unreadable(problem) if problem else value
+
+
 def _tar_triples(path: Path, fields: tuple[str, str, str], bad: BadRecords) -> Iterator[RawTriple]:
-    _, alt_field, caption_field = fields  # the image is the member with an image extension
+    _, alt_field, caption_field = fields  # the image is the member with an image extension, read by offset
     for batch in read_batches(path, None, bad):
         for position, sample in zip(batch.index.tolist(), batch.items):
-            image = next((m.data for m in sample.members
+            image = next(((str(path), m.offset, len(m.data)) for m in sample.members
                           if split_member_name(m.name)[1].lower() in TAR_IMAGE_EXTENSIONS), None)
-            alt, caption = sample_value(sample, alt_field)[0], sample_value(sample, caption_field)[0]
-            yield position, "sample", image, alt, caption, sample.key
+            yield position, "sample", image, _tar_field(sample, alt_field), _tar_field(sample, caption_field), \
+                sample.key
 
 
 _TRIPLE_READERS = {"jsonl": _jsonl_triples, "parquet": _parquet_triples, "tar": _tar_triples}
 
 
 class RecordTriples(Dataset):
-    """Record shards (see the module docstring); records without an image or target are counted in ``bad_records``."""
+    """Record shards (see the module docstring); records without an image or target are counted in ``bad_records``,
+    invalid alt-texts in ``invalid_alt_text``."""
 
     def __init__(self, source: str, transform: Callable[[Any], torch.Tensor], stage: str, prompt_dropout: float,
                  image_field: str = "image", alt_field: str = "alt_text", caption_field: str = "caption"):
         self.transform, self.stage, self.prompt_dropout = transform, stage, prompt_dropout
         self.bad_records = BadRecords()
+        self.invalid_alt_text = BadRecords()
         self.items: list[tuple[str, ImageRef, list[str], str, str]] = []  # (name, image, alt-texts, caption, key)
         fields = (image_field, alt_field, caption_field)
         for path in expand_inputs(source.split()):
             for position, where, image, alt, caption, key in _TRIPLE_READERS[shard_format(path)](path, fields,
                                                                                                 self.bad_records):
-                alts = alt_texts(alt)
+                alts, problem = alt_texts(alt, alt_field)
+                if problem:
+                    self.invalid_alt_text.add(path, position, problem, where)
                 caption = caption.strip() if isinstance(caption, str) else ""
                 if image is None:
                     self.bad_records.add(path, position, f"no or empty {image_field!r}", where)

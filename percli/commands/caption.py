@@ -102,6 +102,8 @@ def report(summary: dict) -> None:
     table.add_row("of them without alt-text", f"{summary['without_alt_text']:,}")
     table.add_row("bad images", f"{summary['bad_images']['count']:,}")
     table.add_row("bad records", f"{summary['bad_records']['count']:,}")
+    table.add_row("invalid alt-texts (captioned without)", f"{summary['invalid_alt_text']['count']:,}")
+    table.add_row("duplicate tar keys (skipped)", f"{summary['duplicate_keys']:,}")
     table.add_row("chunks (resumed)", f"{summary['chunks']:,} ({summary['chunks_resumed']:,})")
     table.add_row("strategy", json.dumps(summary["generation"]))
     table.add_row("captions", summary["captions"])

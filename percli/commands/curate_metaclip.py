@@ -293,7 +293,8 @@ def report(summary: dict, title: str) -> None:
     rows = [("texts read", "texts_read", "{:,}"), ("matched (>= 1 entry)", "matched", "{:,}"),
             ("kept", "kept", "{:,}"), ("expected kept", "expected_kept", "{:,.1f}"),
             ("head entries (count > t)", "head_entries", "{:,}"), ("t", "t", "{:g}"), ("seed", "seed", "{}"),
-            ("bad records", "bad_records", "{:,}"), ("entries matched", "entries_matched", "{:,}"),
+            ("bad records", "bad_records", "{:,}"), ("duplicate tar keys (skipped)", "duplicate_keys", "{:,}"),
+            ("entries matched", "entries_matched", "{:,}"),
             ("shards resumed", "resumed_shards", "{:,}"), ("output dir", "output_dir", "{}")]
     for name, key, fmt in rows:
         if key in summary:

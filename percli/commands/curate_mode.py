@@ -189,6 +189,7 @@ def mode(
 
     coarse_sizes = np.bincount(clusters.fine_to_coarse.numpy(), weights=fine_sizes, minlength=clusters.coarse)
     summary = {**config, "texts_read": texts_read, "bad_records": bad.count, "bad_examples": bad.examples,
+               "duplicate_keys": bad.duplicate_keys,
                "fine_sizes": fine_sizes.tolist(), "coarse_sizes": [int(c) for c in coarse_sizes],
                "fine_per_coarse": np.bincount(clusters.fine_to_coarse.numpy(), minlength=clusters.coarse).tolist(),
                "inputs": [str(p) for p in inputs],

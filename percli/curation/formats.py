@@ -10,10 +10,14 @@ The format of a shard is read from its name: `.jsonl`, `.jsonl.gz`, `.parquet`, 
   The text is the member `<key>.<text_field>` when the sample has one (`--text-field txt`), else
   field `text_field` of the member `<key>.json` (`--text-field text`, MetaCLIP's own shards:
   `--text-field caption` for the usual img2dataset output). A record's position is its sample index.
+  Keys are unique within a shard: when a later sample repeats the key of an earlier one (`a.jpg a.txt
+  b.jpg a.jpg a.txt`), the first sample wins and the later one is skipped whole and counted in
+  `duplicate_keys` (it keeps its place in the sample numbering).
 
 Readers yield `Batch`es of the usable records and count the malformed ones in `BadRecords`
 without stopping: bad JSON, a missing or non-string text, an unreadable Parquet row group (all its
-rows), a truncated tar (the sample being read when the archive breaks off). With `text_field=None`
+rows), a truncated or corrupt tar (one bad record: the sample being read when the archive breaks off,
+with the byte offset of the broken header; the rest of the shard is skipped). With `text_field=None`
 they yield every record that parses, text or not (texts ""). Writers write kept records in the
 input's format to a temp name and rename it on `commit()`, each with one added value described by
 an `AddedField` (default `METACLIP_ENTRIES`):
@@ -141,18 +145,26 @@ def shard_format(path: str | Path) -> str:
 
 
 class BadRecords:
-    """Counts malformed input records and remembers the first few, for the summary."""
+    """Counts malformed input records and remembers the first few, for the summary.
+
+    `duplicate_keys` counts the tar samples skipped because an earlier sample of their shard had the
+    same key (see `_tar_samples`); they are not bad records.
+    """
 
     def __init__(self, keep: int = BAD_EXAMPLES_KEPT):
         self.count = 0
         self.examples: list[dict[str, Any]] = []
+        self.duplicate_keys = 0
         self._keep = keep
 
-    def add(self, path: Path, position: int, reason: str, where: str = "line", n: int = 1) -> None:
-        """Count `n` bad records at `position` ("line" for JSONL (1-based), "row" or "sample" (0-based))."""
+    def add(self, path: Path, position: int, reason: str, where: str = "line", n: int = 1,
+            offset: int | None = None) -> None:
+        """Count `n` bad records at `position` ("line" for JSONL (1-based), "row" or "sample" (0-based));
+        `offset`: the byte in the file where a corrupt tar header starts."""
         self.count += n
         if len(self.examples) < self._keep:
-            self.examples.append({"file": str(path), where: position, "reason": reason})
+            example = {"file": str(path), where: position, "reason": reason}
+            self.examples.append(example if offset is None else {**example, "offset": offset})
 
 
 @dataclass
@@ -282,12 +294,14 @@ def _read_parquet(path: Path, text_field: str | None, bad: BadRecords, batch_siz
 
 @dataclass
 class Member:
-    """One tar member: its name, its content and its raw bytes (headers, content, padding) as archived."""
+    """One tar member: its name, its content and its raw bytes (headers, content, padding) as archived;
+    `offset` is where its content starts in the file."""
 
     name: str
     data: bytes
     raw: bytes
     mtime: int
+    offset: int = 0
 
 
 @dataclass
@@ -306,8 +320,12 @@ def split_member_name(name: str) -> tuple[str, str]:
 
 
 def sample_value(sample: Sample, field: str) -> tuple[Any, str | None]:
-    """(value, None), or (None, why there is none): member ``<key>.<field>`` as UTF-8 text, else field `field`
-    of the ``.json`` member (any JSON value: a string, or e.g. a list of alt-texts)."""
+    """Field `field` of a sample: member ``<key>.<field>`` as UTF-8 text, else field `field` of the ``.json``
+    member (any JSON value: a string, or e.g. a list of alt-texts).
+
+    Returns (value, None); (None, None) when the sample has neither (or the field is null); (None, why)
+    when the member that would hold it is unreadable (not UTF-8, bad JSON).
+    """
     by_ext = {split_member_name(m.name)[1]: m.data for m in sample.members}
     if field in by_ext:
         try:
@@ -315,125 +333,179 @@ def sample_value(sample: Sample, field: str) -> tuple[Any, str | None]:
         except UnicodeDecodeError:
             return None, f"member .{field} is not UTF-8"
     if "json" not in by_ext:
-        return None, f"no .{field} member and no .json member"
+        return None, None
     try:
         record = json.loads(by_ext["json"].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         return None, f"bad .json member: {e}"
-    if not isinstance(record, dict) or record.get(field) is None:
-        return None, f"no .{field} member and no {field!r} in the .json member"
-    return record[field], None
+    return (record.get(field) if isinstance(record, dict) else None), None
 
 
 def sample_text(sample: Sample, text_field: str) -> tuple[str | None, str | None]:
     """(text, None), or (None, reason it is unusable); see the module docstring for the rule."""
-    value, reason = sample_value(sample, text_field)
-    if value is None or isinstance(value, str):
-        return value, reason
-    return None, f"no .{text_field} member and no string {text_field!r} in the .json member"
+    value, problem = sample_value(sample, text_field)
+    if isinstance(value, str):
+        return value, None
+    if problem is not None:
+        return None, problem
+    if value is None:
+        return None, f"no .{text_field} member and no {text_field!r} in the .json member"
+    return None, f"{text_field!r} in the .json member is not a string"
 
 
 BLOCK = 512
 FILE_TYPES = (b"0", b"\0", b"7")  # regular files; directories, links and devices carry no sample data
+EXTENSION_TYPES = (b"x", b"g", b"L", b"K")  # PAX (per member, global), GNU long name, GNU long link name
 
 
 class TarFormatError(ValueError):
-    """A truncated or corrupt tar archive."""
+    """A truncated or corrupt tar archive; `offset` is the byte where the broken header starts."""
+
+    def __init__(self, message: str, offset: int):
+        super().__init__(message)
+        self.offset = offset
 
 
-def _tar_number(field: bytes) -> int:
+def _tar_number(field: bytes, offset: int) -> int:
     if field[:1] == b"\x80":  # GNU base-256, for sizes of 8 GiB and more
         return int.from_bytes(field[1:], "big")
     digits = field.split(b"\0", 1)[0].strip()
-    try:
-        return int(digits, 8) if digits else 0
-    except ValueError:
-        raise TarFormatError(f"bad number field {field!r}") from None
+    if not re.fullmatch(rb"[0-7]*", digits):
+        raise TarFormatError(f"bad number field {field!r}", offset)
+    return int(digits, 8) if digits else 0
 
 
 def _tar_string(field: bytes) -> str:
     return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
 
-def _pax_path(data: bytes) -> str | None:
-    """The `path` record of a PAX extended header ("<length> path=<name>\\n" records)."""
-    pos = 0
-    while pos < len(data):
-        length = int(data[pos:data.index(b" ", pos)])
-        key, _, value = data[data.index(b" ", pos) + 1:pos + length - 1].partition(b"=")
-        if key == b"path":
-            return value.decode("utf-8", "surrogateescape")
+_PAX_LENGTH = re.compile(rb"(\d{1,20}) ")
+
+
+def _pax_records(data: bytes, offset: int) -> dict[bytes, bytes]:
+    """The records of a PAX extended header, each "<length> <key>=<value>\\n" (length counts the whole record)."""
+    records, pos = {}, 0
+    while pos < len(data) and data[pos]:  # NUL padding may follow the last record
+        found = _PAX_LENGTH.match(data, pos)
+        length = int(found.group(1)) if found else 0
+        record_end = pos + length - 1  # where its newline is
+        key, equals, value = data[found.end():record_end].partition(b"=") if found else (b"", b"", b"")
+        # At least "5 k=" and a newline: each record moves on, so no length (0, negative, overlong) can loop.
+        if length < 5 or record_end >= len(data) or data[record_end] != 0x0A or not key or not equals:
+            raise TarFormatError(f"bad PAX record at byte {pos} of an extended header", offset)
+        records[key] = value
         pos += length
-    return None
+    return records
 
 
 def _tar_members(f: IO[bytes]) -> Iterator[Member]:
     """The regular-file members of a tar stream with their raw bytes.
 
-    Python's tarfile parses a header in ~40 us; this reads POSIX ustar, PAX (`path`) and GNU
+    Python's tarfile parses a header in ~40 us; this reads POSIX ustar, PAX (`path`, `size`) and GNU
     long-name headers in a few, and keeps every member's bytes so a writer can copy them unchanged.
+    Every header moves on by at least one block or raises `TarFormatError` (naming its offset): a
+    corrupt archive never makes it loop, and sizes are checked against the file before reading.
     """
-    pending = b""  # extension headers (PAX, GNU long name) that belong to the next member
+    offset = f.tell()
+    end = f.seek(0, os.SEEK_END)
+    f.seek(offset)
+    pending, start = b"", offset  # extension headers (PAX, GNU long name) of the next member, where they start
+    pax: dict[bytes, bytes] = {}
     long_name: str | None = None
     while True:
         header = f.read(BLOCK)
-        if not header or header == bytes(BLOCK):
-            return  # end of archive (two zero blocks, or a clean end without them)
+        if not header or header == bytes(BLOCK):  # end of archive (zero blocks, or a clean end without them)
+            if pending:
+                raise TarFormatError("the archive ends after an extended header, before its member", start)
+            return
         if len(header) < BLOCK:
-            raise TarFormatError("unexpected end of data in a header")
+            raise TarFormatError("unexpected end of data in a header", offset)
         checksum = sum(header[:148]) + 8 * 32 + sum(header[156:])
-        if checksum != _tar_number(header[148:156]):
-            raise TarFormatError("header checksum mismatch")
-        size = _tar_number(header[124:136])
-        padded = -(-size // BLOCK) * BLOCK
-        body = f.read(padded)
-        if len(body) < size:
-            raise TarFormatError("unexpected end of data in a member")
-        data = body[:size]
+        if checksum != _tar_number(header[148:156], offset):
+            raise TarFormatError("header checksum mismatch", offset)
         kind = header[156:157]
-        if kind in (b"x", b"L", b"g"):
+        size = _tar_number(header[124:136], offset)
+        if b"size" in pax and kind not in EXTENSION_TYPES:  # a PAX size (decimal) overrides the header's
+            if not re.fullmatch(rb"\d{1,20}", pax[b"size"]):
+                raise TarFormatError(f"bad PAX size {pax[b'size']!r}", offset)
+            size = int(pax[b"size"])
+        data_offset = offset + BLOCK
+        if size > end - data_offset:
+            raise TarFormatError(f"a member of {size} bytes runs past the end of the file", offset)
+        body = f.read(-(-size // BLOCK) * BLOCK)  # the last member's padding may be missing
+        data = body[:size]
+        if kind in EXTENSION_TYPES:
+            start = start if pending else offset
             pending += header + body
             if kind == b"x":
-                long_name = _pax_path(data) or long_name
+                pax = _pax_records(data, offset)
+                long_name = pax[b"path"].decode("utf-8", "surrogateescape") if b"path" in pax else long_name
             elif kind == b"L":
                 long_name = _tar_string(data)
+            offset = data_offset + len(body)
             continue
         name = _tar_string(header[:100])
         if header[257:263] == b"ustar\0" and header[345]:  # POSIX prefix field
             name = f"{_tar_string(header[345:500])}/{name}"
         name = long_name or name
-        raw, pending, long_name = pending + header + body, b"", None
+        raw, pending, pax, long_name = pending + header + body, b"", {}, None
         if kind in FILE_TYPES:
-            yield Member(name, data, raw, _tar_number(header[136:148]))
+            yield Member(name, data, raw, _tar_number(header[136:148], offset), data_offset)
+        offset = data_offset + len(body)
 
 
-def _tar_samples(path: Path, bad: BadRecords) -> Iterator[Sample]:
-    """Samples in archive order; a truncated or corrupt archive ends the shard (the broken sample is bad)."""
+def _utf8(name: str) -> bool:
+    """Whether a name decoded with surrogateescape was valid UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _tar_samples(path: Path, bad: BadRecords) -> Iterator[tuple[int, Sample]]:
+    """(position, sample) in archive order, a sample being a run of consecutive members sharing a key.
+
+    A later sample whose key an earlier sample of the shard already had is skipped (the first wins) and
+    counted in `bad.duplicate_keys`; it keeps its position, so positions are places in the archive. A
+    sample whose key is not UTF-8 is a bad record. A truncated or corrupt archive ends the shard: the
+    sample being read is one bad record naming the byte offset of the broken header.
+    """
     current: Sample | None = None
-    position = 0
+    position, seen, skipping = 0, set(), False
     try:
         with path.open("rb") as f:
             for member in _tar_members(f):
                 key, _ = split_member_name(member.name)
                 if current is not None and key != current.key:
-                    yield current
+                    if not skipping:
+                        yield position, current
                     position += 1
                     current = None
                 if current is None:
-                    current = Sample(key, [])
-                current.members.append(member)
-    except (TarFormatError, ValueError) as e:
-        bad.add(path, position, f"truncated or corrupt tar ({e}); the rest of the shard is skipped", "sample")
+                    current, skipping = Sample(key, []), key in seen
+                    if skipping:
+                        bad.duplicate_keys += 1
+                    elif not _utf8(key):  # it could not be written to JSON outputs (index, captions)
+                        bad.add(path, position, f"member name {key!r} is not UTF-8", "sample",
+                                offset=member.offset - BLOCK)
+                        skipping = True
+                    seen.add(key)
+                if not skipping:
+                    current.members.append(member)
+    except TarFormatError as e:
+        bad.add(path, position, f"truncated or corrupt tar at byte {e.offset} ({e}); the rest of the shard "
+                "is skipped", "sample", offset=e.offset)
         return
-    if current is not None:
-        yield current
+    if current is not None and not skipping:
+        yield position, current
 
 
 def _read_tar(path: Path, text_field: str | None, bad: BadRecords, batch_size: int) -> Iterator[Batch]:
     index: list[int] = []
     samples: list[Sample] = []
     texts: list[str] = []
-    for position, sample in enumerate(_tar_samples(path, bad)):
+    for position, sample in _tar_samples(path, bad):
         text, reason = ("", None) if text_field is None else sample_text(sample, text_field)
         if text is None:
             bad.add(path, position, reason, "sample")

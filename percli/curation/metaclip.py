@@ -314,7 +314,7 @@ def _match_shard(path: Path, target: Path, matcher: MetadataMatcher, text_field:
                      index=np.concatenate(index or [np.zeros(0, np.int64)]))
     texts = len(offsets_all) - 1
     return {"texts": texts, "matched": int((np.diff(offsets_all) > 0).sum()), "bad": bad.count,
-            "bad_examples": bad.examples}
+            "bad_examples": bad.examples, "duplicate_keys": bad.duplicate_keys}
 
 
 def match_shards(inputs: Sequence[str | Path], output_dir: str | Path, entries: Sequence[str],
@@ -350,10 +350,11 @@ def match_shards(inputs: Sequence[str | Path], output_dir: str | Path, entries: 
 
 
 def match_totals(per_shard: list[dict[str, Any]]) -> dict[str, Any]:
-    """Texts read, matched and bad records over the shards of a match run (e.g. its manifest's)."""
+    """Texts read, matched, bad records and duplicate tar keys over the shards of a match run (e.g. its manifest's)."""
     total = _merge_stats(per_shard)
     return {"texts_read": total.get("texts", 0), "matched": total.get("matched", 0), "bad_records": total.get("bad", 0),
-            "bad_examples": total["bad_examples"], "shards": len(per_shard)}
+            "bad_examples": total["bad_examples"], "duplicate_keys": total.get("duplicate_keys", 0),
+            "shards": len(per_shard)}
 
 
 def load_manifest(match_dir: str | Path, entries: Sequence[str]) -> dict[str, Any]:
@@ -380,7 +381,7 @@ def count_matches(match_dir: str | Path, entries: Sequence[str]) -> tuple[np.nda
     rank, world = init_distributed()
     counts = np.zeros(len(entries), dtype=np.uint64)
     for name in manifest["names"][rank::world]:
-        with np.load(match_dir / "matches" / f"{name}.npz") as stored:
+        with np.load(match_dir / "matches" / f"{name}.npz", allow_pickle=False) as stored:
             counts += entry_counts(stored["ids"], len(entries))
     return _all_reduce_counts(counts, world), manifest
 
@@ -399,7 +400,7 @@ class _StoredMatches:
     """A shard's saved CSR matches, handed out batch by batch in reading order."""
 
     def __init__(self, path: Path, source: Path):
-        with np.load(path) as stored:
+        with np.load(path, allow_pickle=False) as stored:
             self.offsets, self.ids, self.index = stored["offsets"], stored["ids"], stored["index"]
         self.path, self.source, self.row = path, source, 0
 
@@ -440,7 +441,7 @@ def _balance_shard(path: Path, target: Path, matches: MetadataMatcher | Path, p_
             stored.check_finished()
         writer.commit()
     return {"texts": texts, "matched": matched, "kept": kept_total, "prob_sum": prob_sum, "var_sum": var_sum,
-            "bad": bad.count, "bad_examples": bad.examples, "output": str(target)}
+            "bad": bad.count, "bad_examples": bad.examples, "duplicate_keys": bad.duplicate_keys, "output": str(target)}
 
 
 def balance_shards(inputs: Sequence[str | Path], output_dir: str | Path, entries: Sequence[str], counts: np.ndarray,
@@ -547,6 +548,7 @@ def _summary(total: dict[str, Any], counts: np.ndarray, entries: Sequence[str], 
         "kept_fraction_of_matched": total["kept"] / total["matched"] if total.get("matched") else 0.0,
         "bad_records": total.get("bad", 0),
         "bad_examples": total["bad_examples"],
+        "duplicate_keys": total.get("duplicate_keys", 0),
         "t": t,
         "seed": seed,
         "text_field": text_field,
