@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -16,13 +20,12 @@ from percli.commands.convert import convert
 from percli.commands.curate import curate_app
 from percli.commands.eval_av_superb import av_superb
 from percli.commands.eval_caption import eval_caption
-from percli.commands.run import fail, run_recipe
-from percli.commands.rwr_gae import rwr_gae
+from percli.commands.run import fail, run_job
 from percli.commands.search_arch import search_arch
 from percli.commands.select import select_app
 from percli.commands.tts import tts_app
 from percli.core.config import to_dict, to_yaml
-from percli.recipes import RECIPES, Recipe, find_method
+from percli.jobs import JOBS, VERB_HELP, Job, find_method
 
 app = typer.Typer(
     name="percli", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
@@ -30,11 +33,6 @@ app = typer.Typer(
     help="Perception research methods from one command line.\n\n"
          "Example: [bold]percli pretrain hiera-mae train.max_steps=50[/]",
 )
-VERB_HELP = {
-    "pretrain": "Self-supervised pretraining (MAE, ...).",
-    "finetune": "Supervised finetuning of pretrained encoders.",
-    "eval": "Evaluate checkpoints.",
-}
 
 
 def _version(value: bool) -> None:
@@ -50,49 +48,103 @@ def main_options(
     """Perception research methods from one command line."""
 
 
-def _add_run_command(group: typer.Typer, recipe: Recipe) -> None:
-    presets = ", ".join(recipe.presets()) or "none"
-
-    def command(
-        overrides: list[str] | None = typer.Argument(
-            None, metavar="[KEY=VALUE]...", help="Dotted config overrides, e.g. train.max_steps=20."),
-        config: Path | None = typer.Option(None, "--config", "-c", help="YAML config file (see examples/configs)."),
-        preset: str | None = typer.Option(
-            None, "--preset", help=f"Named preset: {presets} ('none' = the paper's defaults). "
-                                   f"Default without --config: {recipe.default_preset}."),
-        run_dir: Path | None = typer.Option(
-            None, "--run-dir", help="Run directory (default runs/<verb>-<method>-<time>)."),
-        resume: bool = typer.Option(
-            False, "--resume", help="Continue the run in --run-dir from its latest checkpoint."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --run-dir."),
-        dry_run: bool = typer.Option(False, "--dry-run", help="Resolve and validate the config, print it, exit."),
-        json_out: bool = typer.Option(False, "--json", help="Print the final summary as JSON on stdout."),
-    ) -> None:
-        run_recipe(recipe, overrides=overrides or [], config_file=str(config) if config else None, preset=preset,
-                   run_dir=run_dir, resume=resume, overwrite=overwrite, dry_run=dry_run, json_out=json_out)
-
-    module_doc = (recipe.load().__doc__ or "").strip()
-    group.command(recipe.method, help=f"{recipe.summary}.\n\n{module_doc}", no_args_is_help=False)(command)
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*=")
 
 
-app.add_typer(curate_app, name="curate")
-app.add_typer(caption_app, name="caption")
-app.add_typer(tts_app, name="tts")
-app.add_typer(select_app, name="select")
+def _set(tree: dict[str, Any], key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    for name in parents:
+        tree = tree.setdefault(name, {})
+    tree[last] = value
+
+
+def _given(job: Job, values: list[str], options: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Split the free arguments into the job's positionals and KEY=VALUE overrides; map everything the
+    user gave onto config keys (a nested mapping)."""
+    overrides = [v for v in values if _OVERRIDE.match(v)]
+    free = [v for v in values if not _OVERRIDE.match(v)]
+    given: dict[str, Any] = {}
+    for arg in (a for a in job.args if a.positional):
+        if not free:
+            break
+        taken, free = (free, []) if arg.many else (free[0], free[1:])
+        _set(given, arg.key, taken)
+    if free:
+        fail(f"unexpected argument(s) {' '.join(free)!r} for percli {job.name}; overrides look like "
+             "section.key=value (see percli show-config)")
+    for arg, value in zip((a for a in job.args if not a.positional), options.values()):
+        if value not in (None, False, []):
+            _set(given, arg.key, value)
+    return given, overrides
+
+
+def _command(job: Job) -> Callable[..., None]:
+    """A Typer command for `job`: its own arguments (from the registry) plus the options every job has."""
+    P = inspect.Parameter
+    positionals = " ".join(f"[{a.metavar or a.key.rsplit('.', 1)[-1].upper()}]" + ("..." if a.many else "")
+                           for a in job.args if a.positional)
+    params = [P("values", P.KEYWORD_ONLY, annotation=list[str] | None, default=typer.Argument(
+        None, metavar=f"{positionals} [KEY=VALUE]...".strip(), show_default=False,
+        help="".join(f"{a.metavar or a.key}: {a.help} " for a in job.args if a.positional)
+             + "Dotted config overrides, e.g. train.max_steps=20."))]
+    for i, arg in enumerate(a for a in job.args if not a.positional):
+        annotation = bool if arg.switch else (list[str] | None if arg.many else str | None)
+        default = False if arg.switch else None
+        params.append(P(f"opt_{i}", P.KEYWORD_ONLY, annotation=annotation,
+                        default=typer.Option(default, *arg.flags, help=arg.help, metavar=arg.metavar,
+                                             show_default=False)))
+    presets = ", ".join(job.presets()) or "none"
+    dir_flags = ("--output", "-o", "--run-dir") if job.output_flag else ("--run-dir", "--output", "-o")
+    common = [
+        ("config", Path | None, typer.Option(None, "--config", "-c", help="YAML config file (see examples/configs).")),
+        ("preset", str | None, typer.Option(None, "--preset", help=f"Named preset: {presets} ('none' = the paper's "
+                                            f"defaults). Default without --config: {job.default_preset}.")),
+        ("run_dir", Path | None, typer.Option(None, *dir_flags, help="Run directory (default runs/<verb>-<method>-<UTC "
+                                              "time>).")),
+        ("overwrite", bool, typer.Option(False, "--overwrite", help="Replace a non-empty run dir.")),
+        ("dry_run", bool, typer.Option(False, "--dry-run", help="Resolve and validate the config, print it, exit.")),
+        ("json_out", bool, typer.Option(False, "--json", help="Print the final summary as JSON on stdout.")),
+    ]
+    if job.resumable:
+        common.append(("resume", bool, typer.Option(False, "--resume", help="Continue the run in the run dir.")))
+    params += [P(name, P.KEYWORD_ONLY, annotation=tp, default=default) for name, tp, default in common]
+
+    def command(**kw: Any) -> None:
+        options = {k: kw.pop(k) for k in list(kw) if k.startswith("opt_")}
+        given, overrides = _given(job, kw.pop("values") or [], options)
+        run_job(job, given=given, overrides=overrides, config_file=str(kw["config"]) if kw["config"] else None,
+                preset=kw["preset"], run_dir=kw["run_dir"], resume=kw.get("resume", False),
+                overwrite=kw["overwrite"], dry_run=kw["dry_run"], json_out=kw["json_out"])
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    return command
+
+
+def _help(job: Job) -> str:
+    doc = re.sub(r"(?<!\n)\n(?!\n)", " ", job.doc())  # one paragraph per blank-line-separated block
+    examples = "\n\n".join(f"Example: [bold]{e}[/]" for e in job.examples)
+    return "\n\n".join(part for part in (f"{job.summary}.", doc, examples) if part)
+
+
+# Verbs still built by hand (being moved into the registry) keep their own Typer groups.
+GROUPS: dict[str, typer.Typer] = {"curate": curate_app, "caption": caption_app, "tts": tts_app, "select": select_app}
+for name, group in GROUPS.items():
+    app.add_typer(group, name=name)
+for job in JOBS:
+    *parents, leaf = [job.verb, *job.method.split(" ")]
+    parent, path = app, ""
+    for name in parents:
+        path = f"{path} {name}".strip()
+        if path not in GROUPS:
+            GROUPS[path] = typer.Typer(help=VERB_HELP.get(path, ""), no_args_is_help=True)
+            parent.add_typer(GROUPS[path], name=name)
+        parent = GROUPS[path]
+    parent.command(leaf, help=_help(job), no_args_is_help=False)(_command(job))
+
 app.command("convert")(convert)
 app.command("search-arch")(search_arch)
-
-for verb, verb_help in VERB_HELP.items():
-    group = typer.Typer(help=verb_help, no_args_is_help=True)
-    for recipe in RECIPES:
-        if recipe.verb == verb:
-            _add_run_command(group, recipe)
-    if verb == "pretrain":
-        group.command("rwr-gae")(rwr_gae)
-    if verb == "eval":
-        group.command("av-superb")(av_superb)
-        group.command("caption")(eval_caption)
-    app.add_typer(group, name=verb)
+GROUPS["eval"].command("av-superb")(av_superb)
+GROUPS["eval"].command("caption")(eval_caption)
 
 
 @app.command("ls")
@@ -110,8 +162,7 @@ def ls(
         else:
             print("\n".join(names))
     elif what == "recipes":
-        rows = [{"command": f"percli {r.verb} {r.method}", "presets": r.presets(), "summary": r.summary}
-                for r in RECIPES]
+        rows = [{"command": f"percli {job.name}", "presets": job.presets(), "summary": job.summary} for job in JOBS]
         if json_out:
             print(json.dumps(rows, indent=1))
             return

@@ -12,7 +12,7 @@ from percli.core.config import (
     parse_override,
     to_dict,
 )
-from percli.recipes import RECIPES, get_recipe
+from percli.jobs import JOBS, get_job
 
 
 @dataclasses.dataclass
@@ -73,14 +73,14 @@ def test_yaml_merge_and_roundtrip(tmp_path):
         load_yaml(bad)
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: f"{r.verb}-{r.method}")
+@pytest.mark.parametrize("recipe", JOBS, ids=lambda r: f"{r.verb}-{r.method}")
 def test_every_preset_resolves(recipe):
     for preset in recipe.presets() + ["none"]:
         recipe.resolve_config(preset)
 
 
 def test_preset_precedence(tmp_path):
-    recipe = get_recipe("pretrain", "hiera-mae")
+    recipe = get_job("pretrain", "hiera-mae")
     paper = recipe.resolve_config("none")
     tiny = recipe.resolve_config()  # default preset when neither --preset nor --config is given
     assert paper.optim.lr == 8e-4 and paper.optim.ref_batch_size == 4096 and paper.optim.betas == (0.9, 0.95)

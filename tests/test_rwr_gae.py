@@ -176,8 +176,8 @@ def test_cli_planted_communities(tmp_path):
         "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert set(summary) == {"rwr-gae"}
-    scores = summary["rwr-gae"]
+    assert set(summary["models"]) == {"rwr-gae"} and summary["status"] == "completed"
+    scores = summary["models"]["rwr-gae"]
     assert set(scores) == {"auc", "ap", "acc", "nmi", "f1", "ari", "std", "seeds"} and scores["seeds"] == [42, 43]
     assert scores["acc"] > 0.9 and scores["auc"] > 0.7
     assert "skipped 2 malformed" in result.stderr
@@ -189,7 +189,7 @@ def test_cli_planted_communities(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--graph", "cora"], "cora.npz does not exist"),
-    (["--graph", "cora", "--model", "gcn"], "--model 'gcn'"),
+    (["--graph", "cora", "--model", "gcn"], "model (--model): got 'gcn'"),
     (["--graph", "{tmp}/bad.npz"], "is not a readable .npz archive"),
     (["--graph", "{tmp}/tiny.txt"], "the split needs at least 20 edges"),
 ])

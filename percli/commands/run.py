@@ -12,11 +12,12 @@ from typing import Any
 
 import typer
 import yaml
-from accelerate.utils import broadcast_object_list
 from rich.console import Console
+from rich.table import Table
 
+from percli.core import dist
 from percli.core.config import ConfigError, to_dict, to_yaml
-from percli.core.engine import RunStopped, make_accelerator
+from percli.core.context import RunContext
 from percli.core.rundir import (
     RunDirError,
     check_run_dir,
@@ -27,7 +28,7 @@ from percli.core.rundir import (
     write_json_atomic,
     write_text_atomic,
 )
-from percli.recipes import Recipe
+from percli.jobs import Job
 
 err = Console(stderr=True)
 
@@ -46,10 +47,10 @@ def emit_summary(out_dir: Path, summary: dict, json_out: bool, report: Callable[
         report(summary)
 
 
-def _saved_config(run_dir: Path | None) -> dict:
+def _saved_config(run_dir: Path | None, flag: str) -> dict:
     """The config a --resume continues: run_dir/config.yaml, refused when missing, empty or invalid."""
     if run_dir is None:
-        fail("--resume needs --run-dir pointing at the run to continue")
+        fail(f"--resume needs {flag} pointing at the run to continue")
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         fail(f"--resume: {saved} does not exist; is {run_dir} a percli run dir?")
@@ -64,87 +65,125 @@ def _saved_config(run_dir: Path | None) -> dict:
     return data
 
 
-def run_recipe(recipe: Recipe, *, overrides: list[str], config_file: str | None, preset: str | None,
-               run_dir: Path | None, resume: bool, overwrite: bool, dry_run: bool, json_out: bool) -> None:
-    """Resolve and check the config and the run dir, then hand the run to the recipe.
+def run_job(job: Job, *, given: dict[str, Any] | None = None, overrides: list[str], config_file: str | None,
+            preset: str | None, run_dir: Path | None, resume: bool, overwrite: bool, dry_run: bool,
+            json_out: bool) -> None:
+    """Resolve and check the config and the run dir, then hand the run to the job.
 
     Exit codes: 0 done, 2 anything the user can fix (config, data, files, run dir), 3 diverged,
     128+N stopped by signal N; a traceback (exit 1) only for a bug. Nothing is created before the
     config is known to be valid, and a fresh run dir is removed again when the run fails on its
     inputs before its first checkpoint.
     """
-    base = _saved_config(run_dir) if resume else None
+    flag = "--output" if job.output_flag else "--run-dir"
+    base = _saved_config(run_dir, flag) if resume else None
     try:
         if base is not None:
-            recipe.resolve_config("none", base=base)  # errors of the saved file are named as such
+            job.resolve_config("none", base=base)  # errors of the saved file are named as such
     except ConfigError as e:
         fail(f"--resume: {run_dir / 'config.yaml'}: {e}")
     try:
-        cfg = recipe.resolve_config(preset, config_file, overrides, base=base)
-        validate = getattr(recipe.load(), "validate", None)
+        cfg = job.resolve_config(preset, config_file, overrides, base=base, given=given)
+        validate = getattr(job.load(), "validate", None)
         if validate is not None:
             validate(cfg)
-        check_run_dir(run_dir or default_run_dir(recipe.verb, recipe.method), resume=resume, overwrite=overwrite)
+        check_run_dir(run_dir or default_run_dir(job.verb, job.method), resume=resume, overwrite=overwrite,
+                      can_resume=job.resumable, flag=flag)
     except ConfigError as e:
-        fail(f"bad config: {e}")
-    except RunDirError as e:
+        fail(f"bad config: {_with_flag(job, str(e))}")
+    except (RunDirError, ValueError, FileNotFoundError) as e:
         fail(str(e))
     if dry_run:
         if json_out:
             print(json.dumps(to_dict(cfg), indent=1))
         else:
             sys.stdout.write(to_yaml(cfg))
-        err.print(f"[green]config valid[/] for {recipe.verb} {recipe.method} (dry run: nothing was run)")
+        err.print(f"[green]config valid[/] for {job.name} (dry run: nothing was run)")
         return
-
-    accelerator = make_accelerator(cfg.train)
-    # Every process must use the same run dir: rank 0 decides, the others receive it.
-    chosen = [str(run_dir or default_run_dir(recipe.verb, recipe.method))]
-    if accelerator.num_processes > 1:
-        broadcast_object_list(chosen, from_process=0)
-    path = Path(chosen[0])
-    fresh = not resume and not path.exists()
+    ctx = _processes(job, cfg, run_dir)
+    fresh = not resume and not ctx.run_dir.exists()
     try:
-        if accelerator.is_main_process:
+        if ctx.is_main:
             try:
-                claim_run_dir(path, resume=resume, overwrite=overwrite)
+                claim_run_dir(ctx.run_dir, resume=resume, overwrite=overwrite, can_resume=job.resumable, flag=flag)
             except RunDirError as e:
                 fail(str(e))
-            write_text_atomic(path / "config.yaml", to_yaml(cfg))
-            env = environment_report(accelerator.num_processes, str(accelerator.device), cfg.train.mixed_precision)
-            write_json_atomic(path / "env.json", env)
-            err.print(f"run dir: {path}")
-        accelerator.wait_for_everyone()
-        summary = _run(recipe, cfg, path, accelerator, resume, json_out, fresh)
-        if accelerator.is_main_process:
+            write_text_atomic(ctx.run_dir / "config.yaml", to_yaml(cfg))
+            acc = ctx.accelerator
+            env = environment_report(ctx.world, str(acc.device) if acc else "cpu",
+                                     acc.mixed_precision if acc else "no")
+            write_json_atomic(ctx.run_dir / "env.json", env)
+            ctx.log(f"run dir: {ctx.run_dir}")
+        ctx.resume = resume
+        _wait(ctx)
+        summary = _run(job, cfg, ctx, json_out, fresh)
+        if ctx.is_main:
+            summary.setdefault("run_dir", str(ctx.run_dir))
+            write_json_atomic(ctx.run_dir / "summary.json", summary)
             if json_out:
                 print(json.dumps(summary, indent=1))
             else:
-                report(summary)
+                report(summary, job.name)
         # Leave together: a rank that exits while another still talks to the process group can abort
         # in the collective library's teardown ("terminate called without an active exception").
-        accelerator.wait_for_everyone()
-        accelerator.end_training()
+        _wait(ctx)
+        if ctx.accelerator is not None:
+            ctx.accelerator.end_training()
     finally:
-        unlock_run_dir(path)
+        unlock_run_dir(ctx.run_dir)
 
 
-def _run(recipe: Recipe, cfg: Any, path: Path, accelerator: Any, resume: bool, json_out: bool, fresh: bool) -> dict:
-    """The recipe's run, with every anticipated failure turned into one line and its exit code."""
+def _with_flag(job: Job, message: str) -> str:
+    """`key: ...` -> `key (--flag): ...` when the job has a flag for that key."""
+    key = message.split(":", 1)[0]
+    flags = next((a.flags[0] for a in job.args if a.key == key and a.flags), None)
+    return message.replace(f"{key}:", f"{key} ({flags}):", 1) if flags else message
+
+
+def _processes(job: Job, cfg: Any, run_dir: Path | None) -> RunContext:
+    """The run's processes (an Accelerator for engine jobs, a gloo group for data jobs launched on
+    several) and the run dir every one of them uses: rank 0 decides, the others receive it."""
+    chosen = str(run_dir or default_run_dir(job.verb, job.method))
+    if job.engine:
+        from accelerate.utils import broadcast_object_list
+
+        from percli.core.engine import make_accelerator
+
+        accelerator = make_accelerator(cfg.train)
+        box = [chosen]
+        if accelerator.num_processes > 1:
+            broadcast_object_list(box, from_process=0)
+        return RunContext(Path(box[0]), rank=accelerator.process_index, world=accelerator.num_processes,
+                          accelerator=accelerator)
+    rank, world = dist.init()
+    return RunContext(Path(dist.broadcast(chosen, world)), rank=rank, world=world)
+
+
+def _wait(ctx: RunContext) -> None:
+    if ctx.accelerator is not None:
+        ctx.accelerator.wait_for_everyone()
+    else:
+        dist.barrier(ctx.world)
+
+
+def _run(job: Job, cfg: Any, ctx: RunContext, json_out: bool, fresh: bool) -> dict:
+    """The job's run, with every anticipated failure turned into one line and its exit code."""
+    from percli.core.engine import RunStopped
+
     try:
-        return recipe.load().run(cfg, path, accelerator, resume=resume)
+        return job.load().run(cfg, ctx)
     except RunStopped as stop:
         err.print(f"[bold red]{stop}[/]", highlight=False, soft_wrap=True)
-        if json_out and accelerator.is_main_process:
+        if json_out and ctx.is_main:
             print(json.dumps(stop.summary, indent=1))
         raise typer.Exit(stop.exit_code) from None
     except (ValueError, FileNotFoundError, KeyError, RunDirError) as e:
-        if fresh and accelerator.is_main_process and not (path / "checkpoints").exists():
-            shutil.rmtree(path, ignore_errors=True)  # nothing of value: leave no run dir behind
+        if fresh and ctx.is_main and not (ctx.run_dir / "checkpoints").exists():
+            shutil.rmtree(ctx.run_dir, ignore_errors=True)  # nothing of value: leave no run dir behind
         fail(str(e).strip("'\""))
     except OSError as e:
         if e.errno in USER_FIXABLE_ERRNOS:
-            fail(f"{e.strerror}: {e.filename or path}; {USER_FIXABLE_ERRNOS[e.errno]}")
+            fail(f"{e.strerror}: {e.filename or ctx.run_dir}; {USER_FIXABLE_ERRNOS[e.errno]}")
         raise
 
 
@@ -156,17 +195,35 @@ USER_FIXABLE_ERRNOS = {
 }
 
 
-def report(summary: dict) -> None:
-    """Short human summary on stdout (scripts use --json or summary.json)."""
-    out = Console()
-    metrics = summary.get("metrics", {})
-    shown = {k: v for k, v in metrics.items() if k not in ("step",)}
-    out.print(f"[bold]{summary.get('status', 'done')}[/] at step {summary.get('step')} - run dir {summary['run_dir']}")
-    for k, v in shown.items():
-        out.print(f"  {k}: {v:.4g}" if isinstance(v, float) else f"  {k}: {v}")
-    bad = summary.get("bad_inputs", {}).get("count", 0)
-    if bad:
-        out.print(f"  [yellow]skipped {bad} unreadable input(s)[/] (listed in summary.json)")
-    for key in ("checkpoint", "reconstructions"):
-        if summary.get(key):
-            out.print(f"  {key}: {summary[key]}")
+def _rows(summary: dict, prefix: str = "") -> list[tuple[str, str]]:
+    """Scalar fields (nested mappings flattened one level deep; long lists summarised) as table rows."""
+    rows = []
+    for key, value in summary.items():
+        if key in ("status", "run_dir", "elapsed_s") and not prefix:
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            if key == "bad_inputs":
+                rows.append(("unreadable inputs (skipped)", f"{value.get('count', 0):,}"))
+            elif not prefix:
+                rows.extend(_rows(value, "" if key == "metrics" else f"{key}."))
+            continue
+        if isinstance(value, list):
+            if len(value) > 8 or any(isinstance(v, (dict, list)) for v in value):
+                continue
+            value = ", ".join(map(str, value))
+        elif isinstance(value, float):
+            value = f"{value:.4g}"
+        elif isinstance(value, int) and not isinstance(value, bool):
+            value = f"{value:,}"
+        rows.append((name, str(value)))
+    return rows
+
+
+def report(summary: dict, title: str = "") -> None:
+    """The one human summary of every job on stdout (scripts use --json or summary.json)."""
+    table = Table("", "value", title=f"{title}: {summary.get('status', 'done')}".strip(": "), title_justify="left")
+    for name, value in _rows(summary):
+        table.add_row(name, value)
+    table.add_row("run dir", str(summary.get("run_dir", "")))
+    Console().print(table)

@@ -9,19 +9,28 @@ Layout of `checkpoints/step_<N>/`:
 
 Nothing here unpickles: the formats are safetensors and JSON only. A directory is written as
 `.tmp-step_<N>-<pid>` and renamed into place, so a `step_<N>` directory is always complete.
+
+Reading is as careful as writing: a damaged safetensors file (empty, truncated, a header length
+beyond the file, a header that is not JSON) raises `CheckpointError` naming the file, and
+`read_header` gives a file's tensor shapes and metadata without reading any tensor data (what
+`percli.models.build_for_checkpoint` checks a model against before allocating it). The one door to
+pickles, `torch_load_weights` (official ``.pth`` files), runs torch's ``weights_only`` unpickler and
+turns a refused file into `RefusedPickleError`, whose advice never is to unpickle it anyway.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -54,16 +63,141 @@ def save_weights(path: str | Path, state: dict[str, torch.Tensor], meta: dict[st
     return path
 
 
-def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Load weights and their percli metadata from a safetensors file or a checkpoint dir."""
+class CheckpointError(ValueError):
+    """A weights file that cannot be read, or that does not fit the model it describes; the message
+    names the file (the CLI reports it and exits 2)."""
+
+
+class RefusedPickleError(CheckpointError, pickle.UnpicklingError):
+    """A pickled checkpoint holding Python objects that percli will not unpickle (it never runs them)."""
+
+
+# safetensors dtype names -> torch dtypes (for shape-only stand-ins of a file's tensors)
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+
+
+def weights_file(path: str | Path) -> Path:
+    """The safetensors file of `path` (a checkpoint dir's model.safetensors); FileNotFoundError if absent."""
     path = Path(path)
     if path.is_dir():
         path = path / MODEL_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no weights at {path}")
-    with safe_open(str(path), framework="pt") as f:
-        raw = (f.metadata() or {}).get("percli", "{}")
-    return load_file(str(path)), json.loads(raw)
+    return path
+
+
+def _unreadable(path: Path, err: Exception) -> CheckpointError:
+    return CheckpointError(f"{path} is not a readable safetensors file ({err}): it is empty, truncated or not "
+                           "safetensors at all; copy or download it again, or point at another checkpoint")
+
+
+def _percli_meta(path: Path, raw: str | None) -> dict[str, Any]:
+    try:
+        meta = json.loads(raw or "{}")
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: its percli metadata is not JSON ({e.msg}); the file is damaged") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: its percli metadata is a {type(meta).__name__}, not a JSON object")
+    return meta
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file; a damaged file raises `CheckpointError` naming it."""
+    path = Path(path)
+    try:
+        return load_file(str(path))
+    except SafetensorError as e:
+        raise _unreadable(path, e) from None
+
+
+def read_header(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A safetensors file's tensors as shape-only stand-ins on the meta device, and its percli metadata.
+
+    Reads the header alone (no tensor data), so a file of any size answers at once; `path` may be a
+    checkpoint dir. Damaged files raise `CheckpointError` naming the file.
+    """
+    path = weights_file(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("percli")
+            shapes = {k: (f.get_slice(k).get_shape(), f.get_slice(k).get_dtype()) for k in f.keys()}
+    except SafetensorError as e:
+        raise _unreadable(path, e) from None
+    tensors = {k: torch.empty(shape, dtype=_DTYPES.get(dtype, torch.float32), device="meta")
+               for k, (shape, dtype) in shapes.items()}
+    return tensors, _percli_meta(path, raw)
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The percli metadata of a safetensors file or checkpoint dir, reading no tensor data."""
+    return read_header(path)[1]
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load weights and their percli metadata from a safetensors file or a checkpoint dir."""
+    path = weights_file(path)
+    meta = read_header(path)[1]
+    return load_tensors(path), meta
+
+
+def refused_pickle_message(path: str | Path, names: Iterable[str]) -> str:
+    """What to do with a pickle percli refuses: never unpickle it, re-save its tensors where it came from."""
+    found = ", ".join(sorted(set(names))) or "objects torch's weights_only reader refuses"
+    return (f"{path} holds Python objects that percli will not unpickle ({found}): loading them could run code "
+            "from the file, so percli reads tensors only. Re-save the tensors as safetensors with the trusted "
+            "code that produced the file (e.g. safetensors.torch.save_file(model.state_dict(), "
+            "'model.safetensors')), then pass that file, or turn it into a percli checkpoint with "
+            "`percli convert model.safetensors --model NAME -o weights.safetensors`")
+
+
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def _global_name(entry: Any) -> str:
+    if isinstance(entry, tuple):  # (stand-in, "module.name"), as torch's safe_globals takes them
+        return entry[1]
+    return f"{entry.__module__}.{entry.__qualname__}"
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def torch_load_weights(path: str | Path, allowed: Iterable[Any] = ()) -> Any:
+    """``torch.load(path, weights_only=True)`` with the extra `allowed` globals, on the CPU.
+
+    The pickle's globals are listed first (a scan that runs nothing); a file naming any global
+    beyond torch's safe ones and `allowed` raises `RefusedPickleError` before anything is unpickled
+    (the message names the globals and how to re-save the file, never torch's own advice to
+    unpickle it regardless). A file that is not a readable torch checkpoint raises `CheckpointError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    allowed = list(allowed)
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - a legacy (non-zip) or damaged file: torch.load below decides
+        found = []
+    refused = sorted(set(found) - {_global_name(a) for a in allowed})
+    if refused:
+        raise RefusedPickleError(refused_pickle_message(path, refused))
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        detail = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else text
+        names = _REFUSED_GLOBAL.findall(text)
+        if names:
+            raise RefusedPickleError(refused_pickle_message(path, names)) from None
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({_first_line(detail)})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: "
+                              f"{_first_line(str(e))}); copy or download it again") from None
 
 
 def flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -152,9 +286,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     optimizer = None
     opt_path = path / OPTIMIZER_FILE
     if opt_path.is_file():
-        with safe_open(str(opt_path), framework="pt") as f:
-            meta = f.metadata() or {}
-        optimizer = unflatten_optimizer(load_file(str(opt_path)), meta)
+        try:
+            with safe_open(str(opt_path), framework="pt") as f:
+                meta = f.metadata() or {}
+        except SafetensorError as e:
+            raise _unreadable(opt_path, e) from None
+        optimizer = unflatten_optimizer(load_tensors(opt_path), meta)
     trainer_state = json.loads((path / TRAINER_FILE).read_text())
     return {"model": model_state, "model_meta": model_meta, "optimizer": optimizer, "trainer_state": trainer_state}
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,26 +60,21 @@ def read_state(state_or_path: Mapping[str, torch.Tensor] | str | Path) -> dict[s
     """Tensors of a state dict from a mapping, a .safetensors file or an official .pth.
 
     A .pth is read with ``weights_only=True``; besides the default safe types only
-    ``argparse.Namespace`` is allowed (the MAE-family checkpoints store their ``args`` so). The
-    official wrappers (``model_state``, ``model``, ``state_dict``) are unwrapped.
+    ``argparse.Namespace`` is allowed (the MAE-family checkpoints store their ``args`` so). A file
+    naming any other global raises `RefusedPickleError` (a ValueError, naming the file) before
+    anything of it is unpickled; a damaged file raises `CheckpointError`. The official wrappers
+    (``model_state``, ``model``, ``state_dict``) are unwrapped.
     """
     if isinstance(state_or_path, str | Path):
+        from percli.core.checkpoint import load_tensors, torch_load_weights
+
         path = Path(state_or_path)
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
+            state = load_tensors(path)
         else:
-            try:
-                with torch.serialization.safe_globals([argparse.Namespace]):
-                    state = torch.load(path, map_location="cpu", weights_only=True)
-            except pickle.UnpicklingError as err:
-                raise RuntimeError(
-                    f"{path} holds Python objects that percli will not unpickle (weights_only=True): {err}\n"
-                    "Convert it once in an environment you trust, keeping only the tensors, e.g.\n"
-                    "  sd = torch.load(path, map_location='cpu', weights_only=False)['model']\n"
-                    "  safetensors.torch.save_file({k: v.contiguous() for k, v in sd.items()}, 'model.safetensors')\n"
-                    "and load the .safetensors file.") from err
+            state = torch_load_weights(path, [argparse.Namespace])
+            if not isinstance(state, Mapping):
+                raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
     else:
         state = state_or_path
     for wrapper in ("model_state", "model", "state_dict"):

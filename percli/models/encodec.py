@@ -14,9 +14,11 @@ trimming (as audiocraft's ``EncodecModel.decode``, which VoiceCraft calls).
 
 Loading the release (see `read_audiocraft_checkpoint`): the ``.th`` pickles the Hydra/OmegaConf
 config under ``xp.cfg``, which plain ``torch.load(weights_only=True)`` refuses. percli still loads
-it with torch's restricted unpickler, allowlisting each such class as an inert stand-in
-that stores its state and runs nothing, and takes ``best_state.model`` (the weights audiocraft's
-``model_from_checkpoint`` uses). Blocked modules (``os``, ``sys``, ...) still make torch refuse.
+it with torch's restricted unpickler, allowing exactly the globals such a config pickles (OmegaConf's
+containers, nodes and metadata as inert stand-ins that store their state and run nothing, plus the
+plain types their metadata names), and takes ``best_state.model`` (the weights audiocraft's
+``model_from_checkpoint`` uses). A file naming any other global is refused before anything of it is
+unpickled.
 """
 
 from __future__ import annotations
@@ -374,30 +376,46 @@ class _InertObject:
         self.state = state
 
 
-# Plain containers and scalars that OmegaConf's pickles name as globals; building them runs no user code.
-_PLAIN_TYPES = {f"builtins.{t.__name__}": t for t in (dict, list, tuple, set, frozenset, int, float, str, bool, bytes)}
-_PLAIN_TYPES.update({"collections.OrderedDict": collections.OrderedDict,
-                     "collections.defaultdict": collections.defaultdict})
+# Exactly the globals an audiocraft solver checkpoint's ``xp.cfg`` (an OmegaConf 2.x DictConfig of
+# the Hydra config) pickles: the config containers, their value nodes, node / container metadata and
+# its ``typing.Any`` annotations become inert stand-ins; the plain types that metadata names
+# (``object_type`` dict/list, ``key_type`` int of a ListConfig, ``resolver_cache`` a
+# ``defaultdict(dict)``) are themselves. The rest of the file (``best_state``, ``model``,
+# ``optimizer``, ``history``, ...) is tensors and plain data that torch allows by default.
+_OMEGACONF_STAND_INS = ("omegaconf.dictconfig.DictConfig", "omegaconf.listconfig.ListConfig",
+                        "omegaconf.nodes.AnyNode", "omegaconf.base.ContainerMetadata", "omegaconf.base.Metadata",
+                        "typing.Any")
+_PLAIN_TYPES = {"builtins.dict": dict, "builtins.list": list, "builtins.int": int,
+                "collections.defaultdict": collections.defaultdict}
+
+
+def _audiocraft_globals() -> list[tuple[object, str]]:
+    """(stand-in, name) pairs for torch's ``safe_globals``: the names above and nothing else."""
+    stand_ins = [(type(name.rsplit(".", 1)[-1], (_InertObject,), {}), name) for name in _OMEGACONF_STAND_INS]
+    return stand_ins + [(t, name) for name, t in _PLAIN_TYPES.items()]
 
 
 def read_audiocraft_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The codec tensors of an audiocraft checkpoint (``.th``), read without running pickled code.
 
-    torch's ``weights_only`` unpickler does the reading. The globals it does not allow by default
-    (for the release: OmegaConf's ``DictConfig``, ``ListConfig``, ``AnyNode``, ``Metadata``,
-    ``typing.Any`` in ``xp.cfg``) are allowed for this one load as `_InertObject` stand-ins,
-    except plain builtin containers, which are themselves. Solver checkpoints give
+    torch's ``weights_only`` unpickler does the reading, allowing besides its default safe types
+    exactly the globals of the release's ``xp.cfg`` (OmegaConf's ``DictConfig``, ``ListConfig``,
+    ``AnyNode``, ``ContainerMetadata``, ``Metadata`` and ``typing.Any`` as `_InertObject`
+    stand-ins; ``dict``, ``list``, ``int`` and ``collections.defaultdict`` as themselves). A file
+    naming any other global raises `percli.core.checkpoint.RefusedPickleError` (a ValueError and an
+    ``UnpicklingError``) before anything is unpickled. Solver checkpoints give
     ``best_state["model"]`` (what ``CompressionSolver.model_from_checkpoint`` loads, not the
     last-epoch ``model``); exported ones (``{"xp.cfg": yaml, "model": ...}``) give ``model``.
     """
+    from percli.core.checkpoint import torch_load_weights
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no codec checkpoint at {path}; download encodec_4cb2048_giga.th from "
                                 "https://huggingface.co/pyp1/VoiceCraft and pass its path")
-    allowed = [(_PLAIN_TYPES.get(name) or type(name.rsplit(".", 1)[-1], (_InertObject,), {}), name)
-               for name in torch.serialization.get_unsafe_globals_in_checkpoint(path)]
-    with torch.serialization.safe_globals(allowed):
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = torch_load_weights(path, _audiocraft_globals())
+    if not isinstance(ckpt, Mapping):
+        raise RuntimeError(f"{path} is not an audiocraft codec checkpoint: no best_state.model / model state dict")
     if "best_state" in ckpt:
         ckpt = ckpt["best_state"].get("model") if isinstance(ckpt["best_state"], Mapping) else None
     elif "model" in ckpt:
@@ -413,9 +431,9 @@ def load_official_state(model: EncodecModel, state_or_path: Mapping[str, torch.T
     if isinstance(state_or_path, str | Path):
         path = Path(state_or_path)
         if path.suffix == ".safetensors":
-            from percli.core.checkpoint import read_weights
+            from percli.core.checkpoint import load_tensors
 
-            state = read_weights(path)[0]
+            state = load_tensors(path)
         else:
             state = read_audiocraft_checkpoint(path)
     else:

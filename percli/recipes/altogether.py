@@ -36,6 +36,8 @@ from percli.captioning.triples import RecordTriples, SceneTriples
 from percli.core import engine
 from percli.core.checkpoint import read_weights
 from percli.core.config import ConfigError, OptimConfig, TrainConfig
+from percli.core.context import RunContext
+from percli.core.data.transforms import ImagePreprocess
 from percli.core.rundir import write_jsonl_atomic
 from percli.models import list_models
 from percli.models.altogether import (
@@ -173,8 +175,8 @@ class AltogetherTask:
         cfg, enc = self.cfg, self.cfg.image_encoder
         self.encoder_meta = {"name": enc.name, "kwargs": dict(enc.kwargs)}
         encoder, dim, self.preprocess = image_tower(enc.name, dict(enc.kwargs), enc.checkpoint)
-        self.transform = image_transform(self.preprocess["image_size"], self.preprocess["mean"],
-                                         self.preprocess["std"])
+        pre = ImagePreprocess.of(self.preprocess)  # CLIP and PE describe their input alike
+        self.transform = image_transform(pre.size, pre.mean, pre.std)
         self.train_set = self._dataset(cfg.data.source, "train")
         tokenizer = self._tokenizer(self.train_set.texts() if cfg.decoder.trim_vocab else [])
         decoder, state = self._decoder(tokenizer)
@@ -220,8 +222,11 @@ class AltogetherTask:
         """Caption the held-out set; score captions and alt-texts against the true captions."""
         out: dict[str, Any] = {}
         bad = getattr(self.train_set, "bad_records", None)
-        if bad is not None:
+        if bad is not None:  # record shards (RecordTriples), not the embedded scenes
+            invalid = self.train_set.invalid_alt_text
             out["bad_records"] = {"count": bad.count, "examples": bad.examples}
+            out["invalid_alt_text"] = {"count": invalid.count, "examples": invalid.examples}
+            out["duplicate_keys"] = bad.duplicate_keys
         if self.eval_set is None:
             return out
         from percli.captioning.metrics import caption_metrics
@@ -272,5 +277,5 @@ def validate(cfg: Config) -> None:
     check_shard_sources(cfg.data, ".jsonl/.parquet/.tar record shards")
 
 
-def run(cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool = False) -> dict[str, Any]:
-    return engine.train(AltogetherTask(cfg), cfg.train, cfg.optim, run_dir, accelerator, resume=resume)
+def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
+    return engine.train(AltogetherTask(cfg), cfg.train, cfg.optim, ctx.run_dir, ctx.accelerator, resume=ctx.resume)

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from percli.core import engine
 from percli.core.config import OptimConfig, TrainConfig
+from percli.core.context import RunContext
 from percli.core.data import sample_weights
 from percli.core.metrics import multilabel_metrics
 from percli.models import create_model
@@ -141,5 +142,5 @@ def audio_eval_reduce(totals: dict[str, Any], multilabel: bool) -> dict[str, flo
     return classification_metrics(totals)
 
 
-def run(cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool = False) -> dict[str, Any]:
-    return engine.train(AudioClassifyTask(cfg), cfg.train, cfg.optim, run_dir, accelerator, resume=resume)
+def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
+    return engine.train(AudioClassifyTask(cfg), cfg.train, cfg.optim, ctx.run_dir, ctx.accelerator, resume=ctx.resume)

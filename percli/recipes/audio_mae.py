@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from percli.core import engine
 from percli.core.config import OptimConfig, TrainConfig
+from percli.core.context import RunContext
 from percli.models import create_model
 from percli.recipes.audio_common import (
     AudioDataSection,
@@ -98,5 +99,5 @@ class AudioMAETask:
         return {"reconstructions": str(path)} if path else {}
 
 
-def run(cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool = False) -> dict[str, Any]:
-    return engine.train(AudioMAETask(cfg), cfg.train, cfg.optim, run_dir, accelerator, resume=resume)
+def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
+    return engine.train(AudioMAETask(cfg), cfg.train, cfg.optim, ctx.run_dir, ctx.accelerator, resume=ctx.resume)

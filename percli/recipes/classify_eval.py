@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
-from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from percli.core import checkpoint as ckpt
 from percli.core.config import TrainConfig
+from percli.core.context import RunContext
 from percli.core.engine import BadInputLog, evaluate
 from percli.core.rundir import write_json_atomic
 from percli.models import create_model
@@ -117,7 +117,8 @@ def _image_setup(cfg: Config, meta: dict[str, Any], model: nn.Module, source: st
     return dataset, _EvalTask(video)
 
 
-def run(cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool = False) -> dict[str, Any]:
+def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
+    run_dir, accelerator = ctx.run_dir, ctx.accelerator
     model, meta = _load_model(cfg)
     source = cfg.data.val_source or cfg.data.source
     audio = "img_size" in model.config  # Audio-MAE models take fbank "images"

@@ -35,6 +35,7 @@ from torchvision.transforms import v2
 
 from percli.core import engine
 from percli.core.config import ConfigError, OptimConfig, TrainConfig
+from percli.core.context import RunContext
 from percli.core.data.captioned import CLASS_NAMES, ZERO_SHOT_TEMPLATES, CaptionedShapesDataset
 from percli.core.data.image_text import ImageTextDataset
 from percli.models import create_model, list_models
@@ -179,5 +180,5 @@ def validate(cfg: Config) -> None:
     check_shard_sources(cfg.data, ".jsonl/.parquet/.tar shard patterns")
 
 
-def run(cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool = False) -> dict[str, Any]:
-    return engine.train(ClipTask(cfg), cfg.train, cfg.optim, run_dir, accelerator, resume=resume)
+def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
+    return engine.train(ClipTask(cfg), cfg.train, cfg.optim, ctx.run_dir, ctx.accelerator, resume=ctx.resume)

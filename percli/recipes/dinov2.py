@@ -31,6 +31,7 @@ from torchvision.transforms import v2
 
 from percli.core import engine
 from percli.core.config import OptimConfig, TrainConfig
+from percli.core.context import RunContext
 from percli.core.data import IMAGENET_MEAN, IMAGENET_STD, finetune_transform
 from percli.core.data.loader import ResumableSampler
 from percli.core.knn import knn_classify
@@ -400,8 +401,8 @@ class DINOv2Task:
         return {"knn": knn, "linear_probe": probe}
 
 
-def run(cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool = False) -> dict[str, Any]:
-    return engine.train(DINOv2Task(cfg), cfg.train, cfg.optim, run_dir, accelerator, resume=resume)
+def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
+    return engine.train(DINOv2Task(cfg), cfg.train, cfg.optim, ctx.run_dir, ctx.accelerator, resume=ctx.resume)
 
 
 def _any_rank_empty(logits: torch.Tensor) -> bool:

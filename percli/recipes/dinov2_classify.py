@@ -21,13 +21,11 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
-
-from accelerate import Accelerator
 
 from percli.core import engine
 from percli.core.config import OptimConfig
+from percli.core.context import RunContext
 from percli.recipes.common import (
     ModelSection,
     validate,  # noqa: F401  (the command runs it before anything is built)
@@ -50,7 +48,8 @@ class Config(ClassifyConfig):
     """MAE's ViT-B finetuning: base lr 5e-4 per 256 images (2e-3 at 1024), layer decay 0.65."""
 
 
-def run(cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool = False) -> dict[str, Any]:
+def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
+    run_dir, accelerator, resume = ctx.run_dir, ctx.accelerator, ctx.resume
     if not cfg.model.name.startswith("dinov2_"):
         raise ValueError(f"model.name={cfg.model.name!r}: finetune dinov2 takes a dinov2_* model "
                          "(`percli ls models`); other encoders: percli finetune hiera")

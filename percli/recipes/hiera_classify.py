@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from percli.core import engine
 from percli.core.config import OptimConfig, TrainConfig
+from percli.core.context import RunContext
 from percli.core.data import MixupCutmix, finetune_transform, video_transform
 from percli.models import create_model
 from percli.recipes.common import (
@@ -163,5 +164,5 @@ def classification_dataset(source: str, split: str, train: bool, data: DataSecti
     return make_dataset(data, source, split, train, transform, video, size, classes=classes, require_labels=True)
 
 
-def run(cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool = False) -> dict[str, Any]:
-    return engine.train(ClassifyTask(cfg), cfg.train, cfg.optim, run_dir, accelerator, resume=resume)
+def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
+    return engine.train(ClassifyTask(cfg), cfg.train, cfg.optim, ctx.run_dir, ctx.accelerator, resume=ctx.resume)

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from percli.core import checkpoint as ckpt
 from percli.core.config import TrainConfig
+from percli.core.context import RunContext
 from percli.core.data.loader import SeededSamples, collate_skip_bad
 from percli.core.engine import BadInputLog, NoUsableData, no_usable_data_message
 from percli.core.knn import knn_classify
@@ -194,7 +195,8 @@ def frozen_features(model_cfg: ModelSection, data: DataSection, features: Featur
             "bad_inputs": {"count": len(bad.files), "files": bad.files}}
 
 
-def run(cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool = False) -> dict[str, Any]:
+def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
+    run_dir, accelerator = ctx.run_dir, ctx.accelerator
     if not cfg.ks or min(cfg.ks) < 1:
         raise ValueError(f"ks={cfg.ks}: give positive neighbour counts, e.g. ks=[10,20,100,200]")
     f = frozen_features(cfg.model, cfg.data, cfg.features, cfg.train, accelerator, cfg.label_csv)

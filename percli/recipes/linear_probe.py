@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from accelerate import Accelerator
 
 from percli.core.config import TrainConfig
+from percli.core.context import RunContext
 from percli.core.rundir import write_json_atomic
 from percli.recipes.common import (
     validate,  # noqa: F401  (run by the command before anything is built)
@@ -90,7 +89,8 @@ def sweep_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torc
     return {**best, "per_lr": per_lr}
 
 
-def run(cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool = False) -> dict[str, Any]:
+def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
+    run_dir, accelerator = ctx.run_dir, ctx.accelerator
     if not cfg.lrs or min(cfg.lrs) <= 0 or cfg.epochs < 1:
         raise ValueError(f"lrs={cfg.lrs}, epochs={cfg.epochs}: give positive learning rates and epochs >= 1")
     f = frozen_features(cfg.model, cfg.data, cfg.features, cfg.train, accelerator, cfg.label_csv)

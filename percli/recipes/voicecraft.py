@@ -57,6 +57,7 @@ from torch.utils.data import Dataset
 from percli.core import engine
 from percli.core.checkpoint import save_weights
 from percli.core.config import ConfigError, OptimConfig, TrainConfig
+from percli.core.context import RunContext
 from percli.core.data import BadSample, load_audio
 from percli.core.data.audio import resolve_manifest_path
 from percli.core.data.loader import mix_seed
@@ -555,7 +556,8 @@ class VoiceCraftTask:
                 "sample_text": self.data.val.items[good[0]]["text"]}
 
 
-def run(cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool = False) -> dict[str, Any]:
+def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
+    run_dir, accelerator, resume = ctx.run_dir, ctx.accelerator, ctx.resume
     initial = None
     if cfg.model.checkpoint:
         initial, cfg = load_initial_model(cfg)

@@ -29,11 +29,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from percli.core import checkpoint as ckpt
 from percli.core.config import ConfigError, TrainConfig
+from percli.core.context import RunContext
 from percli.core.data import build_dataset
 from percli.core.data.captioned import ZERO_SHOT_TEMPLATES, CaptionedShapesDataset
 from percli.core.data.image_text import ImageTextDataset
@@ -243,7 +243,8 @@ def _load_models(cfg: Config) -> tuple[nn.Module, dict[str, Any], list[CLIPToken
     return Experts(models), meta, [CLIPTokenizer(context_length=m.context_length) for m in models]
 
 
-def run(cfg: Config, run_dir: Path, accelerator: Accelerator, *, resume: bool = False) -> dict[str, Any]:
+def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
+    run_dir, accelerator = ctx.run_dir, ctx.accelerator
     data = cfg.data
     if not data.source and not data.pairs:
         raise ValueError("nothing to evaluate: set data.source (classification) and/or data.pairs (retrieval)")

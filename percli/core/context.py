@@ -1,0 +1,32 @@
+"""What a job's `run(cfg, ctx)` is given: where to write, whether it resumes, and its processes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+_err = Console(stderr=True)
+
+
+@dataclass
+class RunContext:
+    """A job's run: its run dir (created and locked by rank 0, holding config.yaml and env.json), the
+    --resume flag, the processes (`accelerator` for engine jobs, else `rank`/`world` of core.dist)."""
+
+    run_dir: Path
+    resume: bool = False
+    rank: int = 0
+    world: int = 1
+    accelerator: Any = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def log(self, message: str) -> None:
+        """A progress line on stderr (rank 0 only); stdout stays for the summary."""
+        if self.is_main:
+            _err.print(message, highlight=False, soft_wrap=True)
