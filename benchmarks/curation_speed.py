@@ -45,7 +45,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from percli.curation.formats import read_records
+from percli.core.data.shards import read_records
 from percli.curation.matcher import MetadataMatcher, spaced_entry, spacing
 
 try:

@@ -127,11 +127,15 @@ def _help(job: Job) -> str:
 
 
 # Verbs still built by hand (being moved into the registry) keep their own Typer groups.
-GROUPS: dict[str, typer.Typer] = {"curate": curate_app, "caption": caption_app, "tts": tts_app, "select": select_app}
+GROUPS: dict[str, typer.Typer] = {}
+GROUPS["curate"] = curate_app
+GROUPS["caption"] = caption_app
+GROUPS["tts"] = tts_app
+GROUPS["select"] = select_app
 for name, group in GROUPS.items():
     app.add_typer(group, name=name)
 for job in JOBS:
-    *parents, leaf = [job.verb, *job.method.split(" ")]
+    *parents, leaf = [job.verb, *job.method.split()]  # method "" = a top-level command (percli convert)
     parent, path = app, ""
     for name in parents:
         path = f"{path} {name}".strip()

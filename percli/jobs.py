@@ -64,7 +64,7 @@ class Job:
 
     @property
     def name(self) -> str:
-        return f"{self.verb} {self.method}"
+        return f"{self.verb} {self.method}".strip()
 
     def load(self) -> Any:
         return importlib.import_module(self.module)
@@ -144,7 +144,7 @@ JOBS: list[Job] = [
 
 JOBS += [
     Job("pretrain", "rwr-gae", "percli.graph.job",
-        "GAE, VGAE and their random-walk-regularised versions RWR-GAE/RWR-VGAE (Vaibhav, Huang, Frederking, arXiv 1908.04003)",
+        "GAE, VGAE and their random-walk-regularised versions RWR-GAE/RWR-VGAE (Vaibhav et al., arXiv 1908.04003)",
         resumable=False, args=(
             Arg("graph", ("--graph",), "cora, a .npz in the cora layout, or an edge-list text file."),
             Arg("features", ("--features",), "Node features for an edge list (.npz)."),
@@ -164,6 +164,15 @@ JOBS += [
         ), examples=("percli pretrain rwr-gae --graph cora --model all --seeds 5",)),
 ]
 
+# --- curation jobs (curate metaclip run|match|count|balance|build-metadata, cit, mode, text-quality) ---
+JOBS += []
+
+# --- captioning and speech jobs (caption altogether, eval caption, tts edit|synthesize) ---
+JOBS += []
+
+# --- selection, search, conversion and AV-SUPERB jobs (select run|simulate, search-arch, convert, eval av-superb) ---
+JOBS += []
+
 VERB_HELP = {
     "pretrain": "Self-supervised pretraining (MAE, ...).",
     "finetune": "Supervised finetuning of pretrained encoders.",
@@ -182,7 +191,8 @@ def get_job(verb: str, method: str) -> Job:
 
 def find_method(method: str, verb: str | None = None) -> Job:
     """The job of a method name (for `show-config`); `verb` picks one when several verbs share it."""
-    matches = [job for job in JOBS if job.method == method and verb in (None, job.verb)]
+    wanted = method.replace(" ", "-")  # `metaclip run` or `metaclip-run`; a top-level job by its verb
+    matches = [job for job in JOBS if (job.method or job.verb).replace(" ", "-") == wanted and verb in (None, job.verb)]
     if not matches:
         known = ", ".join(sorted({job.method for job in JOBS}))
         raise KeyError(f"unknown method {method!r}{f' for {verb}' if verb else ''}; available: {known}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from percli.captioning.decode import beam_search, top_p_filter
 from percli.models.altogether import (
     AltogetherCaptioner,
     CaptionTokenizer,
@@ -17,6 +16,7 @@ from percli.models.altogether import (
     load_opt_state,
     vocabulary_of,
 )
+from percli.models.text_decoding import beam_search, top_p_filter
 
 TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1,
                                              "head_width": 16},

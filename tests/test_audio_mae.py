@@ -188,7 +188,7 @@ def test_safetensors_and_foreign_objects(tmp_path: Path) -> None:
     torch.testing.assert_close(other.state_dict(), model.state_dict())
 
     torch.save({"model": model.state_dict(), "args": _NotAllowed()}, tmp_path / "bad.pth")
-    with pytest.raises(RuntimeError, match="safetensors"):
+    with pytest.raises(ValueError, match="safetensors"):
         load_official_state(other, tmp_path / "bad.pth")
 
 

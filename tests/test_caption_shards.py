@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from percli.captioning.scenes import write_scene_folder
 from percli.cli import app
-from percli.curation import formats
+from percli.core.data import shards as formats
 from tests import test_caption_command
 
 runner = CliRunner()

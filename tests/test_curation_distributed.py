@@ -10,7 +10,7 @@ import subprocess
 
 from percli.curation.demo import demo_metadata, demo_pool
 from tests.conftest import PYTHON, free_port, subprocess_env
-from tests.test_curation_formats import kept_records, write_jsonl, write_parquet, write_tar
+from tests.test_shards import kept_records, write_jsonl, write_parquet, write_tar
 
 VOLATILE = ("output_dir", "outputs", "world_size")  # differ by run dir or process count, by design
 

@@ -12,8 +12,8 @@ import typer
 from typer.testing import CliRunner
 
 from percli.commands.curate import curate_app
+from percli.core.data.shards import read_records
 from percli.curation.demo import demo_metadata, demo_pool
-from percli.curation.formats import read_records
 from percli.curation.matcher import MetadataMatcher, reference_match, spaced_entry, spacing
 from percli.curation.metaclip import (
     balance_shards,

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import os
+import pathlib
 import pickle
+import sys
+import types
+import typing
 
 import pytest
 import torch
 
-from percli.core.checkpoint import save_weights
+from percli.core.checkpoint import RefusedPickleError, save_weights
 from percli.models import create_model
 from percli.models.encodec import (
     EncodecModel,
@@ -174,26 +180,78 @@ def test_safetensors_save_and_load_reproduce_the_codec(tmp_path):
 EXECUTED: list[str] = []
 
 
-def _side_effect():
-    EXECUTED.append("reduce")
-    return {}
-
-
-class _HydraConfig:
-    """Plays OmegaConf's DictConfig in a fake audiocraft checkpoint: loading it for real runs code."""
-
-    def __init__(self):
-        self.sample_rate = 16000
-        self.hook = _Hook()
+def _omegaconf_class(module: str, name: str) -> type:
+    """A class pickled under OmegaConf's name whose ``__setstate__`` would record that it ran."""
 
     def __setstate__(self, state):
-        EXECUTED.append("setstate")
+        EXECUTED.append(f"{module}.{name}.__setstate__")
         self.__dict__.update(state)
+
+    return type(name, (), {"__module__": module, "__qualname__": name, "__setstate__": __setstate__})
+
+
+@contextlib.contextmanager
+def _fake_omegaconf():
+    """Importable stand-ins for the OmegaConf classes an audiocraft ``xp.cfg`` pickles (OmegaConf is not
+    a percli dependency), with exactly the state layout OmegaConf 2.3 pickles."""
+    names = {"omegaconf.dictconfig": ["DictConfig"], "omegaconf.listconfig": ["ListConfig"],
+             "omegaconf.nodes": ["AnyNode"], "omegaconf.base": ["ContainerMetadata", "Metadata"]}
+    made = {}
+    sys.modules["omegaconf"] = types.ModuleType("omegaconf")  # the package, for `import omegaconf.base`
+    for module, classes in names.items():
+        mod = types.ModuleType(module)
+        for name in classes:
+            setattr(mod, name, _omegaconf_class(module, name))
+            made[name] = getattr(mod, name)
+        sys.modules[module] = mod
+    try:
+        yield made
+    finally:
+        for module in [*names, "omegaconf"]:
+            del sys.modules[module]
+
+
+def _xp_cfg(oc: dict) -> object:
+    """``xp.cfg`` as OmegaConf pickles a Hydra config: containers with ContainerMetadata (``typing.Any``
+    annotations, ``object_type`` dict/list, ``key_type`` int for lists, a ``defaultdict(dict)`` resolver
+    cache) holding AnyNode values with their Metadata."""
+
+    def container(cls, object_type, key_type, content):
+        obj = object.__new__(oc[cls])
+        meta = object.__new__(oc["ContainerMetadata"])
+        meta.__dict__.update(ref_type=typing.Any, object_type=object_type, optional=True, key=None, flags={},
+                             flags_root=False, resolver_cache=collections.defaultdict(dict), key_type=key_type,
+                             element_type=typing.Any)
+        obj.__dict__.update(_metadata=meta, _parent=None, _content=content)
+        return obj
+
+    def node(value):
+        obj, meta = object.__new__(oc["AnyNode"]), object.__new__(oc["Metadata"])
+        meta.__dict__.update(ref_type=typing.Any, object_type=None, optional=True, key=None, flags={},
+                             flags_root=False)
+        obj.__dict__.update(_metadata=meta, _parent=None, _val=value)
+        return obj
+
+    ratios = container("ListConfig", list, int, [node(r) for r in (8, 5, 4, 2)])
+    seanet = container("DictConfig", dict, typing.Any, {"n_filters": node(64), "ratios": ratios})
+    return container("DictConfig", dict, typing.Any, {"sample_rate": node(16000), "seanet": seanet,
+                                                      "device": node("cuda"), "lr": node(3e-4)})
+
+
+def _solver_checkpoint(path, best, stale, extra=None):
+    """An audiocraft CompressionSolver checkpoint (the layout of the release's encodec_4cb2048_giga.th)."""
+    with _fake_omegaconf() as oc:
+        ckpt = {"history": [{"train": {"loss": 1.5}}], "xp.cfg": _xp_cfg(oc), "xp.sig": "4cb2048",
+                "best_state": {"model": best}, "fsdp_best_state": {}, "model": stale,
+                "optimizer": torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))]).state_dict(),
+                "lr_scheduler": None, "scaler": None, "ema": None, **(extra or {})}
+        torch.save(ckpt, path)
+    return path
 
 
 class _Hook:
     def __reduce__(self):
-        return _side_effect, ()
+        return EXECUTED.append, ("reduce",)
 
 
 def test_audiocraft_solver_checkpoint_loads_best_state_without_running_pickled_code(tmp_path):
@@ -201,8 +259,11 @@ def test_audiocraft_solver_checkpoint_loads_best_state_without_running_pickled_c
     codec = EncodecModel(**TINY)
     best = codec.state_dict()
     stale = {k: torch.zeros_like(v) for k, v in best.items()}  # the solver's last (not best) weights
-    path = tmp_path / "checkpoint.th"
-    torch.save({"xp.cfg": _HydraConfig(), "model": stale, "best_state": {"model": best}, "epoch": 200}, path)
+    path = _solver_checkpoint(tmp_path / "checkpoint.th", best, stale)
+    assert set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) == {
+        "omegaconf.dictconfig.DictConfig", "omegaconf.listconfig.ListConfig", "omegaconf.nodes.AnyNode",
+        "omegaconf.base.ContainerMetadata", "omegaconf.base.Metadata", "typing.Any", "builtins.dict",
+        "builtins.list", "builtins.int", "collections.defaultdict"}
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)
 
@@ -213,6 +274,23 @@ def test_audiocraft_solver_checkpoint_loads_best_state_without_running_pickled_c
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in best.items())
 
 
+@pytest.mark.parametrize(("extra", "named"), [({"hook": _Hook()}, "builtins.getattr"),
+                                               ({"note": print}, "builtins.print"),
+                                               ({"root": pathlib.PurePosixPath("/data")}, "pathlib.PurePosixPath")])
+def test_audiocraft_checkpoint_with_any_other_global_is_refused_unread(tmp_path, extra, named):
+    best = EncodecModel(**TINY).state_dict()
+    path = _solver_checkpoint(tmp_path / "checkpoint.th", best, best, extra)
+    EXECUTED.clear()
+    with pytest.raises(RefusedPickleError) as info:
+        load_official_state(EncodecModel(**TINY), path)
+    message = str(info.value)
+    assert str(path) in message and "percli convert" in message and "weights_only" not in message
+    assert f"({named})" in message  # only the global outside the release's set is named
+    assert "DictConfig" not in message  # the allowed globals are not the problem
+    assert EXECUTED == []
+    assert isinstance(info.value, ValueError) and isinstance(info.value, pickle.UnpicklingError)
+
+
 class _ShellCommand:
     def __reduce__(self):
         return os.system, ("true",)
@@ -221,7 +299,7 @@ class _ShellCommand:
 def test_checkpoint_calling_into_os_is_still_refused(tmp_path):
     path = tmp_path / "evil.th"
     torch.save({"xp.cfg": _ShellCommand(), "best_state": {"model": {}}}, path)
-    with pytest.raises(pickle.UnpicklingError, match="blocked"):
+    with pytest.raises(pickle.UnpicklingError, match=r"(posix|os|nt)\.system"):
         load_official_state(EncodecModel(**TINY), path)
 
 

@@ -65,7 +65,8 @@ def test_validation_folder_uses_the_training_classes(tmp_path):
     result = invoke("finetune", "hiera", "--run-dir", tmp_path / "run", "--json", *TINY_CLS,
                     f"data.source={tmp_path / 'train'}", f"data.val_source={tmp_path / 'val'}", "train.max_steps=1")
     assert result.exit_code == 0, result.output
-    from percli.recipes.hiera_classify import Config, classification_dataset
+    from percli.recipes.classification import classification_dataset
+    from percli.recipes.hiera_classify import Config
 
     val = classification_dataset(str(tmp_path / "val"), "val", False, Config().data, (3, 64, 64), False,
                                  classes=["cat", "dog", "eel"])

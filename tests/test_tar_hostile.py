@@ -12,8 +12,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from percli.curation.formats import BLOCK, BadRecords, read_batches
-from tests.test_curation_formats import ENTRIES, add_member, cli, kept_records, pool_records, write_tar
+from percli.core.data.shards import BLOCK, BadRecords, read_batches
+from tests.test_shards import ENTRIES, add_member, cli, kept_records, pool_records, write_tar
 
 
 @contextmanager

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from percli.cli import app
 from percli.models import create_model
-from percli.recipes.zero_shot import ZeroShotTask, class_embeddings, retrieval_recalls
+from percli.recipes.classification import class_embeddings
+from percli.recipes.zero_shot import ZeroShotTask, retrieval_recalls
 
 runner = CliRunner()
 

@@ -23,12 +23,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchaudio
 
-from percli.core.checkpoint import read_weights
+from percli.core.checkpoint import read_meta
 from percli.core.data.audio import kaldi_fbank, normalize_fbank
-from percli.models import create_model
+from percli.models import create_model_for, load_initial_weights
 from percli.models.audio_mae import AudioViT
 from percli.models.hiera import Hiera
-from percli.recipes.common import load_initial_weights
 
 Batch = list[tuple[torch.Tensor | None, torch.Tensor | None]]
 FEATURE_KEYS = ("audio_feats", "video_feats", "fusion_feats")
@@ -60,7 +59,7 @@ def _checkpoint_meta(checkpoint: str | None) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"upstream checkpoint {path}: no such file or directory")
     if path.is_dir() or path.suffix == ".safetensors":
-        return read_weights(path)[1]
+        return read_meta(path)
     return {}  # an official .pth carries no percli metadata
 
 
@@ -74,7 +73,7 @@ def _build(cls: type[nn.Module], name: str, overrides: dict[str, Any], checkpoin
     if "drop_path_rate" in accepted:
         kwargs["drop_path_rate"] = 0.0
     try:
-        model = create_model(name, **kwargs)
+        model = create_model_for(name, kwargs, checkpoint)
     except KeyError as error:
         raise ValueError(error.args[0]) from error
     if not isinstance(model, cls):

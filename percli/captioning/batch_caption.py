@@ -42,8 +42,7 @@ from percli.captioning.triples import _TRIPLE_READERS, alt_texts
 from percli.core.checkpoint import latest_checkpoint, read_weights
 from percli.core.data.image_text import _INDEXERS, _open_image, parquet_image, parquet_image_name
 from percli.core.data.images import BadSample
-from percli.core.rundir import write_json_atomic, write_jsonl_atomic, write_text_atomic
-from percli.curation.formats import (
+from percli.core.data.shards import (
     AddedField,
     BadRecords,
     Batch,
@@ -53,6 +52,7 @@ from percli.curation.formats import (
     record_key,
     shard_format,
 )
+from percli.core.rundir import write_json_atomic, write_jsonl_atomic, write_text_atomic
 from percli.models.altogether import AltogetherCaptioner, build_captioner
 
 STATE_FILE = "state.json"  # what the run was started with; --resume must match it

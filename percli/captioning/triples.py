@@ -7,7 +7,7 @@ prompt is replaced by "" with probability ``prompt_dropout`` (0.5 officially), s
 captions images that come without alt-text.
 
 Sources: the embedded scenes (`percli.captioning.scenes`) or record shards, read with the shared
-readers of `percli.curation.formats`:
+readers of `percli.core.data.shards`:
 
 * JSONL: ``{image_field: path relative to the file, alt_field: str or [str], caption_field: str}``
   (e.g. Altogether-FT: ``img_path``, ``alt``, ``round3``);
@@ -38,7 +38,7 @@ from torch.utils.data import Dataset
 
 from percli.captioning.scenes import SceneDataset, make_scene
 from percli.core.data.image_text import TAR_IMAGE_EXTENSIONS, ImageRef, _open_image, parquet_image
-from percli.curation.formats import (
+from percli.core.data.shards import (
     BadRecords,
     Sample,
     expand_inputs,

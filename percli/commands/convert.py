@@ -59,7 +59,10 @@ def convert(
     percli_file = src.is_dir() or src.suffix == ".safetensors"
     state_or_path = src
     if percli_file:
-        state_or_path, meta = read_weights(src)
+        try:
+            state_or_path, meta = read_weights(src)
+        except (ValueError, FileNotFoundError) as e:  # a damaged or missing file: the message names it
+            fail(str(e))
     name = model or meta.get("name")
     if not name:
         fail("--model is required: the file carries no percli metadata naming its model (`percli ls models`)")

@@ -76,8 +76,8 @@ class Session:
 def _start(patterns: list[str] | None, metadata: Path | None, output: Path | None, overwrite: bool, resume: bool,
            stage: str, demo: bool = False) -> Session:
     """Expand inputs, load metadata, prepare the output dir (rank 0) and join the process group."""
+    from percli.core.data.shards import expand_inputs
     from percli.curation import demo as demo_pool
-    from percli.curation.formats import expand_inputs
     from percli.curation.metaclip import init_distributed, load_metadata
 
     try:
@@ -137,7 +137,7 @@ def _check_t(t: float | None, default: float) -> float:
 
 
 def _check_format(output_format: str) -> None:
-    from percli.curation.formats import OUTPUT_FORMATS
+    from percli.core.data.shards import OUTPUT_FORMATS
 
     if output_format not in OUTPUT_FORMATS:
         fail(f"--output-format {output_format!r}: choose one of {', '.join(OUTPUT_FORMATS)}")

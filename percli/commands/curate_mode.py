@@ -58,9 +58,9 @@ def mode(
     sizes and, with --classes, ensemble_weights.json. Example: [bold]percli curate mode pool.jsonl
     --fine 1024 --coarse 4 --classes imagenet_classes.txt[/] (no inputs: a built-in synthetic demo pool).
     """
+    from percli.core.data.shards import BadRecords, read_batches
     from percli.core.rundir import prepare_output_dir, write_jsonl_atomic
     from percli.curation import demo
-    from percli.curation.formats import BadRecords, read_batches
     from percli.curation.metaclip import keep_uniform, shard_names
     from percli.curation.mode import (
         DISTANCES,

@@ -25,7 +25,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 def _read_keyed(path: Path, key: str, bad: Any) -> tuple[dict[str, dict[str, Any]], int]:
     """{key: record} of a JSONL file (the first record of a repeated key wins) and the number of repeats."""
-    from percli.curation.formats import read_records
+    from percli.core.data.shards import read_records
 
     if not path.is_file():
         fail(f"{path}: no such file; pass a JSONL file of records with a {key!r} field")
@@ -140,7 +140,7 @@ def eval_caption(
     --field altogether --field alt_text[/]
     """
     from percli.captioning.metrics import bleu4, cider_d
-    from percli.curation.formats import BadRecords
+    from percli.core.data.shards import BadRecords
 
     if (clip_checkpoint is None) != (images is None):
         fail("--clip-checkpoint and --images go together: the CLIP-score needs a model and the images")

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from percli.commands.run import emit_summary, err, fail
-from percli.core.rundir import RunDirError, default_run_dir, claim_run_dir, write_json_atomic, write_jsonl_atomic
+from percli.core.rundir import RunDirError, claim_run_dir, default_run_dir, write_json_atomic, write_jsonl_atomic
 
 if TYPE_CHECKING:
     from percli.nas.proxy import ProxyTask
@@ -157,7 +157,7 @@ def _discrete(task: ProxyTask, settings: dict[str, Any], space: SearchSpace, out
 def _darts(task: ProxyTask, settings: dict[str, Any], out_dir: Path, resume: bool) -> dict[str, Any]:
     """DARTS search, one history row and one checkpoint per epoch; then the derived cell trained by the proxy."""
     from percli.core.checkpoint import latest_checkpoint
-    from percli.curation.formats import BadRecords, read_records
+    from percli.core.data.shards import BadRecords, read_records
     from percli.nas.darts import OPS, DartsConfig, DartsSearch, derived_network, discretise
     from percli.nas.plot import draw_alpha, save_png
     from percli.nas.proxy import train_proxy

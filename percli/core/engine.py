@@ -37,23 +37,22 @@ from percli.core.rundir import MetricsLog, write_json_atomic
 
 
 class Task(Protocol):
-    """What a method gives the engine.
+    """What a method gives the engine: a model, its checkpoint metadata, training data and a loss.
 
-    `eval_step` returns floats, summed over the eval set, and/or per-sample tensors (e.g. scores
-    and targets for mAP), concatenated over the set; `eval_reduce` turns those into metrics.
-    Optional: `sample_weights()` (a tensor, for weighted sampling), `epoch_len` (samples drawn
-    per epoch when it is smaller than the dataset) and `collate(samples) -> batch` (instead of
-    torch's default_collate, e.g. for variable-length inputs kept as lists).
+    Optional, each used only when the task defines it:
+    - `eval_dataset() -> Dataset | None` with `eval_step(model, batch)` (floats summed over the eval set
+      and/or per-sample tensors, e.g. scores and targets for mAP, concatenated) and
+      `eval_reduce(totals) -> metrics`;
+    - `finish(model, run_dir, accelerator) -> dict` (extra summary entries, pictures) on rank 0;
+    - `sample_weights()` (a tensor, for weighted sampling), `epoch_len` (samples drawn per epoch when it
+      is smaller than the dataset) and `collate(samples) -> batch` (instead of torch's default_collate,
+      e.g. for variable-length inputs kept as lists).
     """
 
     def build_model(self) -> nn.Module: ...
     def model_meta(self) -> dict[str, Any]: ...
     def train_dataset(self) -> Dataset: ...
-    def eval_dataset(self) -> Dataset | None: ...
     def loss_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]: ...
-    def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, float | torch.Tensor]: ...
-    def eval_reduce(self, totals: dict[str, float | torch.Tensor]) -> dict[str, float]: ...
-    def finish(self, model: nn.Module, run_dir: Path, accelerator: Accelerator) -> dict[str, Any]: ...
 
 
 class RunStopped(RuntimeError):
@@ -243,7 +242,8 @@ class _Trainer:
         self.is_main = accelerator.is_main_process
         seed_everything(train_cfg.seed)  # identical init on every rank
         self.model = task.build_model()
-        self.train_set, self.eval_set = task.train_dataset(), task.eval_dataset()
+        self.train_set = task.train_dataset()
+        self.eval_set = task.eval_dataset() if hasattr(task, "eval_dataset") else None
         weights = getattr(task, "sample_weights", lambda: None)()
         self.sampler = ResumableSampler(len(self.train_set), world_size=self.world, rank=self.rank,
                                         seed=train_cfg.seed, weights=weights,
@@ -428,7 +428,8 @@ class _Trainer:
         if self.eval_set is not None:
             self.evaluate()
         last = self.save()
-        extra = self.task.finish(self.acc.unwrap_model(self.model), self.run_dir, self.acc) if self.is_main else {}
+        finish = getattr(self.task, "finish", None)
+        extra = finish(self.acc.unwrap_model(self.model), self.run_dir, self.acc) if finish and self.is_main else {}
         return self.summary("completed", checkpoint=str(last) if last else None, **(extra or {}))
 
 

@@ -138,7 +138,7 @@ def claim_run_dir(path: Path, *, resume: bool, overwrite: bool, can_resume: bool
 
 def default_run_dir(verb: str, method: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    return Path("runs") / f"{verb}-{method}-{stamp}"
+    return Path("runs") / "-".join(part.replace(" ", "-") for part in (verb, method, stamp) if part)
 
 
 def prepare_output_dir(output: Path | None, verb: str, method: str, *, overwrite: bool, resume: bool = False,

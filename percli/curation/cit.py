@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from percli.curation.formats import BadRecords
+from percli.core.data.shards import BadRecords
 from percli.curation.metaclip import load_metadata
 from percli.curation.selection import iter_texts, write_selected
 

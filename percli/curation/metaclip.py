@@ -19,7 +19,7 @@ The pipeline has three stages, each shard-parallel (rank r of WORLD_SIZE takes s
 and resumable per shard (a marker in progress/ is written after each shard's output is renamed
 into place): `match_shards` (matches/<name>.npz, CSR entry ids per usable record),
 `count_matches` (entry counts, all-reduced) and `balance_shards` (curated/<name>, in the input's
-format, see `percli.curation.formats`); `curate_shards` runs all three in one output dir.
+format, see `percli.core.data.shards`); `curate_shards` runs all three in one output dir.
 """
 
 from __future__ import annotations
@@ -34,8 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from percli.core.rundir import write_json_atomic
-from percli.curation.formats import (
+from percli.core.data.shards import (
     BAD_EXAMPLES_KEPT,
     OUTPUT_FORMATS,
     BadRecords,
@@ -45,6 +44,7 @@ from percli.curation.formats import (
     read_records,  # noqa: F401 -- re-exported: benchmarks/curation_speed.py reads JSONL through it
     shard_suffix,
 )
+from percli.core.rundir import write_json_atomic
 from percli.curation.matcher import MetadataMatcher
 
 
@@ -507,7 +507,7 @@ def curate_shards(inputs: Sequence[str | Path], output_dir: str | Path, entries:
 
     Match files go to `output_dir/matches/` (so each text is matched once), entry_counts.json,
     summary.json and entry_counts.png to `output_dir`, kept records to `output_dir/curated/<name>`
-    in the input's format (see `percli.curation.formats`), each with its matched entry ids. All
+    in the input's format (see `percli.core.data.shards`), each with its matched entry ids. All
     files are written to a temp name, then renamed.
 
     With WORLD_SIZE > 1 (`accelerate launch`, torchrun) every process calls this with the same

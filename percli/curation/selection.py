@@ -4,7 +4,7 @@ Both read their inputs twice: a scoring pass that keeps one number per record, t
 that re-reads the shards and writes the selected records. Records are numbered in input order over
 all shards, skipping malformed ones, so the two passes agree on every index.
 
-Inputs are JSONL (`.jsonl`, `.jsonl.gz`) or Parquet shards (read by `percli.curation.formats`);
+Inputs are JSONL (`.jsonl`, `.jsonl.gz`) or Parquet shards (read by `percli.core.data.shards`);
 kept records are written as JSONL, one `curated/<shard name>.jsonl` per input, with the curator's
 fields added.
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from percli.curation.formats import BadRecords, Batch, expand_inputs, read_batches, shard_format
+from percli.core.data.shards import BadRecords, Batch, expand_inputs, read_batches, shard_format
 from percli.curation.metaclip import shard_names
 
 SELECTABLE_FORMATS = ("jsonl", "parquet")

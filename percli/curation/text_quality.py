@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from percli.curation.formats import BadRecords
+from percli.core.data.shards import BadRecords
 from percli.curation.selection import iter_texts, write_selected
 
 _TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)

@@ -2,14 +2,23 @@
 
 `create_model("hiera_base_224")` builds a model; names follow the official constructors so
 users can type what the papers' repositories call them.
+
+A model rebuilt from a checkpoint's metadata (its name and constructor arguments) goes through
+`create_model_for` / `build_for_checkpoint`: the sizes a file claims are untrusted until its tensors
+agree, so the model is first built on the meta device (no memory), compared with the file's tensor
+shapes (read from the safetensors header, no data), and only then built for real.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
+import torch
 import torch.nn as nn
+from torch.overrides import TorchFunctionMode
 
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {}
 _FAMILY_MODULES = ("percli.models.hiera", "percli.models.audio_mae", "percli.models.encodec", "percli.models.clip",
@@ -29,6 +38,47 @@ def _load_families() -> None:
         importlib.import_module(module)
 
 
+_LOADERS: dict[str, Callable[..., Any]] = {}
+
+
+def register_loader(family: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register `fn(model, state_or_path) -> report` as the weight loader of the models whose classes live
+    in module `family` (a family file registers its `load_official_state` with its own `__name__`)."""
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        _LOADERS[family] = fn
+        return fn
+    return register
+
+
+def weights_loader(model: nn.Module) -> Callable[..., Any] | None:
+    """The family loader of `model` (official key mappings and tolerances), or None for unregistered models."""
+    _load_families()
+    return _LOADERS.get(type(model).__module__)
+
+
+def load_initial_weights(model: nn.Module, path: str | Path) -> Any:
+    """Load a percli checkpoint/safetensors, an official .pth or timm weights into `model` with its family's
+    loader; what was dropped (an MAE decoder) or left at init (a new head) is reported on stderr."""
+    from rich.console import Console
+
+    from percli.core.checkpoint import read_weights
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"model.checkpoint={path}: no such file or directory")
+    loader = weights_loader(model)
+    if loader is None:
+        raise ValueError(f"{type(model).__name__} has no registered weight loader; load a percli checkpoint of it")
+    report = loader(model, read_weights(p)[0] if p.is_dir() or p.suffix == ".safetensors" else p)
+    dropped, missing = getattr(report, "dropped", []), getattr(report, "missing", [])
+    heads = sorted({k.split(".")[0] for k in dropped})
+    Console(stderr=True).print(
+        f"initial weights from {path}: {len(dropped)} tensors not used ({', '.join(heads) or '-'}), "
+        f"{len(missing)} left at init ({', '.join(sorted({k.split('.')[0] for k in missing})) or '-'})",
+        highlight=False, soft_wrap=True)
+    return report
+
+
 def list_models() -> list[str]:
     """Names of every registered model, sorted."""
     _load_families()
@@ -41,3 +91,141 @@ def create_model(name: str, **kwargs) -> nn.Module:
     if name not in _FACTORIES:
         raise KeyError(f"unknown model {name!r}; run `percli ls models` to see the {len(_FACTORIES)} available")
     return _FACTORIES[name](**kwargs)
+
+
+# --------------------------------------------------------------------------- models rebuilt from checkpoints
+
+# Tensor factories: what a module's constructor allocates its parameters and buffers with.
+_FACTORIES_OF_TENSORS = frozenset({
+    "empty", "zeros", "ones", "full", "rand", "randn", "randint", "randperm", "arange", "linspace", "logspace",
+    "eye", "tensor", "as_tensor", "empty_strided", "empty_like", "zeros_like", "ones_like", "full_like",
+    "rand_like", "randn_like", "new_empty", "new_zeros", "new_ones", "new_full", "new_tensor"})
+_FREE_VALUES = 2 ** 24  # values a model may hold beyond its file's (new heads, non-persistent tables)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _ConstructionBudget(TorchFunctionMode):
+    """Stops a (meta-device) constructor once it has created far more tensors or values than the
+    checkpoint holds: a metadata depth of 100000 would otherwise take minutes and gigabytes of
+    Python objects even on the meta device, and CPU-side initialisers sized by the claimed shapes
+    (numpy position tables) would still run."""
+
+    def __init__(self, max_tensors: int, max_values: int):
+        super().__init__()
+        self.max_tensors, self.max_values = max_tensors, max_values
+        self.tensors = self.values = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if getattr(func, "__name__", "") in _FACTORIES_OF_TENSORS and isinstance(out, torch.Tensor):
+            self.tensors += 1
+            self.values += out.numel()
+            if self.tensors > self.max_tensors or self.values > self.max_values:
+                raise _TooLarge(f"{self.tensors:,} tensors / {self.values:,} values created so far")
+        return out
+
+
+def _strict_fit(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise RuntimeError(f"missing {missing[:8]}, unexpected {unexpected[:8]}")
+
+
+def family_fit(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Any:
+    """Fit `state` into `model` with the model family's own `load_official_state` (its key mapping
+    and tolerances), or strictly when the family has none."""
+    loader = weights_loader(model)
+    return loader(model, state) if loader is not None else _strict_fit(model, state)
+
+
+def _shape(t: torch.Tensor) -> list[int]:
+    return list(t.shape)
+
+
+def check_checkpoint_fits(build: Callable[[], nn.Module], source: str | Path, tensors: Mapping[str, torch.Tensor],
+                          fit: Callable[[nn.Module, Mapping[str, torch.Tensor]], Any] | None = None) -> None:
+    """Raise `CheckpointError` unless the model `build()` makes fits the checkpoint's `tensors`.
+
+    ``build()`` runs on the meta device, so nothing is allocated whatever sizes it was given, and
+    stops early once it creates far more than the file holds. Then: a tensor of the model and one of
+    the file under the same name must have the same shape; `fit(model, tensors)` (default: strict
+    key equality; `family_fit` for a registered model) must accept the file; and what the model holds
+    beyond the tensors the file fills (new heads, non-persistent buffers) may not exceed the file's
+    own size (or 16M values). `tensors` may be the file's real tensors or `read_header`'s stand-ins.
+    """
+    from percli.core.checkpoint import CheckpointError
+
+    spec = {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in tensors.items()}
+    file_values = sum(t.numel() for t in spec.values())
+    budget = _ConstructionBudget(max_tensors=8 * len(spec) + 1024, max_values=4 * file_values + 4 * _FREE_VALUES)
+    where = f"{source} ({len(spec)} tensors, {file_values:,} values)"
+    try:
+        with torch.device("meta"), budget:
+            probe = build()
+    except _TooLarge as e:
+        raise CheckpointError(f"{where}: the model its metadata describes is far larger than the file's tensors "
+                              f"({e}); the metadata and the tensors disagree (a damaged or edited checkpoint), "
+                              "nothing was allocated") from None
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, AssertionError) as e:  # arguments no constructor takes: an input problem
+        raise CheckpointError(f"{where}: the model its metadata describes cannot be built ({type(e).__name__}: "
+                              f"{e})") from None
+    own = probe.state_dict()
+    wrong = [f"{k} {_shape(spec[k])} in the file, {_shape(v)} in the model"
+             for k, v in own.items() if k in spec and spec[k].shape != v.shape]
+    if wrong:
+        raise CheckpointError(f"{where} does not match the model its metadata describes: {'; '.join(wrong[:4])}"
+                              f"{f' (and {len(wrong) - 4} more)' if len(wrong) > 4 else ''}; nothing was allocated")
+    missing: list[str] | None = None
+    try:
+        report = (fit or _strict_fit)(probe, spec)
+        missing = list(getattr(report, "missing", None) or [])
+    except (NotImplementedError, RuntimeError, ValueError, KeyError, TypeError) as e:
+        if isinstance(e, NotImplementedError) or "meta tensor" in str(e).lower():
+            pass  # the family's loader computes on values (meta tensors have none): shapes were compared above
+        else:
+            raise CheckpointError(f"{where} does not fit the model its metadata describes ({e}); nothing was "
+                                  "allocated") from None
+    if missing is None:  # the fit could not run: what the file backs is its same-named tensors
+        missing = [k for k in own if k not in spec]
+    skip = set(missing)
+    backed = sum(v.numel() for k, v in own.items() if k not in skip)
+    total = sum(t.numel() for t in probe.parameters()) + sum(t.numel() for t in probe.buffers())
+    if total - backed > max(file_values, _FREE_VALUES):
+        raise CheckpointError(f"{where}: the model its metadata describes holds {total:,} values, "
+                              f"{total - backed:,} of them not in the file; the metadata and the tensors disagree "
+                              "(a damaged or edited checkpoint), nothing was allocated")
+
+
+def build_for_checkpoint(build: Callable[[], nn.Module], source: str | Path, tensors: Mapping[str, torch.Tensor],
+                         fit: Callable[[nn.Module, Mapping[str, torch.Tensor]], Any] | None = None) -> nn.Module:
+    """`build()`, run for real only after `check_checkpoint_fits` accepted it (see there)."""
+    check_checkpoint_fits(build, source, tensors, fit)
+    return build()
+
+
+def create_model_for(name: str, kwargs: Mapping[str, Any], checkpoint: str | Path | None) -> nn.Module:
+    """``create_model(name, **kwargs)`` for the weights at `checkpoint`, which the caller loads next.
+
+    For a safetensors file or checkpoint dir (whose metadata typically gave `name` and `kwargs`) the
+    model is first checked against the file's header with `check_checkpoint_fits` and the family's
+    own loader rules, so sizes the file claims but its tensors do not have raise `CheckpointError`
+    (a ValueError naming the file and the first mismatching keys) before any allocation. Official
+    ``.pth`` files carry no such metadata and no checkpoint means random init: both build directly.
+    """
+    kwargs = dict(kwargs)
+    path = Path(checkpoint) if checkpoint else None
+    if path is None or not (path.is_dir() or path.suffix == ".safetensors"):
+        return create_model(name, **kwargs)
+    from percli.core.checkpoint import read_header
+
+    tensors = read_header(path)[0]
+    _load_families()
+    if name not in _FACTORIES:
+        return create_model(name, **kwargs)  # the registry's KeyError
+    return build_for_checkpoint(lambda: create_model(name, **kwargs), path, tensors, family_fit)

@@ -26,7 +26,7 @@ texts (plus pad/bos/eos/unk), which makes the output layer ~100x smaller for sma
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +35,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from percli.captioning.decode import DecodeCache, beam_search, sample_or_greedy
 from percli.models.clip import Transformer
+from percli.models.text_decoding import DecodeCache, beam_search, sample_or_greedy
 
 POSITION_OFFSET = 2  # OPT's learned position table starts 2 rows in (fairseq's padding_idx + 1 legacy)
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,:;!?])")
@@ -421,8 +421,7 @@ class AltogetherCaptioner(nn.Module):
 
 def image_tower(name: str, kwargs: dict[str, Any], checkpoint: str | None = None) -> tuple[nn.Module, int, dict]:
     """The ``visual`` tower of a registered CLIP/PE model, its embedding width and its preprocessing."""
-    from percli.models import create_model
-    from percli.recipes.common import load_initial_weights
+    from percli.models import create_model, load_initial_weights
 
     model = create_model(name, **kwargs)
     if not hasattr(model, "visual") or not hasattr(model, "encode_image"):
@@ -436,13 +435,27 @@ def image_tower(name: str, kwargs: dict[str, Any], checkpoint: str | None = None
     return model.visual, dim, preprocess
 
 
-def build_captioner(meta: dict[str, Any]) -> AltogetherCaptioner:
-    """Rebuild a captioner from its checkpoint metadata (``image_encoder`` {name, kwargs} + ``config_meta()``)."""
-    encoder, dim, _ = image_tower(meta["image_encoder"]["name"], meta["image_encoder"]["kwargs"])
+def build_captioner(meta: dict[str, Any], tensors: Mapping[str, torch.Tensor] | None = None,
+                    source: str | Path = "the checkpoint") -> AltogetherCaptioner:
+    """Rebuild a captioner from its checkpoint metadata (``image_encoder`` {name, kwargs} + ``config_meta()``).
+
+    Given the checkpoint's `tensors` (its state or `percli.core.checkpoint.read_header`'s stand-ins),
+    the sizes the metadata claims are checked against them on the meta device first, so a file whose
+    metadata and tensors disagree raises `CheckpointError` (naming `source`) before any allocation.
+    """
     tok = meta["tokenizer"]
-    return AltogetherCaptioner(
-        encoder, dim, OPTForCausalLM(OPTConfig(**meta["decoder"])),
-        CaptionTokenizer(tok["kind"], tok.get("path"), tok.get("keep_ids")), prefix_len=meta["prefix_len"],
-        mapper_layers=meta["mapper_layers"], mapper_heads=meta["mapper_heads"],
-        max_prompt_len=meta["max_prompt_len"], max_target_len=meta["max_target_len"],
-        freeze_image_encoder=meta["freeze_image_encoder"])
+    tokenizer = CaptionTokenizer(tok["kind"], tok.get("path"), tok.get("keep_ids"))
+
+    def build() -> AltogetherCaptioner:
+        encoder, dim, _ = image_tower(meta["image_encoder"]["name"], meta["image_encoder"]["kwargs"])
+        return AltogetherCaptioner(
+            encoder, dim, OPTForCausalLM(OPTConfig(**meta["decoder"])), tokenizer, prefix_len=meta["prefix_len"],
+            mapper_layers=meta["mapper_layers"], mapper_heads=meta["mapper_heads"],
+            max_prompt_len=meta["max_prompt_len"], max_target_len=meta["max_target_len"],
+            freeze_image_encoder=meta["freeze_image_encoder"])
+
+    if tensors is None:
+        return build()
+    from percli.models import build_for_checkpoint
+
+    return build_for_checkpoint(build, source, tensors)

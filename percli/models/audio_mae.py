@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from percli.models import register_model
+from percli.models import register_loader, register_model
 from percli.models.audio_mae_decoder import Mlp, SwinDecoderBlock
 from percli.models.common import LoadReport, check_fit, make_norm, plain, read_state
 from percli.models.hiera import DropPath  # identical stochastic depth
@@ -727,3 +727,6 @@ def audiomae_mae_vit_base_patch16(**kwargs) -> AudioMaskedAutoencoderViT:
 @register_model
 def audiomae_mae_vit_large_patch16(**kwargs) -> AudioMaskedAutoencoderViT:
     return _build_mae("audiomae_mae_vit_large_patch16", "large_patch16", kwargs)
+
+
+register_loader(__name__)(load_official_state)

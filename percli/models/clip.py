@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from percli.models import register_model
+from percli.models import register_loader, register_model
 from percli.models.common import LoadReport, check_fit, read_state
 
 # OpenAI CLIP's image normalisation, used by every open_clip / MetaCLIP ViT release.
@@ -415,3 +415,6 @@ def clip_vit_h14_quickgelu(**kwargs) -> CLIP:
 def clip_vit_bigg14_quickgelu(**kwargs) -> CLIP:
     """open_clip ``ViT-bigG-14-quickgelu`` (MetaCLIP ``metaclip_fullcc``)."""
     return _build("clip_vit_bigg14_quickgelu", "ViT-bigG-14", kwargs)
+
+
+register_loader(__name__)(load_official_state)

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from percli.models import register_model
+from percli.models import register_loader, register_model
 from percli.models.audio_mae import Attention, PatchEmbed  # same qkv/proj and patch-conv names
 from percli.models.audio_mae_decoder import Mlp  # fc1 / GELU / fc2
 from percli.models.common import LoadReport, check_fit, plain, read_state
@@ -506,3 +506,6 @@ def dinov2_vitl14_reg(**kwargs) -> DinoVisionTransformer:
 @register_model
 def dinov2_vitg14_reg(**kwargs) -> DinoVisionTransformer:
     return _build("dinov2_vitg14_reg", "g", True, kwargs)
+
+
+register_loader(__name__)(load_official_state)

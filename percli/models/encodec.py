@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from percli.models import register_model
+from percli.models import register_loader, register_model
 from percli.models.common import check_fit, plain
 
 # --------------------------------------------------------------------------- convolutions
@@ -451,3 +451,6 @@ def encodec_16khz_4cb2048(**kwargs) -> EncodecModel:
     model = EncodecModel(**kwargs)
     model.arch = "encodec_16khz_4cb2048"
     return model
+
+
+register_loader(__name__)(load_official_state)

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from percli.models import hiera_utils as hu
-from percli.models import register_model
+from percli.models import register_loader, register_model
 from percli.models.common import make_norm, plain
 
 # checkpoint plumbing lives beside the geometry; importable from here as the model's API
@@ -716,3 +716,6 @@ def mae_hiera_large_16x224(**kwargs) -> MaskedAutoencoderHiera:
 @register_model
 def mae_hiera_huge_16x224(**kwargs) -> MaskedAutoencoderHiera:
     return _build(MaskedAutoencoderHiera, "mae_hiera_huge_16x224", "huge", True, kwargs)
+
+
+register_loader(__name__)(load_official_state)

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from percli.models import register_model
+from percli.models import register_loader, register_model
 from percli.models.common import LoadReport, check_fit, plain, read_state
 from percli.models.hiera import DropPath  # identical stochastic depth
 
@@ -574,3 +574,6 @@ def pe_spatial_l14_448(**kwargs) -> PEVisionTransformer:
 @register_model
 def pe_spatial_g14_448(**kwargs) -> PEVisionTransformer:
     return _build("PE-Spatial-G14-448", "pe_spatial_g14_448", kwargs)
+
+
+register_loader(__name__)(load_official_state)

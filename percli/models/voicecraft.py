@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from percli.models import register_model
+from percli.models import register_loader, register_model
 from percli.models.common import LoadReport, check_fit, plain, read_state
 from percli.models.voicecraft_codebooks import (
     Interval,
@@ -568,3 +568,6 @@ def voicecraft_830m(**kwargs) -> VoiceCraft:
 @register_model
 def voicecraft_330m(**kwargs) -> VoiceCraft:
     return _build("voicecraft_330m", 1024, 24, kwargs)
+
+
+register_loader(__name__)(load_official_state)

@@ -70,7 +70,7 @@ def run_search(space: SearchSpace, task: ProxyTask, *, strategy: str, budget: in
 
 def load_history(path: Path, space: SearchSpace) -> tuple[list[dict], int]:
     """The rows of a history.jsonl written by `run_search`, and the count of malformed rows skipped."""
-    from percli.curation.formats import BadRecords, read_records
+    from percli.core.data.shards import BadRecords, read_records
 
     bad = BadRecords()
     rows = []

@@ -34,12 +34,12 @@ from torchvision.transforms import v2
 
 from percli.captioning.triples import RecordTriples, SceneTriples
 from percli.core import engine
-from percli.core.checkpoint import read_weights
+from percli.core.checkpoint import read_meta, read_weights
 from percli.core.config import ConfigError, OptimConfig, TrainConfig
 from percli.core.context import RunContext
 from percli.core.data.transforms import ImagePreprocess
 from percli.core.rundir import write_jsonl_atomic
-from percli.models import list_models
+from percli.models import build_for_checkpoint, list_models
 from percli.models.altogether import (
     AltogetherCaptioner,
     CaptionTokenizer,
@@ -145,7 +145,7 @@ class AltogetherTask:
         dec = self.cfg.decoder
         init = Path(dec.init) if dec.init else None
         if init is not None and _is_percli_checkpoint(init):  # continue a percli run: its vocabulary
-            tok = read_weights(init)[1]["tokenizer"]
+            tok = read_meta(init)["tokenizer"]
             return CaptionTokenizer(tok["kind"], tok.get("path"), tok.get("keep_ids"))
         if dec.tokenizer != "clip_bpe" or init is not None:
             return CaptionTokenizer("hf", dec.tokenizer if dec.tokenizer != "clip_bpe" else str(init))
@@ -162,7 +162,9 @@ class AltogetherTask:
             return OPTForCausalLM(OPTConfig(**{**dec.config, **sizes})), None
         if _is_percli_checkpoint(init):
             state, meta = read_weights(init)
-            return OPTForCausalLM(OPTConfig(**meta["decoder"])), state
+            # the decoder's sizes come from the checkpoint's metadata: checked against its tensors first
+            own = {k.removeprefix("decoder."): v for k, v in state.items() if k.startswith("decoder.")}
+            return build_for_checkpoint(lambda: OPTForCausalLM(OPTConfig(**meta["decoder"])), init, own), state
         config = json.loads((init / "config.json").read_text())
         decoder = OPTForCausalLM(OPTConfig.from_hf(config))
         weights = next((init / n for n in ("model.safetensors", "pytorch_model.bin") if (init / n).is_file()), None)

@@ -28,18 +28,17 @@ from percli.core.config import OptimConfig, TrainConfig
 from percli.core.context import RunContext
 from percli.core.data import sample_weights
 from percli.core.metrics import multilabel_metrics
-from percli.models import create_model
+from percli.models import create_model, load_initial_weights
 from percli.recipes.audio_common import (
     AudioDataSection,
     audio_dataset,
     model_kwargs,
 )
+from percli.recipes.classification import classification_metrics, topk_counts
 from percli.recipes.common import (
     ModelSection,
-    load_initial_weights,
-    validate,  # noqa: F401  (the command runs it before anything is built)
+    validate,  # noqa: F401  the command runs it before anything is built
 )
-from percli.recipes.hiera_classify import classification_metrics, topk_counts
 
 
 @dataclasses.dataclass

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from percli.core import engine
 from percli.core.config import OptimConfig, TrainConfig
 from percli.core.context import RunContext
-from percli.models import create_model
+from percli.models import create_model, load_initial_weights
 from percli.recipes.audio_common import (
     AudioDataSection,
     audio_dataset,
@@ -33,8 +33,7 @@ from percli.recipes.audio_common import (
 )
 from percli.recipes.common import (
     ModelSection,
-    load_initial_weights,
-    validate,  # noqa: F401  (the command runs it before anything is built)
+    validate,  # noqa: F401  the command runs it before anything is built
 )
 
 
@@ -76,18 +75,9 @@ class AudioMAETask:
     def train_dataset(self) -> Dataset:
         return audio_dataset(self.cfg.data, self.cfg.data.source, "train", train=True)
 
-    def eval_dataset(self) -> Dataset | None:
-        return None
-
     def loss_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         loss = model(batch["fbank"], mask_ratio=self.cfg.mask_ratio, mask_2d=self.cfg.mask_2d)[0]
         return {"loss": loss}
-
-    def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, float]:
-        return {}
-
-    def eval_reduce(self, totals: dict[str, Any]) -> dict[str, float]:
-        return totals
 
     def finish(self, model: nn.Module, run_dir: Path, accelerator: Accelerator) -> dict[str, Any]:
         if self.cfg.recon_clips <= 0:

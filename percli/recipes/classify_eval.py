@@ -25,21 +25,20 @@ from percli.core.config import TrainConfig
 from percli.core.context import RunContext
 from percli.core.engine import BadInputLog, evaluate
 from percli.core.rundir import write_json_atomic
-from percli.models import create_model
+from percli.models import create_model_for, load_initial_weights
 from percli.recipes.audio_classify import audio_eval_reduce, audio_eval_step
 from percli.recipes.audio_common import audio_dataset, eval_audio_section
-from percli.recipes.common import (
-    DataSection,
-    ModelSection,
-    is_video,
-    load_initial_weights,
-    validate,  # noqa: F401  (run by the command before anything is built)
-)
-from percli.recipes.hiera_classify import (
+from percli.recipes.classification import (
     classification_dataset,
     classification_metrics,
     classification_sums,
     classifier_logits,
+)
+from percli.recipes.common import (
+    DataSection,
+    ModelSection,
+    is_video,
+    validate,  # noqa: F401  run by the command before anything is built
 )
 
 
@@ -75,7 +74,7 @@ def _load_model(cfg: Config) -> tuple[nn.Module, dict[str, Any]]:
         raise FileNotFoundError(f"checkpoint={path}: no such file or directory")
     meta: dict[str, Any] = {}
     if path.is_dir() or path.suffix == ".safetensors":
-        state, meta = ckpt.read_weights(path)
+        meta = ckpt.read_meta(path)
         if meta.get("task") not in ("classify", "audio-classify") and not cfg.model.name:
             raise ValueError(f"{path} is a {meta.get('task', 'non-percli')} checkpoint, not a classifier; "
                              "finetune it first (percli finetune hiera) or set model.name")
@@ -83,7 +82,7 @@ def _load_model(cfg: Config) -> tuple[nn.Module, dict[str, Any]]:
     if not name:
         raise ValueError(f"{path} carries no model name; set model.name (e.g. model.name=hiera_base_224)")
     kwargs = {**meta.get("kwargs", {}), **cfg.model.kwargs, "drop_path_rate": 0.0}
-    model = create_model(name, **kwargs)
+    model = create_model_for(name, kwargs, path)
     load_initial_weights(model, str(path))
     return model, meta
 

@@ -38,9 +38,9 @@ from percli.core.config import ConfigError, OptimConfig, TrainConfig
 from percli.core.context import RunContext
 from percli.core.data.captioned import CLASS_NAMES, ZERO_SHOT_TEMPLATES, CaptionedShapesDataset
 from percli.core.data.image_text import ImageTextDataset
-from percli.models import create_model, list_models
+from percli.models import create_model, list_models, load_initial_weights
 from percli.models.clip_tokenizer import CLIPTokenizer
-from percli.recipes.common import ModelSection, check_shard_sources, load_initial_weights
+from percli.recipes.common import ModelSection, check_shard_sources
 from percli.recipes.zero_shot import ZeroShotTask, eval_transform
 
 MAX_LOGIT_SCALE = math.log(100.0)

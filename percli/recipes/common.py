@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
-from rich.console import Console
 from torch.utils.data import Dataset
 
-from percli.core.checkpoint import read_weights
 from percli.core.data import HIERA_VIDEO_MEAN, HIERA_VIDEO_STD, IMAGENET_MEAN, IMAGENET_STD, build_dataset
 
 
@@ -74,28 +71,10 @@ def make_dataset(data: DataSection, source: str, split: str, train: bool, transf
     return build_dataset(source, kind="image", transform=transform, **labels)
 
 
-def load_initial_weights(model: nn.Module, path: str) -> Any:
-    """Load a percli checkpoint/safetensors, an official .pth or timm weights into `model`; what was
-    dropped (an MAE decoder) or left at init (a new head) is reported on stderr."""
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"model.checkpoint={path}: no such file or directory")
-    # Each model family's file holds the loader that knows its official layouts.
-    family = importlib.import_module(type(model).__module__)
-    report = family.load_official_state(model, read_weights(p)[0] if p.is_dir() or p.suffix == ".safetensors" else p)
-    dropped, missing = getattr(report, "dropped", []), getattr(report, "missing", [])
-    heads = sorted({k.split(".")[0] for k in dropped})
-    Console(stderr=True).print(
-        f"initial weights from {path}: {len(dropped)} tensors not used ({', '.join(heads) or '-'}), "
-        f"{len(missing)} left at init ({', '.join(sorted({k.split('.')[0] for k in missing})) or '-'})",
-        highlight=False, soft_wrap=True)
-    return report
-
-
 def check_shard_sources(data: Any, hint: str) -> None:
     """``data.source`` / ``data.val_source`` are 'embedded' or patterns that expand to files (`hint`: what else)."""
     from percli.core.config import ConfigError
-    from percli.curation.formats import expand_inputs
+    from percli.core.data.shards import expand_inputs
 
     for key in ("source", "val_source"):
         value = getattr(data, key)

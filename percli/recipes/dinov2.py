@@ -35,14 +35,13 @@ from percli.core.context import RunContext
 from percli.core.data import IMAGENET_MEAN, IMAGENET_STD, finetune_transform
 from percli.core.data.loader import ResumableSampler
 from percli.core.knn import knn_classify
-from percli.models import create_model
+from percli.models import create_model, load_initial_weights
 from percli.models.dino_head import DINOHead
 from percli.recipes.common import (
     DataSection,
     ModelSection,
-    load_initial_weights,
     make_dataset,
-    validate,  # noqa: F401  (the command runs it before anything is built)
+    validate,  # noqa: F401  the command runs it before anything is built
 )
 from percli.recipes.dinov2_losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
 from percli.recipes.linear_probe import DEFAULT_LRS, sweep_linear_probe
@@ -331,9 +330,6 @@ class DINOv2Task:
         self.freeze_steps = round(self.cfg.freeze_last_layer_epochs * one_epoch)
         return dataset
 
-    def eval_dataset(self) -> Dataset | None:
-        return None  # k-NN of the teacher runs in `finish`
-
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = default_collate(samples)
         crops = batch.pop("image")
@@ -363,12 +359,6 @@ class DINOv2Task:
         masks = sample_masks(globals_.shape[0], side, side, self.cfg.loss).to(globals_.device)
         return model(globals_, batch.get("local_crops"), masks,
                      teacher_temperature(step, self.total_steps, self.cfg.loss))
-
-    def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, float]:
-        return {}
-
-    def eval_reduce(self, sums: dict[str, float]) -> dict[str, float]:
-        return sums
 
     @torch.no_grad()
     def _features(self, backbone: nn.Module, dataset: Dataset, device: torch.device) -> tuple[torch.Tensor, ...]:

@@ -26,16 +26,20 @@ from torch.utils.data import Dataset
 from percli.core import engine
 from percli.core.config import OptimConfig, TrainConfig
 from percli.core.context import RunContext
-from percli.core.data import MixupCutmix, finetune_transform, video_transform
-from percli.models import create_model
+from percli.core.data import MixupCutmix
+from percli.models import create_model, load_initial_weights
+from percli.recipes.classification import (
+    classification_dataset,
+    classification_metrics,
+    classification_sums,
+    classifier_logits,
+)
 from percli.recipes.common import (
     DataSection,
     ModelSection,
     is_video,
-    load_initial_weights,
-    make_dataset,
     normalisation,
-    validate,  # noqa: F401  (the command runs it before anything is built)
+    validate,  # noqa: F401  the command runs it before anything is built
 )
 
 
@@ -58,29 +62,6 @@ class Config:
     optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(
         lr=2e-3, ref_batch_size=1024, weight_decay=0.05, betas=(0.9, 0.999), warmup_fraction=0.05,
         layer_decay=0.7))
-
-
-def classifier_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Pre-softmax logits in train and eval mode (the official head applies softmax in eval)."""
-    return model(x, return_logits=True)
-
-
-def topk_counts(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
-    top = logits.topk(min(max(ks), logits.shape[-1]), dim=-1).indices  # [B, k]
-    hits = top == labels.unsqueeze(-1)
-    return {f"top{k}_correct": float(hits[:, :k].any(-1).sum()) for k in ks}
-
-
-def classification_sums(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    loss = F.cross_entropy(logits.float(), labels, reduction="sum")
-    return {"count": float(labels.numel()), "loss_sum": float(loss), **topk_counts(logits, labels)}
-
-
-def classification_metrics(sums: dict[str, float]) -> dict[str, float]:
-    n = max(sums.get("count", 0.0), 1.0)
-    out = {"count": sums.get("count", 0.0), "loss": sums.get("loss_sum", 0.0) / n}
-    out.update({k.replace("_correct", ""): 100.0 * v / n for k, v in sums.items() if k.endswith("_correct")})
-    return out
 
 
 class ClassifyTask:
@@ -147,21 +128,6 @@ class ClassifyTask:
 
     def finish(self, model: nn.Module, run_dir: Path, accelerator: Accelerator) -> dict[str, Any]:
         return {"classes": self.classes}
-
-
-def classification_dataset(source: str, split: str, train: bool, data: DataSection, input_size: tuple[int, ...],
-                           video: bool, *, rand_augment: str = "", reprob: float = 0.0,
-                           crop_pct: float = 0.875, classes: list[str] | None = None) -> Dataset:
-    """Train (augmented) or eval (resize + centre crop) dataset for a classifier: every sample labelled,
-    with `classes` (the training set's or a checkpoint's) when given."""
-    mean, std = normalisation(data, video)
-    size = input_size[-1]
-    if video:
-        transform = video_transform(size, mean, std, train=train)
-    else:
-        transform = finetune_transform(size, mean, std, train=train, rand_augment=rand_augment or None,
-                                       re_prob=reprob, crop_pct=crop_pct)
-    return make_dataset(data, source, split, train, transform, video, size, classes=classes, require_labels=True)
 
 
 def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:

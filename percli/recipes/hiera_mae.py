@@ -23,16 +23,15 @@ from percli.core import engine
 from percli.core.config import OptimConfig, TrainConfig
 from percli.core.context import RunContext
 from percli.core.data import finetune_transform, mae_transform, video_transform
-from percli.models import create_model
+from percli.models import create_model, load_initial_weights
 from percli.recipes.common import (
     DataSection,
     ModelSection,
     is_video,
-    load_initial_weights,
     make_dataset,
     normalisation,
     official_drop_path,
-    validate,  # noqa: F401  (the command runs it before anything is built)
+    validate,  # noqa: F401  the command runs it before anything is built
 )
 from percli.recipes.reconstruction import save_reconstruction_grid
 
@@ -93,20 +92,10 @@ class HieraMAETask:
             raise ValueError("video MAE needs real clips: set data.source to a folder or .jsonl of videos")
         return self._dataset(self.cfg.data.source, "train", train=True)
 
-    def eval_dataset(self) -> Dataset | None:
-        # MAE has no eval metric of its own; the held-out images feed the reconstruction grid.
-        return None
-
     def loss_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         x = batch["video"] if self.video else batch["image"]
         loss = model(x, mask_ratio=self.mask_ratio)[0]
         return {"loss": loss}
-
-    def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, float]:
-        return {}
-
-    def eval_reduce(self, sums: dict[str, float]) -> dict[str, float]:
-        return sums
 
     def finish(self, model: nn.Module, run_dir: Path, accelerator: Accelerator) -> dict[str, Any]:
         if self.cfg.recon_images <= 0 or self.video:

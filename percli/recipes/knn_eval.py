@@ -37,17 +37,16 @@ from percli.core.data.loader import SeededSamples, collate_skip_bad
 from percli.core.engine import BadInputLog, NoUsableData, no_usable_data_message
 from percli.core.knn import knn_classify
 from percli.core.rundir import write_json_atomic
-from percli.models import create_model
+from percli.models import create_model_for, load_initial_weights
 from percli.models.audio_mae import AudioMaskedAutoencoderViT, AudioViT
 from percli.models.dinov2 import DinoVisionTransformer
 from percli.recipes.audio_common import audio_dataset, eval_audio_section
+from percli.recipes.classification import classification_dataset
 from percli.recipes.common import (
     DataSection,
     ModelSection,
-    load_initial_weights,
-    validate,  # noqa: F401  (run by the command before anything is built)
+    validate,  # noqa: F401  run by the command before anything is built
 )
-from percli.recipes.hiera_classify import classification_dataset
 
 DEFAULT_MODEL = "dinov2_vits14"
 
@@ -88,9 +87,9 @@ def build_encoder(model_cfg: ModelSection) -> tuple[nn.Module, dict[str, Any]]:
     meta: dict[str, Any] = {}
     path = Path(model_cfg.checkpoint) if model_cfg.checkpoint else None
     if path is not None and path.exists() and (path.is_dir() or path.suffix == ".safetensors"):
-        meta = ckpt.read_weights(path)[1]
+        meta = ckpt.read_meta(path)
     name = model_cfg.name or meta.get("name") or DEFAULT_MODEL
-    model = create_model(name, **{**meta.get("kwargs", {}), **model_cfg.kwargs})
+    model = create_model_for(name, {**meta.get("kwargs", {}), **model_cfg.kwargs}, path)
     if path is not None:
         load_initial_weights(model, str(path))
     else:

@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from percli.curation.mode import ModeClusters, ensemble_weights, mode_class_embeddings
 from percli.curation.text_encoder import load_text_encoder
-from percli.recipes.zero_shot import class_embeddings, topk_hits
+from percli.recipes.classification import class_embeddings, topk_counts
 
 
 def combine_logits(logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -87,15 +87,17 @@ class EnsembleTask:
         scored = [*((f"expert{k}", logits[k]) for k in range(len(logits))),
                   ("ensemble", combine_logits(logits, self.weights)), ("uniform", combine_logits(logits, uniform))]
         for name, scores in scored:
-            for key, value in topk_hits(scores, labels).items():
-                out[key if key == "count" else f"{name}_{key}"] = value
+            for key, value in topk_counts(scores, labels).items():
+                out[f"{name}_{key}"] = value
+        out["count"] = float(labels.numel())
         return out
 
     def eval_reduce(self, totals: dict[str, Any]) -> dict[str, float]:
         count = totals.get("count")
         if not count:
             return {}
-        metrics = {f"{name[:-len('_hits')]}": hits / count for name, hits in totals.items() if name.endswith("_hits")}
+        metrics = {name.removesuffix("_correct"): hits / count for name, hits in totals.items()
+                   if name.endswith("_correct")}
         experts = [metrics[f"expert{k}_top1"] for k in range(len(self.weights))]
         best = max(range(len(experts)), key=experts.__getitem__)
         metrics.update(zero_shot_top1=metrics["ensemble_top1"], zero_shot_top5=metrics["ensemble_top5"],

@@ -164,13 +164,16 @@ def build_codec(section: VoiceCraftModelSection) -> nn.Module:
     """The codec's architecture, seeded with `codec_seed`, with the checkpoint's weights when one is given.
 
     A percli codec .safetensors brings its own constructor arguments (`codec_kwargs` then do not apply)."""
-    from percli.core.checkpoint import read_weights
+    from percli.core.checkpoint import read_header
+    from percli.models import check_checkpoint_fits, family_fit
     from percli.models.encodec import load_official_state
 
     weights = Path(section.codec_checkpoint).expanduser() if section.codec_checkpoint else None
     kwargs = section.codec_kwargs
     if weights is not None and weights.suffix == ".safetensors":
-        kwargs = read_weights(weights)[1].get("config") or kwargs
+        tensors, meta = read_header(weights)
+        kwargs = meta.get("config") or kwargs
+        check_checkpoint_fits(lambda: create_model(section.codec, **kwargs), weights, tensors, family_fit)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(section.codec_seed)
         codec = create_model(section.codec, **kwargs)
@@ -237,7 +240,7 @@ def _fingerprint(state: dict[str, torch.Tensor]) -> str:
 
 def read_speech_manifest(path: Path) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
     """Usable {"audio", "text"} records of a JSONL manifest (audio resolved) and the malformed lines."""
-    from percli.curation.formats import BadRecords, read_records
+    from percli.core.data.shards import BadRecords, read_records
 
     bad = BadRecords(keep=10**9)  # all of them: the run's summary counts them
     records = []

@@ -28,7 +28,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from accelerate.utils import gather_object
 
 from percli.core import checkpoint as ckpt
@@ -37,13 +36,15 @@ from percli.core.context import RunContext
 from percli.core.data import build_dataset
 from percli.core.data.captioned import ZERO_SHOT_TEMPLATES, CaptionedShapesDataset
 from percli.core.data.image_text import ImageTextDataset
+from percli.core.data.shards import expand_inputs
 from percli.core.data.transforms import ImagePreprocess
 from percli.core.engine import BadInputLog, evaluate
 from percli.core.rundir import write_json_atomic
-from percli.curation.formats import expand_inputs
-from percli.models import create_model, list_models
+from percli.models import create_model_for, list_models, load_initial_weights
 from percli.models.clip_tokenizer import CLIPTokenizer
-from percli.recipes.common import ModelSection, load_initial_weights
+from percli.recipes.classification import class_embeddings, topk_counts
+from percli.recipes.common import ModelSection
+from percli.recipes.mode_ensemble import Experts, ensemble_task
 
 # The seven-prompt subset of CLIP's 80 ImageNet templates (the CLIP repo's prompt-engineering notebook).
 DEFAULT_TEMPLATES: tuple[str, ...] = (
@@ -65,23 +66,6 @@ def eval_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> An
 
 
 @torch.no_grad()
-def class_embeddings(model: nn.Module, class_names: Sequence[str], templates: Sequence[str],
-                     tokenize: Callable[[list[str]], torch.Tensor], device: torch.device) -> torch.Tensor:
-    """[C, D]: per class, the normalised mean of its normalised prompt embeddings."""
-    prompts = [t.format(name) for name in class_names for t in templates]
-    features = model.encode_text(tokenize(prompts).to(device), normalize=True)  # [C * T, D]
-    features = features.reshape(len(class_names), len(templates), -1).mean(dim=1)  # [C, D]
-    return F.normalize(features, dim=-1)
-
-
-def topk_hits(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Summed top-1 / top-5 hits and the sample count (top-5 is top-C when there are fewer classes)."""
-    top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # [B, k]
-    hits = top == labels[:, None]
-    return {"top1_hits": float(hits[:, 0].sum()), "top5_hits": float(hits.any(dim=1).sum()),
-            "count": float(labels.numel())}
-
-
 def retrieval_recalls(similarity: torch.Tensor, ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
     """R@k in both directions for a [N images, N texts] similarity matrix whose pairs are on the diagonal."""
     n = similarity.shape[0]
@@ -117,7 +101,8 @@ class ZeroShotTask:
             if self._classes is None or not self.cache:
                 self._classes = class_embeddings(clip, self.class_names, self.templates, self.tokenize,
                                                  image_features.device)
-            out.update(topk_hits(image_features @ self._classes.T, batch["label"]))
+            out.update(topk_counts(image_features @ self._classes.T, batch["label"]),
+                       count=float(len(batch["label"])))
         if self.retrieval:
             out["image_features"] = image_features
             out["text_features"] = clip.encode_text(batch["text"], normalize=True)
@@ -126,8 +111,8 @@ class ZeroShotTask:
     def eval_reduce(self, totals: dict[str, Any]) -> dict[str, float]:
         metrics: dict[str, float] = {}
         if totals.get("count"):
-            metrics.update(zero_shot_top1=totals["top1_hits"] / totals["count"],
-                           zero_shot_top5=totals["top5_hits"] / totals["count"],
+            metrics.update(zero_shot_top1=totals["top1_correct"] / totals["count"],
+                           zero_shot_top5=totals["top5_correct"] / totals["count"],
                            chance_top1=1.0 / len(self.class_names))
         if "image_features" in totals:
             metrics.update(retrieval_recalls(totals["image_features"] @ totals["text_features"].T))
@@ -181,14 +166,14 @@ def load_clip(section: ModelSection) -> tuple[nn.Module, dict[str, Any]]:
         raise FileNotFoundError(f"model.checkpoint={path}: no such file or directory")
     meta: dict[str, Any] = {}
     if path.is_dir() or path.suffix == ".safetensors":
-        meta = ckpt.read_weights(path)[1]
+        meta = ckpt.read_meta(path)
         if meta and meta.get("task") != "clip" and not section.name:
             raise ValueError(f"{path} is a {meta.get('task')} checkpoint, not a CLIP one; train one with "
                              "`percli pretrain clip` or set model.name")
     name = section.name or meta.get("name")
     if not name:
         raise ValueError(f"{path} carries no model name; set model.name (e.g. model.name=clip_vit_b32_quickgelu)")
-    model = create_model(name, **{**meta.get("kwargs", {}), **section.kwargs})
+    model = create_model_for(name, {**meta.get("kwargs", {}), **section.kwargs}, path)
     load_initial_weights(model, str(path))
     return model, {**model.preprocess, **meta}
 
@@ -228,7 +213,6 @@ def _load_models(cfg: Config) -> tuple[nn.Module, dict[str, Any], list[CLIPToken
     if not cfg.ensemble:
         model, meta = load_clip(cfg.model)
         return model, meta, [CLIPTokenizer(context_length=model.context_length)]
-    from percli.recipes.mode_ensemble import Experts
 
     if cfg.data.pairs or not cfg.data.source:
         raise ValueError("ensemble= evaluates zero-shot classification only: set data.source and drop data.pairs")
@@ -258,7 +242,6 @@ def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
     if data.source:
         dataset, class_names, templates = _classification_set(data, meta, transform)
         if cfg.ensemble:
-            from percli.recipes.mode_ensemble import ensemble_task
 
             task = ensemble_task(cfg.ensemble_weights, cfg.ensemble_centers, tokenizers, class_names, templates)
         else:

@@ -26,7 +26,8 @@ import numpy as np
 import soundfile
 import torch
 
-from percli.core.checkpoint import MODEL_FILE, latest_checkpoint, read_weights
+from percli.core.checkpoint import MODEL_FILE, CheckpointError, latest_checkpoint, read_weights, torch_load_weights
+from percli.models import build_for_checkpoint, family_fit
 from percli.models.common import plain
 from percli.models.encodec import EncodecModel
 from percli.models.encodec import load_official_state as load_codec_state
@@ -72,11 +73,9 @@ class VoiceCraftBundle:
 def _read_official_pth(path: Path) -> tuple[dict, dict[str, int], dict[str, torch.Tensor]]:
     """(config, phn2num, state) of a release ``.pth``, unpickling nothing but ``argparse.Namespace``."""
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises several types for foreign or corrupt pickles
-        raise WeightsError(f"cannot read {path} as a VoiceCraft release checkpoint ({type(e).__name__}: {e}); "
-                           f"{WEIGHTS_HELP}") from e
+        ckpt = torch_load_weights(path, [argparse.Namespace])
+    except CheckpointError as e:  # a refused pickle (nothing of it ran) or a damaged file; names the file
+        raise WeightsError(f"{e}; {WEIGHTS_HELP}") from None
     if not isinstance(ckpt, dict) or not {"config", "model"} <= set(ckpt):
         raise WeightsError(f"{path} is not a VoiceCraft release checkpoint (expected keys config, phn2num, model); "
                            f"{WEIGHTS_HELP}")
@@ -84,6 +83,14 @@ def _read_official_pth(path: Path) -> tuple[dict, dict[str, int], dict[str, torc
     config = dict(vars(config)) if isinstance(config, argparse.Namespace) else dict(config)
     phn2num = ckpt.get("phn2num") or config.get("phn2num")
     return config, phn2num, ckpt["model"]
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and percli metadata of a safetensors file; a damaged or missing file is a `WeightsError`."""
+    try:
+        return read_weights(path)
+    except (CheckpointError, FileNotFoundError) as e:
+        raise WeightsError(f"{e}; {WEIGHTS_HELP}") from None
 
 
 def _resolve_checkpoint_dir(path: Path) -> Path:
@@ -118,9 +125,15 @@ def load_codec(path: Path, config: dict | None = None) -> EncodecModel:
     if not path.is_file():
         raise WeightsError(f"no codec weights at {path}; {WEIGHTS_HELP}")
     if path.suffix == ".safetensors":
-        state, meta = read_weights(path)
-        config = config or meta.get("config") or {}
-    codec = EncodecModel(**(config or {}))  # the release's .th: VoiceCraft's codec config (the defaults)
+        try:
+            state, meta = read_weights(path)
+            config = config or meta.get("config") or {}
+            # sizes from the file's metadata: checked against its tensors before the codec is allocated
+            codec = build_for_checkpoint(lambda: EncodecModel(**config), path, state, family_fit)
+        except CheckpointError as e:
+            raise WeightsError(f"{e}; {WEIGHTS_HELP}") from None
+    else:
+        codec = EncodecModel(**(config or {}))  # the release's .th: VoiceCraft's codec config (the defaults)
     try:
         load_codec_state(codec, state if path.suffix == ".safetensors" else path)
     except Exception as e:  # noqa: BLE001 - unreadable pickles and misfit state dicts alike
@@ -151,7 +164,9 @@ class VoiceCraftWeights:
     def build(self, source: Path | str) -> VoiceCraft:
         """The model of ``config`` with ``state`` loaded strictly."""
         try:
-            model = VoiceCraft(**kwargs_from_official_args(self.config))
+            # the config comes from the checkpoint itself: checked against its tensors before allocating
+            kwargs = kwargs_from_official_args(self.config)
+            model = build_for_checkpoint(lambda: VoiceCraft(**kwargs), source, self.state, family_fit)
             load_voicecraft_state(model, self.state)
         except (RuntimeError, ValueError, TypeError) as e:
             raise WeightsError(f"{source} does not load as VoiceCraft: {e}") from e
@@ -173,10 +188,10 @@ def read_voicecraft_weights(checkpoint: Path | None) -> VoiceCraftWeights:
         # the Hugging Face layout of pyp1/VoiceCraft_* (PyTorchModelHubMixin): args as config.json
         config = json.loads((checkpoint / "config.json").read_text())
         config = config.get("args", config)
-        phn2num, state = config.get("phn2num"), read_weights(checkpoint / "model.safetensors")[0]
+        phn2num, state = config.get("phn2num"), _read_safetensors(checkpoint / "model.safetensors")[0]
     else:
         weights = checkpoint if checkpoint.is_file() else _resolve_checkpoint_dir(checkpoint) / MODEL_FILE
-        state, meta = read_weights(weights)
+        state, meta = _read_safetensors(weights)
         config = meta.get("config") or {}
         phn2num = meta.get("phn2num")
         if phn2num is None and (weights.parent / "phn2num.json").is_file():

@@ -5,7 +5,7 @@
   ``{"bytes": ...}`` struct (the Hugging Face image feature). Parquet bytes are held in memory: use
   tar shards for sets larger than RAM.
 * WebDataset tar: a sample's image is its ``.jpg``/``.jpeg``/``.png``/``.webp`` member; its text
-  follows `percli.curation.formats.sample_text` (member ``.<text_field>``, else field `text_field`
+  follows `percli.core.data.shards.sample_text` (member ``.<text_field>``, else field `text_field`
   of its ``.json``), then falls back to a ``.txt`` member (img2dataset's caption file).
 
 `source` is one pattern or several separated by spaces, brace-expanded and globbed
@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from percli.core.data.images import BadSample, to_float_image
-from percli.curation.formats import (
+from percli.core.data.shards import (
     BadRecords,
     Member,
     Sample,

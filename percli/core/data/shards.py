@@ -1,4 +1,4 @@
-"""Shard formats of a curation pool: JSONL (optionally gzipped), Parquet and WebDataset tar.
+"""Record shards: JSONL (optionally gzipped), Parquet and WebDataset tar, read and written in one place.
 
 The format of a shard is read from its name: `.jsonl`, `.jsonl.gz`, `.parquet`, `.tar`.
 

@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from percli.cli import app
+from percli.core.data.shards import expand_braces, expand_inputs, split_member_name
 from percli.curation.demo import demo_metadata, demo_pool
-from percli.curation.formats import expand_braces, expand_inputs, split_member_name
 from percli.curation.metaclip import curate_shards
 
 runner = CliRunner()
@@ -265,7 +265,7 @@ def test_gzipped_jsonl_is_read_and_written_gzipped(tmp_path):
 
 @pytest.mark.parametrize("tar_format", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
 def test_tar_reader_reads_long_names_and_keeps_member_bytes(tmp_path, tar_format):
-    from percli.curation.formats import _tar_members
+    from percli.core.data.shards import _tar_members
 
     names = ["a/" * 60 + "k1.txt", "a/" * 60 + "k1.json", "dir/k2.txt", "k3.txt"]
     if tar_format != tarfile.USTAR_FORMAT:
