@@ -17,7 +17,6 @@ decode raise `BadSample` when read, so the engine counts and skips them.
 from __future__ import annotations
 
 import io
-import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,9 +28,8 @@ from torch.utils.data import Dataset
 from percli.core.data.images import BadSample, to_float_image
 from percli.core.data.shards import (
     BadRecords,
-    Member,
-    Sample,
     expand_inputs,
+    read_batches,
     read_records,
     sample_text,
     shard_format,
@@ -100,36 +98,26 @@ def _index_parquet(path: Path, image_field: str, text_field: str, bad: BadRecord
 
 def _index_tar(path: Path, image_field: str, text_field: str, bad: BadRecords,
                allow_empty_text: bool = False) -> list[Pair]:
-    """One pass over the headers: image members by offset, text members read (they are small).
+    """The shard's samples through the one tar reader (`read_batches`: bounded on corrupt headers, the first
+    of samples with a repeated key kept); images are kept as (shard, offset, size) references.
 
     `allow_empty_text`: a sample without a (non-empty) text is kept with text "" instead of counted as bad.
     """
     del image_field  # tar images are found by extension
-    samples: dict[str, tuple[list[Member], tuple[int, int] | None]] = {}
-    try:
-        with tarfile.open(path, "r:") as tar:
-            for info in tar:
-                if not info.isfile():
-                    continue
-                key, ext = split_member_name(info.name)
-                members, image = samples.setdefault(key, ([], None))
-                if ext.lower() in TAR_IMAGE_EXTENSIONS:
-                    samples[key] = (members, (info.offset_data, info.size))
-                elif ext in (text_field, "txt", "json"):
-                    members.append(Member(info.name, tar.extractfile(info).read(), b"", 0))
-    except (tarfile.TarError, OSError) as e:
-        bad.add(path, len(samples), f"truncated or corrupt tar ({e}); the rest of the shard is skipped", "sample")
     pairs: list[Pair] = []
-    for position, (key, (members, image)) in enumerate(samples.items()):
-        text, reason = sample_text(Sample(key, members), text_field)
-        if text is None:  # WebDataset's usual caption member is `.txt`, whatever the JSON field is called
-            text = sample_text(Sample(key, members), "txt")[0]
-        if image is None:
-            bad.add(path, position, f"no image member ({', '.join(TAR_IMAGE_EXTENSIONS)})", "sample")
-        elif not _usable(text) and not allow_empty_text:
-            bad.add(path, position, reason or "empty text", "sample")
-        else:
-            pairs.append((f"{path}#{key}", (str(path), *image), text if _usable(text) else ""))
+    for batch in read_batches(path, None, bad):
+        for position, sample in zip(batch.index.tolist(), batch.items):
+            text, reason = sample_text(sample, text_field)
+            if text is None:  # WebDataset's usual caption member is `.txt`, whatever the JSON field is called
+                text = sample_text(sample, "txt")[0]
+            image = next(((str(path), m.offset, len(m.data)) for m in sample.members
+                          if split_member_name(m.name)[1].lower() in TAR_IMAGE_EXTENSIONS), None)
+            if image is None:
+                bad.add(path, position, f"no image member ({', '.join(TAR_IMAGE_EXTENSIONS)})", "sample")
+            elif not _usable(text) and not allow_empty_text:
+                bad.add(path, position, reason or "empty text", "sample")
+            else:
+                pairs.append((f"{path}#{sample.key}", image, text if _usable(text) else ""))
     return pairs
 
 

@@ -359,11 +359,12 @@ EXTENSION_TYPES = (b"x", b"g", b"L", b"K")  # PAX (per member, global), GNU long
 
 
 class TarFormatError(ValueError):
-    """A truncated or corrupt tar archive; `offset` is the byte where the broken header starts."""
+    """A truncated or corrupt tar archive; `offset` is the byte where the broken header starts, `name` the
+    broken member's name when its header could still be read (its data is what is missing)."""
 
-    def __init__(self, message: str, offset: int):
+    def __init__(self, message: str, offset: int, name: str | None = None):
         super().__init__(message)
-        self.offset = offset
+        self.offset, self.name = offset, name
 
 
 def _tar_number(field: bytes, offset: int) -> int:
@@ -430,8 +431,14 @@ def _tar_members(f: IO[bytes]) -> Iterator[Member]:
                 raise TarFormatError(f"bad PAX size {pax[b'size']!r}", offset)
             size = int(pax[b"size"])
         data_offset = offset + BLOCK
+        name = None
+        if kind not in EXTENSION_TYPES:
+            name = _tar_string(header[:100])
+            if header[257:263] == b"ustar\0" and header[345]:  # POSIX prefix field
+                name = f"{_tar_string(header[345:500])}/{name}"
+            name = long_name or name
         if size > end - data_offset:
-            raise TarFormatError(f"a member of {size} bytes runs past the end of the file", offset)
+            raise TarFormatError(f"a member of {size} bytes runs past the end of the file", offset, name)
         body = f.read(-(-size // BLOCK) * BLOCK)  # the last member's padding may be missing
         data = body[:size]
         if kind in EXTENSION_TYPES:
@@ -444,10 +451,6 @@ def _tar_members(f: IO[bytes]) -> Iterator[Member]:
                 long_name = _tar_string(data)
             offset = data_offset + len(body)
             continue
-        name = _tar_string(header[:100])
-        if header[257:263] == b"ustar\0" and header[345]:  # POSIX prefix field
-            name = f"{_tar_string(header[345:500])}/{name}"
-        name = long_name or name
         raw, pending, pax, long_name = pending + header + body, b"", {}, None
         if kind in FILE_TYPES:
             yield Member(name, data, raw, _tar_number(header[136:148], offset), data_offset)
@@ -469,7 +472,8 @@ def _tar_samples(path: Path, bad: BadRecords) -> Iterator[tuple[int, Sample]]:
     A later sample whose key an earlier sample of the shard already had is skipped (the first wins) and
     counted in `bad.duplicate_keys`; it keeps its position, so positions are places in the archive. A
     sample whose key is not UTF-8 is a bad record. A truncated or corrupt archive ends the shard: the
-    sample being read is one bad record naming the byte offset of the broken header.
+    sample being read is one bad record naming the byte offset of the broken header (a sample whose
+    members were all read is kept when the broken member's header names another key).
     """
     current: Sample | None = None
     position, seen, skipping = 0, set(), False
@@ -494,6 +498,10 @@ def _tar_samples(path: Path, bad: BadRecords) -> Iterator[tuple[int, Sample]]:
                 if not skipping:
                     current.members.append(member)
     except TarFormatError as e:
+        if current is not None and e.name is not None and split_member_name(e.name)[0] != current.key:
+            if not skipping:  # complete: the broken member starts the next sample
+                yield position, current
+            position += 1
         bad.add(path, position, f"truncated or corrupt tar at byte {e.offset} ({e}); the rest of the shard "
                 "is skipped", "sample", offset=e.offset)
         return
