@@ -99,10 +99,14 @@ def test_manifest_with_integer_labels_infers_class_count(tmp_path: Path) -> None
         '{"path": "a.png", "label": true}',
     ],
 )
-def test_malformed_manifest_line_names_file_and_line(tmp_path: Path, bad_line: str) -> None:
+def test_malformed_manifest_line_is_counted_with_file_and_line(tmp_path: Path, bad_line: str) -> None:
     manifest = tmp_path / "m.jsonl"
     manifest.write_text('{"path": "a.png", "label": 0}\n\n' + bad_line + "\n")
-    with pytest.raises(ValueError, match=r"m\.jsonl:3:"):
+    ds = JsonlImageDataset(manifest)  # one record policy for every reader: counted, named, skipped
+    assert len(ds) == 1 and ds.bad_records.count == 1
+    assert ds.bad_records.examples[0]["file"] == str(manifest) and ds.bad_records.examples[0]["line"] == 3
+    manifest.write_text(bad_line + "\n")
+    with pytest.raises(ValueError, match="no usable entries"):
         JsonlImageDataset(manifest)
 
 

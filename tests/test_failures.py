@@ -251,3 +251,16 @@ def test_lock_file_does_not_make_a_finished_run_dir_look_foreign(tmp_path):
     resumed = invoke("pretrain", "hiera-mae", "--run-dir", run, "--resume", "train.max_steps=3")
     assert resumed.exit_code == 0, resumed.output
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r][-1] == 3
+
+
+def test_a_malformed_manifest_line_is_counted_in_the_run_summary(tmp_path):
+    for i in range(8):
+        _image(tmp_path / f"{i}.png", (30 * i, 90, 200 - 20 * i))
+    lines = [json.dumps({"path": f"{i}.png", "label": i % 2}) for i in range(8)] + ["{not json", '{"label": 1}']
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    result = invoke("finetune", "hiera", "--run-dir", tmp_path / "run", "--json", *TINY_CLS,
+                    f"data.source={tmp_path / 'm.jsonl'}", "train.max_steps=1")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["bad_records"]["count"] == 2
+    assert [e["line"] for e in summary["bad_records"]["examples"]] == [9, 10]

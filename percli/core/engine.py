@@ -366,6 +366,18 @@ class _Trainer:
         self.acc.wait_for_everyone()
         return path
 
+    def bad_records(self) -> dict[str, Any]:
+        """Malformed records (manifest lines, shard records) the datasets skipped when they were indexed:
+        `bad_records` / `duplicate_keys` of the training data, `eval_bad_records` of the evaluation data."""
+        out: dict[str, Any] = {}
+        for prefix, dataset in (("", self.train_set), ("eval_", self.eval_set)):
+            bad = getattr(dataset, "bad_records", None)
+            if bad is not None and bad.count:
+                out[f"{prefix}bad_records"] = {"count": bad.count, "examples": bad.examples}
+            if bad is not None and bad.duplicate_keys:
+                out[f"{prefix}duplicate_keys"] = bad.duplicate_keys
+        return out
+
     def summary(self, status: str, **extra: Any) -> dict[str, Any]:
         merged = BadInputLog()
         for files in gather_object([self.bad_log.files]) if self.world > 1 else [self.bad_log.files]:
@@ -374,7 +386,7 @@ class _Trainer:
                "effective_batch_size": self.plan.effective_batch, "peak_lr": self.plan.peak_lr,
                "run_dir": str(self.run_dir), "metrics": self.history,
                "bad_inputs": {"count": len(merged.files), "files": merged.files},
-               "elapsed_s": round(time.time() - self.t_start, 2), **extra}
+               **self.bad_records(), "elapsed_s": round(time.time() - self.t_start, 2), **extra}
         if self.is_main:
             write_json_atomic(self.run_dir / "summary.json", out)
         return out

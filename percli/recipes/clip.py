@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from accelerate import Accelerator
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
@@ -167,10 +165,6 @@ class ClipTask:
 
     def eval_reduce(self, totals: dict[str, Any]) -> dict[str, float]:
         return self.evaluator.eval_reduce(totals)
-
-    def finish(self, model: nn.Module, run_dir: Path, accelerator: Accelerator) -> dict[str, Any]:
-        bad = getattr(self.train_set, "bad_records", None)  # records without a usable text, dropped when indexing
-        return {"bad_records": {"count": bad.count, "examples": bad.examples}} if bad is not None else {}
 
 
 def validate(cfg: Config) -> None:

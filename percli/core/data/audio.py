@@ -32,7 +32,8 @@ import torch
 import torchaudio
 from torch.utils.data import Dataset
 
-from percli.core.data.images import BadSample, list_folder
+from percli.core.data.images import BadSample, inferred_classes, list_folder
+from percli.core.data.shards import BadRecords, read_records
 
 AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".ogg", ".mp3", ".m4a")
 # AudioSet fbank statistics used by AST and Audio-MAE (their pretrained weights expect them).
@@ -340,7 +341,7 @@ def _index_names(
     if classes is None:
         if names and ints:
             raise ValueError(f"{where}: labels mix class names and integers; use one kind or pass `classes`")
-        classes = names if names else [str(i) for i in range(max(ints) + 1)] if ints else []
+        classes = names if names else inferred_classes(str(where), max(ints)) if ints else []
     index = {name: i for i, name in enumerate(classes)}
     items = []
     for path, labs in entries:
@@ -357,11 +358,12 @@ def _index_names(
     return items, list(classes)
 
 
-def read_audio_manifest(manifest: str | Path, classes: list[str] | None = None) -> tuple[list[AudioItem], list[str]]:
+def read_audio_manifest(manifest: str | Path, classes: list[str] | None = None,
+                        bad: BadRecords | None = None) -> tuple[list[AudioItem], list[str]]:
     """Read a JSONL manifest of ``{"path": ..., "labels": [...]}`` (or ``"label": x``) lines.
 
     Labels are class names or integers (``null``/-1/absent = unlabeled); relative paths resolve
-    against the manifest's folder.
+    against the manifest's folder. Malformed lines are counted in `bad` and skipped.
 
     Args:
         manifest: The ``.jsonl`` file.
@@ -371,33 +373,27 @@ def read_audio_manifest(manifest: str | Path, classes: list[str] | None = None) 
         ``(items, classes)`` with items as ``(path, [class indices])``.
 
     Raises:
-        ValueError: On a malformed line, naming the file and line number.
+        ValueError: When no line is usable, or labels do not fit the classes.
     """
     manifest = Path(manifest)
+    bad = bad if bad is not None else BadRecords()
     entries: list[tuple[str, list[int | str]]] = []
-    with manifest.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{manifest}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("path"), str) or not obj["path"]:
-                raise ValueError(f'{where}: expected an object like {{"path": ..., "labels": [...]}}')
-            labels = obj["labels"] if "labels" in obj else obj.get("label")
-            if labels is None:
-                labels = []
-            elif not isinstance(labels, list):
-                labels = [labels]
-            for lab in labels:
-                # bool is an int subclass; a true/false label is a manifest bug.
-                if isinstance(lab, bool) or not isinstance(lab, int | str) or (isinstance(lab, int) and lab < -1):
-                    raise ValueError(f"{where}: a label must be a class name or an index >= 0, got {lab!r}")
-            entries.append((resolve_manifest_path(manifest.parent, obj["path"]), [lab for lab in labels if lab != -1]))
+    for lineno, obj, _ in read_records(manifest, None, bad):
+        if not isinstance(obj.get("path"), str) or not obj["path"]:
+            bad.add(manifest, lineno, 'missing or non-string "path"')
+            continue
+        labels = obj["labels"] if "labels" in obj else obj.get("label")
+        labels = [] if labels is None else labels if isinstance(labels, list) else [labels]
+        # bool is an int subclass; a true/false label is a manifest bug.
+        wrong = [lab for lab in labels
+                 if isinstance(lab, bool) or not isinstance(lab, int | str) or (isinstance(lab, int) and lab < -1)]
+        if wrong:
+            bad.add(manifest, lineno, f"a label must be a class name or an index >= 0, got {wrong[0]!r}")
+            continue
+        entries.append((resolve_manifest_path(manifest.parent, obj["path"]), [lab for lab in labels if lab != -1]))
     if not entries:
-        raise ValueError(f"{manifest}: manifest has no entries")
+        raise ValueError(f"{manifest}: manifest has no usable entries ({bad.count} malformed line(s), e.g. "
+                         f"{bad.examples[:2]})")
     return _index_names(manifest, entries, classes)
 
 
@@ -488,11 +484,12 @@ class AudioDataset(FbankDataset):
     ) -> None:
         super().__init__(**features)
         path = Path(source).expanduser()
+        self.bad_records = BadRecords()
         if path.is_dir():
             samples, self.classes = list_folder(path, AUDIO_EXTENSIONS)
             self.items = [(p, [lab] if lab >= 0 else []) for p, lab in samples]
         elif path.is_file() and path.suffix == ".jsonl":
-            self.items, self.classes = read_audio_manifest(path, classes)
+            self.items, self.classes = read_audio_manifest(path, classes, self.bad_records)
         elif path.is_file() and path.suffix == ".json":
             self.items, self.classes = read_ast_json(path, label_csv, classes)
         else:

@@ -75,24 +75,24 @@ def parquet_image_name(path: Path, row: int, image: str | bytes) -> str:
 
 def _index_parquet(path: Path, image_field: str, text_field: str, bad: BadRecords,
                    allow_empty_text: bool = False) -> list[Pair]:
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
-    missing = [c for c in (image_field, text_field) if c not in table.column_names]
-    if missing:
-        raise ValueError(f"{path}: no column {', '.join(map(repr, missing))} (columns: {table.column_names}); "
-                         "set data.image_field / data.text_field")
+    """The shard's rows through the one Parquet reader (`read_batches`: unreadable row groups counted)."""
     pairs: list[Pair] = []
-    images, texts = table.column(image_field).to_pylist(), table.column(text_field).to_pylist()
-    for row, (cell, text) in enumerate(zip(images, texts)):
-        image = parquet_image(cell)
-        if image is None:
-            bad.add(path, row, f"{image_field!r} is neither a path nor image bytes", "row")
-        elif not _usable(text) and not allow_empty_text:
-            bad.add(path, row, f"{text_field!r} is missing or empty", "row")
-        else:
-            name = parquet_image_name(path, row, image)
-            pairs.append((name, name if isinstance(image, str) else image, text if _usable(text) else ""))
+    for batch in read_batches(path, None, bad):
+        table = batch.items
+        missing = [c for c in (image_field, text_field) if c not in table.column_names]
+        if missing:
+            raise ValueError(f"{path}: no column {', '.join(map(repr, missing))} (columns: {table.column_names}); "
+                             "set data.image_field / data.text_field")
+        images, texts = table.column(image_field).to_pylist(), table.column(text_field).to_pylist()
+        for row, cell, text in zip(batch.index.tolist(), images, texts):
+            image = parquet_image(cell)
+            if image is None:
+                bad.add(path, row, f"{image_field!r} is neither a path nor image bytes", "row")
+            elif not _usable(text) and not allow_empty_text:
+                bad.add(path, row, f"{text_field!r} is missing or empty", "row")
+            else:
+                name = parquet_image_name(path, row, image)
+                pairs.append((name, name if isinstance(image, str) else image, text if _usable(text) else ""))
     return pairs
 
 

@@ -9,7 +9,6 @@ video reader is their only other user; ``percli.core.data`` re-exports them.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -19,6 +18,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
+
+from percli.core.data.shards import BadRecords, read_records
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
@@ -118,12 +119,22 @@ def list_folder(root: str | Path, extensions: Iterable[str], classes: list[str] 
     return samples, []
 
 
-def read_manifest(manifest: str | Path, classes: list[str] | None = None,
-                  require_labels: bool = False) -> tuple[list[Sample], list[str]]:
+def inferred_classes(where: str, top: int) -> list[str]:
+    """Class names ``"0" .. str(top)`` for integer labels whose largest is `top` (at most MAX_INFERRED_CLASSES)."""
+    if top >= MAX_INFERRED_CLASSES:
+        raise ValueError(f"{where}: label {top} implies {top + 1} classes (more than {MAX_INFERRED_CLASSES}); "
+                         "labels are class indices 0..C-1: fix the line or use class names")
+    return [str(i) for i in range(top + 1)]
+
+
+def read_manifest(manifest: str | Path, classes: list[str] | None = None, require_labels: bool = False,
+                  bad: BadRecords | None = None) -> tuple[list[Sample], list[str]]:
     """Read a JSONL manifest with one ``{"path": ..., "label": ...}`` object per line.
 
     ``label`` is a class index, a class name, or absent/null for unlabeled (-1). Relative paths are
-    resolved against the manifest's folder. Blank lines are skipped. File existence is not checked
+    resolved against the manifest's folder. Blank lines are skipped; a malformed line (not a JSON
+    object, no string "path", a label that is neither an index >= -1 nor a name) is counted in `bad`
+    with its line number and skipped, as every record reader does. File existence is not checked
     here (manifests can be huge); a missing file raises :class:`BadSample` when loaded.
 
     Args:
@@ -132,21 +143,25 @@ def read_manifest(manifest: str | Path, classes: list[str] | None = None,
             when labels are names, or ``"0" .. str(max_label)`` when labels are integers (at most
             ``MAX_INFERRED_CLASSES``).
         require_labels: Refuse unlabeled lines (classification data).
+        bad: Where malformed lines are counted (a new counter when omitted).
 
     Returns:
         ``(samples, classes)``.
 
     Raises:
-        ValueError: On a malformed line, naming the file and line number.
+        ValueError: On labels that do not fit the classes, naming the file and line number, or when no
+            line is usable.
     """
     manifest = Path(manifest)
     base = manifest.parent
+    bad = bad if bad is not None else BadRecords()
     entries: list[tuple[int, str, int | str | None]] = []
-    with manifest.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            entries.append((lineno, *_parse_manifest_line(manifest, lineno, line)))
+    for lineno, obj, _ in read_records(manifest, None, bad):
+        path, label, problem = _manifest_entry(obj)
+        if problem:
+            bad.add(manifest, lineno, problem)
+        else:
+            entries.append((lineno, path, label))
 
     names = sorted({lab for _, _, lab in entries if isinstance(lab, str)})
     has_ints = any(isinstance(lab, int) for _, _, lab in entries)
@@ -157,11 +172,7 @@ def read_manifest(manifest: str | Path, classes: list[str] | None = None,
             classes = names
         elif has_ints:
             lineno, top = max(((n, lab) for n, _, lab in entries if isinstance(lab, int)), key=lambda e: e[1])
-            if top >= MAX_INFERRED_CLASSES:
-                raise ValueError(f"{manifest}:{lineno}: label {top} implies {top + 1} classes (more than "
-                                 f"{MAX_INFERRED_CLASSES}); labels are class indices 0..C-1: fix the line or use "
-                                 "class names")
-            classes = [str(i) for i in range(top + 1)]
+            classes = inferred_classes(f"{manifest}:{lineno}", top)
         else:
             classes = []
     index = {name: i for i, name in enumerate(classes)}
@@ -182,30 +193,23 @@ def read_manifest(manifest: str | Path, classes: list[str] | None = None,
         resolved = Path(path).expanduser()
         samples.append((str(resolved if resolved.is_absolute() else base / resolved), label))
     if not samples:
-        raise ValueError(f"{manifest}: manifest has no entries")
+        raise ValueError(f"{manifest}: manifest has no usable entries ({bad.count} malformed line(s), e.g. "
+                         f"{bad.examples[:2]})")
     return samples, list(classes)
 
 
-def _parse_manifest_line(manifest: Path, lineno: int, line: str) -> tuple[str, int | str | None]:
-    where = f"{manifest}:{lineno}"
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f'{where}: expected a JSON object like {{"path": ..., "label": ...}}')
+def _manifest_entry(obj: dict[str, Any]) -> tuple[str, int | str | None, str | None]:
+    """(path, label or None, None) of a manifest object, or (.., .., why it is unusable)."""
     path = obj.get("path")
     if not isinstance(path, str) or not path:
-        raise ValueError(f'{where}: missing or non-string "path"')
+        return "", None, 'missing or non-string "path"'
     label = obj.get("label")
     # bool is an int subclass; a true/false label is almost certainly a bug in the manifest.
     if isinstance(label, bool) or not (label is None or isinstance(label, int | str)):
-        raise ValueError(f'{where}: "label" must be an integer, a class name or null, got {label!r}')
+        return path, None, f'"label" must be an integer, a class name or null, got {label!r}'
     if isinstance(label, int) and label < -1:
-        raise ValueError(f"{where}: negative label {label} (use -1 or null for unlabeled)")
-    if label == -1:
-        label = None
-    return path, label
+        return path, None, f"negative label {label} (use -1 or null for unlabeled)"
+    return path, None if label == -1 else label, None
 
 
 def load_rgb(path: str) -> Image.Image:
@@ -287,4 +291,5 @@ class JsonlImageDataset(_ImageSamples):
     ) -> None:
         self.manifest = str(manifest)
         self.transform = transform
-        self.samples, self.classes = read_manifest(manifest, classes, require_labels)
+        self.bad_records = BadRecords()
+        self.samples, self.classes = read_manifest(manifest, classes, require_labels, self.bad_records)

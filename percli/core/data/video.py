@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from percli.core.data.images import BadSample, Sample, list_folder, read_manifest
+from percli.core.data.shards import BadRecords
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 BACKENDS = ("auto", "decord", "pyav")
@@ -181,7 +182,8 @@ class VideoClipDataset(Dataset):
         if path.is_dir():
             self.samples, self.classes = list_folder(path, extensions, classes, require_labels)
         elif path.suffix == ".jsonl" and path.is_file():
-            self.samples, self.classes = read_manifest(path, classes, require_labels)
+            self.bad_records = BadRecords()
+            self.samples, self.classes = read_manifest(path, classes, require_labels, self.bad_records)
         else:
             raise ValueError(f"video source {source!r} must be a folder of videos or a .jsonl manifest")
 

@@ -1,0 +1,80 @@
+"""Registry-wide checks: every model variant and every job, found through the registries themselves."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from percli.cli import app
+from percli.jobs import JOBS
+from percli.models import create_model, list_models, weights_loader
+from tests.conftest import GOLDEN_DIR
+
+FULL = GOLDEN_DIR / "full_configs"
+runner = CliRunner()
+
+
+def _norm(name: str) -> str:
+    """Official and percli spellings of one variant compare equal (`PE-Core-T16-384` = `pe_core_t16_384`,
+    `ViT-B-16-quickgelu` = `clip_vit_b16_quickgelu`)."""
+    return re.sub(r"[^a-z0-9]", "", name.lower()).removeprefix("clip")
+
+
+def _official() -> tuple[dict[str, dict[str, tuple[int, ...]]], dict[str, int]]:
+    """Official state-dict shapes (keys.txt) and parameter counts (param_counts.json) by normalised name."""
+    shapes, counts = {}, {}
+    if not FULL.is_dir():
+        return shapes, counts
+    for keys in FULL.glob("*/*/keys.txt"):
+        table = {}
+        for line in keys.read_text().splitlines():
+            found = re.fullmatch(r"(\S+) \(([\d, ]*)\)", line.strip())
+            if found:
+                table[found.group(1)] = tuple(int(d) for d in found.group(2).replace(" ", "").split(",") if d)
+        shapes[_norm(keys.parent.name)] = table
+    for path in FULL.glob("*/param_counts.json"):
+        counts.update({_norm(k): v for k, v in json.loads(path.read_text()).items() if isinstance(v, int)})
+    return shapes, counts
+
+
+SHAPES, COUNTS = _official()
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_builds_on_meta_with_its_loader_and_official_shapes(name):
+    with torch.device("meta"):
+        model = create_model(name)
+    state = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert state and all(t.is_meta for t in model.parameters())
+    assert weights_loader(model) is not None, f"{name}: no official-checkpoint loader registered"
+    official = SHAPES.get(_norm(name))
+    if official is not None:  # the official key list holds exactly our names and shapes
+        assert state == official
+    if _norm(name) in COUNTS:
+        assert sum(p.numel() for p in model.parameters()) == COUNTS[_norm(name)]
+
+
+def _job_args(job):
+    return [*job.verb.split(), *job.method.split()]
+
+
+@pytest.mark.parametrize("job", JOBS, ids=lambda j: j.name.replace(" ", "-"))
+def test_every_job_dry_runs_its_default_and_shows_its_config(job):
+    dry = runner.invoke(app, [*_job_args(job), "--dry-run", "--json"])
+    if dry.exit_code == 2:  # a job that needs an input only the user can give names the key that is not set
+        assert "not set" in dry.output, dry.output
+    else:
+        assert dry.exit_code == 0, dry.output
+        resolved = json.loads(dry.stdout)
+        shown = runner.invoke(app, ["show-config", job.method or job.verb, "--verb", job.verb, "--json"])
+        assert shown.exit_code == 0, shown.output
+        assert json.loads(shown.stdout) == resolved  # show-config prints what a run resolves
+        again = job.resolve_config(base=resolved)  # the printed config round-trips through the loader
+        from percli.core.config import to_dict
+
+        assert to_dict(again) == resolved
+    assert job.summary and job.doc(), f"{job.name}: help text missing"
