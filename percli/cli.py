@@ -13,19 +13,12 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 import percli
-from percli.commands.caption import caption_app
-from percli.commands.convert import convert
-from percli.commands.curate import curate_app
-from percli.commands.eval_av_superb import av_superb
-from percli.commands.eval_caption import eval_caption
 from percli.commands.run import fail, run_job
-from percli.commands.search_arch import search_arch
-from percli.commands.select import select_app
-from percli.commands.tts import tts_app
 from percli.core.config import to_dict, to_yaml
-from percli.jobs import JOBS, VERB_HELP, Job, find_method
+from percli.jobs import JOBS, VERB_HELP, Arg, Job, find_method
 
 app = typer.Typer(
     name="percli", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
@@ -73,9 +66,23 @@ def _given(job: Job, values: list[str], options: dict[str, Any]) -> tuple[dict[s
         fail(f"unexpected argument(s) {' '.join(free)!r} for percli {job.name}; overrides look like "
              "section.key=value (see percli show-config)")
     for arg, value in zip((a for a in job.args if not a.positional), options.values()):
-        if value not in (None, False, []):
+        if value not in (None, [], False) or (value is False and _toggle(arg)):  # --no-x of --x/--no-x
             _set(given, arg.key, value)
     return given, overrides
+
+
+def _toggle(arg: Arg) -> bool:
+    """A switch with an off form (`--balanced/--no-balanced`): given either way, else the config's value."""
+    return arg.switch and "/" in arg.flags[0]
+
+
+class DefaultToRun(TyperGroup):
+    """A group holding a `run` job: arguments that name no subcommand go to `run` (the one-shot form)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ctx.help_option_names):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
 
 
 def _command(job: Job) -> Callable[..., None]:
@@ -88,20 +95,24 @@ def _command(job: Job) -> Callable[..., None]:
         help="".join(f"{a.metavar or a.key}: {a.help} " for a in job.args if a.positional)
              + "Dotted config overrides, e.g. train.max_steps=20."))]
     for i, arg in enumerate(a for a in job.args if not a.positional):
-        annotation = bool if arg.switch else (list[str] | None if arg.many else str | None)
-        default = False if arg.switch else None
+        annotation = (bool | None if _toggle(arg) else bool) if arg.switch else (list[str] | None if arg.many else
+                                                                                 str | None)
+        default = False if arg.switch and not _toggle(arg) else None  # a toggle is None unless given
         params.append(P(f"opt_{i}", P.KEYWORD_ONLY, annotation=annotation,
                         default=typer.Option(default, *arg.flags, help=arg.help, metavar=arg.metavar,
                                              show_default=False)))
     presets = ", ".join(job.presets()) or "none"
     dir_flags = ("--output", "-o", "--run-dir") if job.output_flag else ("--run-dir", "--output", "-o")
+    claimed = {flag for a in job.args for flag in a.flags}  # a job's own --output/-o (a file it writes) wins
+    dir_flags = tuple(flag for flag in dir_flags if flag not in claimed)
     common = [
         ("config", Path | None, typer.Option(None, "--config", "-c", help="YAML config file (see examples/configs).")),
         ("preset", str | None, typer.Option(None, "--preset", help=f"Named preset: {presets} ('none' = the paper's "
                                             f"defaults). Default without --config: {job.default_preset}.")),
         ("run_dir", Path | None, typer.Option(None, *dir_flags, help="Run directory (default runs/<verb>-<method>-<UTC "
                                               "time>).")),
-        ("overwrite", bool, typer.Option(False, "--overwrite", help="Replace a non-empty run dir.")),
+        ("overwrite", bool, typer.Option(False, "--overwrite", help="Replace a non-empty run dir (and an existing "
+                                         "output file of a job that writes one).")),
         ("dry_run", bool, typer.Option(False, "--dry-run", help="Resolve and validate the config, print it, exit.")),
         ("json_out", bool, typer.Option(False, "--json", help="Print the final summary as JSON on stdout.")),
     ]
@@ -126,29 +137,19 @@ def _help(job: Job) -> str:
     return "\n\n".join(part for part in (f"{job.summary}.", doc, examples) if part)
 
 
-# Verbs still built by hand (being moved into the registry) keep their own Typer groups.
-GROUPS: dict[str, typer.Typer] = {}
-GROUPS["curate"] = curate_app
-GROUPS["caption"] = caption_app
-GROUPS["tts"] = tts_app
-GROUPS["select"] = select_app
-for name, group in GROUPS.items():
-    app.add_typer(group, name=name)
+GROUPS: dict[str, typer.Typer] = {}  # "curate", "curate metaclip", ...: the generated command groups
 for job in JOBS:
     *parents, leaf = [job.verb, *job.method.split()]  # method "" = a top-level command (percli convert)
     parent, path = app, ""
     for name in parents:
         path = f"{path} {name}".strip()
         if path not in GROUPS:
-            GROUPS[path] = typer.Typer(help=VERB_HELP.get(path, ""), no_args_is_help=True)
+            has_run = any(j.name == f"{path} run" for j in JOBS)  # `percli curate metaclip INPUTS...` = `... run`
+            GROUPS[path] = typer.Typer(help=VERB_HELP.get(path, ""), no_args_is_help=not has_run,
+                                       cls=DefaultToRun if has_run else None)
             parent.add_typer(GROUPS[path], name=name)
         parent = GROUPS[path]
     parent.command(leaf, help=_help(job), no_args_is_help=False)(_command(job))
-
-app.command("convert")(convert)
-app.command("search-arch")(search_arch)
-GROUPS["eval"].command("av-superb")(av_superb)
-GROUPS["eval"].command("caption")(eval_caption)
 
 
 @app.command("ls")

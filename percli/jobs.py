@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ast
 import importlib
-import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,10 +69,9 @@ class Job:
         return importlib.import_module(self.module)
 
     def doc(self) -> str:
-        """The module's docstring, read without importing it (no torch for --help)."""
-        spec = importlib.util.find_spec(self.module)
-        source = Path(spec.origin).read_text(encoding="utf-8") if spec and spec.origin else ""
-        return (ast.get_docstring(ast.parse(source)) or "") if source else ""
+        """The module's docstring, read from its file without importing it or its packages (no torch for --help)."""
+        path = Path(__file__).parent.joinpath(*self.module.split(".")[1:]).with_suffix(".py")
+        return ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
 
     @property
     def preset_dir(self) -> Path:
@@ -165,19 +163,345 @@ JOBS += [
 ]
 
 # --- curation jobs (curate metaclip run|match|count|balance|build-metadata, cit, mode, text-quality) ---
-JOBS += []
+_SHARDS_HELP = ("Shards or patterns: .jsonl, .jsonl.gz, .parquet, WebDataset .tar; braces and globs expand (quote "
+                "them): 'pool-{000..099}.tar', 'data/*.parquet'.")
+_SELECT_INPUTS = Arg("inputs", help="JSONL or Parquet shards (braces and globs expand; default: the embedded demo "
+                     "pool).", many=True, metavar="INPUT")
+_METADATA = Arg("metadata", ("--metadata", "-m"), "MetaCLIP metadata.json (a JSON list), a text file with one entry "
+                "per line, or a build-metadata run dir.")
+_TEXT_FIELD = Arg("text_field", ("--text-field",), "Record field (JSONL, Parquet column) holding the text; for tar "
+                  "shards the member extension (txt) or the field of the sample's .json.")
+_T = Arg("t", ("--t",), "Balancing threshold: entries matched more than t times are down-sampled to ~t. Default 20000 "
+         "(MetaCLIP-400M), 100 for the demo.")
+_SEED = Arg("seed", ("--seed",), "Seed of the per-record keep decisions.")
+_OUTPUT_FORMAT = Arg("output_format", ("--output-format",), "same: kept records in the input's format; index: per "
+                     "shard a JSONL of {index, key, entries} of the kept records, without copies.")
+_ENCODER = Arg("encoder", ("--encoder", "-e"), "Text encoder: minilm (all-MiniLM-L6-v2, offline), hashing, a "
+               "sentence-transformers folder, or module:factory.")
+JOBS += [
+    Job("curate", "metaclip run", "percli.curation.metaclip_job",
+        "MetaCLIP 1 curation in one go: match texts to metadata, count entries, balance with threshold t "
+        "(Xu et al., ICLR 2024)", output_flag=True, args=(
+            Arg("inputs", help=_SHARDS_HELP + " Default: the embedded demo pool.", many=True, metavar="INPUT"),
+            _METADATA, _T, _SEED, _TEXT_FIELD, _OUTPUT_FORMAT,
+        ), examples=("percli curate metaclip 'pool-{000..099}.parquet' -m metadata.json --t 20000 -o curated",
+                     "percli curate metaclip")),
+    Job("curate", "metaclip match", "percli.curation.metaclip_match_job",
+        "MetaCLIP stage 1: match every text to the metadata (matches/<shard>.npz)", output_flag=True, args=(
+            Arg("inputs", help=_SHARDS_HELP, many=True, metavar="INPUT"), _METADATA, _TEXT_FIELD,
+        ), examples=("percli curate metaclip match 'pool-{000..099}.tar' -m metadata.json --text-field txt "
+                     "-o work/match",)),
+    Job("curate", "metaclip count", "percli.curation.metaclip_count_job",
+        "MetaCLIP stage 2: global per-entry counts over shards and processes (entry_counts.json)",
+        output_flag=True, args=(
+            Arg("sources", help="The output dir of a match run, or shards to match first.", many=True,
+                metavar="MATCH_DIR|INPUT"), _METADATA, _TEXT_FIELD,
+        ), examples=("percli curate metaclip count work/match -m metadata.json -o work/count",)),
+    Job("curate", "metaclip balance", "percli.curation.metaclip_balance_job",
+        "MetaCLIP stage 3: keep each text with probability 1 - prod(1 - min(1, t/c_e)) (curated/)",
+        output_flag=True, args=(
+            Arg("inputs", help=_SHARDS_HELP, many=True, metavar="INPUT"), _METADATA,
+            Arg("counts", ("--counts",), "entry_counts.json of the whole pool (from `count`, or the official "
+                "entry_counts_400m.json)."),
+            Arg("t", ("--t",), "Balancing threshold (MetaCLIP-400M: 20000)."), _SEED, _TEXT_FIELD,
+            Arg("matches", ("--matches",), "Output dir of a match (or count) run over these inputs: reuse its "
+                "matches instead of matching again."), _OUTPUT_FORMAT,
+        ), examples=("percli curate metaclip balance 'pool-{000..099}.tar' -m metadata.json --text-field txt "
+                     "--t 20000 --counts work/count/entry_counts.json --matches work/match -o work/curated",)),
+    Job("curate", "metaclip build-metadata", "percli.curation.metadata_job",
+        "Build MetaCLIP's metadata list (\"0\"..\"99\", WordNet, Wikipedia unigrams, bigrams, titles) by the "
+        "official rules, or check one", output_flag=True, resumable=False, args=(
+            Arg("wordnet", ("--wordnet",), "Folder with the WordNet 3.0 database files data.{noun,verb,adj,adv} "
+                "(Debian/Ubuntu: apt-get install wordnet-base)."),
+            Arg("no_wordnet", ("--no-wordnet",), "Leave the WordNet synsets out.", switch=True),
+            Arg("unigrams", ("--unigrams",), "Word counts: the official enwiki-unigram.txt (\"word count\"), or "
+                "word<TAB>count TSV (.gz read too). Repeatable. The word 'wordfreq' instead takes the "
+                "--wordfreq-top most frequent English words of the wordfreq package.", many=True),
+            Arg("min_unigram_count", ("--min-unigram-count",), "Keep words counted at least this often."),
+            Arg("wordfreq_top", ("--wordfreq-top",), "Words taken by --unigrams wordfreq (default: the paper's "
+                "unigram count)."),
+            Arg("bigrams", ("--bigrams",), "Bigram counts: the official 2gram.txt.gz (count<TAB>w1<TAB>w2), or "
+                "\"w1 w2\"<TAB>count."),
+            Arg("bigram_unigrams", ("--bigram-unigrams",), "Unigram counts the PMI is computed over: the official "
+                "1gram.txt.gz (count<TAB>word) or word<TAB>count (default: the single --unigrams file)."),
+            Arg("min_pmi", ("--min-pmi",), "Keep bigrams with PMI at least this."),
+            Arg("titles", ("--titles",), "Wikipedia pageview dumps (pageviews-YYYYMMDD-HH0000.gz), the official "
+                "title_counts.json, or title<TAB>views TSV. Repeatable; quote a pattern to pass many: "
+                "--titles 'pageviews/*.gz'.", many=True),
+            Arg("min_title_views", ("--min-title-views",), "Keep titles viewed at least this often in total."),
+            Arg("max_entries", ("--max-entries",), "Stop adding entries at this size."),
+            Arg("from_file", ("--from",), "Check and re-write an existing metadata.json instead of building one "
+                "(ids unchanged)."),
+        ), examples=("percli curate metaclip build-metadata --unigrams enwiki-unigram.txt --bigrams 2gram.txt.gz "
+                     "--bigram-unigrams 1gram.txt.gz --titles 'pageviews/*.gz' -o work/metadata",
+                     "percli curate metaclip build-metadata --from metadata.json -o work/checked")),
+    Job("curate", "cit", "percli.curation.cit_job",
+        "CiT selection: keep captions close to the task's class names in a text encoder's space "
+        "(Xu et al., ICCV 2023)", output_flag=True, resumable=False, args=(
+            _SELECT_INPUTS,
+            Arg("metadata", ("--metadata", "-m"), "The task's class names: a text file, one per line, or a JSON "
+                "list (default with no inputs: a few animal names found in the demo pool)."),
+            _ENCODER,
+            Arg("threshold", ("--threshold",), "Keep captions whose max cosine similarity to a class name is above "
+                "this (CiT: 0.55 YFCC15M, 0.7 YFCC100M)."),
+            Arg("min_ratio", ("--min-ratio",), "Per batch: if fewer than this fraction pass, keep the top "
+                "min_ratio*batch instead (CiT: 0.003 YFCC15M, 0.01 YFCC100M)."),
+            Arg("batch_size", ("--batch-size",), "Captions per batch (encoding and the min-ratio rule)."),
+            Arg("top_ratio", ("--top-ratio",), "Instead of the threshold: keep exactly this fraction of the pool, "
+                "most similar first."),
+            Arg("text_field", ("--text-field",), "Record field holding the caption."),
+        ), examples=("percli curate cit pool.jsonl --metadata imagenet_classes.txt --threshold 0.55",)),
+    Job("curate", "mode", "percli.curation.mode_job",
+        "MoDE: cluster captions into fine clusters and coarse data experts, assign a pool, weight the experts "
+        "(Ma et al., CVPR 2024)", output_flag=True, resumable=False, args=(
+            _SELECT_INPUTS,
+            Arg("fine", ("--fine",), "Fine clusters m (MoDE: 1024; 32 for the demo pool)."),
+            Arg("coarse", ("--coarse",), "Coarse clusters n = data experts (MoDE: 4)."),
+            Arg("distance", ("--distance",), "k-means distance: euclidean or cosine."),
+            Arg("balanced", ("--balanced/--no-balanced",), "Size-constrained (balanced) k-means, as MoDE; or plain "
+                "k-means.", switch=True),
+            Arg("init", ("--init",), "Center initialisation: k-means++ or random."),
+            _ENCODER,
+            Arg("batch_size", ("--batch-size",), "Texts per encoder batch."),
+            Arg("fit_fraction", ("--fit-fraction",), "Seeded share of the pool the clusters are fitted on "
+                "(MoDE: ~5%)."),
+            Arg("seed", ("--seed",), "Seed of the fit sample and of the k-means initialisation."),
+            Arg("classes", ("--classes",), "Task class names, one per line: writes ensemble_weights.json."),
+            Arg("templates", ("--templates",), "Prompt templates with {}, one per line (default: 'a photo of a "
+                "{}.')."),
+            Arg("centers", ("--centers",), "Reuse a mode_centers.safetensors: assign and weight only, no refit."),
+            Arg("text_field", ("--text-field",), "Record field holding the caption."),
+        ), examples=("percli curate mode pool.jsonl --fine 1024 --coarse 4 --fit-fraction 0.05 --classes "
+                     "classes.txt",)),
+    Job("curate", "text-quality", "percli.curation.text_quality_job",
+        "Text-quality pruning: weighted line filters, token-weighted document score (Sharma et al. 2024)",
+        output_flag=True, resumable=False, args=(
+            Arg("inputs", help="JSONL or Parquet shards, one document per record (braces and globs expand; "
+                "default: the embedded demo pool).", many=True, metavar="INPUT"),
+            Arg("prune", ("--prune",), "Fraction of documents dropped, lowest scores first (the paper: 0.2-0.4)."),
+            Arg("weights", ("--weights", "-w"), "Filter weights as JSON {filter: weight} (e.g. a run's "
+                "weights.json); default: estimated from a reference LM's perplexity."),
+            Arg("lm_docs", ("--lm-docs",), "Documents the reference LM and the weights are estimated on (the "
+                "first ones)."),
+            Arg("text_field", ("--text-field",), "Record field holding the document."),
+        ), examples=("percli curate text-quality corpus.jsonl --prune 0.3",)),
+]
 
 # --- captioning and speech jobs (caption altogether, eval caption, tts edit|synthesize) ---
-JOBS += []
+_TTS_WEIGHTS = (
+    Arg("weights.checkpoint", ("--checkpoint",), "VoiceCraft weights: the release .pth (giga830M.pth, "
+        "830M_TTSEnhanced.pth, ... from huggingface.co/pyp1/VoiceCraft), a Hugging Face model folder, or a "
+        "`percli pretrain voicecraft` run/checkpoint dir. Default: $PERCLI_VOICECRAFT_CHECKPOINT."),
+    Arg("weights.codec", ("--codec",), "Codec weights: encodec_4cb2048_giga.th from huggingface.co/pyp1/VoiceCraft "
+        "(or percli safetensors); not needed for a percli checkpoint that names its codec. "
+        "Default: $PERCLI_VOICECRAFT_CODEC."),
+    Arg("alignment", ("--alignment",), 'Word timings of the audio: JSON ({"words": [{"word", "start", "end"}, ...]}, '
+        "whisperX or MFA), Praat TextGrid or MFA CSV. Default: align offline with pocketsphinx."),
+    Arg("weights.device", ("--device",), "torch device (default: cuda if available, else cpu)."),
+)
+
+
+def _tts_sampling(off: str, num_samples: str) -> tuple[Arg, ...]:
+    return (
+        Arg("sampling.top_k", ("--top-k",), "Sample among the k most likely codes (0 = all)."),
+        Arg("sampling.top_p", ("--top-p",), "Nucleus sampling mass (1 = off)."),
+        Arg("sampling.temperature", ("--temperature",), "Softmax temperature."),
+        Arg("sampling.stop_repetition", ("--stop-repetition",), "Penalise codebook-0 silence repeated more than "
+            f"this many times {off}."),
+        Arg("sampling.num_samples", ("--num-samples",), num_samples),
+        Arg("sampling.seed", ("--seed",), "Seed of the sampling generator (the same seed gives the same audio)."),
+        Arg("sampling.kv_cache", ("--kv-cache/--no-kv-cache",), "Reuse attention keys/values between steps "
+            "(default on).", switch=True),
+    )
+
+
+JOBS += [
+    Job("caption", "altogether", "percli.captioning.caption_job",
+        "Re-align the alt-texts of image shards into captions with a trained Altogether captioner (Xu et al., "
+        "EMNLP 2024)", output_flag=True, args=(
+            Arg("images", ("--images",), "A folder with records.jsonl, or .jsonl/.parquet/.tar shards (braces and "
+                "globs expand; quote them). Repeat for several.", many=True),
+            Arg("alt_text", ("--alt-text",), "Record field / tar member extension of the alt-text."),
+            Arg("checkpoint", ("--checkpoint",), "A `percli finetune altogether` run dir, one of its checkpoints, or "
+                "a .safetensors."),
+            Arg("batch_size", ("--batch-size",), "Images captioned at a time."),
+            Arg("chunk_size", ("--chunk-size",), "Records per part file: the unit a resume skips."),
+            Arg("generation.strategy", ("--strategy",), "sample (official: T 0.2, top-p 0.7) | greedy | beam."),
+            Arg("generation.temperature", ("--temperature",), "Sampling temperature."),
+            Arg("generation.top_p", ("--top-p",), "Nucleus sampling mass."),
+            Arg("generation.num_beams", ("--num-beams",), "Beams of --strategy beam."),
+            Arg("generation.max_new_tokens", ("--max-new-tokens",), "Default: the checkpoint's max_target_len."),
+            Arg("precision", ("--precision",), "fp32 | fp16 (GPU only) | bf16."),
+            Arg("generation.seed", ("--seed",), "Seed of the sampling (per chunk, so a resume is reproducible)."),
+            Arg("write_shards", ("--write-shards",), "Also write each input shard with its captions into "
+                "<output>/shards/ (JSONL field / Parquet column `altogether`, tar member <key>.altogether.txt).",
+                switch=True),
+        ), examples=("percli caption altogether --images runs/finetune-altogether-X/heldout --checkpoint "
+                     "runs/finetune-altogether-X -o runs/captions",
+                     "percli caption altogether --images 'pool-{000..099}.tar' --alt-text txt --checkpoint RUN "
+                     "-o out --resume")),
+    Job("eval", "caption", "percli.captioning.eval_job",
+        "BLEU-4, CIDEr-D (and CLIP-score) of predicted captions against references, joined on a key",
+        output_flag=True, resumable=False, args=(
+            Arg("captions", ("--captions",), "Predicted captions: JSONL records with the key and each --field (e.g. "
+                "percli caption altogether's output)."),
+            Arg("references", ("--references",), "Reference captions: JSONL records with the key and "
+                "--reference-field (a string or a list of strings)."),
+            Arg("fields", ("--field",), "Field of the predictions to score (default altogether); repeat to "
+                "compare, e.g. --field altogether --field alt_text.", many=True),
+            Arg("reference_field", ("--reference-field",), "Field of the references."),
+            Arg("key", ("--key",), "Field (a string) that joins predictions and references."),
+            Arg("clip_checkpoint", ("--clip-checkpoint",), "CLIP for the CLIP-score: a percli pretrain-clip "
+                "checkpoint dir / .safetensors, or an open_clip/MetaCLIP file with --clip-model."),
+            Arg("clip_model", ("--clip-model",), "Model name of an official CLIP file, e.g. "
+                "clip_vit_b32_quickgelu."),
+            Arg("images", ("--images",), "Folder of the images (CLIP-score): the records' 'image' paths are "
+                "relative to it, else <key>.png."),
+            Arg("batch_size", ("--batch-size",), "CLIP batch size."),
+        ), examples=("percli eval caption --captions runs/alt-captions/captions.jsonl --references "
+                     "runs/altogether/heldout/records.jsonl --field altogether --field alt_text",)),
+    Job("tts", "edit", "percli.tts.edit_job",
+        "Change what a recording says, in the same voice: only the words that differ are regenerated (VoiceCraft, "
+        "Peng et al., ACL 2024)", resumable=False, args=(
+            Arg("audio", help="The recording to edit.", metavar="AUDIO"),
+            Arg("transcript", ("--transcript",), "What the recording says."),
+            Arg("target", ("--target",), "What the edited recording should say."),
+            *_TTS_WEIGHTS,
+            Arg("output", ("--output", "-o"), "Output WAV/FLAC (default <run dir>/<AUDIO stem>_edited.wav); "
+                "--overwrite replaces an existing file."),
+            *_tts_sampling("(-1 = off, official)", "Draw N edits one after another and keep the shortest."),
+        ), examples=('percli tts edit talk.wav --transcript "I saw the lake" --target "I saw the frozen lake" '
+                     "--checkpoint giga830M.pth --codec encodec_4cb2048_giga.th --alignment talk.TextGrid "
+                     "-o edited.wav",)),
+    Job("tts", "synthesize", "percli.tts.synthesize_job",
+        "Say new text in the voice of a short prompt recording (zero-shot TTS with VoiceCraft)", resumable=False,
+        args=(
+            Arg("prompt", ("--prompt",), "A recording of the voice to clone (a few seconds)."),
+            Arg("prompt_text", ("--prompt-text",), "What the prompt says."),
+            Arg("text", ("--text",), "What to say in that voice."),
+            Arg("cut_off", ("--cut-off",), "Use only the prompt's first SEC seconds, cut at the nearest word end "
+                "(needs word timings). Default: the whole prompt.", metavar="SEC"),
+            *_TTS_WEIGHTS,
+            Arg("output", ("--output", "-o"), "Output WAV/FLAC (default <run dir>/<PROMPT stem>_tts.wav); "
+                "--overwrite replaces an existing file."),
+            Arg("include_prompt", ("--include-prompt",), "Write the prompt before the new speech.", switch=True),
+            *_tts_sampling("(-1 = off)", "Sample N continuations as one batch and keep the first to end, the "
+                           "shortest (official: 3; fewer long pauses)."),
+        ), examples=('percli tts synthesize --prompt voice.wav --prompt-text "Thanks for calling." --text "How can '
+                     'I help you today?" --checkpoint 830M_TTSEnhanced.pth --codec encodec_4cb2048_giga.th '
+                     "-o reply.wav",)),
+]
 
 # --- selection, search, conversion and AV-SUPERB jobs (select run|simulate, search-arch, convert, eval av-superb) ---
-JOBS += []
+_STRATEGY_HELP = ("random; least-confidence, margin, entropy (--probs); bald (--mc-probs); coreset (--embeddings); "
+                  "badge (--probs and --embeddings).")
+JOBS += [
+    Job("select", "run", "percli.active.select_job",
+        "Active learning: pick the pool points to label next from a model's outputs on the pool",
+        resumable=False, args=(
+            Arg("strategy", ("--strategy", "-s"), _STRATEGY_HELP),
+            Arg("budget", ("--budget", "-b"), "How many pool points to pick."),
+            Arg("probs", ("--probs",), "Softmax probabilities [N, C] of the current model on the pool."),
+            Arg("embeddings", ("--embeddings",), "Penultimate features [N, D] of the pool (core-set, BADGE)."),
+            Arg("mc_probs", ("--mc-probs",), "Probabilities [T, N, C] of T forward passes with dropout on (BALD)."),
+            Arg("labelled", ("--labelled",), "Already labelled points, never picked: integer indices "
+                "(.npy/.npz/.safetensors or a .txt, one per line) or a boolean mask [N] (dtype bool)."),
+            Arg("ids", ("--ids",), "Text file, one id per pool point: copied into the output."),
+            Arg("output", ("--output", "-o"), "Output JSONL, one {rank, index, id, score} per pick (default "
+                "RUN_DIR/picks.jsonl); --overwrite replaces an existing one."),
+            Arg("seed", ("--seed",), "Seed of random, BADGE's draws and core-set's start without labels."),
+        ), examples=("percli select --strategy badge --budget 100 --probs probs.npy --embeddings feats.npy "
+                     "--labelled labelled.npy --ids pool_ids.txt -o to_label.jsonl",)),
+    Job("select", "simulate", "percli.active.simulate",
+        "Simulate the active-learning loop (random initial set, then train -> score pool -> query -> label) per "
+        "strategy on digits", resumable=False, args=(
+            Arg("dataset", ("--dataset",), "digits: scikit-learn's bundled 8x8 digits (offline)."),
+            Arg("strategies", ("--strategies",), "Comma-separated, from random, least-confidence, margin, entropy, "
+                "bald, coreset, badge."),
+            Arg("seeds", ("--seeds",), "Repeats (initial set, model init, draws); curves are averaged."),
+            Arg("initial", ("--initial",), "Random labelled points before the first query."),
+            Arg("budget", ("--budget",), "Points queried per round."),
+            Arg("rounds", ("--rounds",), "Query rounds (the model is trained rounds + 1 times)."),
+            Arg("steps", ("--steps",), "Full-batch Adam steps per training (fewer: faster, noisier)."),
+        ), examples=("percli select simulate --strategies random,entropy,margin,bald,coreset,badge --seeds 3 "
+                     "--rounds 10",)),
+    Job("search-arch", "", "percli.nas.job",
+        "Architecture search on scikit-learn's 8x8 digits: random search, regularised evolution or DARTS",
+        args=(
+            Arg("strategy", ("--strategy",), "random | evolution (regularised, aging) | darts."),
+            Arg("space", ("--space",), "Search space of random/evolution: vit-tiny (default, 216 ViT configs) or "
+                "vit-micro (32)."),
+            Arg("budget", ("--budget",), "Candidates to evaluate (random/evolution), repeats included."),
+            Arg("proxy_steps", ("--proxy-steps",), "Training steps (batch 64) of each candidate, and of the "
+                "architecture DARTS derives."),
+            Arg("lr", ("--lr",), "AdamW learning rate of the proxy training (cosine to 0)."),
+            Arg("population", ("--population",), "Evolution: population size P (the P youngest)."),
+            Arg("sample", ("--sample",), "Evolution: members S sampled per cycle; the best is the parent."),
+            Arg("darts.epochs", ("--epochs",), "DARTS: search epochs over the train split."),
+            Arg("darts.arch_lr", ("--arch-lr",), "DARTS: Adam learning rate of alpha."),
+            Arg("seed", ("--seed",), "Seed of the proposals, the initialisations and the batches."),
+        ), examples=("percli search-arch --strategy evolution --space vit-tiny --budget 40 --population 10 --sample 3",
+                     "percli search-arch --strategy darts --epochs 10",
+                     "percli search-arch --strategy random --budget 80 --run-dir runs/nas --resume")),
+    Job("convert", "", "percli.models.convert_job",
+        "Convert official checkpoints to percli weight files and back, for every registered model family",
+        resumable=False, args=(
+            Arg("source", help="The checkpoint to convert.", metavar="SRC"),
+            Arg("output", ("--output", "-o"), "Where to write (.safetensors; .pt/.pth with --to official); "
+                "--overwrite replaces an existing file."),
+            Arg("model", ("--model", "-m"), "Registered model name (`percli ls models`); read from a percli file's "
+                "metadata if omitted."),
+            Arg("kwargs", ("--kwargs",), "JSON constructor arguments of the model, if not the registered defaults."),
+            Arg("to", ("--to",), "percli | official"),
+        ), examples=("percli convert metaclip_b32_400m.pt -o b32.safetensors --model clip_vit_b32_quickgelu",
+                     "percli convert b32.safetensors --to official -o b32_open_clip.pt")),
+    Job("eval", "av-superb", "percli.avsuperb.job",
+        "AV-SUPERB audio-visual benchmark (Tseng et al., ICASSP 2024) of a percli encoder or your own upstream",
+        args=(
+            Arg("upstream", ("--upstream", "-u"), "audio-mae | hiera-video | audio-mae+hiera-video | module:factory "
+                "(your own upstream)."),
+            Arg("checkpoint", ("--checkpoint",), "Weights of a single-model upstream: a percli checkpoint (e.g. from "
+                "percli pretrain audio-mae) or an official .pth."),
+            Arg("audio_checkpoint", ("--audio-checkpoint",), "Audio side of the fusion upstream."),
+            Arg("video_checkpoint", ("--video-checkpoint",), "Video side of the fusion upstream."),
+            Arg("upstream_kwargs", ("--upstream-kwargs",), "JSON keywords for the upstream (model, model_kwargs; or "
+                "your factory's)."),
+            Arg("tasks", ("--tasks",), "Comma-separated tasks: as20k, vggsound, ks, ucf101, iemocap, voxceleb, lrs3."),
+            Arg("features", ("--features",), "audio | video | fusion | all | default (each task's official choice, "
+                "fusion, or what the upstream has)."),
+            Arg("data", ("--data",), "TASK=DIR, the dataset folder of a task (repeat). Tasks without one run on the "
+                "synthetic mini-benchmark.", many=True),
+            Arg("minibench", ("--minibench",), "Where the mini-benchmark is generated (once, then reused)."),
+            Arg("steps", ("--steps",), "Override the optimiser steps of every task."),
+            Arg("batch_size", ("--batch-size",), "Override the training batch size."),
+            Arg("lr", ("--lr",), "Override the learning rate."),
+            Arg("layer", ("--layer", "-l"), "Use one upstream layer instead of the weighted sum."),
+            Arg("normalize", ("--normalize",), "Layer-norm each layer before the weighted sum.", switch=True),
+            Arg("trainable", ("--trainable",), "Finetune the upstream with the head (no feature cache; much slower).",
+                switch=True),
+            Arg("seed", ("--seed",), "Seed of the upstream's random init, the heads and the batches."),
+            Arg("cache_dir", ("--cache-dir",), "Feature cache (default RUN_DIR/features); reused when nothing "
+                "changed."),
+            Arg("cpu", ("--cpu",), "Force CPU even when a GPU is visible.", switch=True),
+        ), examples=("percli eval av-superb --upstream audio-mae --checkpoint runs/amae/checkpoints/step_0000300",
+                     "percli eval av-superb --upstream audio-mae+hiera-video --audio-checkpoint A --video-checkpoint V "
+                     "--data ks=/datasets/kinetics-sounds --tasks ks --features all",
+                     "percli eval av-superb --upstream my_pkg.experts:build --tasks as20k,voxceleb --json")),
+]
 
 VERB_HELP = {
     "pretrain": "Self-supervised pretraining (MAE, ...).",
     "finetune": "Supervised finetuning of pretrained encoders.",
     "eval": "Evaluate checkpoints.",
     "curate": "Curate image-text data (MetaCLIP, CiT, MoDE, text quality).",
+    "curate metaclip": "MetaCLIP 1 curation: match texts to metadata, count entries, balance with threshold t. "
+                       "[bold]percli curate metaclip INPUTS... -m metadata.json[/] runs all three (no inputs: the "
+                       "demo pool); the subcommands run one stage each.",
+    "caption": "Write captions for image shards with a trained captioner.",
+    "tts": "Speech editing and zero-shot TTS with VoiceCraft (official or percli weights).",
+    "select": "Active learning: pick the pool points to label next. [bold]percli select --strategy margin --budget 100 "
+              "--probs pool_probs.npy --labelled labelled.npy[/] queries a pool (the `run` subcommand); "
+              "[bold]percli select simulate[/] compares strategies on a simulated labelling loop.",
 }
 
 

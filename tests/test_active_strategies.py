@@ -128,7 +128,8 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def pool_files(tmp_path):
+def pool_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default run dirs (runs/select-run-<time>) land here
     pool = random_pool(n=20)
     np.save(tmp_path / "probs.npy", pool["probs"])
     save_file({"embeddings": pool["embeddings"].astype(np.float32)}, str(tmp_path / "feats.safetensors"))

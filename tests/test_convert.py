@@ -14,7 +14,8 @@ TINY = {"input_size": [64, 64], "embed_dim": 8, "num_heads": 1, "stages": [1, 1,
 runner = CliRunner()
 
 
-def test_official_to_percli_and_back(tmp_path):
+def test_official_to_percli_and_back(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the run dirs (runs/convert-<time>: config.yaml, env.json, summary.json) land here
     torch.manual_seed(0)
     source = create_model("hiera_tiny_224", **TINY)
     official = tmp_path / "hiera_tiny.pth"
@@ -38,7 +39,8 @@ def test_official_to_percli_and_back(tmp_path):
     assert plain.exit_code == 0 and set(load_file(tmp_path / "back.safetensors")) == set(state)
 
 
-def test_errors_name_the_fix(tmp_path):
+def test_errors_name_the_fix(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     torch.save({"nonsense.weight": torch.zeros(2)}, tmp_path / "bad.pth")
     out = runner.invoke(app, ["convert", str(tmp_path / "bad.pth"), "-o", str(tmp_path / "o.safetensors")])
     assert out.exit_code == 2 and "--model is required" in out.output
@@ -49,3 +51,4 @@ def test_errors_name_the_fix(tmp_path):
     out = runner.invoke(app, ["convert", str(tmp_path / "bad.pth"), "-o", str(tmp_path / "o.safetensors"),
                               "--model", "hiera_tiny_224"])
     assert out.exit_code == 2 and "--overwrite" in out.output
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # failed runs leave no run dir

@@ -128,7 +128,7 @@ def test_command_counts_bad_records_and_reads_class_files(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["{pool}"], "--metadata is required"),
+    (["{pool}"], "metadata (--metadata): not set"),
     (["{pool}", "-m", "{classes}", "--encoder", "nope"], "unknown text encoder"),
     (["{pool}", "-m", "{classes}", "--threshold", "2"], "--threshold"),
     (["{pool}", "-m", "{classes}", "--top-ratio", "0"], "--top-ratio"),

@@ -9,10 +9,9 @@ import sys
 import types
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from percli.commands.curate_metadata import build_metadata
+from percli.cli import app
 from percli.curation import metadata_build as mb
 from percli.curation.metaclip import BadRecords
 
@@ -161,9 +160,7 @@ def test_check_entries_reports_duplicates_and_unmatchable():
 
 @pytest.fixture
 def cli():
-    app = typer.Typer()
-    app.command()(build_metadata)
-    return lambda *args: CliRunner().invoke(app, [str(a) for a in args])
+    return lambda *args: CliRunner().invoke(app, ["curate", "metaclip", "build-metadata", *map(str, args)])
 
 
 def test_command_builds_all_sources_in_order(cli, wordnet_dir, tmp_path):
@@ -173,9 +170,10 @@ def test_command_builds_all_sources_in_order(cli, wordnet_dir, tmp_path):
     (tmp_path / "pv").mkdir()
     _write(tmp_path / "pv" / "pageviews-1.gz", "en Hot_dog 80 0\nen New_York 90 0\nen zebu 75 0\n")
     _write(tmp_path / "pv" / "pageviews-2.gz", "en New_York 60 0\n")
-    out = tmp_path / "out" / "metadata.json"
+    run_dir = tmp_path / "out"
+    out = run_dir / "metadata.json"  # the list is written into the output (run) dir
     result = cli("--wordnet", wordnet_dir, "--unigrams", unigrams, "--bigrams", two, "--bigram-unigrams", one,
-                 "--min-pmi", 1, "--titles", tmp_path / "pv" / "*.gz", "-o", out, "--json")
+                 "--min-pmi", 1, "--titles", tmp_path / "pv" / "*.gz", "-o", run_dir, "--json")
     assert result.exit_code == 0, result.output
     expected = [str(i) for i in range(100)] + [n for n in WORDNET_NAMES if n] + ["zebu", "b c", "a b"]
     expected += ["New York", "Hot dog"]  # titles by views; case-sensitive, so "Hot dog" is new
@@ -186,10 +184,10 @@ def test_command_builds_all_sources_in_order(cli, wordnet_dir, tmp_path):
         ("wiki titles", 2, 1)]
     assert summary["bad_lines"] == 1 and summary["check"]["entries"] == len(expected)
 
-    again = cli("--wordnet", wordnet_dir, "-o", out)
+    again = cli("--wordnet", wordnet_dir, "-o", run_dir)
     assert again.exit_code == 2 and "--overwrite" in again.output
-    capped = cli("--wordnet", wordnet_dir, "--unigrams", unigrams, "--max-entries", 105, "-o", out, "--overwrite")
-    assert capped.exit_code == 0 and "MetaCLIP metadata" in capped.stdout
+    capped = cli("--wordnet", wordnet_dir, "--unigrams", unigrams, "--max-entries", 105, "-o", run_dir, "--overwrite")
+    assert capped.exit_code == 0 and "added.wordnet" in capped.stdout  # the one generic summary table
     assert json.loads(out.read_text())[100:] == ["able", "outdoor", "ready to hand", "a priori", "canis familiaris"]
 
 
@@ -206,14 +204,14 @@ def test_command_explains_missing_wordnet_and_bad_input(cli, tmp_path):
 def test_command_from_checks_and_rewrites_unchanged(cli, tmp_path):
     given = tmp_path / "given.json"
     given.write_text(json.dumps(["dog", "cat", "dog", "U.S."]))
-    out = tmp_path / "metadata.json"
-    result = cli("--from", given, "-o", out, "--json")
+    out = tmp_path / "checked" / "metadata.json"
+    result = cli("--from", given, "-o", out.parent, "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text()) == ["dog", "cat", "dog", "U.S."]  # ids are kept
     check = json.loads(result.stdout)["check"]
     assert check["duplicates"] == 1 and check["never_match"] == 1
     given.write_text(json.dumps({"not": "a list"}))
-    result = cli("--from", given, "-o", tmp_path / "other.json")
+    result = cli("--from", given, "-o", tmp_path / "other")
     assert result.exit_code == 2 and "list of strings" in result.output
 
 
@@ -221,10 +219,10 @@ def test_wordfreq_unigrams_source(cli, tmp_path, monkeypatch):
     fake = types.ModuleType("wordfreq")
     fake.iter_wordlist = lambda lang, wordlist: iter(["the", "dog", "able", "of"])
     monkeypatch.setitem(sys.modules, "wordfreq", fake)
-    out = tmp_path / "m.json"
-    result = cli("--no-wordnet", "--unigrams", "wordfreq", "--wordfreq-top", 3, "-o", out)
+    out = tmp_path / "m" / "metadata.json"
+    result = cli("--no-wordnet", "--unigrams", "wordfreq", "--wordfreq-top", 3, "-o", out.parent)
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())[100:] == ["the", "dog", "able"]
     monkeypatch.setitem(sys.modules, "wordfreq", None)  # import fails as when it is not installed
-    result = cli("--no-wordnet", "--unigrams", "wordfreq", "-o", tmp_path / "n.json")
+    result = cli("--no-wordnet", "--unigrams", "wordfreq", "-o", tmp_path / "n")
     assert result.exit_code == 2 and "pip install wordfreq" in result.output

@@ -264,3 +264,12 @@ def test_a_malformed_manifest_line_is_counted_in_the_run_summary(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["bad_records"]["count"] == 2
     assert [e["line"] for e in summary["bad_records"]["examples"]] == [9, 10]
+
+
+def test_a_refused_resume_leaves_the_runs_config_as_it_was(tmp_path):
+    run = tmp_path / "run"
+    assert invoke("pretrain", "hiera-mae", "--run-dir", run, *TINY_MAE, "train.max_steps=2").exit_code == 0
+    before = (run / "config.yaml").read_text()
+    refused = invoke("pretrain", "hiera-mae", "--run-dir", run, "--resume", f"data.source={tmp_path / 'gone'}")
+    assert refused.exit_code == 2 and "does not exist" in refused.output
+    assert (run / "config.yaml").read_text() == before  # the next --resume still continues the real run

@@ -92,8 +92,8 @@ def test_cli_random_search_writes_outputs_and_resumes_without_reevaluating(tmp_p
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    (["--strategy", "bogus"], "choose one of random, evolution, darts"),
-    (["--space", "vit-huge"], "choose one of vit-tiny, vit-micro"),
+    (["--strategy", "bogus"], "allowed values: 'random', 'evolution', 'darts'"),
+    (["--space", "vit-huge"], "got 'vit-huge'; expected 'vit-tiny' | 'vit-micro'"),
     (["--strategy", "evolution", "--budget", "5", "--population", "5"], "raise --budget"),
     (["--strategy", "evolution", "--population", "4", "--sample", "6"], "--sample <= --population"),
     (["--resume"], "--resume needs --run-dir"),
@@ -105,13 +105,19 @@ def test_cli_rejects_bad_options(extra, message):
     assert message in " ".join(result.output.split())
 
 
-def test_cli_resume_refuses_changed_settings(tmp_path):
+def test_cli_resume_keeps_the_saved_settings_and_refuses_changed_ones(tmp_path):
     run = tmp_path / "run"
-    (run).mkdir()
-    (run / "search.json").write_text(json.dumps({"strategy": "random", "space": "vit-micro", "seed": 1}))
-    result = runner.invoke(app, ["search-arch", "--strategy", "random", "--space", "vit-micro", "--run-dir", str(run),
-                                 "--resume"])
+    args = ["search-arch", "--run-dir", str(run), "--resume"]
+    first = runner.invoke(app, [*args[:-1], "--strategy", "random", "--space", "vit-micro", "--seed", "1",
+                                "--budget", "1", "--proxy-steps", "2"])
+    assert first.exit_code == 0, first.output
+    result = runner.invoke(app, [*args, "--seed", "0"])
     assert result.exit_code == 2 and "--seed 1 (now 0)" in " ".join(result.output.split())
+    result = runner.invoke(app, [*args, "--seed", "1", "--budget", "2", "--json"])  # the rest from config.yaml
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["settings"]["space"] == "vit-micro" and summary["evaluations"] == 2
+    assert summary["resumed_candidates"] == 1
 
 
 def test_darts_alpha_moves_away_from_uniform(tiny_digits):

@@ -202,10 +202,11 @@ def test_cli_reports_pattern_and_match_dir_errors(tmp_path):
         (["match", str(tmp_path / "pool-{0..1}.tar"), "-m", meta], "pool-0.tar (from"),
         (["run", str(tmp_path / "*.parquet"), "-m", meta], "matches no file"),
         (["balance", write_jsonl(tmp_path / "p.jsonl", pool_records(5)), "-m", meta, "--counts", meta],
-         "--counts: "),
+         "counts (--counts): "),
         (["balance", tmp_path / "p.jsonl", "-m", meta, "--counts", counts, "--matches", tmp_path],
          "holds no finished match run"),
-        (["run", tmp_path / "p.jsonl", "-m", meta, "--output-format", "csv"], "--output-format 'csv'"),
+        (["run", tmp_path / "p.jsonl", "-m", meta, "--output-format", "csv"],
+         "output_format (--output-format): got 'csv'"),
     ]
     for args, message in cases:
         result = runner.invoke(app, ["curate", "metaclip", *map(str, args), "-o", str(tmp_path / "o")])

@@ -73,6 +73,12 @@ def recording(tmp_path) -> dict[str, Path]:
     return {"wav": wav, "alignment": align}
 
 
+@pytest.fixture(autouse=True)
+def in_tmp_dir(tmp_path, monkeypatch):
+    """Each command's default run dir (runs/tts-<verb>-<UTC time>) lands in the test's own folder."""
+    monkeypatch.chdir(tmp_path)
+
+
 def invoke(*args: str):
     return runner.invoke(app, ["tts", *map(str, args)])
 

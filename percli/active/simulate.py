@@ -9,13 +9,16 @@ from the same initial set and the same test split, so the curves differ by the q
 Dataset: scikit-learn's bundled 8x8 digits (1,797 images, 10 classes; no download), standardised
 with the pool's mean and std. Model: a one-hidden-layer MLP with dropout, so BALD can sample it
 (MC dropout), and whose hidden activations are the embeddings of core-set and BADGE.
+
+Writes metrics.jsonl (test accuracy per strategy, seed and round), curves.json (mean/std per
+labelled-set size), curve.png and summary.json; about 3 s of CPU per strategy and seed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -23,41 +26,63 @@ from torch import nn
 
 from percli.active.plot import save_learning_curves_png
 from percli.active.strategies import STRATEGIES, select
+from percli.core.config import ConfigError, to_dict
+from percli.core.context import RunContext
 from percli.core.rundir import write_json_atomic, write_jsonl_atomic
 
 DATASETS = ("digits",)
 
 
 @dataclass
-class SimulationConfig:
-    dataset: str = "digits"
-    strategies: list[str] = field(default_factory=lambda: ["random", "entropy", "margin"])
+class Config:
+    dataset: Literal["digits"] = "digits"
+    """digits: scikit-learn's bundled 8x8 digits (offline)."""
+    strategies: list[str] | str = field(default_factory=lambda: ["random", "entropy", "margin"])
+    """Strategies to compare (a list, or comma-separated), from random, least-confidence, margin, entropy,
+    bald, coreset, badge."""
     seeds: int = 3
-    initial: int = 20  # random labelled points before the first query
-    budget: int = 20  # points queried per round
+    """Repeats (initial set, model init, draws); curves are averaged."""
+    initial: int = 20
+    """Random labelled points before the first query."""
+    budget: int = 20
+    """Points queried per round."""
     rounds: int = 10
-    test_fraction: float = 0.3  # held out once (split seed 0), the same for every seed and strategy
+    """Query rounds (the model is trained rounds + 1 times)."""
+    test_fraction: float = 0.3
+    """Held out once (split seed 0), the same for every seed and strategy."""
     hidden: int = 128
     dropout: float = 0.3
-    steps: int = 200  # full-batch Adam steps per round (the labelled set is a few hundred points)
+    steps: int = 200
+    """Full-batch Adam steps per training (fewer: faster, noisier)."""
     lr: float = 3e-3
     weight_decay: float = 1e-4
-    mc_samples: int = 20  # dropout forward passes T for BALD
+    mc_samples: int = 20
+    """Dropout forward passes T for BALD."""
 
-    def validate(self) -> None:
-        """ValueError naming the bad field and a fix."""
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}")
-        unknown = [s for s in self.strategies if s not in STRATEGIES]
-        if unknown or not self.strategies:
-            raise ValueError(f"strategies {', '.join(unknown) or '(none)'}: choose from {', '.join(STRATEGIES)}")
-        for name in ("seeds", "initial", "budget", "steps", "mc_samples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
-        if not 0 < self.test_fraction < 1:
-            raise ValueError(f"test_fraction must be in (0, 1) (got {self.test_fraction})")
-        if self.rounds < 0:
-            raise ValueError(f"rounds must be >= 0 (got {self.rounds})")
+
+def strategy_names(value: list[str] | str) -> list[str]:
+    """A list of names, or one comma-separated string of them, as a list."""
+    return [s.strip() for s in (value.split(",") if isinstance(value, str) else value) if s.strip()]
+
+
+def validate(cfg: Config) -> None:
+    names = strategy_names(cfg.strategies)
+    unknown = [s for s in names if s not in STRATEGIES]
+    if unknown or not names:
+        raise ConfigError(f"strategies: {', '.join(unknown) or '(none)'}: choose from {', '.join(STRATEGIES)}")
+    for name in ("seeds", "initial", "budget", "steps", "mc_samples", "hidden"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name}: got {getattr(cfg, name)}; expected an integer >= 1")
+    if cfg.rounds < 0:
+        raise ConfigError(f"rounds: got {cfg.rounds}; expected an integer >= 0")
+    if not 0 < cfg.test_fraction < 1:
+        raise ConfigError(f"test_fraction: got {cfg.test_fraction}; expected a number in (0, 1)")
+    if not 0 <= cfg.dropout < 1:
+        raise ConfigError(f"dropout: got {cfg.dropout}; expected a number in [0, 1)")
+    if not cfg.lr > 0:
+        raise ConfigError(f"lr: got {cfg.lr}; expected a learning rate > 0")
+    if not cfg.weight_decay >= 0:
+        raise ConfigError(f"weight_decay: got {cfg.weight_decay}; expected a number >= 0")
 
 
 def load_dataset(name: str, test_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -87,7 +112,7 @@ class DropoutMLP(nn.Module):
         return self.head(self.dropout(h)), h
 
 
-def train_model(x: torch.Tensor, y: torch.Tensor, classes: int, cfg: SimulationConfig, seed: int) -> DropoutMLP:
+def train_model(x: torch.Tensor, y: torch.Tensor, classes: int, cfg: Config, seed: int) -> DropoutMLP:
     torch.manual_seed(seed)
     model = DropoutMLP(x.shape[1], cfg.hidden, classes, cfg.dropout)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -113,7 +138,7 @@ def model_outputs(model: DropoutMLP, x: torch.Tensor, needs: tuple[str, ...], mc
     return out
 
 
-def run_curve(strategy: str, seed: int, data: tuple, cfg: SimulationConfig) -> list[tuple[int, float]]:
+def run_curve(strategy: str, seed: int, data: tuple, cfg: Config) -> list[tuple[int, float]]:
     """[(labels, test accuracy)] after each of the rounds + 1 trainings of one strategy and seed."""
     x_pool, y_pool, x_test, y_test = (torch.from_numpy(np.asarray(a)) for a in data)
     classes = int(y_pool.max()) + 1
@@ -135,9 +160,10 @@ def run_curve(strategy: str, seed: int, data: tuple, cfg: SimulationConfig) -> l
     return curve
 
 
-def simulate(cfg: SimulationConfig, out_dir: Path, log: Callable[[str], None]) -> dict:
+def run(cfg: Config, ctx: RunContext) -> dict:
     """Run every strategy x seed; write metrics.jsonl, curves.json and curve.png; return the summary."""
-    cfg.validate()
+    torch.set_num_threads(1)  # a 64-128-10 MLP: more threads only add sync overhead (10x slower on a busy CPU)
+    cfg = dataclasses.replace(cfg, strategies=strategy_names(cfg.strategies))
     data = load_dataset(cfg.dataset, cfg.test_fraction)
     needed = cfg.initial + cfg.budget * cfg.rounds
     if needed > len(data[1]):
@@ -151,17 +177,19 @@ def simulate(cfg: SimulationConfig, out_dir: Path, log: Callable[[str], None]) -
             records += [{"strategy": strategy, "seed": seed, "round": r, "labels": n, "accuracy": acc}
                         for r, (n, acc) in enumerate(curve)]
             per_seed.append([acc for _, acc in curve])
-            log(f"{strategy} seed {seed}: accuracy {curve[0][1]:.3f} -> {curve[-1][1]:.3f} "
-                f"({curve[0][0]} -> {curve[-1][0]} labels)")
+            ctx.log(f"{strategy} seed {seed}: accuracy {curve[0][1]:.3f} -> {curve[-1][1]:.3f} "
+                    f"({curve[0][0]} -> {curve[-1][0]} labels)")
         acc = np.asarray(per_seed)  # [seeds, rounds + 1]
         curves[strategy] = {"labels": [n for n, _ in curve], "mean": acc.mean(0).tolist(),
                             "std": acc.std(0).tolist(), "per_seed": per_seed}
+    out_dir = ctx.run_dir
     write_jsonl_atomic(out_dir / "metrics.jsonl", records)
     write_json_atomic(out_dir / "curves.json", curves)
     save_learning_curves_png(curves, out_dir / "curve.png", title=f"active learning on {cfg.dataset}, "
                                                                    f"mean over {cfg.seeds} seeds")
-    return {"method": "select-simulate", "config": asdict(cfg), "pool_size": len(data[1]), "test_size": len(data[3]),
-            "final_accuracy": {s: c["mean"][-1] for s, c in curves.items()},
+    ctx.log(f"curves: {out_dir}/curve.png")
+    return {"status": "completed", "method": "select-simulate", "config": to_dict(cfg), "pool_size": len(data[1]),
+            "test_size": len(data[3]), "final_accuracy": {s: c["mean"][-1] for s, c in curves.items()},
             "mean_accuracy": {s: float(np.mean(c["mean"])) for s, c in curves.items()},
             "curves": {s: {k: c[k] for k in ("labels", "mean", "std")} for s, c in curves.items()},
             "output_dir": str(out_dir)}

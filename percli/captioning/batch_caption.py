@@ -33,10 +33,11 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from torchvision.transforms import v2
 
 from percli.captioning.triples import _TRIPLE_READERS, alt_texts
 from percli.core.checkpoint import latest_checkpoint, read_weights
@@ -69,12 +70,25 @@ class Record:
 
 @dataclass
 class GenerationOptions:
-    strategy: str = "sample"
+    """How captions are decoded (the official inference: nucleus sampling, temperature 0.2, top-p 0.7)."""
+
+    strategy: Literal["sample", "greedy", "beam"] = "sample"
     temperature: float = 0.2
     top_p: float = 0.7
     num_beams: int = 4
-    max_new_tokens: int = 192
+    max_new_tokens: int | None = None
+    """None: the checkpoint's max_target_len."""
     seed: int = 0
+    """Seed of the sampling, combined with each chunk's position (so a resume is reproducible)."""
+
+
+def caption_transform(preprocess: dict[str, Any]) -> v2.Compose:
+    """The captioner's image preprocessing (as `finetune altogether` trains it): resize to the encoder's
+    square input without a crop (the official fine-tuning preprocessing), normalise."""
+    size = preprocess["image_size"]
+    return v2.Compose([v2.ToImage(), v2.Resize((size, size), interpolation=v2.InterpolationMode.BICUBIC,
+                                               antialias=True),
+                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(preprocess["mean"], preprocess["std"])])
 
 
 def resolve_inputs(sources: list[str]) -> list[Path]:

@@ -6,7 +6,6 @@ import errno
 import json
 import shutil
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +37,6 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def emit_summary(out_dir: Path, summary: dict, json_out: bool, report: Callable[[dict], None]) -> None:
-    """Write `out_dir/summary.json` atomically, then print it: as JSON with --json, else as a table."""
-    write_json_atomic(out_dir / "summary.json", summary)
-    if json_out:
-        print(json.dumps(summary, indent=1))
-    else:
-        report(summary)
-
-
 def _saved_config(run_dir: Path | None, flag: str) -> dict:
     """The config a --resume continues: run_dir/config.yaml, refused when missing, empty or invalid."""
     if run_dir is None:
@@ -76,6 +66,37 @@ def run_job(job: Job, *, given: dict[str, Any] | None = None, overrides: list[st
     inputs before its first checkpoint.
     """
     flag = "--output" if job.output_flag else "--run-dir"
+    cfg = resolve(job, given, overrides, config_file, preset, run_dir, resume, overwrite, flag)
+    if dry_run:
+        sys.stdout.write(json.dumps(to_dict(cfg), indent=1) + "\n" if json_out else to_yaml(cfg))
+        err.print(f"[green]config valid[/] for {job.name} (dry run: nothing was run)")
+        return
+    ctx = _processes(job, cfg, run_dir)
+    fresh = not resume and not ctx.run_dir.exists()
+    saved = (ctx.run_dir / "config.yaml").read_text(encoding="utf-8") if resume and ctx.is_main else None
+    try:
+        _start(job, cfg, ctx, resume, overwrite, flag)
+        summary = _run(job, cfg, ctx, json_out, fresh, saved)
+        if ctx.is_main:
+            summary.setdefault("run_dir", str(ctx.run_dir))
+            write_json_atomic(ctx.run_dir / "summary.json", summary)
+            if json_out:
+                print(json.dumps(summary, indent=1))
+            else:
+                report(summary, job.name)
+        # Leave together: a rank that exits while another still talks to the process group can abort
+        # in the collective library's teardown ("terminate called without an active exception").
+        _wait(ctx)
+        if ctx.accelerator is not None:
+            ctx.accelerator.end_training()
+    finally:
+        unlock_run_dir(ctx.run_dir)
+
+
+def resolve(job: Job, given: dict[str, Any] | None, overrides: list[str], config_file: str | None,
+            preset: str | None, run_dir: Path | None, resume: bool, overwrite: bool, flag: str) -> Any:
+    """The job's checked config (a resumed run's config.yaml under the command line), and the run dir
+    checked without creating anything; exit 2 naming the key or path otherwise."""
     base = _saved_config(run_dir, flag) if resume else None
     try:
         if base is not None:
@@ -93,44 +114,23 @@ def run_job(job: Job, *, given: dict[str, Any] | None = None, overrides: list[st
         fail(f"bad config: {_with_flag(job, str(e))}")
     except (RunDirError, ValueError, FileNotFoundError) as e:
         fail(str(e))
-    if dry_run:
-        if json_out:
-            print(json.dumps(to_dict(cfg), indent=1))
-        else:
-            sys.stdout.write(to_yaml(cfg))
-        err.print(f"[green]config valid[/] for {job.name} (dry run: nothing was run)")
-        return
-    ctx = _processes(job, cfg, run_dir)
-    fresh = not resume and not ctx.run_dir.exists()
-    try:
-        if ctx.is_main:
-            try:
-                claim_run_dir(ctx.run_dir, resume=resume, overwrite=overwrite, can_resume=job.resumable, flag=flag)
-            except RunDirError as e:
-                fail(str(e))
-            write_text_atomic(ctx.run_dir / "config.yaml", to_yaml(cfg))
-            acc = ctx.accelerator
-            env = environment_report(ctx.world, str(acc.device) if acc else "cpu",
-                                     acc.mixed_precision if acc else "no")
-            write_json_atomic(ctx.run_dir / "env.json", env)
-            ctx.log(f"run dir: {ctx.run_dir}")
-        ctx.resume = resume
-        _wait(ctx)
-        summary = _run(job, cfg, ctx, json_out, fresh)
-        if ctx.is_main:
-            summary.setdefault("run_dir", str(ctx.run_dir))
-            write_json_atomic(ctx.run_dir / "summary.json", summary)
-            if json_out:
-                print(json.dumps(summary, indent=1))
-            else:
-                report(summary, job.name)
-        # Leave together: a rank that exits while another still talks to the process group can abort
-        # in the collective library's teardown ("terminate called without an active exception").
-        _wait(ctx)
-        if ctx.accelerator is not None:
-            ctx.accelerator.end_training()
-    finally:
-        unlock_run_dir(ctx.run_dir)
+    return cfg
+
+
+def _start(job: Job, cfg: Any, ctx: RunContext, resume: bool, overwrite: bool, flag: str) -> None:
+    """Rank 0 claims (creates, locks) the run dir and writes config.yaml and env.json; all wait for it."""
+    if ctx.is_main:
+        try:
+            claim_run_dir(ctx.run_dir, resume=resume, overwrite=overwrite, can_resume=job.resumable, flag=flag)
+        except RunDirError as e:
+            fail(str(e))
+        write_text_atomic(ctx.run_dir / "config.yaml", to_yaml(cfg))
+        acc = ctx.accelerator
+        env = environment_report(ctx.world, str(acc.device) if acc else "cpu", acc.mixed_precision if acc else "no")
+        write_json_atomic(ctx.run_dir / "env.json", env)
+        ctx.log(f"run dir: {ctx.run_dir}")
+    ctx.resume, ctx.overwrite = resume, overwrite
+    _wait(ctx)
 
 
 def _with_flag(job: Job, message: str) -> str:
@@ -166,8 +166,9 @@ def _wait(ctx: RunContext) -> None:
         dist.barrier(ctx.world)
 
 
-def _run(job: Job, cfg: Any, ctx: RunContext, json_out: bool, fresh: bool) -> dict:
-    """The job's run, with every anticipated failure turned into one line and its exit code."""
+def _run(job: Job, cfg: Any, ctx: RunContext, json_out: bool, fresh: bool, saved: str | None) -> dict:
+    """The job's run, with every anticipated failure turned into one line and its exit code. A fresh run
+    dir without checkpoints is removed; a refused --resume gets its previous config.yaml back (`saved`)."""
     from percli.core.engine import RunStopped
 
     try:
@@ -180,6 +181,8 @@ def _run(job: Job, cfg: Any, ctx: RunContext, json_out: bool, fresh: bool) -> di
     except (ValueError, FileNotFoundError, KeyError, RunDirError) as e:
         if fresh and ctx.is_main and not (ctx.run_dir / "checkpoints").exists():
             shutil.rmtree(ctx.run_dir, ignore_errors=True)  # nothing of value: leave no run dir behind
+        elif saved is not None:
+            write_text_atomic(ctx.run_dir / "config.yaml", saved)
         fail(str(e).strip("'\""))
     except OSError as e:
         if e.errno in USER_FIXABLE_ERRNOS:

@@ -100,6 +100,15 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _yaml_value(text: str, key: str) -> Any:
+    """A list or mapping given as text (a command-line option): YAML (so JSON too), or ConfigError."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{key}: {text!r} is not valid YAML/JSON ({mark})") from None
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`, converting where it is lossless."""
     origin = typing.get_origin(tp)
@@ -126,7 +135,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key}: got {value!r}; allowed values: {', '.join(map(repr, allowed))}")
     if origin in (tuple, list):
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            value = _yaml_value(value, key)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: got {value!r}; expected a list like [1, 2]")
         args = typing.get_args(tp)
@@ -139,7 +148,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return tuple(items) if origin is tuple else items
     if origin is dict or tp is dict:
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            value = _yaml_value(value, key)
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: got {value!r}; expected a mapping like {{a: 1}}")
         return dict(value)

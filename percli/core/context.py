@@ -14,10 +14,12 @@ _err = Console(stderr=True)
 @dataclass
 class RunContext:
     """A job's run: its run dir (created and locked by rank 0, holding config.yaml and env.json), the
-    --resume flag, the processes (`accelerator` for engine jobs, else `rank`/`world` of core.dist)."""
+    --resume flag, --overwrite (a job writing a file outside its run dir replaces an existing one only
+    then), the processes (`accelerator` for engine jobs, else `rank`/`world` of core.dist)."""
 
     run_dir: Path
     resume: bool = False
+    overwrite: bool = False
     rank: int = 0
     world: int = 1
     accelerator: Any = None

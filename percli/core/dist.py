@@ -8,9 +8,10 @@ The rank and world size are computed once per run (`init`) and passed down, neve
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def init() -> tuple[int, int]:
@@ -36,6 +37,7 @@ def all_reduce_sum(values: np.ndarray, world: int) -> np.ndarray:
     """Element-wise sum over processes (exact for counts: int64, as gloo has no uint64 reduction)."""
     if world <= 1:
         return values
+    import numpy as np
     import torch
     import torch.distributed as dist
 

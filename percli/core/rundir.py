@@ -137,34 +137,15 @@ def claim_run_dir(path: Path, *, resume: bool, overwrite: bool, can_resume: bool
 
 
 def default_run_dir(verb: str, method: str) -> Path:
+    """runs/<verb>-<method>-<UTC time>, with -2, -3, ... when a run of the same second already has it
+    (quick jobs such as `percli convert` in a loop)."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    return Path("runs") / "-".join(part.replace(" ", "-") for part in (verb, method, stamp) if part)
-
-
-def prepare_output_dir(output: Path | None, verb: str, method: str, *, overwrite: bool, resume: bool = False,
-                       can_resume: bool = False, rank: int = 0, world: int = 1,
-                       flag: str = "--output") -> tuple[Path, str | None]:
-    """The output dir of a data job (default runs/<verb>-<method>-<UTC time>), created by rank 0.
-
-    Only rank 0 checks, empties (--overwrite) and creates it, so processes never race on rmtree;
-    the default name holds a timestamp, so the others take rank 0's choice (broadcast when
-    world > 1). Returns (dir, error message or None); every process gets the same pair.
-    """
-    chosen: list = [None, None]
-    if rank == 0:
-        out_dir = output or default_run_dir(verb, method)
-        problem = None
-        try:  # --resume of an empty or new output dir simply starts the job
-            claim_run_dir(out_dir, resume=resume and bool(_entries(out_dir)), overwrite=overwrite,
-                          can_resume=can_resume, flag=flag)
-        except RunDirError as e:
-            problem = str(e)
-        chosen = [str(out_dir), problem]
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.broadcast_object_list(chosen, src=0)
-    return Path(chosen[0]), chosen[1]
+    base = Path("runs") / "-".join(part.replace(" ", "-") for part in (verb, method, stamp) if part)
+    path, count = base, 1
+    while path.exists():
+        count += 1
+        path = base.with_name(f"{base.name}-{count}")
+    return path
 
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from percli.core.config import ConfigError
 from percli.core.data.shards import BadRecords
 from percli.curation.metaclip import load_metadata
 from percli.curation.selection import iter_texts, write_selected
@@ -116,15 +117,16 @@ def score_pool(texts: Iterable[str], encoder, label_emb: np.ndarray, batch_size:
 
 
 def check_params(threshold: float, min_ratio: float, batch_size: int, top_ratio: float | None) -> None:
+    """Raise ConfigError (a ValueError) naming the setting that is out of range."""
     if not -1.0 <= threshold <= 1.0:
-        raise ValueError(f"--threshold is a cosine similarity in [-1, 1] (got {threshold:g}); CiT uses 0.55 for "
-                         f"YFCC15M")
+        raise ConfigError(f"threshold: is a cosine similarity in [-1, 1] (got {threshold:g}); CiT uses 0.55 for "
+                          f"YFCC15M")
     if not 0.0 <= min_ratio <= 1.0:
-        raise ValueError(f"--min-ratio must be in [0, 1] (got {min_ratio:g}); CiT uses 0.003 for YFCC15M")
+        raise ConfigError(f"min_ratio: must be in [0, 1] (got {min_ratio:g}); CiT uses 0.003 for YFCC15M")
     if batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1 (got {batch_size})")
+        raise ConfigError(f"batch_size: must be >= 1 (got {batch_size})")
     if top_ratio is not None and not 0.0 < top_ratio <= 1.0:
-        raise ValueError(f"--top-ratio must be in (0, 1] (got {top_ratio:g})")
+        raise ConfigError(f"top_ratio: must be in (0, 1] (got {top_ratio:g})")
 
 
 def curate_cit(inputs: Sequence[Path], output_dir: Path, class_names: Sequence[str], encoder,

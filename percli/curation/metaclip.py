@@ -15,7 +15,8 @@ uniform per text, drawn from a hash of (seed, record key), is compared with P(x)
 probability is the same, and the decision no longer depends on record order, sharding or the
 number of processes. The record key is its uuid/id field (or WebDataset sample key), else its text.
 
-The pipeline has three stages, each shard-parallel (rank r of WORLD_SIZE takes shards r::world)
+The pipeline has three stages, each shard-parallel (process `rank` of `world`, passed in from
+`percli.core.dist.init()` once per run, takes shards rank::world)
 and resumable per shard (a marker in progress/ is written after each shard's output is renamed
 into place): `match_shards` (matches/<name>.npz, CSR entry ids per usable record),
 `count_matches` (entry counts, all-reduced) and `balance_shards` (curated/<name>, in the input's
@@ -34,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from percli.core import dist
 from percli.core.data.shards import (
     BAD_EXAMPLES_KEPT,
     OUTPUT_FORMATS,
@@ -111,9 +113,12 @@ def load_metadata(path: str | Path) -> list[str]:
     """Read metadata: the official `metadata.json` (a JSON list of strings) or text, one entry per line.
 
     Text files keep every character of a line except its line ending (entries are case- and
-    space-sensitive); empty lines are skipped.
+    space-sensitive); empty lines are skipped. A folder stands for its `metadata.json` (the run dir
+    of `percli curate metaclip build-metadata`).
     """
     path = Path(path)
+    if path.is_dir() and (path / "metadata.json").is_file():
+        path = path / "metadata.json"
     if not path.is_file():
         raise FileNotFoundError(f"metadata file {path} does not exist")
     try:
@@ -150,57 +155,6 @@ def metadata_digest(entries: Sequence[str]) -> str:
 def counts_digest(counts: np.ndarray) -> str:
     """A short hash of the entry counts; a resumed shard must have been balanced with the same counts."""
     return hashlib.sha256(np.ascontiguousarray(counts, dtype=np.uint64).tobytes()).hexdigest()[:16]
-
-
-# ---------------------------------------------------------------------------------------------
-# Processes: shard-parallel over torch.distributed (gloo), one process when WORLD_SIZE is unset
-
-
-def init_distributed() -> tuple[int, int]:
-    """(rank, world size); joins the gloo process group when launched with WORLD_SIZE > 1.
-
-    `accelerate launch` and torchrun set WORLD_SIZE, RANK, MASTER_ADDR and MASTER_PORT; gloo is enough
-    because only a count vector and a few small objects travel between processes.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _all_reduce_counts(counts: np.ndarray, world: int) -> np.ndarray:
-    """Sum each process's entry counts (counts of disjoint shards add up)."""
-    if world <= 1:
-        return counts
-    import torch
-    import torch.distributed as dist
-
-    # int64 is exact for any realistic count; gloo has no uint64 reduction.
-    tensor = torch.from_numpy(counts.astype(np.int64))
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor.numpy().astype(np.uint64)
-
-
-def _all_gather(obj: Any, world: int) -> list[Any]:
-    """Every process's `obj`, in rank order."""
-    if world <= 1:
-        return [obj]
-    import torch.distributed as dist
-
-    gathered: list[Any] = [None] * world
-    dist.all_gather_object(gathered, obj)
-    return gathered
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,12 +198,11 @@ def _remove_stale_temps(target: Path) -> None:
 
 def _run_shards(paths: Sequence[Path], results: Sequence[Path], markers: Sequence[Path],
                 configs: Sequence[dict[str, Any]], work: Callable[[int], dict[str, Any]], resume: bool,
-                say: Callable[[str], None], stage: str) -> tuple[list[dict[str, Any]], int]:
+                say: Callable[[str], None], stage: str, rank: int, world: int) -> tuple[list[dict[str, Any]], int]:
     """Run `work(i)` on this process's shards (i = rank, rank + world, ...), skipping finished ones on resume.
 
     Returns every shard's stats in input order (gathered from all processes) and the number resumed.
     """
-    rank, world = init_distributed()
     mine: dict[int, dict[str, Any]] = {}
     resumed = 0
     for i in range(rank, len(paths), world):
@@ -264,7 +217,7 @@ def _run_shards(paths: Sequence[Path], results: Sequence[Path], markers: Sequenc
         write_json_atomic(markers[i], {"config": configs[i], "stats": stats})
         mine[i] = stats
         say(f"{stage}: {paths[i]} -> {results[i]}")
-    gathered = _all_gather((mine, resumed), world)
+    gathered = dist.all_gather((mine, resumed), world)
     every: dict[int, dict[str, Any]] = {}
     for part, _ in gathered:
         every.update(part)
@@ -318,11 +271,11 @@ def _match_shard(path: Path, target: Path, matcher: MetadataMatcher, text_field:
 
 
 def match_shards(inputs: Sequence[str | Path], output_dir: str | Path, entries: Sequence[str],
-                 text_field: str = "text", resume: bool = False,
-                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                 text_field: str = "text", resume: bool = False, log: Callable[[str], None] | None = None,
+                 *, rank: int = 0, world: int = 1) -> dict[str, Any]:
     """Stage 1: write `output_dir/matches/<name>.npz` for every input shard; returns the stats.
 
-    Rank r of WORLD_SIZE processes matches `inputs[r::world]`. Rank 0 then writes
+    Process `rank` of `world` (see `percli.core.dist`) matches `inputs[rank::world]`. Rank 0 then writes
     `matches/manifest.json` (inputs, names, text field, metadata hash), which `count` and
     `balance --matches` read.
     """
@@ -339,13 +292,12 @@ def match_shards(inputs: Sequence[str | Path], output_dir: str | Path, entries: 
     configs = [{"input": str(p.resolve()), "text_field": text_field, "metadata": digest} for p in inputs]
     per_shard, resumed = _run_shards(
         inputs, results, markers, configs,
-        lambda i: _match_shard(inputs[i], results[i], matcher, text_field), resume, say, "match")
-    rank, world = init_distributed()
+        lambda i: _match_shard(inputs[i], results[i], matcher, text_field), resume, say, "match", rank, world)
     if rank == 0:
         write_json_atomic(output_dir / "matches" / MANIFEST, {
             "inputs": [str(p.resolve()) for p in inputs], "names": names, "text_field": text_field,
             "metadata": digest, "num_entries": len(entries), "shards": per_shard})
-    _barrier(world)
+    dist.barrier(world)  # `count` and `balance --matches` read the manifest next
     return {**match_totals(per_shard), "resumed_shards": resumed, "world_size": world}
 
 
@@ -374,21 +326,22 @@ def load_manifest(match_dir: str | Path, entries: Sequence[str]) -> dict[str, An
 # Stage 2: count. c_e summed over shards and processes.
 
 
-def count_matches(match_dir: str | Path, entries: Sequence[str]) -> tuple[np.ndarray, dict[str, Any]]:
-    """Entry counts over every shard of a match run (all-reduced over processes) and its manifest."""
+def count_matches(match_dir: str | Path, entries: Sequence[str], *, rank: int = 0,
+                  world: int = 1) -> tuple[np.ndarray, dict[str, Any]]:
+    """Entry counts over every shard of a match run (each process counts shards rank::world, the
+    counts of disjoint shards are summed over processes) and its manifest."""
     match_dir = Path(match_dir)
     manifest = load_manifest(match_dir, entries)
-    rank, world = init_distributed()
     counts = np.zeros(len(entries), dtype=np.uint64)
     for name in manifest["names"][rank::world]:
         with np.load(match_dir / "matches" / f"{name}.npz", allow_pickle=False) as stored:
             counts += entry_counts(stored["ids"], len(entries))
-    return _all_reduce_counts(counts, world), manifest
+    return dist.all_reduce_sum(counts, world), manifest
 
 
-def save_counts(counts: np.ndarray, entries: Sequence[str], output_dir: Path) -> None:
+def save_counts(counts: np.ndarray, entries: Sequence[str], output_dir: Path, *, rank: int = 0) -> None:
     """entry_counts.json ({entry: count}, the official format), written by rank 0."""
-    if init_distributed()[0] == 0:
+    if rank == 0:
         write_json_atomic(output_dir / "entry_counts.json", {e: int(c) for e, c in zip(entries, counts)})
 
 
@@ -447,11 +400,12 @@ def _balance_shard(path: Path, target: Path, matches: MetadataMatcher | Path, p_
 def balance_shards(inputs: Sequence[str | Path], output_dir: str | Path, entries: Sequence[str], counts: np.ndarray,
                    t: float, seed: int = 0, text_field: str = "text", output_format: str = "same",
                    match_dir: str | Path | None = None, resume: bool = False,
-                   log: Callable[[str], None] | None = None, counts_from: str = "given") -> dict[str, Any]:
+                   log: Callable[[str], None] | None = None, counts_from: str = "given", *, rank: int = 0,
+                   world: int = 1) -> dict[str, Any]:
     """Stage 3: write each input's kept records to `output_dir/curated/`; returns the summary.
 
     Uses the saved matches of `match_dir` (a `match` run over these inputs) when given, else
-    matches again. Rank r balances `inputs[r::world]`; rank 0 writes summary.json and
+    matches again. Process `rank` of `world` balances `inputs[rank::world]`; rank 0 writes summary.json and
     entry_counts.png. After each shard's rename a marker `progress/<name>.json` records it as done.
     """
     _check_t(t)
@@ -487,8 +441,7 @@ def balance_shards(inputs: Sequence[str | Path], output_dir: str | Path, entries
     per_shard, resumed = _run_shards(
         inputs, results, markers, configs,
         lambda i: _balance_shard(inputs[i], results[i], sources[i], p_entry, seed, text_field, output_format),
-        resume, say, "balance")
-    rank, world = init_distributed()
+        resume, say, "balance", rank, world)
     summary = _summary(_merge_stats(per_shard), counts, entries, t, seed, text_field, inputs, results, output_dir)
     summary.update(world_size=world, resumed_shards=resumed, output_format=output_format, counts_from=counts_from)
     if rank == 0:
@@ -496,13 +449,14 @@ def balance_shards(inputs: Sequence[str | Path], output_dir: str | Path, entries
         from percli.curation.plot import save_entry_counts_png
 
         save_entry_counts_png(counts, t, output_dir / "entry_counts.png")
-    _barrier(world)  # no process returns before the summary exists
+    dist.barrier(world)  # no process returns before the summary exists
     return summary
 
 
 def curate_shards(inputs: Sequence[str | Path], output_dir: str | Path, entries: Sequence[str], t: float,
                   seed: int = 0, text_field: str = "text", output_format: str = "same",
-                  log: Callable[[str], None] | None = None, resume: bool = False) -> dict[str, Any]:
+                  log: Callable[[str], None] | None = None, resume: bool = False, *, rank: int = 0,
+                  world: int = 1) -> dict[str, Any]:
     """MetaCLIP-curate shards in one go (match, count, balance) into `output_dir`; returns the summary.
 
     Match files go to `output_dir/matches/` (so each text is matched once), entry_counts.json,
@@ -510,9 +464,10 @@ def curate_shards(inputs: Sequence[str | Path], output_dir: str | Path, entries:
     in the input's format (see `percli.core.data.shards`), each with its matched entry ids. All
     files are written to a temp name, then renamed.
 
-    With WORLD_SIZE > 1 (`accelerate launch`, torchrun) every process calls this with the same
-    arguments: rank r handles `inputs[r::world]`, the entry counts are summed over processes, and
-    the outputs equal those of one process.
+    Under `accelerate launch` or torchrun every process calls this with the same arguments and its
+    `rank` of `world` (from `percli.core.dist.init()`, computed once per run): it handles
+    `inputs[rank::world]`, the entry counts are summed over processes, and the outputs equal those of
+    one process.
 
     Args:
         inputs: shard files (.jsonl, .jsonl.gz, .parquet, WebDataset .tar).
@@ -524,15 +479,16 @@ def curate_shards(inputs: Sequence[str | Path], output_dir: str | Path, entries:
         output_format: "same" (records in the input's format) or "index" (positions and entry ids).
         log: called with progress lines.
         resume: skip shards whose markers show they were matched / balanced with the same settings.
+        rank, world: this process and the number of processes (0 and 1 for one process).
     """
     _check_t(t)
     say = log or (lambda _msg: None)
-    match_shards(inputs, output_dir, entries, text_field, resume, say)
-    counts, _ = count_matches(output_dir, entries)
+    match_shards(inputs, output_dir, entries, text_field, resume, say, rank=rank, world=world)
+    counts, _ = count_matches(output_dir, entries, rank=rank, world=world)
     say(f"count: {int((counts > 0).sum())} entries matched over {len(inputs)} shard(s)")
-    save_counts(counts, entries, Path(output_dir))
+    save_counts(counts, entries, Path(output_dir), rank=rank)
     return balance_shards(inputs, output_dir, entries, counts, t, seed, text_field, output_format,
-                          match_dir=output_dir, resume=resume, log=say, counts_from="inputs")
+                          match_dir=output_dir, resume=resume, log=say, counts_from="inputs", rank=rank, world=world)
 
 
 def _summary(total: dict[str, Any], counts: np.ndarray, entries: Sequence[str], t: float, seed: int,

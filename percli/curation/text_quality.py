@@ -195,21 +195,21 @@ def load_weights(path: str | Path) -> np.ndarray:
     """Weights from JSON {filter name: weight >= 0}; filters it leaves out get 0."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"--weights file {path} does not exist")
+        raise ValueError(f"weights file {path} does not exist")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"--weights file {path} is not valid JSON ({e})") from None
+        raise ValueError(f"weights file {path} is not valid JSON ({e})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"--weights file {path} must hold a JSON object {{filter name: weight}}")
+        raise ValueError(f"weights file {path} must hold a JSON object {{filter name: weight}}")
     unknown = sorted(set(data) - set(FILTER_NAMES))
     if unknown:
-        raise ValueError(f"--weights file {path}: unknown filters {unknown}; known: {', '.join(FILTER_NAMES)}")
+        raise ValueError(f"weights file {path}: unknown filters {unknown}; known: {', '.join(FILTER_NAMES)}")
     weights = np.zeros(len(FILTER_NAMES))
     for i, name in enumerate(FILTER_NAMES):
         value = data.get(name, 0.0)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or math.isinf(value):
-            raise ValueError(f"--weights file {path}: weight of {name!r} must be a finite number >= 0 (got {value!r})")
+            raise ValueError(f"weights file {path}: weight of {name!r} must be a finite number >= 0 (got {value!r})")
         weights[i] = value
     return weights
 
@@ -223,8 +223,8 @@ def curate_text_quality(inputs: Sequence[Path], output_dir: Path, prune: float =
     documents with the reference LM (equal weights when every estimated weight is 0).
     """
     if not 0.0 <= prune < 1.0:
-        raise ValueError(f"--prune is the fraction of documents dropped, in [0, 1) (got {prune:g}); the paper "
-                         f"prunes 0.2-0.4")
+        raise ValueError(f"prune: is the fraction of documents dropped, in [0, 1) (got {prune:g}); the paper prunes "
+                         f"0.2-0.4")
     estimate: dict[str, Any] = {"weights_source": "given"}
     if weights is None:
         log(f"estimating filter weights with a bigram LM on the first {lm_docs:,} documents")

@@ -20,12 +20,13 @@ import statistics
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from percli.nas.proxy import ProxyTask, train_proxy
 from percli.nas.space import SearchSpace, encode
 
-STRATEGIES = ("random", "evolution", "darts")
+Strategy = Literal["random", "evolution", "darts"]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
 
 
 def candidate_rng(seed: int, index: int) -> random.Random:

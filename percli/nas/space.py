@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch.nn as nn
 
@@ -75,6 +75,7 @@ def encode(config: dict[str, Any]) -> str:
     return json.dumps(config, sort_keys=True, separators=(",", ":"))
 
 
+SpaceName = Literal["vit-tiny", "vit-micro"]  # the keys of SPACES, for typed configs
 SPACES = {
     "vit-tiny": SearchSpace("vit-tiny", {"embed_dim": (16, 32, 64), "depth": (1, 2, 3, 4), "num_heads": (1, 2, 4),
                                          "mlp_ratio": (1, 2, 4), "patch_size": (2, 4)}),
