@@ -50,6 +50,7 @@ from percli.core.data.shards import (
     expand_inputs,
     open_writer,
     read_batches,
+    read_records,
     record_key,
     shard_format,
 )
@@ -269,8 +270,7 @@ def caption_shards(model: AltogetherCaptioner, transform: Callable, inputs: list
             log(f"{path.name}: chunk {chunk_index + 1}/{-(-len(records) // chunk_size)} written")
     captioned, errors = [], []
     for part in files:
-        for line in part.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
+        for _, row, _ in read_records(part, None):
             (errors if "error" in row else captioned).append(row)
     write_text_atomic(out_dir / "captions.jsonl",
                       "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in captioned))

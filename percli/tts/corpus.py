@@ -110,11 +110,13 @@ def build_corpus(folder: str | Path, size: int = 200, seed: int = 0) -> Path:
     import torch
     import torchaudio
 
+    from percli.core.data.shards import read_records
+
     folder = Path(folder)
     manifest = folder / MANIFEST
     texts = sentences(size, seed)
     if manifest.is_file():
-        records = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+        records = [record for _, record, _ in read_records(manifest, None)]
         if [r["text"] for r in records] == texts and all((folder / r["audio"]).is_file() for r in records):
             return manifest
     folder.mkdir(parents=True, exist_ok=True)
