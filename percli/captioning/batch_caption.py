@@ -41,7 +41,7 @@ from torchvision.transforms import v2
 
 from percli.captioning.triples import _TRIPLE_READERS, alt_texts
 from percli.core.checkpoint import latest_checkpoint, read_weights
-from percli.core.data.image_text import _INDEXERS, _open_image, parquet_image, parquet_image_name
+from percli.core.data.image_text import PAIR_INDEXERS, open_image, parquet_image, parquet_image_name
 from percli.core.data.images import BadSample
 from percli.core.data.shards import (
     AddedField,
@@ -65,7 +65,7 @@ CAPTION_FIELD = AddedField("altogether", lambda pa: pa.string(), "altogether.txt
 class Record:
     key: str
     name: str  # shown in error lists
-    image: Any  # what `_open_image` reads: a path, bytes, or (tar shard, offset, size)
+    image: Any  # what `open_image` reads: a path, bytes, or (tar shard, offset, size)
     alt_text: str
 
 
@@ -112,7 +112,7 @@ def read_shard(path: Path, alt_field: str, bad: BadRecords, invalid_alt: BadReco
     fmt = shard_format(path)
     if fmt == "parquet":
         return [Record(name.split("#", 1)[-1], name, ref, text)
-                for name, ref, text in _INDEXERS[fmt](path, "image", alt_field, bad, allow_empty_text=True)]
+                for name, ref, text in PAIR_INDEXERS[fmt](path, "image", alt_field, bad, allow_empty_text=True)]
     records = []
     fallback = "txt" if fmt == "tar" else alt_field  # a tar sample without `alt_field`: its .txt (img2dataset's)
     for position, where, image, alt, alt_txt, key in _TRIPLE_READERS[fmt](path, ("image", alt_field, fallback), bad):
@@ -211,7 +211,7 @@ def caption_chunk(model: AltogetherCaptioner, records: list[Record], transform: 
         images, good = [], []
         for record in records[start:start + batch_size]:
             try:
-                images.append(transform(_open_image(record.name, record.image)))
+                images.append(transform(open_image(record.name, record.image)))
                 good.append(record)
             except BadSample as e:
                 rows.append({"key": record.key, "error": str(e)})

@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import Dataset
 
 from percli.captioning.scenes import SceneDataset, make_scene
-from percli.core.data.image_text import TAR_IMAGE_EXTENSIONS, ImageRef, _open_image, parquet_image
+from percli.core.data.image_text import TAR_IMAGE_EXTENSIONS, ImageRef, open_image, parquet_image
 from percli.core.data.shards import (
     BadRecords,
     Sample,
@@ -197,5 +197,5 @@ class RecordTriples(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         name, image, alts, caption, key = self.items[index]
         prompt, target = prompt_and_target(alts, caption, self.stage, self.prompt_dropout)
-        return {"image": self.transform(_open_image(name, image)), "prompt": prompt, "target": target,
+        return {"image": self.transform(open_image(name, image)), "prompt": prompt, "target": target,
                 "alt_text": "; ".join(alts), "caption": caption, "key": key}

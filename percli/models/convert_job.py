@@ -86,10 +86,10 @@ def run(cfg: Config, ctx: RunContext) -> dict:
 
 
 def _official_loader(net: Any) -> Any:
-    """The model family's `load_official_state(model, state_or_path)`."""
-    import importlib
+    """The model family's registered `load_official_state(model, state_or_path)`."""
+    from percli.models import weights_loader
 
-    loader = getattr(importlib.import_module(type(net).__module__), "load_official_state", None)
+    loader = weights_loader(net)
     if loader is None:
         raise ValueError(f"the {type(net).__name__} family has no official checkpoint loader")
     return loader

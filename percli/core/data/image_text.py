@@ -121,10 +121,10 @@ def _index_tar(path: Path, image_field: str, text_field: str, bad: BadRecords,
     return pairs
 
 
-_INDEXERS = {"jsonl": _index_jsonl, "parquet": _index_parquet, "tar": _index_tar}
+PAIR_INDEXERS = {"jsonl": _index_jsonl, "parquet": _index_parquet, "tar": _index_tar}
 
 
-def _open_image(name: str, ref: ImageRef) -> Image.Image:
+def open_image(name: str, ref: ImageRef) -> Image.Image:
     """Decode an image reference to RGB; raises BadSample naming it (tar: `shard#key`, Parquet: `shard#rowN`)."""
     source: Any = ref
     if isinstance(ref, tuple):
@@ -161,7 +161,7 @@ class ImageTextDataset(Dataset):
         self.bad_records = BadRecords()
         self.pairs: list[Pair] = []
         for path in expand_inputs(source.split()):
-            self.pairs += _INDEXERS[shard_format(path)](path, image_field, text_field, self.bad_records)
+            self.pairs += PAIR_INDEXERS[shard_format(path)](path, image_field, text_field, self.bad_records)
         if not self.pairs:
             raise ValueError(f"{source}: no usable image-text pair ({self.bad_records.count} malformed records, "
                              f"e.g. {self.bad_records.examples[:2]}); check data.image_field / data.text_field")
@@ -172,7 +172,7 @@ class ImageTextDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         name, ref, caption = self.pairs[index]
-        img = _open_image(name, ref)
+        img = open_image(name, ref)
         item = {"image": self.transform(img) if self.transform is not None else to_float_image(img),
                 "caption": caption, "label": -1, "path": name}
         if self.tokenize is not None:
