@@ -130,8 +130,11 @@ JOBS: list[Job] = [
             "DINOv2 classification finetuning (linear head on cls + mean patch), any resolution by interpolation"),
     _engine("finetune", "altogether", "altogether",
             "Altogether captioner: image + alt-text -> re-aligned caption, CLIP prefix + OPT (Xu et al., EMNLP 2024)"),
-    _engine("eval", "zero-shot", "zero_shot",
-            "Zero-shot top-1/top-5 classification and image-text retrieval R@1/5/10 of a CLIP checkpoint", None),
+    Job("eval", "zero-shot", "percli.recipes.zero_shot",  # _engine(...) with a --benchmark option
+        "Zero-shot top-1/top-5 classification and image-text retrieval R@1/5/10 of a CLIP checkpoint", None,
+        args=(Arg("benchmark", ("--benchmark",), "a published protocol: imagenet (CLIP's 1,000 class names and "
+                  "80 prompt templates on an ImageNet-layout data.source)", metavar="NAME"),),
+        engine=True, resumable=False),
     _engine("eval", "classify", "classify_eval",
             "Top-1/top-5 (or multi-label mAP) of a Hiera or Audio-MAE classifier checkpoint on a dataset", None),
     _engine("eval", "knn", "knn_eval",
@@ -487,6 +490,19 @@ JOBS += [
                      "percli eval av-superb --upstream audio-mae+hiera-video --audio-checkpoint A --video-checkpoint V "
                      "--data ks=/datasets/kinetics-sounds --tasks ks --features all",
                      "percli eval av-superb --upstream my_pkg.experts:build --tasks as20k,voxceleb --json")),
+]
+
+# --- weights by name (percli download) ---
+JOBS += [
+    Job("download", "", "percli.models.download_job",
+        "Fetch a model's release weights (or any hf-hub: spec) into the Hugging Face cache and print where",
+        resumable=False, args=(
+            Arg("name", help="A model name (its first release), model.tag (hiera_base_224.mae), or "
+                "hf-hub:ORG/NAME (optionally /FILE and @REVISION). Releases: percli/models/pretrained.py.",
+                metavar="NAME"),
+            Arg("tag", ("--tag",), "Release tag of the model (default: its first)."),
+        ), examples=("percli download hiera_base_224", "percli download dinov2_vits14 --tag lvd142m",
+                     "percli download hf-hub:pyp1/VoiceCraft/encodec_4cb2048_giga.th")),
 ]
 
 VERB_HELP = {

@@ -21,7 +21,8 @@ The convention a runner relies on (keep ../shared/golden/README.md in step with 
   result; a subscript by an unbound name (``[key]``, ``[i]``) spreads the result over the entry's names.
   Tuple-assignment targets that are ``_`` beyond what percli returns are dropped (``pred, _, _ = ...``).
 * A runner may add keyword arguments that are the case's saved RNG draws replacing the official code's draws
-  (``noise=inputs["noise"]``); they can never override a recorded argument.
+  (``noise=inputs["noise"]``), or that select the official output where percli's default differs (Hiera's
+  eval-mode softmax: ``return_probs=True``); they can never override a recorded argument.
 * An entry a runner cannot replay (prose only, ``...``-elided arguments, intermediates of another call) is
   *pinned*: the runner names verbatim fragments of the text it implements by hand, and a changed fragment fails.
 * Every entry of a case must be replayed or pinned. Anything else -- an unknown entry without a replayable
@@ -353,7 +354,7 @@ class CallBook:
         Args:
             env: extra names for this run (loop variables).
             extra: per callee as written (``"model.forward_encoder"``, ``"model"``), keyword arguments that
-                carry the case's saved RNG draws.
+                carry the case's saved RNG draws (or select the official output convention).
         """
         local: dict[str, Any] = dict(env or {})
         values = []

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from percli.active.plot import draw_learning_curves
+from percli.active.plot import learning_curves_figure
 from percli.active.simulate import Config, load_dataset, run_curve
 from percli.cli import app
 
@@ -76,6 +76,8 @@ def test_simulate_command_rejects_bad_options(tmp_path, args, message):
 def test_learning_curve_png_draws_each_strategy_in_its_colour():
     curves = {"random": {"labels": [10, 20, 30], "mean": [0.5, 0.6, 0.7], "std": [0.0, 0.01, 0.0]},
               "margin": {"labels": [10, 20, 30], "mean": [0.5, 0.7, 0.9], "std": [0.0, 0.02, 0.01]}}
-    image = np.asarray(draw_learning_curves(curves, "test"))
-    colours = {tuple(px) for px in image.reshape(-1, 3)}
-    assert (31, 119, 180) in colours and (255, 127, 14) in colours  # random, then margin
+    from matplotlib.colors import to_hex
+
+    (ax,) = learning_curves_figure(curves, "test").axes
+    colours = {bar.get_label(): to_hex(bar.lines[0].get_color()) for bar in ax.containers}
+    assert colours == {"random": "#1f77b4", "margin": "#ff7f0e"}  # tab:blue, then tab:orange

@@ -137,9 +137,69 @@ def test_average_pooling_and_gelu_options() -> None:
     torch.testing.assert_close(model.encode_image(image), want)
 
 
-def test_unsupported_open_clip_options_are_named() -> None:
-    with pytest.raises(ValueError, match=r"unsupported open_clip options \['attentional_pool'\]"):
-        CLIP(**{**TINY, "vision_cfg": {**TINY["vision_cfg"], "attentional_pool": True}})
+@pytest.mark.parametrize(("tower", "key", "value", "supported"), [
+    ("vision_cfg", "qk_norm", True, "custom attention blocks"),
+    ("vision_cfg", "block_type", "custom", "'default'"),
+    ("vision_cfg", "timm_model_name", "resnet50", "timm image towers"),
+    ("vision_cfg", "layers", [3, 4, 6, 3], "ResNet towers"),
+    ("vision_cfg", "pool_type", "max", "'tok', 'avg', 'none'"),
+    ("vision_cfg", "attentional_pool", "parallel", "False or True"),
+    ("vision_cfg", "image_size", [48, 48, 3], r"\(H, W\) pair"),
+    ("vision_cfg", "output_tokens", True, "forward_intermediates"),
+    ("text_cfg", "embed_cls", True, "CoCa"),
+    ("text_cfg", "hf_model_name", "bert-base-uncased", "Hugging Face"),
+    ("text_cfg", "hf_tokenizer_name", "bert-base-uncased", "CLIP BPE"),
+    ("text_cfg", "pool_type", "mean", "'argmax', 'eos'"),
+    ("text_cfg", "proj_type", "mlp", "'linear' or 'none'"),
+])
+def test_unsupported_open_clip_values_are_refused_naming_the_key(tower, key, value, supported) -> None:
+    with pytest.raises(ValueError, match=rf"{tower}\.{key}=.* is not supported by percli's CLIP; supported: .*"
+                                         rf"{supported}"):
+        CLIP(**{**TINY, tower: {**TINY[tower], key: value}})
+    with pytest.raises(ValueError, match=r"vision_cfg: unknown open_clip options \['patch_sise'\]"):
+        CLIP(**{**TINY, "vision_cfg": {**TINY["vision_cfg"], "patch_sise": 8}})
+
+
+@torch.no_grad()
+def test_rectangular_image_and_patch_sizes_give_a_non_square_grid() -> None:
+    model = tiny_clip(vision_cfg={**TINY["vision_cfg"], "image_size": [32, 64], "patch_size": [8, 16]})
+    assert model.visual.grid_size == (4, 4) and model.visual.conv1.stride == (8, 16)
+    model = tiny_clip(vision_cfg={**TINY["vision_cfg"], "image_size": (32, 64)})
+    assert model.visual.grid_size == (4, 8)
+    assert model.visual.positional_embedding.shape == (4 * 8 + 1, 32)
+    assert model.preprocess["image_size"] == [32, 64] and tiny_clip().preprocess["image_size"] == 48
+    image = torch.randn(2, 3, 32, 64)
+    assert model.encode_image(image).shape == (2, 24)
+    out = model.forward_intermediates(image, image_indices=[1], intermediates_only=True)
+    assert out["image_intermediates"][0].shape == (2, 32, 4, 8)
+    with pytest.raises(RuntimeError):  # the square image the table was not built for
+        model.encode_image(torch.randn(2, 3, 48, 48))
+    rebuilt = CLIP(**model.checkpoint_meta()["config"])  # the (H, W) pair survives the checkpoint metadata
+    assert rebuilt.visual.grid_size == (4, 8)
+
+
+@torch.no_grad()
+def test_pooling_and_block_options_change_the_tower_as_open_clip_describes() -> None:
+    image = torch.randn(2, 3, 48, 48)
+    model = tiny_clip(vision_cfg={**TINY["vision_cfg"], "final_ln_after_pool": True, "no_ln_pre": True,
+                                  "mlp_ratio": 2.5, "ls_init_value": 0.1})
+    assert isinstance(model.visual.ln_pre, torch.nn.Identity)
+    assert model.visual.transformer.resblocks[0].mlp.c_fc.out_features == 80  # int(32 * 2.5)
+    torch.testing.assert_close(model.visual.transformer.resblocks[0].ls_1.gamma, torch.full((32,), 0.1))
+    tokens = model.visual.transformer(model.visual.embed(image))
+    torch.testing.assert_close(model.encode_image(image), model.visual.ln_post(tokens[:, 0]) @ model.visual.proj)
+    pooled = tiny_clip(vision_cfg={**TINY["vision_cfg"], "attentional_pool": True, "attn_pooler_queries": 5,
+                                   "attn_pooler_heads": 4})
+    assert pooled.visual.attn_pool.query.shape == (5, 24) and pooled.visual.proj.shape == (24, 24)
+    assert pooled.encode_image(image).shape == (2, 24)
+    assert tiny_clip(vision_cfg={**TINY["vision_cfg"], "pool_type": "none"}).encode_image(image).shape == (2, 37, 24)
+    text = tiny_clip(text_cfg={**TINY["text_cfg"], "proj_type": "none", "pool_type": "last",
+                               "no_causal_mask": True})
+    assert text.text_projection is None and text.encode_text(texts()).shape == (3, 12)
+    biased = tiny_clip(init_logit_bias=-10.0, nonscalar_logit_scale=True)
+    assert biased.logit_scale.shape == (1,) and len(biased(image, texts())) == 4
+    logits = biased.get_logits(image, texts())[0]
+    torch.testing.assert_close(logits, tiny_clip(init_logit_bias=-10.0).get_logits(image, texts())[0])
 
 
 def test_checkpoint_meta_rebuilds_the_model() -> None:

@@ -38,12 +38,13 @@ def test_scores_each_field_on_the_same_records(scenes, tmp_path):
                         "--field", "altogether", "--field", "alt_text"], tmp_path / "ev")
     m = summary["metrics"]
     assert summary["scored"] == 8 and summary["bad_records"] == 0
-    assert m["altogether"]["bleu4"] == 1.0 and m["altogether"]["cider"] == pytest.approx(10.0)
-    assert m["alt_text"]["bleu4"] < 0.5 and m["alt_text"]["cider"] < 2.0
+    assert m["altogether/bleu4"] == 1.0 and m["altogether/cider"] == pytest.approx(10.0)  # flat, BLEU a fraction
+    assert m["alt_text/bleu4"] < 0.5 and m["alt_text/cider"] < 2.0
     table = runner.invoke(app, ["eval", "caption", "--captions", str(preds), "--references",
                                 str(folder / "records.jsonl"), "--output", str(tmp_path / "table")])
-    # without --json: the generic summary table of every job (raw scores, one row per field and metric)
-    assert table.exit_code == 0 and "altogether.cider" in table.stdout and "altogether.bleu4" in table.stdout
+    # without --json: the generic summary table of every job (one row per field and metric; BLEU in percent)
+    assert table.exit_code == 0 and "altogether/cider" in table.stdout and "altogether/bleu4 (%)" in table.stdout
+    assert "100.00" in table.stdout
     assert (tmp_path / "table" / "config.yaml").is_file() and (tmp_path / "table" / "env.json").is_file()
 
 
@@ -59,7 +60,7 @@ def test_join_counts_unmatched_repeated_and_malformed_records(scenes, tmp_path):
              {"key": refs[5]["key"], "altogether": "bad reference"}, {"key": "elsewhere", "altogether": "x"}]
     preds.write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = _summary(["--captions", str(preds), "--references", str(refs_file)], tmp_path / "ev")
-    assert summary["scored"] == 4 and summary["metrics"]["altogether"]["bleu4"] == 1.0
+    assert summary["scored"] == 4 and summary["metrics"]["altogether/bleu4"] == 1.0
     assert summary["repeated_keys"] == 1 and summary["predictions_without_reference"] == 1
     # Bad JSON and the keyless record (references), the None field, the number as a reference.
     assert summary["bad_records"] == 4
@@ -103,7 +104,7 @@ def test_clip_score_on_the_scene_images(scenes, tmp_path):
     tokenizer = CLIPTokenizer(context_length=24)
     for field, source in (("altogether", "caption"), ("alt_text", "alt_text")):
         expected = clip_score(model, tokenizer, batch, [r[source] for r in refs[2:]])
-        assert summary["metrics"][field]["clip_score"] == pytest.approx(expected, abs=1e-5)
+        assert summary["metrics"][f"{field}/clip_score"] == pytest.approx(expected, abs=1e-5)
 
 
 @pytest.mark.parametrize("extra, message", [

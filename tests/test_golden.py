@@ -82,8 +82,11 @@ def _book(case: Case, model: torch.nn.Module, inputs: dict[str, torch.Tensor] | 
 def run_hiera(case: Case) -> dict[str, torch.Tensor]:
     from percli.models.hiera import Hiera
 
-    # every entry is "model.eval()/train(); model(x, ...)" with literal arguments and the saved `mask`
-    return _book(case, _build_strict(Hiera, case)).replay_all()
+    # every entry is "model.eval()/train(); model(x, ...)" with literal arguments and the saved `mask`; the
+    # official head applies a softmax in eval mode, percli's returns logits unless asked for probabilities
+    eval_mode = {key: {"model": {"return_probs": True}} for key, text in case.config["calls"].items()
+                 if isinstance(text, str) and "model.eval()" in text}
+    return _book(case, _build_strict(Hiera, case)).replay_all(extra=eval_mode)
 
 
 @torch.no_grad()

@@ -208,20 +208,21 @@ def test_masked_pixels_cannot_leak_into_kept_tokens() -> None:
         assert not torch.equal(model(x, mask=mask), model(y, mask=mask))
 
 
-def test_logits_available_in_eval_and_train_mode() -> None:
+def test_forward_returns_logits_in_both_modes_and_probs_on_request() -> None:
     torch.manual_seed(0)
     model = Hiera(**TINY).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        probs = model(x)
-        logits = model(x, return_logits=True)
+        logits = model(x)  # timm's convention; the official eval-mode output is the softmax
+        probs = model(x, return_probs=True)
         feats = model.forward_features(x)
         assert feats.shape == (2, 128)
         assert torch.allclose(probs, logits.softmax(-1)) and not torch.allclose(probs, logits)
-        assert torch.allclose(model.forward_head(feats, apply_softmax=False), logits)
+        assert torch.allclose(model.forward_head(feats), logits)
+        assert torch.allclose(model.forward_head(feats, apply_softmax=True), probs)
+        assert torch.allclose(model(x, return_logits=True), logits)  # the earlier keyword still works
         model.train()
-        assert torch.allclose(model(x), logits, atol=1e-6)  # train mode: official head returns logits
-        assert torch.allclose(model(x, return_logits=True), logits, atol=1e-6)
+        assert torch.allclose(model(x), logits, atol=1e-6)
 
 
 def test_masked_tokens_come_out_in_official_order() -> None:

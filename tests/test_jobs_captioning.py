@@ -18,6 +18,7 @@ from percli.captioning.scenes import write_scene_folder
 from percli.cli import app
 from percli.jobs import get_job
 from tests import test_caption_command, test_tts_commands
+from tests.summary_schema import assert_common_schema
 
 runner = CliRunner()
 checkpoint = test_caption_command.checkpoint  # the tiny captioner fixture
@@ -119,6 +120,7 @@ def test_tiny_run_writes_the_run_dir_and_one_json_object(verb, method, required,
     result = runner.invoke(app, [verb, method, *job_args(verb, method), _dir_flag(verb), str(out), "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)  # exactly one JSON object: anything else on stdout fails to parse
+    assert_common_schema(summary)
     assert summary == json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["run_dir"] == str(out)
     assert yaml.safe_load((out / "config.yaml").read_text())[required]
@@ -126,7 +128,7 @@ def test_tiny_run_writes_the_run_dir_and_one_json_object(verb, method, required,
     if verb == "caption":
         assert summary["captioned"] == 5 and summary["chunks"] == 3
     elif verb == "eval":
-        assert summary["scored"] == 5 and summary["metrics"]["altogether"]["bleu4"] == 1.0
+        assert summary["scored"] == 5 and summary["metrics"]["altogether/bleu4"] == 1.0
     else:
         assert summary["output"] == str(tmp_path / "out.wav") and (tmp_path / "out.wav").is_file()
         assert summary["frames"] > 0

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from percli.cli import app
 from percli.curation.demo import demo_metadata, demo_pool
 from percli.jobs import JOBS, find_method
+from tests.summary_schema import assert_common_schema
 
 runner = CliRunner()
 WORDNET = Path("/usr/share/wordnet/data.noun").is_file()
@@ -93,6 +94,7 @@ def test_tiny_run_writes_the_run_dir_and_one_json_object(method, files, tmp_path
     result = runner.invoke(app, [*command(method), *tiny_args(method, files), "-o", str(out), "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)  # exactly one JSON object: anything else on stdout fails to parse
+    assert_common_schema(summary)
     assert summary == json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["run_dir"] == str(out)
     assert isinstance(yaml.safe_load((out / "config.yaml").read_text()), dict)

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from percli.cli import app
 from percli.jobs import JOBS, find_method
+from tests.summary_schema import assert_common_schema
 
 runner = CliRunner()
 HIERA = {"input_size": [64, 64], "embed_dim": 8, "num_heads": 1, "stages": [1, 1, 1, 1]}
@@ -110,6 +111,7 @@ def test_tiny_run_writes_the_run_dir_and_one_json_object(name, files, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)  # exactly one JSON object: anything else on stdout fails to parse
     assert summary == json.loads((run / "summary.json").read_text())
+    assert_common_schema(summary)
     assert summary["status"] == "completed" and summary["run_dir"] == str(run)
     assert isinstance(yaml.safe_load((run / "config.yaml").read_text()), dict)
     assert json.loads((run / "env.json").read_text())["world_size"] == 1

@@ -192,3 +192,71 @@ def test_command_evaluates_a_pe_model(tmp_path):
     assert out.exit_code == 0, out.output
     m = json.loads((tmp_path / "ev" / "summary.json").read_text())["metrics"]
     assert m["chance_top1"] == 0.5 and m["zero_shot_top5"] == 1.0
+
+
+# --------------------------------------------------------------------------- --benchmark imagenet
+
+def test_imagenet_benchmark_lists_are_the_published_ones():
+    from percli.recipes.zero_shot import benchmark_class_names, benchmark_lists
+
+    names, templates, wnids = benchmark_lists("imagenet")
+    assert len(names) == 1000 and len(templates) == 80 and len(set(templates)) == 80
+    assert len(wnids) == 1000 and wnids == sorted(wnids) and len(set(wnids)) == 1000
+    assert all(t.count("{}") == 1 for t in templates) and "a photo of a {}." in templates
+    assert (names[0], names[1], names[999], wnids[0], wnids[999]) == (
+        "tench", "goldfish", "toilet paper", "n01440764", "n15075141")
+    # folders named by WordNet id or by class index map to the same names; anything else is refused
+    assert benchmark_class_names("imagenet", ["n01443537", "n15075141"]) == ["goldfish", "toilet paper"]
+    assert benchmark_class_names("imagenet", ["1", "999"]) == ["goldfish", "toilet paper"]
+    with pytest.raises(ValueError, match="class folder 'cats' is not a imagenet class"):
+        benchmark_class_names("imagenet", ["cats"])
+
+
+def test_benchmark_imagenet_uses_the_80_templates_and_official_names(tmp_path, monkeypatch):
+    """`eval zero-shot --benchmark imagenet` on a 10-class ImageNet-layout folder and a tiny CLIP checkpoint."""
+    from PIL import Image
+
+    import percli.recipes.zero_shot as zero_shot
+
+    names, templates, wnids = zero_shot.benchmark_lists("imagenet")
+    for i, wnid in enumerate(wnids[:10]):
+        (tmp_path / "val" / wnid).mkdir(parents=True)
+        Image.new("RGB", (40, 36), (25 * i, 0, 255 - 25 * i)).save(tmp_path / "val" / wnid / "a.JPEG")
+    kwargs = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "head_width": 16,
+                                              "layers": 1},
+              "text_cfg": {"width": 16, "heads": 2, "layers": 1}}
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "epoch_32.pt"
+    torch.save({"epoch": 32, "state_dict": create_model("clip_vit_b32_quickgelu", **kwargs).state_dict()},
+               checkpoint)
+    config = tmp_path / "eval.yaml"
+    config.write_text(json.dumps({"model": {"name": "clip_vit_b32_quickgelu", "kwargs": kwargs,
+                                            "checkpoint": str(checkpoint)}}))
+    seen = []
+
+    def recording(model, class_names, prompt_templates, tokenize, device):
+        seen.append([t.format(name) for name in class_names for t in prompt_templates])
+        return class_embeddings(model, class_names, prompt_templates, tokenize, device)
+
+    monkeypatch.setattr(zero_shot, "class_embeddings", recording)
+    out = runner.invoke(app, ["eval", "zero-shot", "--benchmark", "imagenet", "--config", str(config),
+                              f"data.source={tmp_path / 'val'}", "train.num_workers=0",
+                              "--run-dir", str(tmp_path / "ev")])
+    assert out.exit_code == 0, out.output
+    prompts = seen[0]
+    assert len(prompts) == 10 * 80 and prompts[::80] == [templates[0].format(n) for n in names[:10]]  # 80 per class
+    assert prompts[0] == templates[0].format("tench") and prompts[80] == templates[0].format("goldfish")
+    assert prompts[-1] == templates[-1].format(names[9]) == templates[-1].format("ostrich")
+    m = json.loads((tmp_path / "ev" / "summary.json").read_text())["metrics"]
+    assert m["chance_top1"] == 0.1 and 0.0 <= m["zero_shot_top1"] <= m["zero_shot_top5"] <= 1.0
+
+
+def test_benchmark_refuses_own_class_names_and_unknown_names(tmp_path):
+    (tmp_path / "val").mkdir()
+    for args, key in ((["--benchmark", "imagenet", "data.classes=[a,b]"], "data.classes"),
+                      (["--benchmark", "imagenet21k"], "benchmark"),
+                      (["--benchmark", "imagenet", "data.source=embedded"], "data.source")):
+        out = runner.invoke(app, ["eval", "zero-shot", *args, f"model.checkpoint={tmp_path}",
+                                  *([] if any("source" in a for a in args) else [f"data.source={tmp_path / 'val'}"]),
+                                  "--run-dir", str(tmp_path / "ev")])
+        assert out.exit_code == 2 and key in out.output, out.output

@@ -6,34 +6,27 @@ One line per strategy through its mean accuracy, with a +-1 std bar over the see
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from PIL import Image
+from percli.core import chart
 
-from percli.core.chart import PALETTE, Chart, linear, round_ticks, save_png
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
-def draw_learning_curves(curves: dict[str, dict], title: str) -> Image.Image:
-    """curves: {strategy: {"labels": [...], "mean": [...], "std": [...]}} -> RGB image WIDTH x HEIGHT."""
-    chart = Chart(title, "labelled points", "test accuracy")
-    labels = [n for c in curves.values() for n in c["labels"]]
-    if not labels:
-        chart.note("no curve to draw")
-        return chart.image
-    lows = [m - s for c in curves.values() for m, s in zip(c["mean"], c["std"], strict=True)]
-    highs = [m + s for c in curves.values() for m, s in zip(c["mean"], c["std"], strict=True)]
-    y_lo, y_hi = max(0.0, min(lows) - 0.02), min(1.0, max(highs) + 0.02)
-    chart.axes(linear(min(labels), max(labels), chart.left + 10, chart.right - 10),
-               linear(y_lo, y_hi, chart.bottom, chart.top),
-               round_ticks(min(labels), max(labels)), round_ticks(y_lo, y_hi))
-    legend = []
+def learning_curves_figure(curves: dict[str, dict], title: str) -> Figure:
+    """curves: {strategy: {"labels": [...], "mean": [...], "std": [...]}} -> a chart.WIDTH x chart.HEIGHT Figure."""
+    fig, ax = chart.line_chart(title, "labelled points (count)", "test accuracy (fraction)")
+    if not any(c["labels"] for c in curves.values()):
+        chart.note(ax, "no curve to draw")
+        return fig
     for row, (name, curve) in enumerate(curves.items()):
-        color = PALETTE[row % len(PALETTE)]
-        chart.series(list(zip(curve["labels"], curve["mean"], strict=True)), color, "line+dots", curve["std"])
-        legend.append((color, name))
-    chart.legend(legend, corner="bottom")  # curves rise to the top left
-    return chart.image
+        ax.errorbar(curve["labels"], curve["mean"], yerr=curve["std"], color=chart.PALETTE[row % len(chart.PALETTE)],
+                    marker="o", markersize=4, capsize=3, label=name)
+    chart.legend_outside(ax)
+    return fig
 
 
 def save_learning_curves_png(curves: dict[str, dict], path: str | Path, title: str = "active learning") -> Path:
     """Draw the curves and write them to `path` atomically."""
-    return save_png(draw_learning_curves(curves, title), path)
+    return chart.save_png(learning_curves_figure(curves, title), path)

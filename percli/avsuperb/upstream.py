@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,6 +27,7 @@ from percli.core.data.audio import kaldi_fbank, normalize_fbank
 from percli.models import create_model_for, load_initial_weights
 from percli.models.audio_mae import AudioViT
 from percli.models.hiera import Hiera
+from percli.models.hub import resolve_weights
 
 Batch = list[tuple[torch.Tensor | None, torch.Tensor | None]]
 FEATURE_KEYS = ("audio_feats", "video_feats", "fusion_feats")
@@ -55,7 +55,7 @@ def _present(batch: Batch, index: int, modality: str) -> list[torch.Tensor] | No
 def _checkpoint_meta(checkpoint: str | None) -> dict[str, Any]:
     if checkpoint is None:
         return {}
-    path = Path(checkpoint)
+    path = resolve_weights(checkpoint)  # a path, or an hf-hub: spec's file in the Hugging Face cache
     if not path.exists():
         raise FileNotFoundError(f"upstream checkpoint {path}: no such file or directory")
     if path.is_dir() or path.suffix == ".safetensors":

@@ -54,6 +54,7 @@ from percli.core.data.shards import (
     record_key,
     shard_format,
 )
+from percli.core.progress import ProgressFactory, plain_progress
 from percli.core.rundir import write_json_atomic, write_jsonl_atomic, write_text_atomic
 from percli.models.altogether import AltogetherCaptioner, build_captioner
 
@@ -229,8 +230,10 @@ def caption_chunk(model: AltogetherCaptioner, records: list[Record], transform: 
 def caption_shards(model: AltogetherCaptioner, transform: Callable, inputs: list[Path], out_dir: Path,
                    alt_field: str, batch_size: int, chunk_size: int, options: GenerationOptions, resume: bool,
                    device: torch.device, dtype: torch.dtype, log: Callable[[str], None] = lambda _msg: None,
-                   run_meta: dict[str, Any] | None = None, shards: bool = False) -> dict[str, Any]:
-    """Caption every input record into out_dir (and shards/ with `shards`; see the module docstring)."""
+                   run_meta: dict[str, Any] | None = None, shards: bool = False,
+                   progress: ProgressFactory | None = None) -> dict[str, Any]:
+    """Caption every input record into out_dir (and shards/ with `shards`; see the module docstring); one
+    progress line per chunk (shards done, records/s, ETA) through `progress`, else into `log`."""
     names = [p.name for p in inputs]
     clash = next((n for n in names if names.count(n) > 1), None)
     if shards and clash:
@@ -250,24 +253,31 @@ def caption_shards(model: AltogetherCaptioner, transform: Callable, inputs: list
     parts.mkdir(exist_ok=True)
     bad, invalid_alt = BadRecords(), BadRecords()
     done_chunks, resumed, files, seen = 0, 0, [], set()
-    for shard_index, path in enumerate(inputs):
-        records = read_shard(path, alt_field, bad, invalid_alt)
-        for record in records:
-            if record.key in seen:
-                raise ValueError(f"{path}: key {record.key!r} occurs twice in the inputs; give every record a "
-                                 "unique 'key' (or uuid/id) field")
-            seen.add(record.key)
-        for chunk_index, chunk in _chunks(records, chunk_size):
-            part = parts / f"{shard_index:05d}-{chunk_index:06d}.jsonl"
-            files.append(part)
-            if part.is_file():
-                resumed += 1
-                continue
-            generator = torch.Generator().manual_seed(options.seed * 1_000_003 + shard_index * 100_003 + chunk_index)
-            rows = caption_chunk(model, chunk, transform, batch_size, options, generator, device, dtype)
-            write_jsonl_atomic(part, rows)
-            done_chunks += 1
-            log(f"{path.name}: chunk {chunk_index + 1}/{-(-len(records) // chunk_size)} written")
+    with (progress or plain_progress(log))("caption", len(inputs), "shards") as bar:
+        for shard_index, path in enumerate(inputs):
+            records = read_shard(path, alt_field, bad, invalid_alt)
+            for record in records:
+                if record.key in seen:
+                    raise ValueError(f"{path}: key {record.key!r} occurs twice in the inputs; give every record a "
+                                     "unique 'key' (or uuid/id) field")
+                seen.add(record.key)
+            num_chunks = -(-len(records) // chunk_size)
+            if not records:
+                bar.advance(skipped=True)
+            for chunk_index, chunk in _chunks(records, chunk_size):
+                part = parts / f"{shard_index:05d}-{chunk_index:06d}.jsonl"
+                files.append(part)
+                if part.is_file():
+                    resumed += 1
+                    bar.advance(1 / num_chunks, skipped=True)
+                    continue
+                generator = torch.Generator().manual_seed(options.seed * 1_000_003 + shard_index * 100_003
+                                                          + chunk_index)
+                rows = caption_chunk(model, chunk, transform, batch_size, options, generator, device, dtype)
+                write_jsonl_atomic(part, rows)
+                done_chunks += 1
+                bar.advance(1 / num_chunks, records=len(chunk),
+                            note=f"{path.name}: chunk {chunk_index + 1}/{num_chunks} written")
     captioned, errors = [], []
     for part in files:
         for _, row, _ in read_records(part, None):

@@ -86,5 +86,5 @@ def run(cfg: Config, ctx: RunContext) -> dict:
     summary = caption_shards(model, caption_transform(meta["preprocess"]), inputs, ctx.run_dir, cfg.alt_text,
                              cfg.batch_size, cfg.chunk_size, options, ctx.resume, device, dtype, log=ctx.log,
                              run_meta={"checkpoint": str(Path(cfg.checkpoint)), "precision": cfg.precision},
-                             shards=cfg.write_shards)
+                             shards=cfg.write_shards, progress=ctx.progress)
     return {"status": "completed", **summary, "elapsed_s": round(time.time() - started, 2)}

@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 
 from percli.core.data.captioned import COLOURS
 from percli.core.data.embedded import _TEXTURES, CLASSES, _pixel_grid, _shape_sdf
+from percli.core.data.paths import manifest_path
 from percli.core.rundir import write_jsonl_atomic
 
 SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
@@ -201,7 +202,7 @@ def write_scene_folder(out_dir: str | Path, split: str, n: int, seed: int = 0, s
     records = []
     for index in range(n):
         scene = make_scene(split, index, seed, size)
-        relative = f"images/{scene.key}.png"
+        relative = manifest_path(out_dir, out_dir / "images" / f"{scene.key}.png")
         tmp = out_dir / "images" / f".{scene.key}.png.tmp"
         Image.fromarray(scene.image).save(tmp, format="PNG")
         tmp.replace(out_dir / relative)

@@ -1,124 +1,138 @@
-"""Small PNG charts drawn with PIL only (matplotlib is not a dependency).
+"""PNG charts and picture grids drawn with matplotlib on its off-screen Agg canvas.
 
-A `Chart` is a white WIDTH x HEIGHT canvas with a framed plot area, a title and axis labels. Give it
-scales with `axes` (`linear` here, or any value -> pixel function, e.g. a log scale), then draw
-`series`, `dashed_hline` and a `legend` in data coordinates, and write it with `save_png`.
+Every figure is a `matplotlib.figure.Figure` with a `FigureCanvasAgg` attached: pyplot is never
+imported, so no GUI backend, display or global figure list is touched (a notebook's own backend is
+left alone too). The builders return the Figure, so tests read titles, labels and legends through
+matplotlib's API; `save_png` writes it at the figure's fixed pixel size (no tight-bbox cropping), to a
+temp name then renamed.
+
+* `line_chart`: a framed plot with title, axis labels (with units) and a grid; `legend_outside` puts
+  the legend to the right of the plot area, never over the data;
+* `image_grid`: columns of images, one labelled row per kind (input / masked / reconstruction);
+* `spectrogram_grid`: the same for log-mel spectrograms, with time (s) and mel-bin axes and one
+  shared colour bar.
+
+matplotlib is imported inside the functions, so `percli --help` imports none of it.
 """
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from PIL import Image, ImageDraw, ImageFont
+if TYPE_CHECKING:
+    import numpy as np
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from matplotlib.legend import Legend
 
-WIDTH, HEIGHT = 800, 500
-MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 70, 20, 40, 50
-AXIS = (0, 0, 0)
-PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127)]
-DASH, GAP = 8, 6  # pixels
-
-Color = tuple[int, int, int]
-Scale = Callable[[float], float]
-
-
-def linear(lo: float, hi: float, pixel_lo: float, pixel_hi: float) -> Scale:
-    """Map [lo, hi] linearly onto [pixel_lo, pixel_hi] (a flat range maps as if it were 1 wide)."""
-    span = (hi - lo) or 1.0
-    return lambda v: pixel_lo + (v - lo) / span * (pixel_hi - pixel_lo)
+WIDTH, HEIGHT = 800, 500  # pixels of a line chart (figure inches x DPI)
+DPI = 100
+# matplotlib's default colour cycle (tab10), by name, so callers can pick a fixed colour per role.
+PALETTE = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray"]
+IMAGE_CELL = 2.0  # inches (200 px) per picture in an image grid
+SPECTROGRAM_CELL = (4.0, 1.6)  # inches per spectrogram panel (time is the long side)
+MASKED_GREY = 0.5  # the colour of removed patches in image grids (MAE's figures show them grey)
 
 
-def round_ticks(lo: float, hi: float, count: int = 6, min_step: float = 0.0) -> list[float]:
-    """About `count` round numbers (1, 2 or 5 x 10^k apart, at least `min_step`) in [lo, hi]."""
-    raw = (hi - lo) / count or 1.0
-    step = min((m * 10 ** math.floor(math.log10(raw)) for m in (1, 2, 5, 10)), key=lambda s: abs(s - raw))
-    step = max(step, min_step)
-    # round() drops the float noise of k * step (0.1 * 3 = 0.30000000000000004).
-    return [round(k * step, 12) for k in range(math.ceil(lo / step - 1e-9), math.floor(hi / step + 1e-9) + 1)]
+def figure(width: int = WIDTH, height: int = HEIGHT) -> Figure:
+    """An empty `width` x `height` pixel Figure on an Agg canvas, with constrained layout."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
 
 
-class Chart:
-    """A framed plot area on a white canvas; draw in data coordinates once `axes` has set the scales."""
-
-    def __init__(self, title: str, x_label: str, y_label: str = ""):
-        self.image = Image.new("RGB", (WIDTH, HEIGHT), "white")
-        self.draw = ImageDraw.Draw(self.image)
-        self.font = ImageFont.load_default()
-        self.left, self.right = MARGIN_LEFT, WIDTH - MARGIN_RIGHT
-        self.top, self.bottom = MARGIN_TOP, HEIGHT - MARGIN_BOTTOM
-        self.x_of: Scale = linear(0.0, 1.0, self.left, self.right)
-        self.y_of: Scale = linear(0.0, 1.0, self.bottom, self.top)
-        self.draw.rectangle([self.left, self.top, self.right, self.bottom], outline=AXIS)
-        self.text((self.left, 10), title)
-        self.text(((self.left + self.right - self._width(x_label)) / 2, HEIGHT - 20), x_label)
-        self.text((5, self.top - 15), y_label)
-
-    def _width(self, text: str) -> float:
-        return self.draw.textlength(text, font=self.font)
-
-    def text(self, xy: tuple[float, float], text: str) -> None:
-        self.draw.text(xy, text, fill=AXIS, font=self.font)
-
-    def note(self, text: str) -> None:
-        """A message inside the plot area, e.g. that there is nothing to draw."""
-        self.text((self.left + 20, self.top + 20), text)
-
-    def axes(self, x_of: Scale, y_of: Scale, x_ticks: Sequence[float], y_ticks: Sequence[float]) -> None:
-        """Set the value -> pixel scales and draw labelled tick marks on the bottom and left edges."""
-        self.x_of, self.y_of = x_of, y_of
-        for tick in x_ticks:
-            x, label = x_of(tick), f"{tick:g}"
-            self.draw.line([(x, self.bottom), (x, self.bottom + 5)], fill=AXIS)
-            self.text((x - self._width(label) / 2, self.bottom + 8), label)
-        for tick in y_ticks:
-            y, label = y_of(tick), f"{tick:g}"
-            self.draw.line([(self.left - 5, y), (self.left, y)], fill=AXIS)
-            self.text((self.left - 8 - self._width(label), y - 6), label)
-
-    def dashed_hline(self, value: float, color: Color) -> None:
-        """A dashed horizontal line across the plot area at y = value."""
-        y, x = self.y_of(value), self.left
-        while x < self.right:
-            self.draw.line([(x, y), (min(x + DASH, self.right), y)], fill=color, width=2)
-            x += DASH + GAP
-
-    def series(self, points: Sequence[tuple[float, float]], color: Color, style: str = "line",
-               errors: Sequence[float] | None = None) -> None:
-        """`points` (x, y) as a "line", "dots" or "line+dots"; `errors` adds a +-error bar at each point.
-
-        A line through a single point is drawn as a dot, so that it stays visible.
-        """
-        pixels = [(self.x_of(x), self.y_of(y)) for x, y in points]
-        if "line" in style and len(pixels) > 1:
-            self.draw.line(pixels, fill=color, width=2)
-        if errors is not None:
-            for (px, _), (_, y), error in zip(pixels, points, errors, strict=True):
-                self.draw.line([(px, self.y_of(y - error)), (px, self.y_of(y + error))], fill=color)
-        if "dots" in style or len(pixels) == 1:
-            for px, py in pixels:
-                self.draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=color)
-
-    def legend(self, entries: Sequence[tuple[Color, str]], corner: str = "top") -> None:
-        """A boxed legend of (color, label) rows in the top or bottom right corner of the plot area."""
-        width = 45 + max((self._width(label) for _, label in entries), default=0)
-        x = self.right - 5 - width
-        y0 = self.top + 5 if corner == "top" else self.bottom - 12 - 16 * len(entries)
-        self.draw.rectangle([x, y0, self.right - 5, y0 + 7 + 16 * len(entries)], fill="white", outline=AXIS)
-        for row, (color, label) in enumerate(entries):
-            y = y0 + 5 + 16 * row
-            self.draw.line([(x + 5, y + 6), (x + 30, y + 6)], fill=color, width=3)
-            self.text((x + 35, y), label)
+def line_chart(title: str, x_label: str, y_label: str, width: int = WIDTH, height: int = HEIGHT) -> tuple[Figure, Axes]:
+    """A Figure with one titled, labelled Axes and a light grid; draw on the Axes with its own methods."""
+    fig = figure(width, height)
+    ax = fig.add_subplot()
+    ax.set_title(title)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.grid(True, alpha=0.3)
+    return fig, ax
 
 
-def save_png(image: Image.Image, path: str | Path) -> Path:
-    """Write `image` to `path` via a temp file and a rename (never a half-written PNG)."""
+def legend_outside(ax: Axes) -> Legend:
+    """The legend of `ax`'s labelled artists to the right of its plot area (constrained layout makes room)."""
+    return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+
+
+def note(ax: Axes, text: str) -> None:
+    """A message in the middle of the plot area, e.g. that there is nothing to draw."""
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center")
+
+
+def image_grid(rows: Sequence[tuple[str, np.ndarray]], title: str) -> Figure:
+    """One row per (label, images [N, H, W, 3] in [0, 1]); the label is the row's y label.
+
+    The figure is N x IMAGE_CELL inches wide and len(rows) x IMAGE_CELL high (plus the title), so its
+    size depends only on the number of pictures.
+    """
+    n = len(rows[0][1])
+    fig = figure(round(n * IMAGE_CELL * DPI + 60), round(len(rows) * IMAGE_CELL * DPI + 40))
+    axes = fig.subplots(len(rows), n, squeeze=False)
+    for r, (label, images) in enumerate(rows):
+        for c, ax in enumerate(axes[r]):
+            ax.imshow(images[c], vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r, 0].set_ylabel(label)
+    fig.suptitle(title)
+    return fig
+
+
+def spectrogram_grid(rows: Sequence[tuple[str, np.ndarray]], title: str, seconds_per_frame: float,
+                     value_label: str) -> Figure:
+    """One row per (label, spectrograms [N, frames, mel bins]), one column per clip, one shared colour bar.
+
+    Time runs right in seconds (frame k starts at k * seconds_per_frame), mel bins up from 0. NaN marks
+    removed patches, drawn white. All panels share one colour scale, so rows compare directly. The
+    row label is the left title of its first panel; the top row names the clips.
+    """
+    import numpy as np
+
+    n = len(rows[0][1])
+    cell_w, cell_h = SPECTROGRAM_CELL
+    fig = figure(round((n * cell_w + 1.6) * DPI), round((len(rows) * cell_h + 0.8) * DPI))
+    axes = fig.subplots(len(rows), n, squeeze=False, sharex=True, sharey=True)
+    finite = np.concatenate([s[np.isfinite(s)] for _, s in rows])
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    cmap = _viridis_with_white_gaps()
+    image = None
+    for r, (label, spectrograms) in enumerate(rows):
+        for c, ax in enumerate(axes[r]):
+            frames, bins = spectrograms[c].shape
+            image = ax.imshow(spectrograms[c].T, origin="lower", aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax,
+                              extent=(0.0, frames * seconds_per_frame, 0.0, bins), interpolation="nearest")
+            if r == 0:
+                ax.set_title(f"clip {c + 1}")
+            if r == len(rows) - 1:
+                ax.set_xlabel("time (s)")
+        axes[r, 0].set_title(label, loc="left", fontweight="bold")
+        axes[r, 0].set_ylabel("mel bin")
+    fig.colorbar(image, ax=axes, label=value_label, shrink=0.9)
+    fig.suptitle(title)
+    return fig
+
+
+def _viridis_with_white_gaps():
+    from matplotlib import colormaps
+
+    return colormaps["viridis"].with_extremes(bad="white")
+
+
+def save_png(fig: Figure, path: str | Path) -> Path:
+    """Write `fig` as a PNG at its own size and DPI via a temp file and a rename (never a half-written PNG)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        image.save(tmp, format="PNG")
+        fig.savefig(tmp, format="png", dpi=DPI)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

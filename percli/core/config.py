@@ -29,6 +29,13 @@ class ConfigError(ValueError):
 # Sections shared by every trainable method.
 
 
+TRACKERS = Literal["tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio"]
+"""Accelerate's trackers (`accelerate.tracking.LOGGER_TYPE_TO_CLASS`; a test keeps the two in step)."""
+
+TRACKER_MODULES = {"tensorboard": ("tensorboard", "tensorboardX")}
+"""The package a tracker needs, where its module is not named like the tracker (either one will do)."""
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """The engine's loop settings."""
@@ -40,7 +47,9 @@ class TrainConfig:
     batch_size: int = 32
     """Per process and per micro-batch; the effective batch is x grad_accum_steps x world size."""
     grad_accum_steps: int = 1
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """auto: the launcher's (`accelerate launch --mixed_precision`, i.e. ACCELERATE_MIXED_PRECISION), else no.
+    An explicit value wins over the launcher's (a warning names both when they differ)."""
     grad_clip: float | None = None
     """Clip the global gradient norm to this value; null disables clipping."""
     seed: int = 0
@@ -56,6 +65,15 @@ class TrainConfig:
     """DataLoader worker processes per training process."""
     cpu: bool = False
     """Force CPU even when a GPU is visible."""
+    compile: bool = False
+    """torch.compile the model (its forward, in place) before training; the first steps are slower."""
+    compile_backend: str = "inductor"
+    """The torch.compile backend (`torch._dynamo.list_backends()`): inductor generates kernels; aot_eager
+    traces without code generation (a quick check that a model compiles)."""
+    log_with: list[Literal[TRACKERS]] = dataclasses.field(default_factory=list)
+    """Experiment trackers through Accelerate (e.g. [tensorboard], [wandb]): the scalars of metrics.jsonl
+    at the same steps, the config as hyperparameters, the run's pictures. TensorBoard writes to
+    <run dir>/tensorboard; W&B honours WANDB_MODE=offline and WANDB_PROJECT (default percli)."""
 
 
 @dataclasses.dataclass
@@ -130,6 +148,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key}: got {value!r}; expected {_type_name(tp)}")
     if origin is Literal:
         allowed = typing.get_args(tp)
+        if isinstance(value, bool) and not value and "no" in allowed:
+            return "no"  # YAML 1.1 reads a bare `no` (train.mixed_precision=no) as false
         if value in allowed:
             return value
         raise ConfigError(f"{key}: got {value!r}; allowed values: {', '.join(map(repr, allowed))}")
@@ -330,6 +350,27 @@ def check_train(train: TrainConfig, prefix: str = "train.") -> None:
             raise ConfigError(f"{prefix}{name}: got {getattr(train, name)}; expected an integer >= 0")
     _finite(f"{prefix}epochs", train.epochs, strict=True)
     _finite(f"{prefix}grad_clip", train.grad_clip, strict=True)
+    check_trackers(train.log_with, f"{prefix}log_with")
+    if train.compile:
+        import torch._dynamo
+
+        backends = torch._dynamo.list_backends(exclude_tags=())
+        if train.compile_backend not in backends:
+            raise ConfigError(f"{prefix}compile_backend: got {train.compile_backend!r}; allowed values: "
+                              f"{', '.join(backends)}")
+
+
+def check_trackers(names: list[str], key: str = "train.log_with") -> None:
+    """Each tracker named once and its package installed (a missing one fails now, not after the first steps)."""
+    import importlib.util
+
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"{key}: {name!r} is listed twice; name each tracker once")
+        modules = TRACKER_MODULES.get(name, (name,))
+        if not any(importlib.util.find_spec(m) for m in modules):
+            raise ConfigError(f"{key}: the {name} tracker needs the {modules[0]} package; "
+                              f"pip install {modules[0]} (or remove {name} from {key})")
 
 
 def check_optim(optim: OptimConfig, prefix: str = "optim.") -> None:

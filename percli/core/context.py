@@ -8,6 +8,8 @@ from typing import Any
 
 from rich.console import Console
 
+from percli.core.progress import Progress
+
 _err = Console(stderr=True)
 
 
@@ -32,3 +34,8 @@ class RunContext:
         """A progress line on stderr (rank 0 only); stdout stays for the summary."""
         if self.is_main:
             _err.print(message, highlight=False, soft_wrap=True)
+
+    def progress(self, description: str, total: float, unit: str = "shards", **options: Any) -> Progress:
+        """Progress of a loop over `total` units (rank 0 only): a live bar on a terminal, one plain line per
+        `advance` in batch logs (see `percli.core.progress`). Use as a context manager."""
+        return Progress(description, total, unit, enabled=self.is_main, **options)

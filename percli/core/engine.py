@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,14 +27,14 @@ import torch
 import torch.nn as nn
 from accelerate import Accelerator
 from accelerate.utils import gather_object
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Dataset
 
 from percli.core import checkpoint as ckpt
-from percli.core.config import OptimConfig, TrainConfig
+from percli.core import trackers
+from percli.core.config import OptimConfig, TrainConfig, to_dict
 from percli.core.data.loader import ResumableSampler, SeededSamples, collate_skip_bad, mix_seed, seed_everything
 from percli.core.optim import build_optimizer, lr_at, scaled_lr, set_lr
+from percli.core.progress import Progress
 from percli.core.rundir import MetricsLog, write_json_atomic
 
 
@@ -88,8 +90,22 @@ class BadInputLog:
         self.files.extend(b for b in bad if b["path"] not in known)
 
 
+def mixed_precision(configured: str, launcher: str | None) -> str | None:
+    """The precision to ask the Accelerator for: None (it reads the launcher's ACCELERATE_MIXED_PRECISION,
+    else "no") when the config says auto, else the config's. A launcher's other choice is named in a warning;
+    its "no" is not, since `accelerate launch` exports "no" whenever --mixed_precision is not given."""
+    if configured == "auto":
+        return None
+    if launcher and launcher.lower() not in ("no", configured) and os.environ.get("RANK", "0") == "0":  # once
+        print(f"warning: train.mixed_precision={configured} (config) overrides the launcher's mixed precision "
+              f"{launcher.lower()} (accelerate launch --mixed_precision / ACCELERATE_MIXED_PRECISION); set "
+              "train.mixed_precision=auto to use the launcher's", file=sys.stderr, flush=True)
+    return configured
+
+
 def make_accelerator(train: TrainConfig) -> Accelerator:
-    return Accelerator(cpu=train.cpu, mixed_precision=train.mixed_precision)
+    precision = mixed_precision(train.mixed_precision, os.environ.get("ACCELERATE_MIXED_PRECISION"))
+    return Accelerator(cpu=train.cpu, mixed_precision=precision)
 
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
@@ -158,13 +174,6 @@ def _any_rank(accelerator: Accelerator, flag: bool) -> bool:
         return flag
     t = torch.tensor(float(flag), device=accelerator.device)
     return bool(accelerator.reduce(t, "max").item() > 0)
-
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled, transient=False,
-    )
 
 
 def evaluate(task: Task, model: nn.Module, dataset: Dataset, accelerator: Accelerator, train: TrainConfig,
@@ -326,7 +335,12 @@ class _Trainer:
             return None
         return lr_at(self.step, self.plan.max_steps, cfg.weight_decay, 0, cfg.weight_decay_end)
 
-    def log(self, window: dict[str, float], steps: int, samples: int, seconds: float) -> None:
+    def record(self, record: dict[str, Any]) -> None:
+        """One line of metrics.jsonl, the same scalars at the same step to the trackers (train.log_with)."""
+        self.metrics.write(record)
+        trackers.log_metrics(self.acc, record)
+
+    def log(self, window: dict[str, float], steps: int, samples: int, seconds: float) -> dict[str, Any]:
         values = torch.tensor(list(window.values()), device=self.acc.device) / steps
         if self.world > 1:
             values = self.acc.reduce(values, "mean")
@@ -336,8 +350,9 @@ class _Trainer:
                   "samples_per_s": round(samples * self.world / max(seconds, 1e-9), 2)}
         if self.optim_cfg.weight_decay_end is not None:  # the scheduled value (0 in the no-decay groups)
             record["weight_decay"] = max(g["weight_decay"] for g in self.optimizer.param_groups)
-        self.metrics.write(record)
+        self.record(record)
         self.history.update({k: v for k, v in record.items() if k != "epoch"})
+        return record
 
     def no_data(self, message: str) -> RunStopped:
         return RunStopped(message, 2, self.summary("failed", error="no usable sample"))
@@ -349,7 +364,7 @@ class _Trainer:
             self.save()  # the training done so far is kept
             raise self.no_data(str(e)) from None
         result = {f"eval/{k}": v for k, v in result.items()}
-        self.metrics.write({"step": self.step, **result})
+        self.record({"step": self.step, **result})
         self.history.update(result)
 
     def save(self) -> Path | None:
@@ -394,22 +409,32 @@ class _Trainer:
     def run(self, resume: bool) -> dict[str, Any]:
         trainer_state = self.restore() if resume else {}
         self.start_step = self.step
+        if self.cfg.compile:  # in place: the module (and its state_dict keys) stay as they are
+            self.model.compile(backend=self.cfg.compile_backend)
         self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
         if self.acc.scaler is not None and trainer_state.get("grad_scaler"):
             self.acc.scaler.load_state_dict(trainer_state["grad_scaler"])
         self.model.train()
+        trackers.start_trackers(self.acc, self.cfg.log_with, self.run_dir,
+                                {"train": to_dict(self.cfg), "optim": to_dict(self.optim_cfg)})
         batches = self.batches()
         try:
             return self._loop(batches)
         finally:
             batches.close()  # stops the loader's persistent workers now, not at garbage collection
+            trackers.end_trackers(self.acc)
+
+    def progress_fields(self, record: dict[str, Any]) -> dict[str, str]:
+        """What a progress line shows of a metrics record: loss, lr, throughput."""
+        fields = {"loss": f"{record['loss']:.4f}"} if "loss" in record else {}
+        return {**fields, "lr": f"{record['lr']:.3g}", "samples/s": f"{record['samples_per_s']:,.1f}"}
 
     def _loop(self, batches: Iterator[dict[str, Any]]) -> dict[str, Any]:
         cfg, plan = self.cfg, self.plan
         window: dict[str, float] = {}
         window_steps, window_samples, window_t = 0, 0, time.time()
-        with _SignalStop() as stopper, _progress(self.is_main) as bar:
-            job = bar.add_task("train", total=plan.max_steps, completed=self.step, info="")
+        with _SignalStop() as stopper, Progress("train", plan.max_steps, "steps", completed=self.step,
+                                                enabled=self.is_main) as bar:
             while self.step < plan.max_steps:
                 set_lr(self.optimizer, lr_at(self.step, plan.max_steps, plan.peak_lr, plan.warmup_steps,
                                              self.optim_cfg.min_lr), self.weight_decay_now())
@@ -419,10 +444,12 @@ class _Trainer:
                 if not _any_rank(self.acc, self.empty_micro_batches < plan.micro_per_epoch):
                     raise self.no_data(no_usable_data_message("a whole epoch", self.task, self.train_set,
                                                               self.bad_log.files))
-                bar.update(job, completed=self.step, info=f"loss {window.get('loss', 0.0) / window_steps:.4f}")
-                if self.step % cfg.log_every == 0 or self.step == plan.max_steps:
-                    self.log(window, window_steps, window_samples, time.time() - window_t)
+                if self.step % cfg.log_every == 0 or self.step == plan.max_steps:  # a terminal-less log: a line
+                    record = self.log(window, window_steps, window_samples, time.time() - window_t)
+                    bar.update(self.step, self.progress_fields(record), line=True)
                     window, window_steps, window_samples, window_t = {}, 0, 0, time.time()
+                else:
+                    bar.update(self.step, {"loss": f"{window.get('loss', 0.0) / window_steps:.4f}"})
                 if self.eval_set is not None and cfg.eval_every and self.step % cfg.eval_every == 0 \
                         and self.step < plan.max_steps:
                     self.evaluate()
@@ -442,6 +469,7 @@ class _Trainer:
         last = self.save()
         finish = getattr(self.task, "finish", None)
         extra = finish(self.acc.unwrap_model(self.model), self.run_dir, self.acc) if finish and self.is_main else {}
+        trackers.log_pictures(self.acc, extra or {}, self.step)
         return self.summary("completed", checkpoint=str(last) if last else None, **(extra or {}))
 
 

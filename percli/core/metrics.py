@@ -61,7 +61,7 @@ def multilabel_metrics(scores: torch.Tensor, targets: torch.Tensor) -> dict[str,
     ap = average_precision(scores, targets)
     auc = roc_auc(scores, targets)
     mean_auc = float(torch.nanmean(auc))
-    return {"mAP": 100.0 * float(torch.nanmean(ap)), "mAUC": mean_auc, "d_prime": d_prime(mean_auc),
+    return {"mAP": float(torch.nanmean(ap)), "mAUC": mean_auc, "d_prime": d_prime(mean_auc),
             "count": float(scores.shape[0])}
 
 

@@ -168,13 +168,17 @@ def write_jsonl_atomic(path: Path, records: Any) -> None:
 
 def environment_report(world_size: int, device: str, mixed_precision: str) -> dict[str, Any]:
     """Versions and devices, so a run can be reproduced or compared later."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import accelerate
     import torch
 
-    import percli
-
+    try:  # the installed distribution's version (core does not import the package root, the top-layer API)
+        percli_version = version("percli")
+    except PackageNotFoundError:
+        percli_version = "unknown (not installed)"
     return {
-        "percli": percli.__version__,
+        "percli": percli_version,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "torch": torch.__version__,

@@ -46,6 +46,7 @@ from percli.core.data.shards import (
     read_records,  # noqa: F401 -- re-exported: benchmarks/curation_speed.py reads JSONL through it
     shard_suffix,
 )
+from percli.core.progress import ProgressFactory, plain_progress
 from percli.core.rundir import write_json_atomic
 from percli.curation.matcher import MetadataMatcher
 
@@ -198,25 +199,30 @@ def _remove_stale_temps(target: Path) -> None:
 
 def _run_shards(paths: Sequence[Path], results: Sequence[Path], markers: Sequence[Path],
                 configs: Sequence[dict[str, Any]], work: Callable[[int], dict[str, Any]], resume: bool,
-                say: Callable[[str], None], stage: str, rank: int, world: int) -> tuple[list[dict[str, Any]], int]:
-    """Run `work(i)` on this process's shards (i = rank, rank + world, ...), skipping finished ones on resume.
+                say: Callable[[str], None], stage: str, rank: int, world: int,
+                progress: ProgressFactory | None = None) -> tuple[list[dict[str, Any]], int]:
+    """Run `work(i)` on this process's shards (i = rank, rank + world, ...), skipping finished ones on resume;
+    one progress line per shard (shards done, records/s, ETA) through `progress`, else into `say`.
 
     Returns every shard's stats in input order (gathered from all processes) and the number resumed.
     """
     mine: dict[int, dict[str, Any]] = {}
     resumed = 0
-    for i in range(rank, len(paths), world):
-        done = _load_done_shard(markers[i], results[i], configs[i]) if resume else None
-        if done is not None:
-            mine[i] = done
-            resumed += 1
-            say(f"{stage}: {paths[i]} already done, skipped (--resume)")
-            continue
-        _remove_stale_temps(results[i])
-        stats = work(i)
-        write_json_atomic(markers[i], {"config": configs[i], "stats": stats})
-        mine[i] = stats
-        say(f"{stage}: {paths[i]} -> {results[i]}")
+    indices = range(rank, len(paths), world)
+    label = stage if world == 1 else f"{stage} (rank {rank} of {world})"
+    with (progress or plain_progress(say))(label, len(indices), "shards") as bar:
+        for i in indices:
+            done = _load_done_shard(markers[i], results[i], configs[i]) if resume else None
+            if done is not None:
+                mine[i] = done
+                resumed += 1
+                bar.advance(skipped=True, note=f"{paths[i]} already done, skipped (--resume)")
+                continue
+            _remove_stale_temps(results[i])
+            stats = work(i)
+            write_json_atomic(markers[i], {"config": configs[i], "stats": stats})
+            mine[i] = stats
+            bar.advance(records=stats.get("texts", 0), note=f"{paths[i]} -> {results[i]}")
     gathered = dist.all_gather((mine, resumed), world)
     every: dict[int, dict[str, Any]] = {}
     for part, _ in gathered:
@@ -272,7 +278,7 @@ def _match_shard(path: Path, target: Path, matcher: MetadataMatcher, text_field:
 
 def match_shards(inputs: Sequence[str | Path], output_dir: str | Path, entries: Sequence[str],
                  text_field: str = "text", resume: bool = False, log: Callable[[str], None] | None = None,
-                 *, rank: int = 0, world: int = 1) -> dict[str, Any]:
+                 *, rank: int = 0, world: int = 1, progress: ProgressFactory | None = None) -> dict[str, Any]:
     """Stage 1: write `output_dir/matches/<name>.npz` for every input shard; returns the stats.
 
     Process `rank` of `world` (see `percli.core.dist`) matches `inputs[rank::world]`. Rank 0 then writes
@@ -292,7 +298,8 @@ def match_shards(inputs: Sequence[str | Path], output_dir: str | Path, entries: 
     configs = [{"input": str(p.resolve()), "text_field": text_field, "metadata": digest} for p in inputs]
     per_shard, resumed = _run_shards(
         inputs, results, markers, configs,
-        lambda i: _match_shard(inputs[i], results[i], matcher, text_field), resume, say, "match", rank, world)
+        lambda i: _match_shard(inputs[i], results[i], matcher, text_field), resume, say, "match", rank, world,
+        progress)
     if rank == 0:
         write_json_atomic(output_dir / "matches" / MANIFEST, {
             "inputs": [str(p.resolve()) for p in inputs], "names": names, "text_field": text_field,
@@ -401,7 +408,7 @@ def balance_shards(inputs: Sequence[str | Path], output_dir: str | Path, entries
                    t: float, seed: int = 0, text_field: str = "text", output_format: str = "same",
                    match_dir: str | Path | None = None, resume: bool = False,
                    log: Callable[[str], None] | None = None, counts_from: str = "given", *, rank: int = 0,
-                   world: int = 1) -> dict[str, Any]:
+                   world: int = 1, progress: ProgressFactory | None = None) -> dict[str, Any]:
     """Stage 3: write each input's kept records to `output_dir/curated/`; returns the summary.
 
     Uses the saved matches of `match_dir` (a `match` run over these inputs) when given, else
@@ -441,7 +448,7 @@ def balance_shards(inputs: Sequence[str | Path], output_dir: str | Path, entries
     per_shard, resumed = _run_shards(
         inputs, results, markers, configs,
         lambda i: _balance_shard(inputs[i], results[i], sources[i], p_entry, seed, text_field, output_format),
-        resume, say, "balance", rank, world)
+        resume, say, "balance", rank, world, progress)
     summary = _summary(_merge_stats(per_shard), counts, entries, t, seed, text_field, inputs, results, output_dir)
     summary.update(world_size=world, resumed_shards=resumed, output_format=output_format, counts_from=counts_from)
     if rank == 0:
@@ -456,7 +463,7 @@ def balance_shards(inputs: Sequence[str | Path], output_dir: str | Path, entries
 def curate_shards(inputs: Sequence[str | Path], output_dir: str | Path, entries: Sequence[str], t: float,
                   seed: int = 0, text_field: str = "text", output_format: str = "same",
                   log: Callable[[str], None] | None = None, resume: bool = False, *, rank: int = 0,
-                  world: int = 1) -> dict[str, Any]:
+                  world: int = 1, progress: ProgressFactory | None = None) -> dict[str, Any]:
     """MetaCLIP-curate shards in one go (match, count, balance) into `output_dir`; returns the summary.
 
     Match files go to `output_dir/matches/` (so each text is matched once), entry_counts.json,
@@ -478,17 +485,19 @@ def curate_shards(inputs: Sequence[str | Path], output_dir: str | Path, entries:
         text_field: the record field (or tar member extension) holding the alt-text.
         output_format: "same" (records in the input's format) or "index" (positions and entry ids).
         log: called with progress lines.
+        progress: makes the per-stage progress (`RunContext.progress`); without it, plain lines go to `log`.
         resume: skip shards whose markers show they were matched / balanced with the same settings.
         rank, world: this process and the number of processes (0 and 1 for one process).
     """
     _check_t(t)
     say = log or (lambda _msg: None)
-    match_shards(inputs, output_dir, entries, text_field, resume, say, rank=rank, world=world)
+    match_shards(inputs, output_dir, entries, text_field, resume, say, rank=rank, world=world, progress=progress)
     counts, _ = count_matches(output_dir, entries, rank=rank, world=world)
     say(f"count: {int((counts > 0).sum())} entries matched over {len(inputs)} shard(s)")
     save_counts(counts, entries, Path(output_dir), rank=rank)
     return balance_shards(inputs, output_dir, entries, counts, t, seed, text_field, output_format,
-                          match_dir=output_dir, resume=resume, log=say, counts_from="inputs", rank=rank, world=world)
+                          match_dir=output_dir, resume=resume, log=say, counts_from="inputs", rank=rank, world=world,
+                          progress=progress)
 
 
 def _summary(total: dict[str, Any], counts: np.ndarray, entries: Sequence[str], t: float, seed: int,

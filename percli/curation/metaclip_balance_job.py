@@ -51,5 +51,6 @@ def run(cfg: Config, ctx: RunContext) -> dict:
     inputs, entries = start(cfg, ctx)
     summary = balance_shards(inputs, ctx.run_dir, entries, load_entry_counts(cfg.counts, entries), cfg.t, cfg.seed,
                              cfg.text_field, cfg.output_format, match_dir=cfg.matches, resume=ctx.resume,
-                             log=ctx.log, counts_from=str(cfg.counts), rank=ctx.rank, world=ctx.world)
+                             log=ctx.log, counts_from=str(cfg.counts), rank=ctx.rank, world=ctx.world,
+                             progress=ctx.progress)
     return {"status": "completed", **summary}

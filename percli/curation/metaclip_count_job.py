@@ -46,7 +46,7 @@ def run(cfg: Config, ctx: RunContext) -> dict:
     inputs, entries = start(StageConfig([] if counted else cfg.sources, cfg.metadata, cfg.text_field), ctx)
     if counted is None:  # match into this run's dir first (resumable like `match`)
         match_shards(inputs, ctx.run_dir, entries, cfg.text_field, ctx.resume, ctx.log, rank=ctx.rank,
-                     world=ctx.world)
+                     world=ctx.world, progress=ctx.progress)
     counts, manifest = count_matches(counted or ctx.run_dir, entries, rank=ctx.rank, world=ctx.world)
     save_counts(counts, entries, ctx.run_dir, rank=ctx.rank)
     ctx.log(f"count: {int((counts > 0).sum())} of {len(counts)} entries matched")

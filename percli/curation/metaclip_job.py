@@ -128,5 +128,5 @@ def run(cfg: Config, ctx: RunContext) -> dict:
     t = cfg.t if cfg.t is not None else (DEFAULT_T if cfg.inputs else DEMO_T)
     summary = curate_shards(inputs, ctx.run_dir, entries, t=t, seed=cfg.seed, text_field=cfg.text_field,
                             output_format=cfg.output_format, log=ctx.log, resume=ctx.resume, rank=ctx.rank,
-                            world=ctx.world)
+                            world=ctx.world, progress=ctx.progress)
     return {"status": "completed", **summary, "demo": not cfg.inputs}

@@ -27,5 +27,5 @@ def run(cfg: Config, ctx: RunContext) -> dict:
 
     inputs, entries = start(cfg, ctx)
     summary = match_shards(inputs, ctx.run_dir, entries, cfg.text_field, ctx.resume, ctx.log, rank=ctx.rank,
-                           world=ctx.world)
+                           world=ctx.world, progress=ctx.progress)
     return {"status": "completed", **summary, "method": "metaclip-match", "output_dir": str(ctx.run_dir)}

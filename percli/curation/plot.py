@@ -1,7 +1,6 @@
-"""A PNG of the entry-count distribution before and after MetaCLIP balancing, drawn with PIL only.
+"""A PNG of the entry-count distribution before and after MetaCLIP balancing, drawn with `percli.core.chart`.
 
-matplotlib is not a dependency, so this draws a log-log rank plot by hand: x is an entry's rank
-(1 = most matched), y its count.
+A log-log rank plot: x is an entry's rank (1 = most matched), y its count.
 
 * before: c_e, the number of texts matching entry e, sorted in descending order;
 * after: min(c_e, t), the per-entry balancing target. Each text matching e is kept with probability
@@ -15,49 +14,41 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
 
-from percli.core.chart import PALETTE, Chart, save_png
+from percli.core import chart
 
-BEFORE, AFTER, THRESHOLD = PALETTE[0], PALETTE[1], PALETTE[3]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-
-def _log_scale(lo: float, hi: float, pixel_lo: float, pixel_hi: float):
-    """A function mapping values in [lo, hi] (> 0) to pixels, logarithmically."""
-    a, b = math.log10(lo), math.log10(hi)
-    span = (b - a) or 1.0
-    return lambda v: pixel_lo + (math.log10(v) - a) / span * (pixel_hi - pixel_lo)
+BEFORE, AFTER, THRESHOLD = chart.PALETTE[0], chart.PALETTE[1], chart.PALETTE[3]
 
 
-def _decade_ticks(lo: float, hi: float) -> list[float]:
-    return [10.0 ** k for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
-            if lo <= 10.0 ** k <= hi]
-
-
-def draw_entry_counts(counts: np.ndarray, t: float) -> Image.Image:
-    """The rank plot (RGB, WIDTH x HEIGHT) of the non-zero entry counts before/after balancing at `t`."""
-    chart = Chart(f"MetaCLIP entry counts (log-log), t = {t:g}", "entry rank (by count)", "texts matched")
+def entry_counts_figure(counts: np.ndarray, t: float) -> Figure:
+    """The rank plot (chart.WIDTH x chart.HEIGHT) of the non-zero entry counts before/after balancing at `t`."""
+    fig, ax = chart.line_chart(f"MetaCLIP entry counts (log-log), t = {t:g}", "entry rank (by count)",
+                               "texts matched (count)")
     before = np.sort(np.asarray(counts, dtype=np.float64)[np.asarray(counts) > 0])[::-1]
     if before.size == 0:
-        chart.note("no entry was matched")
-        return chart.image
-    after = np.minimum(before, t)
-    x_hi = max(float(before.size), 10.0)
-    y_hi = max(float(before[0]), t if math.isfinite(t) else 1.0) * 1.5
-    chart.axes(_log_scale(1.0, x_hi, chart.left, chart.right), _log_scale(1.0, y_hi, chart.bottom, chart.top),
-               _decade_ticks(1.0, x_hi), _decade_ticks(1.0, y_hi))
-    if math.isfinite(t) and t < y_hi:
-        chart.dashed_hline(t, THRESHOLD)
+        chart.note(ax, "no entry was matched")
+        return fig
+    ax.set_xscale("log")
+    ax.set_yscale("log")
     ranks = np.arange(1, before.size + 1)
-    chart.series(list(zip(ranks, before, strict=True)), BEFORE)
+    ax.set_xlim(1.0, max(float(before.size), 10.0))
+    ax.set_ylim(1.0, max(float(before[0]), t if math.isfinite(t) else 1.0) * 1.5)
+    if math.isfinite(t):
+        ax.axhline(t, color=THRESHOLD, linestyle="--", label="t")
+    ax.plot(ranks, before, color=BEFORE, label="before: c_e", marker="o" if before.size == 1 else None)
     # Drawn last: over the head, "after" lies exactly on the t line and must stay visible.
-    chart.series(list(zip(ranks, after, strict=True)), AFTER)
-    chart.legend([(BEFORE, "before: c_e"), (AFTER, "after: min(c_e, t)"), (THRESHOLD, "t")])
-    return chart.image
+    ax.plot(ranks, np.minimum(before, t), color=AFTER, label="after: min(c_e, t)",
+            marker="o" if before.size == 1 else None)
+    chart.legend_outside(ax)
+    return fig
 
 
 def save_entry_counts_png(counts: np.ndarray, t: float, path: str | Path) -> Path:
     """Draw the plot and write it to `path` atomically."""
-    return save_png(draw_entry_counts(counts, t), path)
+    return chart.save_png(entry_counts_figure(counts, t), path)

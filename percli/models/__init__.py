@@ -57,13 +57,15 @@ def weights_loader(model: nn.Module) -> Callable[..., Any] | None:
 
 
 def load_initial_weights(model: nn.Module, path: str | Path) -> Any:
-    """Load a percli checkpoint/safetensors, an official .pth or timm weights into `model` with its family's
-    loader; what was dropped (an MAE decoder) or left at init (a new head) is reported on stderr."""
+    """Load a percli checkpoint/safetensors, an official .pth or timm weights (a path or an ``hf-hub:`` spec)
+    into `model` with its family's loader; what was dropped (an MAE decoder) or left at init (a new head) is
+    reported on stderr."""
     from rich.console import Console
 
     from percli.core.checkpoint import read_weights
+    from percli.models.hub import resolve_weights
 
-    p = Path(path)
+    p = resolve_weights(path)  # an hf-hub: spec becomes its file in the Hugging Face cache
     if not p.exists():
         raise FileNotFoundError(f"model.checkpoint={path}: no such file or directory")
     loader = weights_loader(model)
@@ -85,12 +87,47 @@ def list_models() -> list[str]:
     return sorted(_FACTORIES)
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model; keyword arguments override the variant's defaults."""
+def create_model(name: str, pretrained: bool | str = False, **kwargs) -> nn.Module:
+    """Build a registered model; keyword arguments override the variant's defaults.
+
+    Args:
+        name: A registered name (`list_models`), or ``name.tag`` as timm writes it
+            (``"hiera_base_224.mae"``), which implies ``pretrained=tag``.
+        pretrained: False (random init), True (the model's first release in `percli.models.pretrained`)
+            or a release tag; the weights are resolved through the Hugging Face cache (``HF_HUB_OFFLINE=1``
+            reads the cache only) and loaded with the family's loader.
+    """
+    from percli.models.pretrained import split_name
+
     _load_families()
     if name not in _FACTORIES:
+        base, tag = split_name(name)
+        if tag is not None and base in _FACTORIES:
+            name, pretrained = base, (tag if pretrained in (False, True) else pretrained)
+    if name not in _FACTORIES:
         raise KeyError(f"unknown model {name!r}; run `percli ls models` to see the {len(_FACTORIES)} available")
-    return _FACTORIES[name](**kwargs)
+    model = _FACTORIES[name](**kwargs)
+    if pretrained is not False and pretrained is not None:
+        load_initial_weights(model, pretrained_spec(name, None if pretrained is True else str(pretrained)))
+    return model
+
+
+def pretrained_spec(name: str, tag: str | None = None) -> str:
+    """The ``hf-hub:`` spec of `name`'s release `tag` (None: its first), or a ValueError saying where the
+    official file is when the release is not on the hub or not in a layout percli reads."""
+    from percli.models.pretrained import release
+
+    try:
+        entry = release(name, tag)
+    except KeyError as e:
+        raise ValueError(e.args[0]) from None
+    label = f"{name}.{tag}" if tag else name
+    if entry.spec is None or not entry.loadable:
+        where = f" from {entry.url}" if entry.url else ""
+        why = "is not on the Hugging Face hub" if entry.spec is None else f"is in the {entry.layout} layout"
+        raise ValueError(f"{label} {why}: download the official weights{where} and pass the file "
+                         "(model.checkpoint=FILE, or load_initial_weights(model, FILE))")
+    return entry.spec
 
 
 # --------------------------------------------------------------------------- models rebuilt from checkpoints
@@ -218,8 +255,10 @@ def create_model_for(name: str, kwargs: Mapping[str, Any], checkpoint: str | Pat
     (a ValueError naming the file and the first mismatching keys) before any allocation. Official
     ``.pth`` files carry no such metadata and no checkpoint means random init: both build directly.
     """
+    from percli.models.hub import resolve_weights
+
     kwargs = dict(kwargs)
-    path = Path(checkpoint) if checkpoint else None
+    path = resolve_weights(checkpoint) if checkpoint else None
     if path is None or not (path.is_dir() or path.suffix == ".safetensors"):
         return create_model(name, **kwargs)
     from percli.core.checkpoint import read_header

@@ -5,9 +5,9 @@ facebookresearch/hiera@b12b842, so official ``.pth`` state dicts load strictly a
 tests in ``tests/test_golden.py`` match the reference outputs. Token geometry lives in
 `percli.models.hiera_utils`.
 
-Logits vs probabilities: as in the official code the classification head applies a softmax in
-eval mode. Training and evaluation code that wants logits in any mode calls
-``model(x, return_logits=True)`` or ``model.forward_head(features, apply_softmax=False)``.
+Logits vs probabilities: ``model(x)`` returns logits in train and eval mode, as timm models do. The
+official code applies a softmax in eval mode; ``model(x, return_probs=True)`` (or
+``model.forward_head(features, apply_softmax=True)``) gives those probabilities.
 """
 
 from __future__ import annotations
@@ -141,18 +141,16 @@ class HieraBlock(nn.Module):
 
 
 class Head(nn.Module):
-    """Linear classifier; like the official head it returns probabilities in eval mode by default."""
+    """Linear classifier: logits, or probabilities when asked (the official head's eval-mode output)."""
 
     def __init__(self, dim: int, num_classes: int, dropout_rate: float = 0.0):
         super().__init__()
         self.dropout = nn.Dropout(dropout_rate) if dropout_rate > 0 else nn.Identity()
         self.projection = nn.Linear(dim, num_classes)
 
-    def forward(self, x: torch.Tensor, apply_softmax: bool | None = None) -> torch.Tensor:
-        """Args: apply_softmax: None = official behaviour (softmax only when not training)."""
+    def forward(self, x: torch.Tensor, apply_softmax: bool = False) -> torch.Tensor:
+        """Args: apply_softmax: probabilities over the classes instead of logits."""
         x = self.projection(self.dropout(x))
-        if apply_softmax is None:
-            apply_softmax = not self.training
         return x.softmax(dim=-1) if apply_softmax else x
 
 
@@ -182,8 +180,8 @@ class Hiera(nn.Module):
     ``preprocess`` (normalisation, input size) for checkpoints; see `checkpoint_meta`.
 
     Calling conventions:
-        ``model(x)`` official output: probabilities in eval mode, logits in train mode.
-        ``model(x, return_logits=True)`` logits in any mode.
+        ``model(x)`` logits in train and eval mode (as timm's Hiera).
+        ``model(x, return_probs=True)`` softmax probabilities: the official eval-mode output.
         ``model(x, mask=keep)`` tokens after the last block of the kept units (no pooling/head).
         ``model(x, return_intermediates=True)`` also returns per-stage maps (see `forward`).
         ``forward_features`` / ``forward_head`` / ``forward_intermediates`` split the above.
@@ -368,25 +366,28 @@ class Hiera(nn.Module):
         tokens = self._forward_tokens(x, None, collect=False)[0]
         return self.norm(tokens.mean(dim=1))
 
-    def forward_head(self, features: torch.Tensor, apply_softmax: bool | None = None) -> torch.Tensor:
+    def forward_head(self, features: torch.Tensor, apply_softmax: bool = False) -> torch.Tensor:
         """Classifier on `forward_features` output.
 
         Args:
             features: [B, C].
-            apply_softmax: None = official (probabilities in eval, logits in train), False = logits.
+            apply_softmax: probabilities instead of logits.
         """
         return self.head(features, apply_softmax=apply_softmax)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, return_intermediates: bool = False,
-                return_logits: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Official forward.
+                return_probs: bool = False, return_logits: bool = True,
+                ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """The official forward, returning logits (the official code applies a softmax in eval mode).
 
         Args:
             x: [B, C, H, W] or [B, C, T, H, W].
             mask: optional bool [B, #units] (True = keep, same count per row); then the output is the
                 kept tokens after the last block, [B, N_kept, C], without pooling or head.
             return_intermediates: also return `forward_intermediates`-style per-stage maps.
-            return_logits: skip the eval-mode softmax.
+            return_probs: softmax probabilities instead of logits, in any mode (what the official model
+                returns in eval mode; its train mode returns logits).
+            return_logits: ignored, logits being the default (accepted for callers of earlier versions).
 
         Returns:
             Output tensor, or (output, intermediates) when `return_intermediates`.
@@ -397,7 +398,7 @@ class Hiera(nn.Module):
             units = self._kept_units_in_raster_order(tokens.view(B, kept, -1, tokens.shape[-1]), seq_mask)
             out = hu.to_official_order(units.flatten(1, 2), kept)
         else:
-            out = self.forward_head(self.norm(tokens.mean(dim=1)), apply_softmax=False if return_logits else None)
+            out = self.forward_head(self.norm(tokens.mean(dim=1)), apply_softmax=return_probs)
         return (out, maps) if return_intermediates else out
 
 

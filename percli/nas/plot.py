@@ -1,4 +1,4 @@
-"""search.png, drawn with PIL (matplotlib is not a dependency).
+"""search.png, drawn with matplotlib through `percli.core.chart`.
 
 * random / evolution: each candidate's val accuracy (dots) against its evaluation index, the best
   so far (line) and the median of the history (dashed line);
@@ -9,41 +9,42 @@
 from __future__ import annotations
 
 import statistics
+from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
 
-from percli.core.chart import PALETTE, Chart, linear, round_ticks
+from percli.core import chart
 from percli.core.chart import save_png as save_png  # re-exported: search_arch writes search.png with it
 
-Series = tuple[str, tuple[int, int, int], list[tuple[float, float]], str]  # label, color, (x, y) points, line|dots
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+Series = tuple[str, str, list[tuple[float, float]], str]  # label, colour, (x, y) points, line|steps|dots
 
 
-def draw_chart(title: str, x_label: str, series: list[Series], dashed: tuple[str, float] | None) -> Image.Image:
-    """A linear-axes chart of `series`, with an optional labelled dashed horizontal line."""
-    chart = Chart(title, x_label)
-    xs = [x for *_, points, _ in series for x, _ in points]
-    ys = [y for *_, points, _ in series for _, y in points] + ([dashed[1]] if dashed else [])
-    if not xs:
-        chart.note("nothing evaluated yet")
-        return chart.image
-    pad = 0.05 * ((max(ys) - min(ys)) or 1.0)
-    y_lo, y_hi = min(ys) - pad, max(ys) + pad
-    chart.axes(linear(min(xs), max(max(xs), min(xs) + 1), chart.left + 10, chart.right - 10),
-               linear(y_lo, y_hi, chart.bottom, chart.top),
-               round_ticks(min(xs), max(xs), min_step=1), round_ticks(y_lo, y_hi))
-    legend = []
+def draw_chart(title: str, x_label: str, y_label: str, series: list[Series],
+               dashed: tuple[str, float] | None) -> Figure:
+    """A linear-axes chart of `series`, with an optional labelled dashed horizontal line; integer x ticks."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = chart.line_chart(title, x_label, y_label)
+    if not any(points for _, _, points, _ in series):
+        chart.note(ax, "nothing evaluated yet")
+        return fig
     if dashed:
-        chart.dashed_hline(dashed[1], PALETTE[-1])
-        legend.append((PALETTE[-1], dashed[0]))
-    for label, color, points, style in series:
-        chart.series(points, color, style)
-        legend.append((color, label))
-    chart.legend(legend)
-    return chart.image
+        ax.axhline(dashed[1], color=chart.PALETTE[-1], linestyle="--", label=dashed[0])
+    for label, colour, points, style in series:
+        xs, ys = zip(*points, strict=True) if points else ((), ())
+        # A line through a single point gets a marker too, so that it stays visible.
+        marker = "o" if style == "dots" or len(points) == 1 else None
+        ax.plot(xs, ys, color=colour, marker=marker, markersize=4, linestyle="none" if style == "dots" else "-",
+                drawstyle="steps-post" if style == "steps" else "default", label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    chart.legend_outside(ax)
+    return fig
 
 
-def draw_search(history: list[dict], strategy: str) -> Image.Image:
+def draw_search(history: list[dict], strategy: str) -> Figure:
     """Val accuracy per evaluation, best so far, median (random / evolution)."""
     points = [(row["index"], row["accuracy"]) for row in history]
     best, running = [], float("-inf")
@@ -51,14 +52,15 @@ def draw_search(history: list[dict], strategy: str) -> Image.Image:
         running = max(running, y)
         best.append((x, running))
     median = statistics.median(y for _, y in points) if points else 0.0
-    return draw_chart(f"percli search-arch --strategy {strategy}: val accuracy per candidate", "evaluation",
-                      [("candidate", PALETTE[0], points, "dots"), ("best so far", PALETTE[3], best, "line")],
-                      ("median", median) if points else None)
+    series = [("candidate", chart.PALETTE[0], points, "dots"), ("best so far", chart.PALETTE[3], best, "steps")]
+    return draw_chart(f"percli search-arch --strategy {strategy}: val accuracy per candidate", "evaluation (index)",
+                      "val accuracy (fraction)", series, ("median", median) if points else None)
 
 
-def draw_alpha(epochs: list[dict], ops: tuple[str, ...]) -> Image.Image:
+def draw_alpha(epochs: list[dict], ops: tuple[str, ...]) -> Figure:
     """Per op, mean softmax(alpha) over edges after each epoch (darts)."""
-    series = [(op, PALETTE[k % (len(PALETTE) - 1)],
+    series = [(op, chart.PALETTE[k % (len(chart.PALETTE) - 1)],
                [(row["epoch"], float(np.mean([edge[k] for edge in row["alpha_softmax"]]))) for row in epochs], "line")
               for k, op in enumerate(ops)]
-    return draw_chart("DARTS: softmax(alpha) per op, mean over edges", "epoch", series, ("uniform", 1 / len(ops)))
+    return draw_chart("DARTS: softmax(alpha) per op, mean over edges", "epoch", "op weight (softmax of alpha)", series,
+                      ("uniform", 1 / len(ops)))

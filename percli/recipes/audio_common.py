@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
+from percli.core import chart
 from percli.core.config import ConfigError
 from percli.core.data import AUDIOSET_MEAN, AUDIOSET_STD, build_dataset
-from percli.recipes.reconstruction import denormalize_patches, first_samples, save_png
+from percli.recipes.reconstruction import ROWS, denormalize_patches, first_samples
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+FRAME_SHIFT_S = 0.010  # the fbank's frame shift (Kaldi fbank, 10 ms): frame k starts at k * 10 ms
 
 
 @dataclasses.dataclass
@@ -73,15 +79,10 @@ def model_kwargs(kwargs: dict[str, Any], data: AudioDataSection) -> dict[str, An
 
 
 @torch.no_grad()
-def save_spectrogram_reconstructions(model: nn.Module, dataset: Dataset, n: int, mask_ratio: float, path: Path,
-                                     device: torch.device | str = "cpu") -> Path | None:
-    """PNG with one column per clip and rows input / masked input / reconstruction (mel up, time right)."""
-    x = first_samples(dataset, n, "fbank")
-    if x is None:
-        return None
+def spectrogram_reconstruction_figure(model: nn.Module, x: torch.Tensor, mask_ratio: float) -> Figure:
+    """Labelled rows input / masked / reconstruction (one column per clip) of fbanks `x` [N, 1, T, F], as a Figure."""
     was_training = model.training
     model.eval()
-    x = x.to(device)
     latent, mask, ids_restore = model.forward_encoder(x, mask_ratio, generator=torch.Generator().manual_seed(0))
     pred = model.forward_decoder(latent, ids_restore)  # [N, L, p*p]
     model.train(was_training)
@@ -89,10 +90,18 @@ def save_spectrogram_reconstructions(model: nn.Module, dataset: Dataset, n: int,
     if model.norm_pix_loss:
         pred = denormalize_patches(pred, target)
     removed = mask.unsqueeze(-1).bool()
-    low = float(x.min())
-    masked = model.unpatchify(torch.where(removed, torch.full_like(target, low), target))
+    masked = model.unpatchify(torch.where(removed, torch.full_like(target, float("nan")), target))  # NaN: drawn white
     recon = model.unpatchify(torch.where(removed, pred, target))
-    rows = torch.cat([x, masked, recon])  # [3N, 1, T, F]
-    rows = rows.transpose(-1, -2).flip(-2)  # [3N, 1, F, T], low frequencies at the bottom
-    rows = (rows - rows.amin()) / (rows.amax() - rows.amin() + 1e-8)
-    return save_png(rows, path, nrow=x.shape[0], pad_value=1.0)
+    rows = [t[:, 0].float().cpu().numpy() for t in (x, masked, recon)]  # [N, 1, T, F] -> [N, T, F]
+    return chart.spectrogram_grid(list(zip(ROWS, rows, strict=True)),
+                                  f"Audio-MAE reconstructions (mask ratio {mask_ratio:g}; visible patches pasted back)",
+                                  FRAME_SHIFT_S, "log-mel fbank, normalised")
+
+
+def save_spectrogram_reconstructions(model: nn.Module, dataset: Dataset, n: int, mask_ratio: float, path: Path,
+                                     device: torch.device | str = "cpu") -> Path | None:
+    """Write the first `n` readable clips' grid (see `spectrogram_reconstruction_figure`) to `path` as a PNG."""
+    x = first_samples(dataset, n, "fbank")
+    if x is None:
+        return None
+    return chart.save_png(spectrogram_reconstruction_figure(model, x.to(device), mask_ratio), path)

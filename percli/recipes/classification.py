@@ -1,5 +1,6 @@
-"""Classification pieces every classifier and zero-shot recipe shares: logits, top-k counts, summed
-eval metrics, the labelled dataset of a classifier and CLIP class embeddings from prompts."""
+"""Classification pieces every classifier and zero-shot recipe shares: top-k counts, summed eval metrics
+(fractions), the labelled dataset of a classifier and CLIP class embeddings from prompts. Every classifier's
+`model(x)` returns logits in train and eval mode."""
 
 from __future__ import annotations
 
@@ -12,11 +13,6 @@ from torch.utils.data import Dataset
 
 from percli.core.data import finetune_transform, video_transform
 from percli.recipes.common import DataSection, make_dataset, normalisation
-
-
-def classifier_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Pre-softmax logits in train and eval mode (the official head applies softmax in eval)."""
-    return model(x, return_logits=True)
 
 
 def topk_counts(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
@@ -34,7 +30,7 @@ def classification_sums(logits: torch.Tensor, labels: torch.Tensor) -> dict[str,
 def classification_metrics(sums: dict[str, float]) -> dict[str, float]:
     n = max(sums.get("count", 0.0), 1.0)
     out = {"count": sums.get("count", 0.0), "loss": sums.get("loss_sum", 0.0) / n}
-    out.update({k.replace("_correct", ""): 100.0 * v / n for k, v in sums.items() if k.endswith("_correct")})
+    out.update({k.replace("_correct", ""): v / n for k, v in sums.items() if k.endswith("_correct")})  # fractions
     return out
 
 

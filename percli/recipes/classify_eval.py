@@ -14,7 +14,6 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
@@ -26,13 +25,13 @@ from percli.core.context import RunContext
 from percli.core.engine import BadInputLog, evaluate
 from percli.core.rundir import write_json_atomic
 from percli.models import create_model_for, load_initial_weights
+from percli.models.hub import resolve_weights
 from percli.recipes.audio_classify import audio_eval_reduce, audio_eval_step
 from percli.recipes.audio_common import audio_dataset, eval_audio_section
 from percli.recipes.classification import (
     classification_dataset,
     classification_metrics,
     classification_sums,
-    classifier_logits,
 )
 from percli.recipes.common import (
     DataSection,
@@ -59,7 +58,7 @@ class _EvalTask:
         self.video = video
 
     def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, float]:
-        return classification_sums(classifier_logits(model, batch["video" if self.video else "image"]),
+        return classification_sums(model(batch["video" if self.video else "image"]),
                                    batch["label"])
 
     def eval_reduce(self, sums: dict[str, float]) -> dict[str, float]:
@@ -69,7 +68,7 @@ class _EvalTask:
 def _load_model(cfg: Config) -> tuple[nn.Module, dict[str, Any]]:
     if not cfg.checkpoint:
         raise ValueError("checkpoint is not set: pass checkpoint=PATH (a percli checkpoint dir or an official .pth)")
-    path = Path(cfg.checkpoint)
+    path = resolve_weights(cfg.checkpoint)  # a path, or an hf-hub: spec's file in the Hugging Face cache
     if not path.exists():
         raise FileNotFoundError(f"checkpoint={path}: no such file or directory")
     meta: dict[str, Any] = {}
@@ -135,7 +134,7 @@ def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
             merged.add(files)
         bad = merged
     summary = {"status": "completed", "checkpoint": str(cfg.checkpoint), "data": source, "metrics": metrics,
-               "step": None, "run_dir": str(run_dir), "bad_inputs": {"count": len(bad.files), "files": bad.files},
+               "run_dir": str(run_dir), "bad_inputs": {"count": len(bad.files), "files": bad.files},
                "world_size": accelerator.num_processes}
     if accelerator.is_main_process:
         write_json_atomic(run_dir / "summary.json", summary)

@@ -32,7 +32,6 @@ from percli.recipes.classification import (
     classification_dataset,
     classification_metrics,
     classification_sums,
-    classifier_logits,
 )
 from percli.recipes.common import (
     DataSection,
@@ -115,13 +114,13 @@ class ClassifyTask:
     def loss_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         x = batch["video"] if self.video else batch["image"]
         x, target = self.mixup(x, batch["label"])  # soft targets with label smoothing folded in
-        logits = classifier_logits(model, x)
+        logits = model(x)
         loss = torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
         return {"loss": loss}
 
     def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, float]:
         x = batch["video"] if self.video else batch["image"]
-        return classification_sums(classifier_logits(model, x), batch["label"])
+        return classification_sums(model(x), batch["label"])
 
     def eval_reduce(self, sums: dict[str, float]) -> dict[str, float]:
         return classification_metrics(sums)

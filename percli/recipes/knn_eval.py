@@ -21,7 +21,6 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,6 +39,7 @@ from percli.core.rundir import write_json_atomic
 from percli.models import create_model_for, load_initial_weights
 from percli.models.audio_mae import AudioMaskedAutoencoderViT, AudioViT
 from percli.models.dinov2 import DinoVisionTransformer
+from percli.models.hub import resolve_weights
 from percli.recipes.audio_common import audio_dataset, eval_audio_section
 from percli.recipes.classification import classification_dataset
 from percli.recipes.common import (
@@ -85,7 +85,7 @@ def build_encoder(model_cfg: ModelSection) -> tuple[nn.Module, dict[str, Any]]:
     """The registered model, with a percli checkpoint's constructor arguments and the given weights;
     also the checkpoint's metadata with the model name resolved."""
     meta: dict[str, Any] = {}
-    path = Path(model_cfg.checkpoint) if model_cfg.checkpoint else None
+    path = resolve_weights(model_cfg.checkpoint)  # a path, or an hf-hub: spec's file in the Hugging Face cache
     if path is not None and path.exists() and (path.is_dir() or path.suffix == ".safetensors"):
         meta = ckpt.read_meta(path)
     name = model_cfg.name or meta.get("name") or DEFAULT_MODEL
@@ -207,7 +207,7 @@ def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
         metrics[f"k{k}/top1"], metrics[f"k{k}/top5"] = acc["top1"], acc["top5"]
     summary = {"status": "completed", "model": f["model"], "checkpoint": cfg.model.checkpoint,
                "bad_inputs": f["bad_inputs"],
-               "data": cfg.data.source, "metrics": metrics, "step": None, "run_dir": str(run_dir)}
+               "data": cfg.data.source, "metrics": metrics, "run_dir": str(run_dir)}
     if accelerator.is_main_process:
         write_json_atomic(run_dir / "summary.json", summary)
     return summary

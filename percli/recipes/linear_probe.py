@@ -101,7 +101,7 @@ def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
                **{f"lr{lr}/top1": acc for lr, acc in result["per_lr"].items()}}
     summary = {"status": "completed", "model": f["model"], "checkpoint": cfg.model.checkpoint,
                "bad_inputs": f["bad_inputs"],
-               "data": cfg.data.source, "metrics": metrics, "step": None, "run_dir": str(run_dir)}
+               "data": cfg.data.source, "metrics": metrics, "run_dir": str(run_dir)}
     if accelerator.is_main_process:
         write_json_atomic(run_dir / "summary.json", summary)
     return summary

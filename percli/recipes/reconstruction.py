@@ -1,18 +1,23 @@
-"""The input / masked / reconstruction PNG grid of an image MAE run."""
+"""The input / masked / reconstruction PNG grid of an image MAE run (drawn by `percli.core.chart`)."""
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
-from torchvision.utils import save_image
 
+from percli.core import chart
 from percli.core.data import BadSample
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+ROWS = ("input", "masked", "reconstruction")  # the grid's row labels, top to bottom
 
 
 def patchify(images: torch.Tensor, p: int) -> torch.Tensor:
@@ -33,14 +38,6 @@ def denormalize_patches(pred: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     """Undo the norm-pix target normalisation of MAE predictions with each true patch's mean/var
     (unbiased var, eps 1e-6, as the losses use), so predictions can be shown as pixels."""
     return pred * (target.var(dim=-1, keepdim=True) + 1.0e-6) ** 0.5 + target.mean(dim=-1, keepdim=True)
-
-
-def save_png(grid: torch.Tensor, path: Path, **grid_kwargs) -> Path:
-    """Write images [N, C, H, W] in [0, 1] as one PNG grid, to a temp name then renamed."""
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    save_image(grid.cpu(), tmp, padding=2, **grid_kwargs)
-    os.replace(tmp, path)
-    return path
 
 
 def first_samples(dataset: Dataset, n: int, key: str) -> torch.Tensor | None:
@@ -73,20 +70,27 @@ def reconstruct(model: nn.Module, images: torch.Tensor, mask_ratio: float, seed:
     return masked, recon
 
 
+def reconstruction_figure(model: nn.Module, images: torch.Tensor, mask_ratio: float, mean: Sequence[float],
+                          std: Sequence[float]) -> Figure:
+    """The labelled input / masked / reconstruction grid (a matplotlib Figure) of normalised `images` [N, C, H, W]."""
+    was_training = model.training
+    model.eval()
+    masked, recon = reconstruct(model, images, mask_ratio)
+    model.train(was_training)
+    m = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    rows = [(t.float() * s + m).clamp(0, 1) for t in (images, masked, recon)]
+    rows[1] = torch.where(masked == 0, torch.full_like(rows[1], chart.MASKED_GREY), rows[1])  # grey where removed
+    pictures = [r.permute(0, 2, 3, 1).cpu().numpy() for r in rows]  # [N, C, H, W] -> [N, H, W, C]
+    return chart.image_grid(list(zip(ROWS, pictures, strict=True)),
+                            f"MAE reconstructions (mask ratio {mask_ratio:g}; visible units pasted back)")
+
+
 def save_reconstruction_grid(model: nn.Module, dataset: Dataset, n: int, mask_ratio: float,
                              mean: Sequence[float], std: Sequence[float], path: Path,
                              device: torch.device | str = "cpu") -> Path | None:
-    """Write a 3-row PNG (input, masked input, reconstruction with visible units pasted back)."""
+    """Write the first `n` readable images' grid (see `reconstruction_figure`) to `path` as a PNG."""
     images = first_samples(dataset, n, "image")
     if images is None:
         return None
-    was_training = model.training
-    model.eval()
-    images = images.to(device)
-    masked, recon = reconstruct(model, images, mask_ratio)
-    model.train(was_training)
-    m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=device).view(1, -1, 1, 1)
-    rows = [(t.float() * s + m).clamp(0, 1) for t in (images, masked, recon)]
-    rows[1] = torch.where(masked == 0, torch.full_like(rows[1], 0.5), rows[1])  # grey where masked
-    return save_png(torch.cat(rows), path, nrow=images.shape[0])
+    return chart.save_png(reconstruction_figure(model, images.to(device), mask_ratio, mean, std), path)

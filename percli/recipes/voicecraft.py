@@ -59,11 +59,12 @@ from percli.core.checkpoint import save_weights
 from percli.core.config import ConfigError, OptimConfig, TrainConfig
 from percli.core.context import RunContext
 from percli.core.data import BadSample, load_audio
-from percli.core.data.audio import resolve_manifest_path
 from percli.core.data.loader import mix_seed
+from percli.core.data.paths import resolve_manifest_path
 from percli.core.rundir import write_json_atomic
 from percli.models import create_model, list_models
 from percli.models.common import plain
+from percli.models.hub import is_hub_spec, resolve_weights
 
 PHN2NUM_FILE = "phn2num.json"
 CODEC_FILE = "codec.safetensors"
@@ -132,7 +133,7 @@ def validate(cfg: Config) -> None:
     paths = {"data.source": cfg.data.source, "data.val_source": cfg.data.val_source,
              "data.phn2num": cfg.data.phn2num, "model.codec_checkpoint": cfg.model.codec_checkpoint}
     for key, value in paths.items():
-        if value and value != "embedded" and not Path(value).expanduser().is_file():
+        if value and value != "embedded" and not is_hub_spec(value) and not Path(value).expanduser().is_file():
             raise ConfigError(f"{key}: {value} is not a file; give an existing path"
                               + (" or 'embedded'" if key == "data.source" else ""))
     if not 0 <= cfg.data.audio_min_length < cfg.data.audio_max_length:
@@ -147,7 +148,7 @@ def validate_checkpoint(model: VoiceCraftModelSection) -> None:
     """model.checkpoint exists, and release weights come with the released codec."""
     from percli.tts.inference import checkpoint_layout
 
-    path = Path(model.checkpoint).expanduser()
+    path = resolve_weights(model.checkpoint)  # a path, or an hf-hub: spec's file in the Hugging Face cache
     if not path.exists():
         raise ConfigError(f"model.checkpoint: {path} does not exist; give a release .pth (giga830M.pth), a Hugging "
                           "Face VoiceCraft folder or a percli run dir")
@@ -168,7 +169,7 @@ def build_codec(section: VoiceCraftModelSection) -> nn.Module:
     from percli.models import check_checkpoint_fits, family_fit
     from percli.models.encodec import load_official_state
 
-    weights = Path(section.codec_checkpoint).expanduser() if section.codec_checkpoint else None
+    weights = resolve_weights(section.codec_checkpoint)
     kwargs = section.codec_kwargs
     if weights is not None and weights.suffix == ".safetensors":
         tensors, meta = read_header(weights)
@@ -426,7 +427,7 @@ def load_initial_model(cfg: Config) -> tuple[InitialModel, Config]:
     from percli.tts.inference import read_voicecraft_weights
 
     validate_checkpoint(cfg.model)
-    path = Path(cfg.model.checkpoint).expanduser()
+    path = resolve_weights(cfg.model.checkpoint)
     weights = read_voicecraft_weights(path)
     if cfg.data.phn2num:
         given = {str(k): int(v) for k, v in json.loads(Path(cfg.data.phn2num).expanduser().read_text()).items()}

@@ -17,6 +17,9 @@ Examples:
   percli eval zero-shot ensemble=[expert0.pt,expert1.pt] model.name=clip_vit_b32_quickgelu \\
       ensemble_centers=runs/curate-mode-X/mode_centers.safetensors data.source=/data/imagenet/val
 (MoDE data experts, weighted by the task's class names: percli/recipes/mode_ensemble.py).
+  percli eval zero-shot --benchmark imagenet data.source=/data/imagenet/val \\
+      model.checkpoint=metaclip_b32_400m.pt model.name=clip_vit_b32_quickgelu
+(--benchmark imagenet: CLIP's 1,000 ImageNet class names and 80 templates, as MetaCLIP reports it.)
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from percli.core.engine import BadInputLog, evaluate
 from percli.core.rundir import write_json_atomic
 from percli.models import create_model_for, list_models, load_initial_weights
 from percli.models.clip_tokenizer import CLIPTokenizer
+from percli.models.hub import resolve_weights
 from percli.recipes.classification import class_embeddings, topk_counts
 from percli.recipes.common import ModelSection
 from percli.recipes.mode_ensemble import Experts, ensemble_task
@@ -154,6 +158,75 @@ class Config:
     """The ensemble's expert weights: an ensemble_weights.json from `percli curate mode --classes`."""
     ensemble_centers: str | None = None
     """Or a mode_centers.safetensors from `percli curate mode`: weights computed for this eval's classes."""
+    benchmark: str | None = None
+    """`imagenet`: CLIP's 1,000 curated ImageNet class names and its 80 prompt templates (the published
+    zero-shot protocol, percli/recipes/data/) on data.source, an ImageNet-layout folder (class sub-folders
+    named by WordNet id, n01440764 ..., or by class index 0..999; any subset) or a manifest whose labels
+    are the class indices."""
+
+
+# --------------------------------------------------------------------------- published benchmarks
+
+BENCHMARK_DIR = Path(__file__).parent / "data"
+BENCHMARKS = ("imagenet",)
+
+
+def read_list(path: Path) -> list[str]:
+    """The non-empty lines of a shipped list, in order."""
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def benchmark_lists(name: str) -> tuple[list[str], list[str], list[str]]:
+    """(class names, prompt templates, class ids) of a published benchmark, in label order.
+
+    ``imagenet``: CLIP's curated names of the 1,000 ILSVRC-2012 classes and its 80 prompt templates
+    (the CLIP repository's prompt-engineering notebook, as open_clip's ``zero_shot_metadata``
+    carries them) and the WordNet ids in their standard sorted order (label i = the i-th id).
+    """
+    if name not in BENCHMARKS:
+        raise ValueError(f"benchmark={name!r} is unknown; choose from {', '.join(BENCHMARKS)}")
+    return (read_list(BENCHMARK_DIR / f"{name}_classes.txt"), read_list(BENCHMARK_DIR / f"{name}_templates.txt"),
+            read_list(BENCHMARK_DIR / f"{name}_wnids.txt"))
+
+
+def benchmark_class_names(name: str, folders: Sequence[str] | None) -> list[str]:
+    """The official names of a dataset's classes: its folders (WordNet ids or indices), else all of them."""
+    names, _, wnids = benchmark_lists(name)
+    if not folders:  # a manifest: labels are the benchmark's class indices
+        return names
+    index = {wnid: i for i, wnid in enumerate(wnids)}
+    out = []
+    for folder in folders:
+        i = index.get(folder, int(folder) if folder.isdigit() else -1)
+        if not 0 <= i < len(names):
+            raise ValueError(f"class folder {folder!r} is not a {name} class: name the class sub-folders by "
+                             f"WordNet id ({wnids[0]} ...) or class index (0..{len(names) - 1})")
+        out.append(names[i])
+    return out
+
+
+def benchmark_set(name: str, source: str | None, transform: Any) -> tuple[Any, list[str], list[str]]:
+    """The dataset of `source` with the benchmark's official class names (for its folders) and templates."""
+    if not source or source == "embedded":
+        raise ValueError(f"benchmark={name} needs data.source=PATH: an {name} folder of class sub-folders "
+                         "(e.g. the ILSVRC-2012 val set sorted into n01440764/ ...) or a manifest")
+    dataset = build_dataset(source, kind="image", transform=transform)
+    names = benchmark_class_names(name, getattr(dataset, "classes", None))
+    return dataset, names, benchmark_lists(name)[1]
+
+
+def _validate_benchmark(cfg: Config) -> None:
+    if cfg.benchmark is None:
+        return
+    if cfg.benchmark not in BENCHMARKS:
+        raise ConfigError(f"benchmark: unknown {cfg.benchmark!r}; choose from {', '.join(BENCHMARKS)}")
+    for key in ("classes", "classes_file", "templates"):
+        if getattr(cfg.data, key):
+            raise ConfigError(f"data.{key}: --benchmark {cfg.benchmark} uses the published class names and "
+                              f"templates; drop data.{key} (or drop --benchmark to use your own)")
+    if not cfg.data.source or cfg.data.source == "embedded":
+        raise ConfigError(f"data.source: --benchmark {cfg.benchmark} needs data.source=PATH (an ImageNet-layout "
+                          "folder or a manifest), not the embedded set")
 
 
 def load_clip(section: ModelSection) -> tuple[nn.Module, dict[str, Any]]:
@@ -161,7 +234,7 @@ def load_clip(section: ModelSection) -> tuple[nn.Module, dict[str, Any]]:
     if not section.checkpoint:
         raise ValueError("model.checkpoint is not set: pass model.checkpoint=PATH (a percli clip checkpoint dir, "
                          "or an open_clip/MetaCLIP file with model.name)")
-    path = Path(section.checkpoint)
+    path = resolve_weights(section.checkpoint)  # a path, or an hf-hub: spec's file in the Hugging Face cache
     if not path.exists():
         raise FileNotFoundError(f"model.checkpoint={path}: no such file or directory")
     meta: dict[str, Any] = {}
@@ -240,7 +313,10 @@ def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
     metrics: dict[str, float] = {}
     bad_records: dict[str, Any] = {"count": 0, "examples": []}  # pairs without a usable text
     if data.source:
-        dataset, class_names, templates = _classification_set(data, meta, transform)
+        if cfg.benchmark:
+            dataset, class_names, templates = benchmark_set(cfg.benchmark, data.source, transform)
+        else:
+            dataset, class_names, templates = _classification_set(data, meta, transform)
         if cfg.ensemble:
 
             task = ensemble_task(cfg.ensemble_weights, cfg.ensemble_centers, tokenizers, class_names, templates)
@@ -259,7 +335,7 @@ def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
         bad = merged
     summary = {"status": "completed", "checkpoint": cfg.model.checkpoint, "ensemble": cfg.ensemble,
                "data": data.source, "pairs": data.pairs,
-               "metrics": metrics, "step": None, "run_dir": str(run_dir),
+               "metrics": metrics, "run_dir": str(run_dir),
                "bad_inputs": {"count": len(bad.files), "files": bad.files}, "bad_records": bad_records,
                "world_size": accelerator.num_processes}
     if accelerator.is_main_process:
@@ -269,6 +345,7 @@ def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
 
 def validate(cfg: Config) -> None:
     """Checks a dry run can make: model name, checkpoint and data paths."""
+    _validate_benchmark(cfg)
     if cfg.model.name and cfg.model.name not in list_models():
         raise ConfigError(f"model.name: unknown model {cfg.model.name!r}; run `percli ls models` for the names")
     if cfg.ensemble:

@@ -110,6 +110,7 @@ def build_corpus(folder: str | Path, size: int = 200, seed: int = 0) -> Path:
     import torch
     import torchaudio
 
+    from percli.core.data.paths import manifest_path, resolve_manifest_path
     from percli.core.data.shards import read_records
 
     folder = Path(folder)
@@ -117,7 +118,8 @@ def build_corpus(folder: str | Path, size: int = 200, seed: int = 0) -> Path:
     texts = sentences(size, seed)
     if manifest.is_file():
         records = [record for _, record, _ in read_records(manifest, None)]
-        if [r["text"] for r in records] == texts and all((folder / r["audio"]).is_file() for r in records):
+        if [r["text"] for r in records] == texts and all(Path(resolve_manifest_path(folder, r["audio"])).is_file()
+                                                         for r in records):
             return manifest
     folder.mkdir(parents=True, exist_ok=True)
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -125,7 +127,7 @@ def build_corpus(folder: str | Path, size: int = 200, seed: int = 0) -> Path:
     resample, paths = torchaudio.transforms.Resample(rate, SAMPLE_RATE), []  # one windowed-sinc kernel for all
     for i, wave in enumerate(waves):
         wave = resample(torch.from_numpy(wave.astype(np.float32) / 32768.0))
-        paths.append(f"utt_{i:04d}.wav")  # relative to the manifest's folder, wherever the process runs
+        paths.append(manifest_path(folder, folder / f"utt_{i:04d}.wav"))  # relative to the manifest's folder
         soundfile.write(str(folder / paths[-1]), wave.clamp(-1, 1).numpy(), SAMPLE_RATE, subtype="PCM_16")
     tmp = folder / f".{MANIFEST}.tmp-{os.getpid()}"
     tmp.write_text("".join(json.dumps({"audio": p, "text": t}) + "\n" for p, t in zip(paths, texts)))

@@ -31,6 +31,7 @@ from percli.models import build_for_checkpoint, family_fit
 from percli.models.common import plain
 from percli.models.encodec import EncodecModel
 from percli.models.encodec import load_official_state as load_codec_state
+from percli.models.hub import resolve_weights
 from percli.models.voicecraft import SILENCE_TOKENS, VoiceCraft, kwargs_from_official_args
 from percli.models.voicecraft import load_official_state as load_voicecraft_state
 from percli.tts import alignment
@@ -121,7 +122,7 @@ def _percli_codec_path(meta: dict, where: Path) -> Path | None:
 def load_codec(path: Path, config: dict | None = None) -> EncodecModel:
     """The Encodec model of ``path``: the release ``.th`` (VoiceCraft's codec config) or percli safetensors
     (config in the file's metadata unless given)."""
-    path = Path(path)
+    path = resolve_weights(path)  # a path, or an hf-hub: spec's file in the Hugging Face cache
     if not path.is_file():
         raise WeightsError(f"no codec weights at {path}; {WEIGHTS_HELP}")
     if path.suffix == ".safetensors":
@@ -178,7 +179,7 @@ def read_voicecraft_weights(checkpoint: Path | None) -> VoiceCraftWeights:
     ``model.safetensors`` / checkpoint dir / run dir (see `load_voicecraft`)."""
     if checkpoint is None:
         raise WeightsError(f"no VoiceCraft weights given; {WEIGHTS_HELP}")
-    checkpoint = Path(checkpoint)
+    checkpoint = resolve_weights(checkpoint)  # a path, or an hf-hub: spec's file in the Hugging Face cache
     if not checkpoint.exists():
         raise WeightsError(f"no VoiceCraft weights at {checkpoint}; {WEIGHTS_HELP}")
     layout, codec_path = checkpoint_layout(checkpoint), None

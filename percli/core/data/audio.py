@@ -33,6 +33,7 @@ import torchaudio
 from torch.utils.data import Dataset
 
 from percli.core.data.images import BadSample, inferred_classes, list_folder
+from percli.core.data.paths import resolve_manifest_path
 from percli.core.data.shards import BadRecords, read_records
 
 AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".ogg", ".mp3", ".m4a")
@@ -323,12 +324,6 @@ class FbankDataset(Dataset):
 
 
 AudioItem = tuple[str, list[int]]
-
-
-def resolve_manifest_path(base: Path, path: str) -> str:
-    """A path read from a manifest in folder ``base``: ``~`` expanded, absolute kept, relative joined onto ``base``."""
-    resolved = Path(path).expanduser()
-    return str(resolved if resolved.is_absolute() else base / resolved)
 
 
 def _index_names(

@@ -19,6 +19,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
+from percli.core.data.paths import resolve_manifest_path
 from percli.core.data.shards import BadRecords, read_records
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
@@ -190,8 +191,7 @@ def read_manifest(manifest: str | Path, classes: list[str] | None = None, requir
             label = -1
         elif label >= len(classes):
             raise ValueError(f"{manifest}:{lineno}: label {label} out of range for {len(classes)} classes")
-        resolved = Path(path).expanduser()
-        samples.append((str(resolved if resolved.is_absolute() else base / resolved), label))
+        samples.append((resolve_manifest_path(base, path), label))
     if not samples:
         raise ValueError(f"{manifest}: manifest has no usable entries ({bad.count} malformed line(s), e.g. "
                          f"{bad.examples[:2]})")
