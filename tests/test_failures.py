@@ -223,7 +223,7 @@ def test_disk_full_while_checkpointing_exits_2(tmp_path, monkeypatch):
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "checkpoints"))
 
-    monkeypatch.setattr(checkpoint, "save_checkpoint", full)
+    monkeypatch.setattr(checkpoint, "finish_checkpoint", full)
     result = invoke("pretrain", "hiera-mae", "--run-dir", tmp_path / "run", *TINY_MAE, "train.max_steps=1")
     assert result.exit_code == 2 and "No space left on device" in result.output and "--resume" in result.output
 

@@ -5,10 +5,11 @@ Layout of `checkpoints/step_<N>/`:
                          arguments and preprocessing, so a checkpoint rebuilds its model alone
   optimizer.safetensors  optimizer tensors (AdamW moments, step counts) flattened by name;
                          the param-group hyper-parameters sit in its metadata as JSON
+                         (FSDP runs: optimizer.rank<R>.safetensors, each rank's shard)
   trainer_state.json     step, data position, grad-scaler state, bad-input log, metrics so far
 
 Nothing here unpickles: the formats are safetensors and JSON only. A directory is written as
-`.tmp-step_<N>-<pid>` and renamed into place, so a `step_<N>` directory is always complete.
+`.tmp-step_<N>` and renamed into place, so a `step_<N>` directory is always complete.
 
 Reading is as careful as writing: a damaged safetensors file (empty, truncated, a header length
 beyond the file, a header that is not JSON) raises `CheckpointError` naming the file, and
@@ -244,31 +245,48 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(
-    root: str | Path,
-    step: int,
-    model_state: dict[str, torch.Tensor],
-    model_meta: dict[str, Any],
-    optimizer_state: dict[str, Any] | None,
-    trainer_state: dict[str, Any],
-    keep_last: int = 2,
-) -> Path:
-    """Write `root/step_<step>` atomically, then delete all but the newest `keep_last`."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:07d}"
-    tmp = root / f".tmp-step_{step:07d}-{os.getpid()}"
+def optimizer_file(rank: int | None = None) -> str:
+    """`optimizer.safetensors`, or rank R's shard `optimizer.rank<R>.safetensors` (FSDP runs)."""
+    return OPTIMIZER_FILE if rank is None else f"optimizer.rank{rank}.safetensors"
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def pending_dir(root: str | Path, step: int) -> Path:
+    """Where step `step` is written before it is renamed into place (one run per dir: the run-dir lock)."""
+    return Path(root) / f".tmp-step_{step:07d}"
+
+
+def start_checkpoint(root: str | Path, step: int) -> Path:
+    """A fresh, empty `pending_dir` (what a killed run left there is removed)."""
+    tmp = pending_dir(root, step)
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def write_optimizer(directory: Path, optimizer_state: dict[str, Any], rank: int | None = None) -> Path:
+    """An optimizer state_dict as safetensors (flushed to disk); `rank` names a shard of it."""
+    tensors, meta = flatten_optimizer(optimizer_state)
+    path = directory / optimizer_file(rank)
+    save_file(_cpu_tensors(tensors), str(path), metadata=meta)
+    _fsync_file(path)
+    return path
+
+
+def finish_checkpoint(tmp: Path, step: int, model_state: dict[str, torch.Tensor], model_meta: dict[str, Any],
+                      trainer_state: dict[str, Any], keep_last: int = 2) -> Path:
+    """Add the weights and trainer state to `tmp`, rename it to `step_<step>`, keep the newest `keep_last`."""
+    root = tmp.parent
+    final = root / f"step_{step:07d}"
     save_weights(tmp / MODEL_FILE, model_state, model_meta)
-    if optimizer_state is not None:
-        tensors, meta = flatten_optimizer(optimizer_state)
-        save_file(_cpu_tensors(tensors), str(tmp / OPTIMIZER_FILE), metadata=meta)
     (tmp / TRAINER_FILE).write_text(json.dumps(trainer_state, indent=1))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    for name in (MODEL_FILE, TRAINER_FILE):
+        _fsync_file(tmp / name)
     _fsync_dir(tmp)
     if final.exists():  # re-saving the same step (e.g. a signal right after a periodic save)
         shutil.rmtree(final)
@@ -279,19 +297,39 @@ def save_checkpoint(
     return final
 
 
+def save_checkpoint(
+    root: str | Path,
+    step: int,
+    model_state: dict[str, torch.Tensor],
+    model_meta: dict[str, Any],
+    optimizer_state: dict[str, Any] | None,
+    trainer_state: dict[str, Any],
+    keep_last: int = 2,
+) -> Path:
+    """Write `root/step_<step>` atomically (one writer), then delete all but the newest `keep_last`."""
+    tmp = start_checkpoint(root, step)
+    if optimizer_state is not None:
+        write_optimizer(tmp, optimizer_state)
+    return finish_checkpoint(tmp, step, model_state, model_meta, trainer_state, keep_last)
+
+
+def read_optimizer(path: Path) -> dict[str, Any]:
+    """An optimizer state_dict written by `write_optimizer`."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except SafetensorError as e:
+        raise _unreadable(path, e) from None
+    return unflatten_optimizer(load_tensors(path), meta)
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint dir: {"model", "model_meta", "optimizer", "trainer_state"}."""
+    """Read a checkpoint dir: {"model", "model_meta", "optimizer", "trainer_state"} (optimizer: None when
+    the dir holds none, or only rank shards, which `read_optimizer` reads one by one)."""
     path = Path(path)
     model_state, model_meta = read_weights(path / MODEL_FILE)
-    optimizer = None
     opt_path = path / OPTIMIZER_FILE
-    if opt_path.is_file():
-        try:
-            with safe_open(str(opt_path), framework="pt") as f:
-                meta = f.metadata() or {}
-        except SafetensorError as e:
-            raise _unreadable(opt_path, e) from None
-        optimizer = unflatten_optimizer(load_tensors(opt_path), meta)
+    optimizer = read_optimizer(opt_path) if opt_path.is_file() else None
     trainer_state = json.loads((path / TRAINER_FILE).read_text())
     return {"model": model_state, "model_meta": model_meta, "optimizer": optimizer, "trainer_state": trainer_state}
 

@@ -65,6 +65,11 @@ class TrainConfig:
     """DataLoader worker processes per training process."""
     cpu: bool = False
     """Force CPU even when a GPU is visible."""
+    fsdp: bool = False
+    """Shard parameters, gradients and optimizer state over the processes (FSDP2 through Accelerate's plugin;
+    every transformer block a shard unit) instead of replicating them (DDP). Checkpoints hold the full
+    weights (model.safetensors) and each rank's optimizer shard; --resume reads its own shard (any other
+    process count or a DDP run resumes too). No effect in one process."""
     compile: bool = False
     """torch.compile the model (its forward, in place) before training; the first steps are slower."""
     compile_backend: str = "inductor"

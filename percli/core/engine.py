@@ -30,7 +30,7 @@ from accelerate.utils import gather_object
 from torch.utils.data import DataLoader, Dataset
 
 from percli.core import checkpoint as ckpt
-from percli.core import trackers
+from percli.core import scale, trackers
 from percli.core.config import OptimConfig, TrainConfig, to_dict
 from percli.core.data.loader import ResumableSampler, SeededSamples, collate_skip_bad, mix_seed, seed_everything
 from percli.core.optim import build_optimizer, lr_at, scaled_lr, set_lr
@@ -104,8 +104,20 @@ def mixed_precision(configured: str, launcher: str | None) -> str | None:
 
 
 def make_accelerator(train: TrainConfig) -> Accelerator:
+    """The run's Accelerator: the launcher's processes and precision, FSDP2 when `train.fsdp` asks."""
     precision = mixed_precision(train.mixed_precision, os.environ.get("ACCELERATE_MIXED_PRECISION"))
-    return Accelerator(cpu=train.cpu, mixed_precision=precision)
+    plugin = scale.fsdp_plugin() if train.fsdp else None
+    accelerator = Accelerator(cpu=train.cpu, mixed_precision=precision, fsdp_plugin=plugin)
+    if plugin is not None:
+        scale.enable_fsdp(accelerator, plugin)
+    if scale.is_fsdp(accelerator) and not accelerator.is_fsdp2:
+        raise ValueError("the launcher turned on FSDP version 1; percli trains with FSDP2: pass --fsdp_version 2 "
+                         "to accelerate launch (or drop --use_fsdp and set train.fsdp=true)")
+    return accelerator
+
+
+def _model_section(task: Task) -> Any:
+    return getattr(getattr(task, "cfg", None), "model", None)
 
 
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
@@ -176,9 +188,29 @@ def _any_rank(accelerator: Accelerator, flag: bool) -> bool:
     return bool(accelerator.reduce(t, "max").item() > 0)
 
 
+def _lockstep(items: Iterator[dict[str, Any]], batches: int, accelerator: Accelerator,
+              stand_in: dict[str, Any] | None) -> Iterator[tuple[dict[str, Any] | None, dict[str, Any] | None]]:
+    """(item, batch to run) for as many batches as the busiest rank has: under FSDP every rank must run
+    each forward. Past its own end, or on an unreadable batch, a rank runs a stand-in (its last readable
+    batch, else `stand_in`) and the caller keeps nothing of it (item None or its batch None)."""
+    most = int(accelerator.reduce(torch.tensor(batches, device=accelerator.device), "max").item())
+    for i in range(most):
+        item = next(items) if i < batches else None
+        batch = item["batch"] if item is not None else None
+        if batch is not None:
+            stand_in = batch
+        if _any_rank(accelerator, stand_in is None):
+            raise NoUsableData("under FSDP every process needs a readable evaluation batch; one has none "
+                               "(fewer evaluation samples than processes, or all of its samples unreadable)")
+        yield item, batch if batch is not None else stand_in
+
+
 def evaluate(task: Task, model: nn.Module, dataset: Dataset, accelerator: Accelerator, train: TrainConfig,
-             bad_log: BadInputLog) -> dict[str, float]:
-    """Sum `task.eval_step` over the dataset (sharded without padding) and reduce across ranks."""
+             bad_log: BadInputLog, lockstep: bool = False, stand_in: dict[str, Any] | None = None
+             ) -> dict[str, float]:
+    """Sum `task.eval_step` over the dataset (sharded without padding) and reduce across ranks.
+
+    `lockstep` (FSDP): every rank runs the same number of forwards (see `_lockstep`)."""
     sampler = ResumableSampler(len(dataset), world_size=accelerator.num_processes, rank=accelerator.process_index,
                                seed=train.seed, shuffle=False, pad=False)
     loader = _loader(dataset, sampler, train, train.seed, task)
@@ -187,13 +219,19 @@ def evaluate(task: Task, model: nn.Module, dataset: Dataset, accelerator: Accele
     usable = 0
     was_training = model.training
     model.eval()
+    items = _start_workers(loader)
+    steps = _lockstep(items, len(loader), accelerator, stand_in) if lockstep else ((i, i["batch"]) for i in items)
     with torch.no_grad():
-        for item in _start_workers(loader):
-            bad_log.add(item["bad"])
-            usable += item["good"]
-            if item["batch"] is None:
+        for item, batch in steps:
+            if item is not None:
+                bad_log.add(item["bad"])
+                usable += item["good"]
+            if batch is None:
                 continue
-            for k, v in task.eval_step(model, _to_device(item["batch"], accelerator.device)).items():
+            out = task.eval_step(model, _to_device(batch, accelerator.device))
+            if item is None or item["batch"] is None:  # a stand-in's forward, run for the collectives
+                continue
+            for k, v in out.items():
                 if torch.is_tensor(v) and v.dim() > 0:
                     parts.setdefault(k, []).append(v.detach().float().cpu())
                 else:
@@ -251,6 +289,13 @@ class _Trainer:
         self.is_main = accelerator.is_main_process
         seed_everything(train_cfg.seed)  # identical init on every rank
         self.model = task.build_model()
+        self.fsdp = scale.is_fsdp(accelerator)
+        if getattr(_model_section(task), "grad_checkpointing", False):
+            scale.set_grad_checkpointing(self.model)
+        if self.fsdp:
+            scale.prepare_for_fsdp(self.model)
+        self.stand_in: dict[str, Any] | None = None  # FSDP: a batch to run when a rank's own is unreadable
+        self.optimizer_state: dict[str, Any] | None = None  # read by restore(), loaded once prepared
         self.train_set = task.train_dataset()
         self.eval_set = task.eval_dataset() if hasattr(task, "eval_dataset") else None
         weights = getattr(task, "sample_weights", lambda: None)()
@@ -274,12 +319,28 @@ class _Trainer:
             raise FileNotFoundError(f"--resume: no checkpoint under {self.ckpt_root}; start a new run instead")
         state = ckpt.load_checkpoint(latest)
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
         ts = state["trainer_state"]
+        self.optimizer_state = self.read_optimizer(latest, state["optimizer"], ts)
+        if not self.fsdp:  # plain parameters: before `prepare`; FSDP's sharded ones after it
+            self.optimizer.load_state_dict(self.optimizer_state)
         self.step, self.history = ts["step"], ts.get("last_metrics", {})
         self.bad_log.add(ts.get("bad_inputs", []))
         self.metrics.truncate_after(self.step)
         return ts
+
+    def read_optimizer(self, path: Path, whole: dict[str, Any] | None, ts: dict[str, Any]) -> dict[str, Any]:
+        """The checkpoint's optimizer state for this process: its own shard when the checkpoint was
+        sharded over as many processes and this run shards too, else the whole state (put together from
+        every shard when it was sharded; `scale.shard_like_params` cuts it to the current layout)."""
+        shards = ts.get("optimizer_shards")
+        if not shards:
+            if whole is None:
+                raise FileNotFoundError(f"--resume: {path} has no {ckpt.OPTIMIZER_FILE}; the checkpoint is "
+                                        "incomplete, remove it to resume from the one before")
+            return whole
+        if self.fsdp and shards == self.world:
+            return ckpt.read_optimizer(path / ckpt.optimizer_file(self.rank))
+        return scale.full_optimizer_state([ckpt.read_optimizer(path / ckpt.optimizer_file(r)) for r in range(shards)])
 
     def batches(self) -> Iterator[dict[str, Any]]:
         """Micro-batches from the current data position on, epoch after epoch."""
@@ -307,10 +368,7 @@ class _Trainer:
             with contextlib.nullcontext() if last or self.world == 1 else self.acc.no_sync(self.model):
                 samples += item["good"]
                 self.empty_micro_batches = 0 if item["good"] else self.empty_micro_batches + 1
-                if item["batch"] is None:  # every sample of this micro-batch was unreadable
-                    out = {"loss": sum(p.sum() * 0.0 for p in self.model.parameters())}
-                else:
-                    out = self.task.loss_step(self.model, _to_device(item["batch"], self.acc.device))
+                out = self.micro_step(item["batch"])
                 loss = out["loss"]
                 if _any_rank(self.acc, not bool(torch.isfinite(loss.detach()).all())):
                     raise RunStopped(
@@ -327,6 +385,22 @@ class _Trainer:
         self.step += 1
         self.samples_used += samples
         return samples
+
+    def micro_step(self, batch: dict[str, Any] | None) -> dict[str, torch.Tensor]:
+        """The task's losses on a micro-batch; a zero loss when all its samples were unreadable. Under FSDP
+        every rank must run the forward (its collectives gather the parameters), so such a rank runs its
+        last good batch and keeps nothing of it (a rank that has none yet stops every rank together)."""
+        if self.fsdp:
+            if _any_rank(self.acc, batch is None and self.stand_in is None):
+                raise self.no_data("under FSDP every process needs a readable sample in its first micro-batch; "
+                                   "a process got none. Check the data source (summary.json lists unreadable files)")
+            if batch is not None:
+                self.stand_in = batch
+            out = self.task.loss_step(self.model, _to_device(batch or self.stand_in, self.acc.device))
+            return out if batch is not None else {"loss": out["loss"] * 0.0}
+        if batch is None:
+            return {"loss": sum(p.sum() * 0.0 for p in self.model.parameters())}
+        return self.task.loss_step(self.model, _to_device(batch, self.acc.device))
 
     def weight_decay_now(self) -> float | None:
         """The scheduled weight decay of this step (a half-cosine, no warmup), or None when it is constant."""
@@ -359,7 +433,8 @@ class _Trainer:
 
     def evaluate(self) -> None:
         try:
-            result = evaluate(self.task, self.model, self.eval_set, self.acc, self.cfg, self.bad_log)
+            result = evaluate(self.task, self.model, self.eval_set, self.acc, self.cfg, self.bad_log,
+                              lockstep=self.fsdp, stand_in=self.stand_in)
         except NoUsableData as e:
             self.save()  # the training done so far is kept
             raise self.no_data(str(e)) from None
@@ -367,17 +442,32 @@ class _Trainer:
         self.record({"step": self.step, **result})
         self.history.update(result)
 
+    def full_state(self) -> dict[str, torch.Tensor]:
+        """The whole model's weights (under FSDP gathered from every rank: call it on all of them)."""
+        return self.acc.get_state_dict(self.model)
+
     def save(self) -> Path | None:
+        """`checkpoints/step_<N>`: the full weights (model.safetensors, loadable anywhere), the optimizer
+        (one file, or under FSDP each rank's shard), the trainer state; renamed into place when complete."""
         scaler = self.acc.scaler.state_dict() if self.acc.scaler is not None else None
         state = {"step": self.step, "max_steps": self.plan.max_steps, "world_size": self.world,
                  "micro_batches": self.step * self.cfg.grad_accum_steps, "grad_scaler": scaler,
-                 "bad_inputs": self.bad_log.files, "last_metrics": self.history}
+                 "bad_inputs": self.bad_log.files, "last_metrics": self.history,
+                 "optimizer_shards": self.world if self.fsdp else None}
+        self.acc.wait_for_everyone()
+        weights = self.full_state()
+        if self.is_main:
+            ckpt.start_checkpoint(self.ckpt_root, self.step)
+        self.acc.wait_for_everyone()
+        tmp = ckpt.pending_dir(self.ckpt_root, self.step)
+        if self.fsdp:
+            ckpt.write_optimizer(tmp, scale.local_optimizer_state(self.optimizer.state_dict()), self.rank)
+        elif self.is_main:
+            ckpt.write_optimizer(tmp, self.optimizer.state_dict())
         self.acc.wait_for_everyone()
         path = None
         if self.is_main:
-            path = ckpt.save_checkpoint(self.ckpt_root, self.step, self.acc.unwrap_model(self.model).state_dict(),
-                                        self.task.model_meta(), self.optimizer.state_dict(), state,
-                                        self.cfg.keep_last)
+            path = ckpt.finish_checkpoint(tmp, self.step, weights, self.task.model_meta(), state, self.cfg.keep_last)
         self.acc.wait_for_everyone()
         return path
 
@@ -412,6 +502,9 @@ class _Trainer:
         if self.cfg.compile:  # in place: the module (and its state_dict keys) stay as they are
             self.model.compile(backend=self.cfg.compile_backend)
         self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
+        if resume and self.fsdp:
+            self.optimizer.load_state_dict(scale.shard_like_params(self.optimizer_state, self.optimizer))
+        self.optimizer_state = None
         if self.acc.scaler is not None and trainer_state.get("grad_scaler"):
             self.acc.scaler.load_state_dict(trainer_state["grad_scaler"])
         self.model.train()
@@ -428,6 +521,15 @@ class _Trainer:
         """What a progress line shows of a metrics record: loss, lr, throughput."""
         fields = {"loss": f"{record['loss']:.4f}"} if "loss" in record else {}
         return {**fields, "lr": f"{record['lr']:.3g}", "samples/s": f"{record['samples_per_s']:,.1f}"}
+
+    def finished_model(self) -> nn.Module:
+        """The trained model for `finish` on rank 0 alone: under FSDP a plain copy built from the saved
+        weights (the sharded one would wait for the other ranks in every forward)."""
+        if not self.fsdp:
+            return self.acc.unwrap_model(self.model)
+        model = self.task.build_model()
+        model.load_state_dict(ckpt.load_tensors(ckpt.latest_checkpoint(self.ckpt_root) / ckpt.MODEL_FILE))
+        return model.to(self.acc.device)
 
     def _loop(self, batches: Iterator[dict[str, Any]]) -> dict[str, Any]:
         cfg, plan = self.cfg, self.plan
@@ -468,7 +570,7 @@ class _Trainer:
             self.evaluate()
         last = self.save()
         finish = getattr(self.task, "finish", None)
-        extra = finish(self.acc.unwrap_model(self.model), self.run_dir, self.acc) if finish and self.is_main else {}
+        extra = finish(self.finished_model(), self.run_dir, self.acc) if finish and self.is_main else {}
         trackers.log_pictures(self.acc, extra or {}, self.step)
         return self.summary("completed", checkpoint=str(last) if last else None, **(extra or {}))
 

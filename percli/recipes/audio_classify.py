@@ -36,14 +36,15 @@ from percli.recipes.audio_common import (
 )
 from percli.recipes.classification import classification_metrics, topk_counts
 from percli.recipes.common import (
-    ModelSection,
+    TrainedModelSection,
     validate,  # noqa: F401  the command runs it before anything is built
 )
 
 
 @dataclasses.dataclass
 class Config:
-    model: ModelSection = dataclasses.field(default_factory=lambda: ModelSection(name="audiomae_vit_base_patch16"))
+    model: TrainedModelSection = dataclasses.field(
+        default_factory=lambda: TrainedModelSection(name="audiomae_vit_base_patch16"))
     data: AudioDataSection = dataclasses.field(default_factory=lambda: AudioDataSection(
         freqm=48, timem=192, mixup=0.5))
     multilabel: bool | None = None

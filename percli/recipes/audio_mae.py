@@ -32,14 +32,14 @@ from percli.recipes.audio_common import (
     save_spectrogram_reconstructions,
 )
 from percli.recipes.common import (
-    ModelSection,
+    TrainedModelSection,
     validate,  # noqa: F401  the command runs it before anything is built
 )
 
 
 @dataclasses.dataclass
 class Config:
-    model: ModelSection = dataclasses.field(default_factory=lambda: ModelSection(
+    model: TrainedModelSection = dataclasses.field(default_factory=lambda: TrainedModelSection(
         name="audiomae_mae_vit_base_patch16", kwargs={"decoder_mode": 1, "norm_pix_loss": True}))
     data: AudioDataSection = dataclasses.field(default_factory=AudioDataSection)
     mask_ratio: float = 0.8

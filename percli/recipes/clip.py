@@ -38,7 +38,7 @@ from percli.core.data.captioned import CLASS_NAMES, ZERO_SHOT_TEMPLATES, Caption
 from percli.core.data.image_text import ImageTextDataset
 from percli.models import create_model, list_models, load_initial_weights
 from percli.models.clip_tokenizer import CLIPTokenizer
-from percli.recipes.common import ModelSection, check_shard_sources
+from percli.recipes.common import TrainedModelSection, check_shard_sources
 from percli.recipes.zero_shot import ZeroShotTask, eval_transform
 
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -59,7 +59,8 @@ class ClipDataSection:
 
 @dataclasses.dataclass
 class Config:
-    model: ModelSection = dataclasses.field(default_factory=lambda: ModelSection(name="clip_vit_b32_quickgelu"))
+    model: TrainedModelSection = dataclasses.field(
+        default_factory=lambda: TrainedModelSection(name="clip_vit_b32_quickgelu"))
     data: ClipDataSection = dataclasses.field(default_factory=ClipDataSection)
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(batch_size=512))
     # OpenAI CLIP / MetaCLIP: AdamW(0.9, 0.98), eps 1e-6, wd 0.2, lr 5e-4 at batch 32,768, cosine.

@@ -23,6 +23,15 @@ class ModelSection:
 
 
 @dataclasses.dataclass
+class TrainedModelSection(ModelSection):
+    """The model section of a training recipe."""
+
+    grad_checkpointing: bool = False
+    """Recompute each transformer block's activations in the backward pass instead of storing them
+    (less activation memory for some more compute; the same gradients)."""
+
+
+@dataclasses.dataclass
 class DataSection:
     source: str = "embedded"
     """`embedded` (built-in generated set), an image folder, a .jsonl manifest, or a video folder/manifest."""

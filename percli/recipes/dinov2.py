@@ -39,7 +39,7 @@ from percli.models import create_model, load_initial_weights
 from percli.models.dino_head import DINOHead
 from percli.recipes.common import (
     DataSection,
-    ModelSection,
+    TrainedModelSection,
     make_dataset,
     validate,  # noqa: F401  the command runs it before anything is built
 )
@@ -88,7 +88,7 @@ class LossSection:
 
 @dataclasses.dataclass
 class Config:
-    model: ModelSection = dataclasses.field(default_factory=lambda: ModelSection(
+    model: TrainedModelSection = dataclasses.field(default_factory=lambda: TrainedModelSection(
         name="dinov2_vits14", kwargs={"img_size": 224, "drop_path_rate": 0.3, "drop_path_uniform": True,
                                       "init_values": 1.0e-5}))
     data: DataSection = dataclasses.field(default_factory=DataSection)

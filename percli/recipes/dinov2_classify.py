@@ -27,7 +27,7 @@ from percli.core import engine
 from percli.core.config import OptimConfig
 from percli.core.context import RunContext
 from percli.recipes.common import (
-    ModelSection,
+    TrainedModelSection,
     validate,  # noqa: F401  (the command runs it before anything is built)
 )
 from percli.recipes.hiera_classify import ClassifyTask
@@ -38,7 +38,7 @@ from percli.recipes.hiera_classify import Config as ClassifyConfig
 class Config(ClassifyConfig):
     """`percli finetune hiera`'s options; the defaults below differ."""
 
-    model: ModelSection = dataclasses.field(default_factory=lambda: ModelSection(
+    model: TrainedModelSection = dataclasses.field(default_factory=lambda: TrainedModelSection(
         name="dinov2_vits14", kwargs={"img_size": 224}))
     """model.kwargs.img_size is the finetuning resolution (a multiple of the patch size)."""
     drop_path: float | None = 0.1

@@ -35,7 +35,7 @@ from percli.recipes.classification import (
 )
 from percli.recipes.common import (
     DataSection,
-    ModelSection,
+    TrainedModelSection,
     is_video,
     normalisation,
     validate,  # noqa: F401  the command runs it before anything is built
@@ -44,7 +44,7 @@ from percli.recipes.common import (
 
 @dataclasses.dataclass
 class Config:
-    model: ModelSection = dataclasses.field(default_factory=ModelSection)
+    model: TrainedModelSection = dataclasses.field(default_factory=TrainedModelSection)
     data: DataSection = dataclasses.field(default_factory=DataSection)
     drop_path: float | None = None
     """null = official (0.3 for huge, else 0.1)."""

@@ -26,7 +26,7 @@ from percli.core.data import finetune_transform, mae_transform, video_transform
 from percli.models import create_model, load_initial_weights
 from percli.recipes.common import (
     DataSection,
-    ModelSection,
+    TrainedModelSection,
     is_video,
     make_dataset,
     normalisation,
@@ -38,7 +38,8 @@ from percli.recipes.reconstruction import save_reconstruction_grid
 
 @dataclasses.dataclass
 class Config:
-    model: ModelSection = dataclasses.field(default_factory=lambda: ModelSection(name="mae_hiera_base_224"))
+    model: TrainedModelSection = dataclasses.field(
+        default_factory=lambda: TrainedModelSection(name="mae_hiera_base_224"))
     data: DataSection = dataclasses.field(default_factory=DataSection)
     mask_ratio: float | None = None
     """Share of mask units dropped; null = the model's default (0.6 image, 0.9 video)."""

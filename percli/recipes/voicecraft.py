@@ -88,6 +88,8 @@ class VoiceCraftModelSection:
     """Initial weights (finetuning): a release .pth (giga830M.pth, ...), a Hugging Face VoiceCraft folder
     or a percli run / checkpoint dir / model.safetensors. The model then comes from the checkpoint's
     config (`kwargs` may only repeat it) and the vocabulary from its phn2num."""
+    grad_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass (less memory, same gradients)."""
 
 
 @dataclasses.dataclass
