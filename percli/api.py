@@ -30,7 +30,6 @@ __all__ = ["PercliError", "create_model", "create_transform", "load", "train"]
 
 # What a percli checkpoint's metadata adds to its model's own preprocessing (the recipes' model_meta: the
 # normalisation and crop a run trained with; the fbank settings of an audio run).
-_CHECKPOINT_PREPROCESS = ("mean", "std", "crop_pct", "sample_rate", "num_mel_bins", "target_length")
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
@@ -79,34 +78,29 @@ def create_transform(model_or_meta: nn.Module | Mapping[str, Any]) -> Callable[[
             metadata (``percli.core.checkpoint.read_meta``), whose mean/std/crop override the model's.
 
     Returns:
-        Images: PIL image or uint8 [3, H, W] -> [3, S, S]: Hiera bicubic resize to S / crop_pct, centre
-        crop S = its input size; DINOv2 resize 256, crop 224 (its eval_resize / eval_crop); CLIP/PE
-        their own resize (PE squashes). Video Hiera:
+        Images: PIL image or uint8 [3, H, W] -> [3, H', W'] as ``ImagePreprocess`` reads the model's
+        description: Hiera bicubic resize to size / 0.875 and centre crop; DINOv2 resize 256, crop 224;
+        CLIP centre-crops, PE squashes. Video Hiera:
         uint8 [T, C, H, W] -> [C, T, S, S]. Audio-MAE: audio file or waveform [1, T] -> fbank [1, T', F].
 
     Raises:
         ValueError: the model describes no image, video or fbank input (a codec, a speech LM).
     """
-    from percli.core.data import finetune_transform
     from percli.core.data.transforms import ImagePreprocess
 
     pre = _preprocess_of(model_or_meta)
     if "num_mel_bins" in pre:
         return FbankTransform(int(pre.get("sample_rate", 16000)), int(pre["num_mel_bins"]),
                               int(pre["target_length"]), float(pre["mean"]), float(pre["std"]))
-    if "image_size" in pre:  # CLIP / PE: their own resize mode and interpolation
-        return ImagePreprocess.of(pre).eval_transform()
-    size = pre.get("input_size")
-    if not size or "mean" not in pre or "std" not in pre:
-        raise ValueError(f"the preprocessing {pre} describes no image, video or fbank input (input_size, mean, "
-                         "std); percli.create_transform covers image, video and Audio-MAE models")
-    if len(size) == 4:  # [C, T, H, W]
+    size = pre.get("input_size") or []
+    if len(size) == 4 and "mean" in pre and "std" in pre:  # video [C, T, H, W]
         return _video_eval(int(size[-1]), pre["mean"], pre["std"])
-    if "eval_crop" in pre:  # DINOv2: resize the short side to eval_resize, crop eval_crop (its linear eval)
-        side, crop_pct = int(pre["eval_crop"]), pre["eval_crop"] / pre["eval_resize"]
-    else:  # Hiera (timm's convention): resize to input_size / crop_pct, crop input_size
-        side, crop_pct = int(size[-1]), pre.get("crop_pct") or 0.875
-    return finetune_transform(side, pre["mean"], pre["std"], train=False, crop_pct=float(crop_pct))
+    try:  # every image family describes its preprocessing alike (size, resize mode, crop, interpolation)
+        return ImagePreprocess.of(pre).eval_transform()
+    except ValueError:
+        raise ValueError(f"the preprocessing {pre} describes no image, video or fbank input (image_size / "
+                         "input_size, mean, std); percli.create_transform covers image, video and Audio-MAE "
+                         "models") from None
 
 
 def _preprocess_of(model_or_meta: nn.Module | Mapping[str, Any]) -> dict[str, Any]:
@@ -120,7 +114,9 @@ def _preprocess_of(model_or_meta: nn.Module | Mapping[str, Any]) -> dict[str, An
     with torch.device("meta"):
         built = create_model(meta["name"], **(meta.get("kwargs") or {}))
     stored = meta.get("preprocess") or (meta.get("model") or {}).get("preprocess") or {}
-    return {**getattr(built, "preprocess", {}), **stored, **{k: meta[k] for k in _CHECKPOINT_PREPROCESS if k in meta}}
+    from percli.core.data.transforms import with_trained_preprocess
+
+    return with_trained_preprocess({**getattr(built, "preprocess", {}), **stored}, meta)
 
 
 def _weights_path(path: Path) -> Path:
@@ -157,6 +153,7 @@ def load(path: str | Path) -> tuple[nn.Module, Callable[[Any], torch.Tensor]]:
             weights that do not fit the model the metadata describes.
     """
     from percli.core.checkpoint import read_meta, read_weights
+    from percli.core.data.transforms import with_trained_preprocess
     from percli.models import create_model_for, family_fit
 
     weights = _weights_path(Path(path))
@@ -172,7 +169,7 @@ def load(path: str | Path) -> tuple[nn.Module, Callable[[Any], torch.Tensor]]:
         raise ValueError(f"{weights} does not hold every weight of {name}: {len(missing)} missing "
                          f"({', '.join(missing[:4])}...); is it a checkpoint of another model?")
     if hasattr(model, "preprocess"):
-        model.preprocess = {**model.preprocess, **{k: meta[k] for k in _CHECKPOINT_PREPROCESS if k in meta}}
+        model.preprocess = with_trained_preprocess(model.preprocess, meta)
     if meta.get("classes"):
         model.classes = list(meta["classes"])
     model.eval()

@@ -83,8 +83,8 @@ def _tiny_clip(path):
 
 def test_clip_score_on_the_scene_images(scenes, tmp_path):
     from percli.core.data.images import load_rgb
+    from percli.core.data.transforms import ImagePreprocess
     from percli.models.clip_tokenizer import CLIPTokenizer
-    from percli.recipes.zero_shot import eval_transform
 
     folder, preds, refs = scenes
     model = _tiny_clip(tmp_path / "clip.safetensors")
@@ -99,7 +99,7 @@ def test_clip_score_on_the_scene_images(scenes, tmp_path):
                         "--field", "alt_text", "--clip-checkpoint", str(tmp_path / "clip.safetensors"),
                         "--images", str(images), "--batch-size", "4"], tmp_path / "ev")
     assert summary["clip"]["images_scored"] == 6 and summary["clip"]["bad_images"] == 2
-    transform = eval_transform(32, model.preprocess["mean"], model.preprocess["std"])
+    transform = ImagePreprocess.of(model.preprocess).eval_transform()
     batch = torch.stack([transform(load_rgb(str(folder / r["image"]))) for r in refs[2:]])
     tokenizer = CLIPTokenizer(context_length=24)
     for field, source in (("altogether", "caption"), ("alt_text", "alt_text")):

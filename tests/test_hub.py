@@ -18,6 +18,7 @@ from percli.models import create_model, list_models
 from percli.models import pretrained as table
 from percli.models.hub import HubWeightsError, parse_hub_spec, resolve_weights
 from tests.conftest import TINY_CLS
+from tests.summary_schema import assert_common_schema
 
 runner = CliRunner()
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -148,6 +149,7 @@ def test_percli_download_prints_where_the_cached_release_is(offline_hub, tmp_pat
     result = runner.invoke(app, ["download", "hiera_tiny_224", "--json", "--run-dir", str(tmp_path / "dl")])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
+    assert_common_schema(summary)
     assert summary["path"] == str(snapshot / "model.safetensors")
     assert summary["spec"] == f"hf-hub:{REPO}/model.safetensors" and summary["model"] == "hiera_tiny_224"
     missing = runner.invoke(app, ["download", "hf-hub:nobody/missing", "--run-dir", str(tmp_path / "dl2")])

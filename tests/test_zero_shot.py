@@ -161,8 +161,8 @@ def test_eval_transform_follows_the_model_pe_squashes_and_clip_crops():
     clip = ImagePreprocess.of(create_model("clip_vit_b32_quickgelu", embed_dim=16, vision_cfg={
         "image_size": 32, "patch_size": 8, "width": 32, "head_width": 16, "layers": 1},
         text_cfg={"width": 16, "heads": 2, "layers": 1}).preprocess)
-    assert (pe.size, pe.resize_mode, pe.interpolation, pe.mean) == (32, "squash", "bilinear", (0.5, 0.5, 0.5))
-    assert (clip.size, clip.resize_mode, clip.interpolation) == (32, "shortest", "bicubic")
+    assert (pe.size, pe.resize_mode, pe.interpolation, pe.mean) == ((32, 32), "squash", "bilinear", (0.5, 0.5, 0.5))
+    assert (clip.size, clip.resize_mode, clip.interpolation, clip.crop_pct) == ((32, 32), "shortest", "bicubic", 1.0)
     # metadata written before PE declared image_size/resize_mode reads the same
     assert ImagePreprocess.of({"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3,
                                "interpolation": "bilinear", "resize": "squash"}) == pe

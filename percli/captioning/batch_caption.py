@@ -37,12 +37,12 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torchvision.transforms import v2
 
 from percli.captioning.triples import _TRIPLE_READERS, alt_texts
 from percli.core.checkpoint import latest_checkpoint, read_weights
 from percli.core.data.image_text import PAIR_INDEXERS, open_image, parquet_image, parquet_image_name
 from percli.core.data.images import BadSample
+from percli.core.data.paths import resolve_manifest_path
 from percli.core.data.shards import (
     AddedField,
     BadRecords,
@@ -54,6 +54,7 @@ from percli.core.data.shards import (
     record_key,
     shard_format,
 )
+from percli.core.data.transforms import ImagePreprocess
 from percli.core.progress import ProgressFactory, plain_progress
 from percli.core.rundir import write_json_atomic, write_jsonl_atomic, write_text_atomic
 from percli.models.altogether import AltogetherCaptioner, build_captioner
@@ -84,13 +85,10 @@ class GenerationOptions:
     """Seed of the sampling, combined with each chunk's position (so a resume is reproducible)."""
 
 
-def caption_transform(preprocess: dict[str, Any]) -> v2.Compose:
-    """The captioner's image preprocessing (as `finetune altogether` trains it): resize to the encoder's
-    square input without a crop (the official fine-tuning preprocessing), normalise."""
-    size = preprocess["image_size"]
-    return v2.Compose([v2.ToImage(), v2.Resize((size, size), interpolation=v2.InterpolationMode.BICUBIC,
-                                               antialias=True),
-                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(preprocess["mean"], preprocess["std"])])
+def caption_transform(preprocess: dict[str, Any]) -> Callable[[Any], torch.Tensor]:
+    """The captioner's image preprocessing (as `finetune altogether` trains it): the encoder's input size,
+    resized without a crop (the official fine-tuning preprocessing), normalised."""
+    return ImagePreprocess.of(preprocess).squashed().eval_transform()
 
 
 def resolve_inputs(sources: list[str]) -> list[Path]:
@@ -148,14 +146,15 @@ def _absolute_images(path: Path, batch: Batch) -> Any:
     """
     fmt = shard_format(path)
     if fmt == "jsonl":
-        return [{**r, "image": os.path.abspath(path.parent / r["image"])} if isinstance(r.get("image"), str)
-                and r["image"] else r for r in batch.items]
+        return [{**r, "image": os.path.abspath(resolve_manifest_path(path.parent, r["image"]))}
+                if isinstance(r.get("image"), str) and r["image"] else r for r in batch.items]
     table = batch.items
     if fmt != "parquet" or "image" not in table.column_names or str(table.schema.field("image").type) != "string":
         return table
     import pyarrow as pa
 
-    paths = [os.path.abspath(path.parent / p) if p else p for p in table.column("image").to_pylist()]
+    paths = [os.path.abspath(resolve_manifest_path(path.parent, p)) if p else p
+             for p in table.column("image").to_pylist()]
     return table.set_column(table.column_names.index("image"), "image", pa.array(paths, type=pa.string()))
 
 

@@ -431,7 +431,8 @@ def image_tower(name: str, kwargs: dict[str, Any], checkpoint: str | None = None
     preprocess = dict(model.preprocess)
     with torch.no_grad():
         size = preprocess["image_size"]
-        dim = model.visual(torch.zeros(1, 3, size, size)).shape[-1]
+        height, width = (size, size) if isinstance(size, int) else size
+        dim = model.visual(torch.zeros(1, 3, height, width)).shape[-1]
     return model.visual, dim, preprocess
 
 

@@ -477,7 +477,7 @@ class CLIP(nn.Module):
         image_size = self.visual.image_size
         self.preprocess = {"image_size": image_size[0] if image_size[0] == image_size[1] else list(image_size),
                            "mean": list(OPENAI_MEAN), "std": list(OPENAI_STD),
-                           "interpolation": "bicubic", "resize_mode": "shortest",
+                           "interpolation": "bicubic", "resize_mode": "shortest", "crop_pct": 1.0,
                            "tokenizer": "clip_bpe", "context_length": text.context_length}
         self.init_text_parameters()
 

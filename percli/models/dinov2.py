@@ -167,8 +167,10 @@ class DinoVisionTransformer(nn.Module):
         self.interpolate_antialias = interpolate_antialias
         self.interpolate_offset = interpolate_offset
         self.preprocess = {"input_size": [in_chans, *img_size], "mean": list(IMAGENET_MEAN),
-                           "std": list(IMAGENET_STD), "interpolation": "bicubic", "eval_resize": 256,
-                           "eval_crop": 224}
+                           "std": list(IMAGENET_STD), "interpolation": "bicubic",
+                           # the official linear / k-NN evaluation: resize 256, centre crop 224 (a model
+                           # smaller than that, e.g. a tiny preset's, at its own size with the same ratio)
+                           "image_size": min(224, min(img_size)), "resize_mode": "shortest", "crop_pct": 224 / 256}
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))

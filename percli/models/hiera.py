@@ -426,8 +426,9 @@ def _default_preprocess(input_size: Sequence[int], in_chans: int) -> dict:
     if len(input_size) == 3:
         return {"input_size": [in_chans, *input_size], "mean": list(KINETICS_MEAN), "std": list(KINETICS_STD),
                 "frame_stride": 4, "interpolation": "bilinear"}
-    return {"input_size": [in_chans, *input_size], "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-            "interpolation": "bicubic", "crop_pct": 0.875}
+    h, w = input_size
+    return {"input_size": [in_chans, *input_size], "image_size": h if h == w else [h, w], "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD), "interpolation": "bicubic", "resize_mode": "shortest", "crop_pct": 0.875}
 
 
 class MaskedAutoencoderHiera(Hiera):

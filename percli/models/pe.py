@@ -252,7 +252,8 @@ class PEVisionTransformer(nn.Module):
         self.posemb_grid_size = image_size // patch_size
         # the keys CLIP declares (read by percli.core.data.transforms.ImagePreprocess), plus input_size
         self.preprocess = {"image_size": image_size, "input_size": [3, image_size, image_size], "mean": list(PE_MEAN),
-                           "std": list(PE_STD), "interpolation": "bilinear", "resize_mode": "squash"}
+                           "std": list(PE_STD), "interpolation": "bilinear", "resize_mode": "squash",
+                           "crop_pct": 1.0}
 
         # own tensors first: this is the official state-dict order
         scale = width**-0.5

@@ -30,7 +30,6 @@ import torch
 import torch.nn as nn
 from accelerate import Accelerator
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
 
 from percli.captioning.triples import RecordTriples, SceneTriples
 from percli.core import engine
@@ -125,13 +124,6 @@ class Config:
         lr=2e-4, ref_batch_size=512, min_lr=2e-5, weight_decay=0.0, warmup_fraction=0.01))
 
 
-def image_transform(size: int, mean: Any, std: Any) -> v2.Compose:
-    """Resize to the encoder's square input, no crop (the official fine-tuning preprocessing), normalise."""
-    return v2.Compose([v2.ToImage(), v2.Resize((size, size), interpolation=v2.InterpolationMode.BICUBIC,
-                                               antialias=True),
-                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
-
-
 def _is_percli_checkpoint(path: Path) -> bool:
     """A percli checkpoint dir (a Hugging Face folder also has model.safetensors, beside its config.json)."""
     return path.is_dir() and (path / "model.safetensors").is_file() and not (path / "config.json").is_file()
@@ -178,7 +170,7 @@ class AltogetherTask:
         self.encoder_meta = {"name": enc.name, "kwargs": dict(enc.kwargs)}
         encoder, dim, self.preprocess = image_tower(enc.name, dict(enc.kwargs), enc.checkpoint)
         pre = ImagePreprocess.of(self.preprocess)  # CLIP and PE describe their input alike
-        self.transform = image_transform(pre.size, pre.mean, pre.std)
+        self.transform = pre.squashed().eval_transform()  # the official fine-tuning input: resized, no crop
         self.train_set = self._dataset(cfg.data.source, "train")
         tokenizer = self._tokenizer(self.train_set.texts() if cfg.decoder.trim_vocab else [])
         decoder, state = self._decoder(tokenizer)

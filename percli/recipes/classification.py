@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -12,6 +14,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from percli.core.data import finetune_transform, video_transform
+from percli.core.data.transforms import ImagePreprocess
 from percli.recipes.common import DataSection, make_dataset, normalisation
 
 
@@ -36,17 +39,30 @@ def classification_metrics(sums: dict[str, float]) -> dict[str, float]:
 
 def classification_dataset(source: str, split: str, train: bool, data: DataSection, input_size: tuple[int, ...],
                            video: bool, *, rand_augment: str = "", reprob: float = 0.0,
-                           crop_pct: float = 0.875, classes: list[str] | None = None) -> Dataset:
-    """Train (augmented) or eval (resize + centre crop) dataset for a classifier: every sample labelled,
-    with `classes` (the training set's or a checkpoint's) when given."""
+                           crop_pct: float = 0.875, classes: list[str] | None = None,
+                           preprocess: ImagePreprocess | None = None) -> Dataset:
+    """Train (augmented) or eval dataset for a classifier: every sample labelled, with `classes` (the
+    training set's or a checkpoint's) when given. Images are evaluated with `preprocess` (a model's own,
+    see `eval_preprocess`), else resized to input_size / crop_pct and centre-cropped."""
     mean, std = normalisation(data, video)
     size = input_size[-1]
     if video:
         transform = video_transform(size, mean, std, train=train)
+    elif preprocess is not None and not train:
+        transform = preprocess.eval_transform()
     else:
         transform = finetune_transform(size, mean, std, train=train, rand_augment=rand_augment or None,
                                        re_prob=reprob, crop_pct=crop_pct)
     return make_dataset(data, source, split, train, transform, video, size, classes=classes, require_labels=True)
+
+
+def eval_preprocess(preprocess: Mapping[str, Any], data: DataSection) -> ImagePreprocess:
+    """A model's evaluation preprocessing (its `preprocess` description, or a checkpoint's), with the
+    data section's normalisation when it sets one."""
+    pre = ImagePreprocess.of(preprocess)
+    if data.mean is not None:
+        pre = dataclasses.replace(pre, mean=tuple(data.mean), std=tuple(data.std or pre.std))
+    return pre
 
 
 def class_embeddings(model: nn.Module, class_names: Sequence[str], templates: Sequence[str],

@@ -36,10 +36,11 @@ from percli.core.config import ConfigError, OptimConfig, TrainConfig
 from percli.core.context import RunContext
 from percli.core.data.captioned import CLASS_NAMES, ZERO_SHOT_TEMPLATES, CaptionedShapesDataset
 from percli.core.data.image_text import ImageTextDataset
+from percli.core.data.transforms import ImagePreprocess
 from percli.models import create_model, list_models, load_initial_weights
 from percli.models.clip_tokenizer import CLIPTokenizer
 from percli.recipes.common import TrainedModelSection, check_shard_sources
-from percli.recipes.zero_shot import ZeroShotTask, eval_transform
+from percli.recipes.zero_shot import ZeroShotTask
 
 MAX_LOGIT_SCALE = math.log(100.0)
 
@@ -130,11 +131,12 @@ class ClipTask:
         return meta
 
     def _dataset(self, source: str, split: str, train: bool) -> Dataset:
-        size, mean, std = self.preprocess["image_size"], self.preprocess["mean"], self.preprocess["std"]
-        transform = train_transform(size, mean, std) if train else eval_transform(size, mean, std)
+        pre = ImagePreprocess.of(self.preprocess)
+        transform = train_transform(pre.size, pre.mean, pre.std) if train else pre.eval_transform()
         if source == "embedded":
             count = self.cfg.data.embedded_size if train else max(self.cfg.data.embedded_size // 4, 1)
-            return CaptionedShapesDataset(split, count, image_size=size, transform=transform, tokenize=self.tokenizer)
+            return CaptionedShapesDataset(split, count, image_size=max(pre.size), transform=transform,
+                                          tokenize=self.tokenizer)
         return ImageTextDataset(source, transform, self.tokenizer, self.cfg.data.image_field,
                                 self.cfg.data.text_field)
 

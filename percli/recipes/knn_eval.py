@@ -33,6 +33,7 @@ from percli.core import checkpoint as ckpt
 from percli.core.config import TrainConfig
 from percli.core.context import RunContext
 from percli.core.data.loader import SeededSamples, collate_skip_bad
+from percli.core.data.transforms import with_trained_preprocess
 from percli.core.engine import BadInputLog, NoUsableData, no_usable_data_message
 from percli.core.knn import knn_classify
 from percli.core.rundir import write_json_atomic
@@ -41,7 +42,7 @@ from percli.models.audio_mae import AudioMaskedAutoencoderViT, AudioViT
 from percli.models.dinov2 import DinoVisionTransformer
 from percli.models.hub import resolve_weights
 from percli.recipes.audio_common import audio_dataset, eval_audio_section
-from percli.recipes.classification import classification_dataset
+from percli.recipes.classification import classification_dataset, eval_preprocess
 from percli.recipes.common import (
     DataSection,
     ModelSection,
@@ -122,15 +123,17 @@ def encode(model: nn.Module, inputs: torch.Tensor, features: FeatureSection) -> 
     return out["x_norm_clstoken"] if isinstance(out, dict) else out
 
 
-def image_datasets(model: nn.Module, data: DataSection) -> tuple[Dataset, Dataset]:
-    """Train (neighbour bank / probe training) and val sets, both with the eval transform."""
-    size = model.preprocess["input_size"][1:]  # [C, H, W] (video: [C, T, H, W])
-    if len(size) != 2:
+def image_datasets(model: nn.Module, meta: dict[str, Any], data: DataSection) -> tuple[Dataset, Dataset]:
+    """Train (neighbour bank / probe training) and val sets, both with the model's eval preprocessing
+    (a checkpoint's normalisation and crop win over the model's defaults)."""
+    described = with_trained_preprocess(model.preprocess, meta)
+    if len(described.get("input_size") or ()) == 4:  # [C, T, H, W]
         raise ValueError(f"{type(model).__name__} is not an image encoder; feature evaluation takes image and "
                          "Audio-MAE models")
+    pre = eval_preprocess(described, data)
     val_source = data.val_source or data.source
-    train = classification_dataset(data.source, "train", False, data, tuple(size), False)
-    val = classification_dataset(val_source, "val", False, data, tuple(size), False,
+    train = classification_dataset(data.source, "train", False, data, pre.size, False, preprocess=pre)
+    val = classification_dataset(val_source, "val", False, data, pre.size, False, preprocess=pre,
                                  classes=list(getattr(train, "classes", [])) or None)
     return train, val
 
@@ -180,7 +183,7 @@ def frozen_features(model_cfg: ModelSection, data: DataSection, features: Featur
     if is_audio(model):
         train_set, val_set = audio_datasets(model, meta, data, label_csv)
     else:
-        train_set, val_set = image_datasets(model, data)
+        train_set, val_set = image_datasets(model, meta, data)
     if getattr(train_set, "multilabel", False):
         raise ValueError(f"data.source={data.source!r} is multi-label (clips with several labels); k-NN and the "
                          "linear probe take single-label data (AudioSet: percli finetune audio-mae, eval classify)")

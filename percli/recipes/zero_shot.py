@@ -61,14 +61,6 @@ RECALL_KS = (1, 5, 10)
 # --------------------------------------------------------------------------- metrics
 
 
-def eval_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> Any:
-    """open_clip's evaluation preprocessing: bicubic resize of the short side, centre crop, normalise.
-
-    A model's own preprocessing (PE squashes instead): ``ImagePreprocess.of(model.preprocess).eval_transform()``.
-    """
-    return ImagePreprocess(size, tuple(mean), tuple(std)).eval_transform()
-
-
 @torch.no_grad()
 def retrieval_recalls(similarity: torch.Tensor, ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
     """R@k in both directions for a [N images, N texts] similarity matrix whose pairs are on the diagonal."""
@@ -273,7 +265,7 @@ def _classification_set(data: ZeroShotData, meta: dict[str, Any], transform: Any
     """The dataset of data.source, its class names and the prompt templates."""
     if data.source == "embedded":
         dataset = CaptionedShapesDataset("val", max(data.embedded_size // 4, 1),
-                                         image_size=ImagePreprocess.of(meta).size, transform=transform)
+                                         image_size=max(ImagePreprocess.of(meta).size), transform=transform)
         default_templates = meta.get("templates") or list(ZERO_SHOT_TEMPLATES)
     else:
         dataset = build_dataset(data.source, kind="image", transform=transform)

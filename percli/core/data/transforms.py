@@ -198,13 +198,7 @@ def finetune_transform(
         A callable PIL image (or uint8 tensor) -> FloatTensor[3, input_size, input_size].
     """
     if not train:
-        return v2.Compose(
-            [
-                v2.Resize(math.floor(input_size / crop_pct), interpolation=_BICUBIC),
-                v2.CenterCrop(input_size),
-                *_to_normalized_float(mean, std),
-            ]
-        )
+        return ImagePreprocess((input_size, input_size), tuple(mean), tuple(std), crop_pct=crop_pct).eval_transform()
     steps: list[Any] = [
         v2.RandomResizedCrop(input_size, scale=(0.08, 1.0), interpolation=_BICUBIC),
         v2.RandomHorizontalFlip(),
@@ -218,45 +212,94 @@ def finetune_transform(
 
 
 RESIZE_MODES = ("shortest", "squash")
+TRAINED_PREPROCESS = ("mean", "std", "crop_pct", "sample_rate", "num_mel_bins", "target_length")
+"""What a percli checkpoint's metadata may set about its inputs, over its model's defaults."""
+
+
+def with_trained_preprocess(preprocess: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
+    """A model's `preprocess` description with what its checkpoint's run trained with (normalisation, crop,
+    fbank settings)."""
+    return {**preprocess, **{k: meta[k] for k in TRAINED_PREPROCESS if k in meta}}
+
+
+def _pair(size: Any) -> tuple[int, int]:
+    if isinstance(size, int | float):
+        return int(size), int(size)
+    h, w = size
+    return int(h), int(w)
+
+
+class _ResizeToCover:
+    """Resize keeping the aspect ratio so the image covers (H, W) (open_clip's/timm's `ResizeKeepRatio` for a
+    rectangular target); a centre crop follows."""
+
+    def __init__(self, size: tuple[int, int], interpolation: v2.InterpolationMode):
+        self.size, self.interpolation = size, interpolation
+
+    def __call__(self, image: Any) -> Any:
+        h, w = v2.functional.get_size(image)
+        scale = max(self.size[0] / h, self.size[1] / w)
+        return v2.functional.resize(image, [round(h * scale), round(w * scale)], interpolation=self.interpolation,
+                                    antialias=True)
 
 
 @dataclasses.dataclass(frozen=True)
 class ImagePreprocess:
-    """A CLIP/PE model's image preprocessing, read from its ``preprocess`` description (or a checkpoint's).
+    """One image model's evaluation preprocessing, as every family describes it in ``model.preprocess``.
 
-    CLIP (open_clip) declares ``resize_mode: "shortest"`` with bicubic resizing: the short side goes
-    to ``size`` and the centre is cropped. PE declares ``resize_mode: "squash"`` with bilinear
-    resizing: the whole image is resized to ``size x size`` without a crop (the official PE
-    ``get_image_transform`` default). Metadata written before both used these keys gave PE's size
-    as ``input_size: [C, H, W]`` and its mode as ``resize``; both are still read.
+    The keys: ``image_size`` (an int, or [H, W] for rectangular inputs), ``resize_mode`` (``shortest``:
+    resize the short side to size / crop_pct and centre-crop; ``squash``: resize the whole image to
+    size / crop_pct, no aspect kept, then centre-crop), ``crop_pct``, ``interpolation``, ``mean``, ``std``.
+    CLIP/MetaCLIP: shortest, bicubic, crop_pct 1 (open_clip); PE: squash, bilinear, 1 (its
+    ``get_image_transform``); DINOv2: shortest, bicubic, 224 of 256 (its linear/k-NN eval); Hiera: shortest,
+    bicubic, 0.875 (timm's). Older metadata is read too: ``input_size: [C, H, W]`` (crop_pct 0.875 unless
+    given), DINOv2's ``eval_resize`` / ``eval_crop``, PE's ``resize``.
     """
 
-    size: int
+    size: tuple[int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
     interpolation: str = "bicubic"
     resize_mode: str = "shortest"
+    crop_pct: float = 1.0
 
     @classmethod
     def of(cls, preprocess: Mapping[str, Any]) -> ImagePreprocess:
-        size = preprocess.get("image_size") or (preprocess.get("input_size") or [None])[-1]
+        crop_pct = preprocess.get("crop_pct")
+        size = preprocess.get("image_size")
+        if size is None and "eval_crop" in preprocess:  # DINOv2 metadata written before image_size
+            size, crop_pct = preprocess["eval_crop"], preprocess["eval_crop"] / preprocess["eval_resize"]
+        if size is None and preprocess.get("input_size"):
+            size = preprocess["input_size"][-2:]
+            legacy_pe = "resize" in preprocess or "resize_mode" in preprocess
+            crop_pct = (1.0 if legacy_pe else 0.875) if crop_pct is None else crop_pct  # else timm's (Hiera)
         if not size or "mean" not in preprocess or "std" not in preprocess:
             raise ValueError(f"the model's preprocessing {dict(preprocess)} names no image size (image_size or "
-                             "input_size), mean or std; is it a CLIP or PE image model?")
+                             "input_size), mean or std; is it an image model?")
         mode = preprocess.get("resize_mode") or preprocess.get("resize") or "shortest"
         if mode not in RESIZE_MODES:
             raise ValueError(f"resize mode {mode!r} is not supported; use one of {', '.join(RESIZE_MODES)}")
-        return cls(int(size), tuple(map(float, preprocess["mean"])), tuple(map(float, preprocess["std"])),
-                   str(preprocess.get("interpolation", "bicubic")), mode)
+        return cls(_pair(size), tuple(map(float, preprocess["mean"])), tuple(map(float, preprocess["std"])),
+                   str(preprocess.get("interpolation", "bicubic")), mode, float(crop_pct or 1.0))
+
+    def squashed(self) -> ImagePreprocess:
+        """The same size, interpolation and normalisation, resized whole without a crop (how Altogether
+        feeds its image encoder)."""
+        return dataclasses.replace(self, resize_mode="squash", crop_pct=1.0)
 
     def eval_transform(self) -> v2.Compose:
-        """PIL image (or uint8 tensor) -> FloatTensor[3, size, size]: resize (and crop for "shortest"), normalise."""
+        """PIL image (or uint8 tensor) -> FloatTensor[3, H, W]: resize, centre crop, normalise."""
         interpolation = v2.InterpolationMode(self.interpolation)
+        scaled = tuple(math.floor(n / self.crop_pct) for n in self.size)
         if self.resize_mode == "squash":
-            resize = [v2.Resize((self.size, self.size), interpolation=interpolation, antialias=True)]
+            resize = v2.Resize(scaled, interpolation=interpolation, antialias=True)
+        elif scaled[0] == scaled[1]:
+            resize = v2.Resize(scaled[0], interpolation=interpolation, antialias=True)
         else:
-            resize = [v2.Resize(self.size, interpolation=interpolation, antialias=True), v2.CenterCrop(self.size)]
-        return v2.Compose([*resize, *_to_normalized_float(self.mean, self.std)])
+            resize = _ResizeToCover(scaled, interpolation)
+        # shortest: the short side fits, the long one is cropped; squash: cropped only when crop_pct < 1
+        crop = [v2.CenterCrop(self.size)] if self.resize_mode == "shortest" or scaled != self.size else []
+        return v2.Compose([resize, *crop, *_to_normalized_float(self.mean, self.std)])
 
 
 def video_transform(

@@ -1,0 +1,84 @@
+"""Every job of the registry has a tiny-run case in one group's test module, and every engine job's `--json`
+(training recipes, their evaluations, rwr-gae) has the common schema with fractions for shares."""
+
+import json
+
+from typer.testing import CliRunner
+
+from percli.cli import app
+from percli.jobs import JOBS
+from tests import test_jobs_captioning, test_jobs_curation, test_jobs_tools
+from tests.conftest import TINY_CLS, TINY_MAE
+from tests.summary_schema import assert_common_schema
+from tests.test_altogether_recipe import TINY as ALTOGETHER
+from tests.test_audio_recipes import CLS as AUDIO_CLS
+from tests.test_audio_recipes import MAE as AUDIO_MAE
+from tests.test_dinov2_recipe import SHORT as DINOV2
+from tests.test_voicecraft_recipe import TINY as VOICECRAFT
+
+runner = CliRunner()
+STEPS = ["train.max_steps=2"]
+CLIP = ["train.batch_size=8", "train.num_workers=0", "data.embedded_size=32", "optim.ref_batch_size=8"]
+DINOV2_FT = ["model.kwargs={img_size: 32, patch_size: 4, embed_dim: 32, depth: 2, num_heads: 2, init_values: 1.0}",
+             "data.embedded_size=40", "train.num_workers=0", "train.batch_size=8"]
+
+# training jobs first: the evaluation cases read their checkpoints ({hiera}, {clip})
+CASES = {
+    "pretrain hiera-mae": [*TINY_MAE, *STEPS, "recon_images=2"],
+    "finetune hiera": [*TINY_CLS, *STEPS],
+    "pretrain audio-mae": [*AUDIO_MAE, *STEPS, "recon_clips=2"],
+    "finetune audio-mae": [*AUDIO_CLS, *STEPS],
+    "pretrain voicecraft": [*VOICECRAFT, *STEPS],
+    "pretrain clip": [*CLIP, *STEPS],
+    "pretrain dinov2": [*DINOV2, *STEPS],
+    "finetune dinov2": [*DINOV2_FT, *STEPS],
+    "finetune altogether": [*ALTOGETHER, *STEPS],
+    "eval classify": ["checkpoint={hiera}", "data.embedded_size=40", "train.num_workers=0"],
+    "eval knn": ["model.checkpoint={hiera}", "data.embedded_size=40", "train.num_workers=0"],
+    "eval linear-probe": ["model.checkpoint={hiera}", "data.embedded_size=40", "train.num_workers=0",
+                          "epochs=2"],
+    "eval zero-shot": ["model.checkpoint={clip}", "data.embedded_size=20", "train.num_workers=0"],
+    "pretrain rwr-gae": ["--graph", "{graph}", "--labels", "{labels}", "--seeds", "1", "--epochs", "5"],
+}
+ELSEWHERE = {"download": "tests/test_hub.py::test_percli_download_prints_where_the_cached_release_is"}
+
+
+def test_every_job_of_the_registry_has_a_case_in_one_group():
+    groups = [set(CASES), {f"curate {method}" for method in test_jobs_curation.CASES},
+              {f"{verb} {method}" for verb, method, _ in test_jobs_captioning.JOBS}, set(test_jobs_tools.CASES),
+              set(ELSEWHERE)]
+    names = [name for group in groups for name in group]
+    assert len(names) == len(set(names)), "a job is in two groups"
+    assert set(names) == {job.name for job in JOBS}
+
+
+def _graph(tmp_path):
+    from tests.test_rwr_gae import planted_communities
+
+    edges, labels = planted_communities()
+    (tmp_path / "g.txt").write_text("".join(f"{u} {v}\n" for u, v in edges))
+    (tmp_path / "labels.txt").write_text("".join(f"{x}\n" for x in labels))
+    return {"graph": str(tmp_path / "g.txt"), "labels": str(tmp_path / "labels.txt")}
+
+
+def _fill(arg: str, values: dict[str, str]) -> str:
+    for key, value in values.items():
+        arg = arg.replace("{" + key + "}", value)
+    return arg
+
+
+def test_every_engine_job_prints_the_common_schema(tmp_path):
+    values = _graph(tmp_path)
+    for name, args in CASES.items():
+        run = tmp_path / name.replace(" ", "-")
+        result = runner.invoke(app, [*name.split(), "--run-dir", str(run), "--json",
+                                     *(_fill(a, values) for a in args)])
+        assert result.exit_code == 0, (name, result.output[-3000:])
+        summary = json.loads(result.stdout)
+        assert_common_schema(summary)
+        assert summary["status"] == "completed" and summary["run_dir"] == str(run), name
+        assert json.loads((run / "summary.json").read_text()) == summary, name
+        if name == "finetune hiera":
+            values["hiera"] = summary["checkpoint"]
+        if name == "pretrain clip":
+            values["clip"] = summary["checkpoint"]
