@@ -106,10 +106,14 @@ class Job:
         return cfg
 
 
-def _engine(verb: str, method: str, module: str, summary: str, default_preset: str | None = "tiny") -> Job:
-    return Job(verb, method, f"percli.recipes.{module}", summary, default_preset, engine=True,
+def _engine(verb: str, method: str, module: str, summary: str, default_preset: str | None = "tiny",
+            args: tuple[Arg, ...] = ()) -> Job:
+    return Job(verb, method, f"percli.recipes.{module}", summary, default_preset, args=args, engine=True,
                resumable=verb != "eval")
 
+
+_LAYERS = Arg("layers", ("--layers",), "Layer sweep: `all` or block indices (0,4,8,-1); a layer-vs-accuracy "
+              "table, and layers.png in the run dir.", metavar="all|K,K")
 
 JOBS: list[Job] = [
     _engine("pretrain", "hiera-mae", "hiera_mae",
@@ -130,17 +134,18 @@ JOBS: list[Job] = [
             "DINOv2 classification finetuning (linear head on cls + mean patch), any resolution by interpolation"),
     _engine("finetune", "altogether", "altogether",
             "Altogether captioner: image + alt-text -> re-aligned caption, CLIP prefix + OPT (Xu et al., EMNLP 2024)"),
-    Job("eval", "zero-shot", "percli.recipes.zero_shot",  # _engine(...) with a --benchmark option
-        "Zero-shot top-1/top-5 classification and image-text retrieval R@1/5/10 of a CLIP checkpoint", None,
-        args=(Arg("benchmark", ("--benchmark",), "a published protocol: imagenet (CLIP's 1,000 class names and "
-                  "80 prompt templates on an ImageNet-layout data.source)", metavar="NAME"),),
-        engine=True, resumable=False),
+    _engine("eval", "zero-shot", "zero_shot",
+            "Zero-shot top-1/top-5 classification and image-text retrieval R@1/5/10 of a CLIP checkpoint", None,
+            (Arg("benchmark", ("--benchmark",), "a published protocol: imagenet (CLIP's 1,000 class names and "
+                 "80 prompt templates on an ImageNet-layout data.source)", metavar="NAME"),)),
     _engine("eval", "classify", "classify_eval",
             "Top-1/top-5 (or multi-label mAP) of a Hiera or Audio-MAE classifier checkpoint on a dataset", None),
     _engine("eval", "knn", "knn_eval",
-            "Temperature-weighted k-NN top-1/top-5 of an image encoder's frozen features (DINO/DINOv2 eval)", None),
+            "Temperature-weighted k-NN top-1/top-5 of an image encoder's frozen features (DINO/DINOv2 eval)", None,
+            (_LAYERS,)),
     _engine("eval", "linear-probe", "linear_probe",
-            "Linear classifier on an image encoder's frozen features, best of a learning-rate sweep", None),
+            "Linear classifier on an image encoder's frozen features, best of a learning-rate sweep", None,
+            (_LAYERS,)),
 ]
 
 JOBS += [

@@ -38,7 +38,7 @@ def _normalised(image: torch.Tensor, pre: ImagePreprocess) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("name", [n for n in list_models() if n.startswith(("hiera_", "mae_hiera_", "dinov2_",
-                                                                           "clip_", "pe_core_"))])
+                                                                           "clip_", "pe_"))])
 def test_every_image_family_describes_its_preprocessing_alike(name):
     with torch.device("meta"):
         model = create_model(name)

@@ -21,7 +21,7 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
@@ -48,6 +48,14 @@ from percli.recipes.common import (
     ModelSection,
     validate,  # noqa: F401  run by the command before anything is built
 )
+from percli.recipes.layer_features import (
+    encoder_blocks,
+    layer_features,
+    parse_layers,
+    pool_tokens,
+    prefix_tokens,
+    sweep,
+)
 
 DEFAULT_MODEL = "dinov2_vits14"
 
@@ -58,6 +66,11 @@ class FeatureSection:
     """DINOv2: concatenate the cls tokens of the last n blocks (its linear eval uses 1 or 4)."""
     avgpool: bool = False
     """DINOv2: append the average-pooled patch tokens of the last block."""
+    layer: int | None = None
+    """Any encoder block's output instead of the final features (0-based; -1 = last block), pooled by `pool`."""
+    pool: Literal["auto", "cls", "mean"] = "auto"
+    """An intermediate block's tokens -> one vector: the class token, the mean of the other tokens, or auto
+    (cls where the encoder has one)."""
 
 
 @dataclasses.dataclass
@@ -71,6 +84,9 @@ class FrozenFeatureConfig:
     label_csv: str | None = None
     """Audio: label CSV for AST-style JSON data."""
     features: FeatureSection = dataclasses.field(default_factory=FeatureSection)
+    layers: str | None = None
+    """Layer sweep (--layers): `all` or block indices like 0,4,8,-1; every block's pooled features are
+    evaluated, a layer-vs-accuracy table goes in the summary and layers.png in the run dir."""
 
 
 @dataclasses.dataclass
@@ -104,6 +120,12 @@ def is_audio(model: nn.Module) -> bool:
 
 def encode(model: nn.Module, inputs: torch.Tensor, features: FeatureSection) -> torch.Tensor:
     """Frozen features [B, D] of one batch (images, or fbanks for Audio-MAE)."""
+    if features.layer is not None:
+        layer = parse_layers(str(features.layer), len(encoder_blocks(model)))[0]
+        final = dataclasses.replace(features, layer=None, n_last_blocks=1, avgpool=False)
+        return layer_features(model, lambda: encode(model, inputs, final), [layer], features.pool)[layer]
+    if hasattr(model, "encode_image"):  # CLIP / PE: the image embedding
+        return model.encode_image(inputs)
     if isinstance(model, DinoVisionTransformer):
         if features.n_last_blocks == 1 and not features.avgpool:
             return model.forward_features(inputs)["x_norm_clstoken"]
@@ -120,7 +142,10 @@ def encode(model: nn.Module, inputs: torch.Tensor, features: FeatureSection) -> 
         latent = model.forward_encoder(inputs, 0.0, noise=order.expand(inputs.shape[0], -1))[0]
         return latent[:, 1:].mean(dim=1)  # patch tokens averaged, cls dropped (the global-pool head's tokens)
     out = model.forward_features(inputs)
-    return out["x_norm_clstoken"] if isinstance(out, dict) else out
+    if isinstance(out, dict):
+        return out["x_norm_clstoken"]
+    # token outputs (PE-Lang / PE-Spatial towers have no pooling): the class token, else the patch mean
+    return pool_tokens(out, prefix_tokens(model), "auto") if out.dim() == 3 else out
 
 
 def image_datasets(model: nn.Module, meta: dict[str, Any], data: DataSection) -> tuple[Dataset, Dataset]:
@@ -153,21 +178,30 @@ def audio_datasets(model: nn.Module, meta: dict[str, Any], data: DataSection,
 
 @torch.no_grad()
 def extract(model: nn.Module, dataset: Dataset, features: FeatureSection, train: TrainConfig,
-            device: torch.device, bad: BadInputLog) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features [N, D] (float32, on CPU) and labels [N] of a whole dataset's readable samples, in dataset
-    order; unreadable files are skipped and added to `bad`."""
+            device: torch.device, bad: BadInputLog, layers: list[int] | None = None
+            ) -> tuple[torch.Tensor | dict[int, torch.Tensor], torch.Tensor]:
+    """Features [N, D] (float32, on CPU; with `layers`, {layer: [N, D]} read in one pass) and labels [N]
+    of a whole dataset's readable samples, in dataset order; unreadable files are skipped and added to `bad`."""
     loader = DataLoader(SeededSamples(dataset, train.seed), batch_size=train.batch_size,
                         num_workers=train.num_workers, shuffle=False, collate_fn=collate_skip_bad)
     key = "fbank" if is_audio(model) else "image"
-    feats, labels = [], []
+    final = dataclasses.replace(features, layer=None, n_last_blocks=1, avgpool=False)
+    feats: dict[Any, list[torch.Tensor]] = {}
+    labels = []
     for item in loader:
         bad.add(item["bad"])
-        if item["batch"] is not None:
-            feats.append(encode(model, item["batch"][key].to(device), features).float().cpu())
-            labels.append(torch.as_tensor(item["batch"]["label"]))
-    if not feats:
+        if item["batch"] is None:
+            continue
+        x = item["batch"][key].to(device)
+        got = (layer_features(model, lambda x=x: encode(model, x, final), layers, features.pool) if layers
+               else {None: encode(model, x, features)})
+        for k, v in got.items():
+            feats.setdefault(k, []).append(v.float().cpu())
+        labels.append(torch.as_tensor(item["batch"]["label"]))
+    if not labels:
         raise NoUsableData(no_usable_data_message("the features' data", None, dataset, bad.files))
-    return torch.cat(feats), torch.cat(labels).long()
+    out = {k: torch.cat(v) for k, v in feats.items()}
+    return (out if layers else out[None]), torch.cat(labels).long()
 
 
 def num_classes_of(dataset: Dataset, labels: torch.Tensor) -> int:
@@ -176,9 +210,12 @@ def num_classes_of(dataset: Dataset, labels: torch.Tensor) -> int:
 
 
 def frozen_features(model_cfg: ModelSection, data: DataSection, features: FeatureSection, train: TrainConfig,
-                    accelerator: Accelerator, label_csv: str | None = None) -> dict[str, Any]:
-    """Build the encoder and extract train/val features once (shared with the linear probe)."""
+                    accelerator: Accelerator, label_csv: str | None = None, layers: str | None = None
+                    ) -> dict[str, Any]:
+    """Build the encoder and extract train/val features once (shared with the linear probe); with `layers`
+    (a sweep spec) `train_x` / `val_x` map each chosen block to its features and `layers` lists them."""
     model, meta = build_encoder(model_cfg)
+    chosen = parse_layers(layers, len(encoder_blocks(model))) if layers else None
     model = model.to(accelerator.device)
     if is_audio(model):
         train_set, val_set = audio_datasets(model, meta, data, label_csv)
@@ -188,12 +225,12 @@ def frozen_features(model_cfg: ModelSection, data: DataSection, features: Featur
         raise ValueError(f"data.source={data.source!r} is multi-label (clips with several labels); k-NN and the "
                          "linear probe take single-label data (AudioSet: percli finetune audio-mae, eval classify)")
     bad = BadInputLog()
-    train_x, train_y = extract(model, train_set, features, train, accelerator.device, bad)
-    val_x, val_y = extract(model, val_set, features, train, accelerator.device, bad)
+    train_x, train_y = extract(model, train_set, features, train, accelerator.device, bad, chosen)
+    val_x, val_y = extract(model, val_set, features, train, accelerator.device, bad, chosen)
     if (train_y < 0).any() or (val_y < 0).any():
         raise ValueError("some inputs have no label (a flat folder?); give class sub-folders or a labelled manifest")
     return {"model": meta["name"], "train_x": train_x, "train_y": train_y, "val_x": val_x, "val_y": val_y,
-            "num_classes": max(num_classes_of(train_set, train_y), int(val_y.max()) + 1),
+            "num_classes": max(num_classes_of(train_set, train_y), int(val_y.max()) + 1), "layers": chosen,
             "bad_inputs": {"count": len(bad.files), "files": bad.files}}
 
 
@@ -201,16 +238,25 @@ def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
     run_dir, accelerator = ctx.run_dir, ctx.accelerator
     if not cfg.ks or min(cfg.ks) < 1:
         raise ValueError(f"ks={cfg.ks}: give positive neighbour counts, e.g. ks=[10,20,100,200]")
-    f = frozen_features(cfg.model, cfg.data, cfg.features, cfg.train, accelerator, cfg.label_csv)
-    metrics: dict[str, Any] = {"train_count": len(f["train_y"]), "count": len(f["val_y"]),
-                               "feature_dim": f["train_x"].shape[1]}
-    for k in cfg.ks:
-        acc = knn_classify(f["train_x"], f["train_y"], f["val_x"], f["val_y"], f["num_classes"], k=k,
-                           temperature=cfg.temperature)
-        metrics[f"k{k}/top1"], metrics[f"k{k}/top5"] = acc["top1"], acc["top5"]
+    f = frozen_features(cfg.model, cfg.data, cfg.features, cfg.train, accelerator, cfg.label_csv, cfg.layers)
+
+    def score(train_x: torch.Tensor, val_x: torch.Tensor) -> dict[str, float]:
+        out = {}
+        for k in cfg.ks:
+            acc = knn_classify(train_x, f["train_y"], val_x, f["val_y"], f["num_classes"], k=k,
+                               temperature=cfg.temperature)
+            out[f"k{k}/top1"], out[f"k{k}/top5"] = acc["top1"], acc["top5"]
+        return out
+
+    counts = {"train_count": len(f["train_y"]), "count": len(f["val_y"])}
+    if f["layers"]:
+        swept = sweep(f, score, f"k{cfg.ks[0]}/top1", f"k-NN (k={cfg.ks[0]}) top-1 per block: {f['model']}", run_dir,
+                      draw=accelerator.is_main_process)
+        swept["metrics"].update(counts)
+    else:
+        swept = {"metrics": {**counts, "feature_dim": f["train_x"].shape[1], **score(f["train_x"], f["val_x"])}}
     summary = {"status": "completed", "model": f["model"], "checkpoint": cfg.model.checkpoint,
-               "bad_inputs": f["bad_inputs"],
-               "data": cfg.data.source, "metrics": metrics, "run_dir": str(run_dir)}
+               "bad_inputs": f["bad_inputs"], "data": cfg.data.source, **swept, "run_dir": str(run_dir)}
     if accelerator.is_main_process:
         write_json_atomic(run_dir / "summary.json", summary)
     return summary

@@ -31,6 +31,7 @@ from percli.recipes.common import (
     validate,  # noqa: F401  (run by the command before anything is built)
 )
 from percli.recipes.knn_eval import FrozenFeatureConfig, frozen_features
+from percli.recipes.layer_features import sweep
 
 DEFAULT_LRS = (0.001, 0.01, 0.1, 0.3, 1.0)
 
@@ -93,15 +94,24 @@ def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
     run_dir, accelerator = ctx.run_dir, ctx.accelerator
     if not cfg.lrs or min(cfg.lrs) <= 0 or cfg.epochs < 1:
         raise ValueError(f"lrs={cfg.lrs}, epochs={cfg.epochs}: give positive learning rates and epochs >= 1")
-    f = frozen_features(cfg.model, cfg.data, cfg.features, cfg.train, accelerator, cfg.label_csv)
-    result = sweep_linear_probe(f["train_x"], f["train_y"], f["val_x"], f["val_y"], f["num_classes"], cfg.lrs,
-                                cfg.epochs, cfg.probe_batch_size, cfg.train.seed)
-    metrics = {"top1": result["top1"], "top5": result["top5"], "best_lr": result["best_lr"],
-               "train_count": len(f["train_y"]), "count": len(f["val_y"]), "feature_dim": f["train_x"].shape[1],
-               **{f"lr{lr}/top1": acc for lr, acc in result["per_lr"].items()}}
+    f = frozen_features(cfg.model, cfg.data, cfg.features, cfg.train, accelerator, cfg.label_csv, cfg.layers)
+
+    def probe(train_x: torch.Tensor, val_x: torch.Tensor) -> dict[str, Any]:
+        return sweep_linear_probe(train_x, f["train_y"], val_x, f["val_y"], f["num_classes"], cfg.lrs, cfg.epochs,
+                                  cfg.probe_batch_size, cfg.train.seed)
+
+    counts = {"train_count": len(f["train_y"]), "count": len(f["val_y"])}
+    if f["layers"]:
+        swept = sweep(f, lambda tx, vx: {k: v for k, v in probe(tx, vx).items() if k != "per_lr"}, "top1",
+                      f"linear probe top-1 per block: {f['model']}", run_dir, draw=accelerator.is_main_process)
+        swept["metrics"].update(counts)
+    else:
+        result = probe(f["train_x"], f["val_x"])
+        swept = {"metrics": {"top1": result["top1"], "top5": result["top5"], "best_lr": result["best_lr"], **counts,
+                             "feature_dim": f["train_x"].shape[1],
+                             **{f"lr{lr}/top1": acc for lr, acc in result["per_lr"].items()}}}
     summary = {"status": "completed", "model": f["model"], "checkpoint": cfg.model.checkpoint,
-               "bad_inputs": f["bad_inputs"],
-               "data": cfg.data.source, "metrics": metrics, "run_dir": str(run_dir)}
+               "bad_inputs": f["bad_inputs"], "data": cfg.data.source, **swept, "run_dir": str(run_dir)}
     if accelerator.is_main_process:
         write_json_atomic(run_dir / "summary.json", summary)
     return summary

@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
@@ -91,7 +91,10 @@ class ZeroShotTask:
 
     def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, float | torch.Tensor]:
         clip = getattr(model, "module", model)  # under DDP
-        image_features = clip.encode_image(batch["image"], normalize=True)  # [B, D]
+        if "video" in batch:  # [B, C, T, H, W] clips
+            image_features = encode_video(clip, batch["video"])
+        else:
+            image_features = clip.encode_image(batch["image"], normalize=True)  # [B, D]
         out: dict[str, float | torch.Tensor] = {}
         if self.class_names:
             if self._classes is None or not self.cache:
@@ -115,6 +118,17 @@ class ZeroShotTask:
         return metrics
 
 
+def encode_video(model: nn.Module, video: torch.Tensor) -> torch.Tensor:
+    """Normalised clip embeddings [B, D] of clips [B, C, T, H, W]: the model's `encode_video` (PE: the mean of
+    its normalised frame embeddings), else the same mean over `encode_image`; normalised again."""
+    frames = video.transpose(1, 2)  # [B, T, C, H, W]
+    if hasattr(model, "encode_video"):
+        features = model.encode_video(frames, normalize=True)
+    else:
+        features = model.encode_image(frames.flatten(0, 1), normalize=True).unflatten(0, frames.shape[:2]).mean(1)
+    return torch.nn.functional.normalize(features, dim=-1)
+
+
 # --------------------------------------------------------------------------- the command
 
 
@@ -135,6 +149,11 @@ class ZeroShotData:
     text_field: str = "text"
     embedded_size: int = 2000
     """As in `pretrain clip`: the embedded held-out split has a quarter of this many images."""
+    kind: Literal["image", "video"] = "image"
+    """video: data.source is a folder of class sub-folders of videos or a video .jsonl manifest; each clip's
+    embedding is the mean of its frames' (PE's `encode_video`)."""
+    num_frames: int = 8
+    """Video: frames per clip, spread evenly from the first to the last frame (PE's video inputs: 8)."""
 
 
 @dataclasses.dataclass
@@ -263,7 +282,13 @@ def _class_names(data: ZeroShotData, meta: dict[str, Any], dataset: Any) -> list
 
 def _classification_set(data: ZeroShotData, meta: dict[str, Any], transform: Any) -> tuple[Any, list[str], list[str]]:
     """The dataset of data.source, its class names and the prompt templates."""
-    if data.source == "embedded":
+    if data.kind == "video":
+        if data.source == "embedded":
+            raise ValueError("data.kind=video needs real clips: set data.source to a folder or .jsonl of videos")
+        dataset = build_dataset(data.source, kind="video", transform=transform, num_frames=data.num_frames,
+                                sampling_rate=0, train=False)
+        default_templates = meta.get("templates") or list(DEFAULT_TEMPLATES)
+    elif data.source == "embedded":
         dataset = CaptionedShapesDataset("val", max(data.embedded_size // 4, 1),
                                          image_size=max(ImagePreprocess.of(meta).size), transform=transform)
         default_templates = meta.get("templates") or list(ZERO_SHOT_TEMPLATES)

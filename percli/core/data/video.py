@@ -30,12 +30,16 @@ def clip_indices(num_video_frames: int, num_frames: int, sampling_rate: int, *, 
     Args:
         num_video_frames: Frames in the video (> 0).
         num_frames: Frames in the clip.
-        sampling_rate: Temporal stride between clip frames.
+        sampling_rate: Temporal stride between clip frames; 0 spreads the frames evenly over the whole
+            video (first to last frame, as the Perception Encoder's video inputs are sampled).
         train: Random start (torch global RNG) if True, centred clip otherwise.
 
     Returns:
         ``num_frames`` indices; those past the end of a short video repeat its last frame.
     """
+    if sampling_rate == 0:
+        last = num_video_frames - 1
+        return [round(i * last / max(num_frames - 1, 1)) for i in range(num_frames)]
     span = (num_frames - 1) * sampling_rate + 1
     slack = num_video_frames - span
     if slack <= 0:
@@ -102,7 +106,7 @@ def read_clip(path: str, num_frames: int, sampling_rate: int, *, train: bool, ba
     Args:
         path: The video file.
         num_frames: Frames in the clip.
-        sampling_rate: Temporal stride between clip frames.
+        sampling_rate: Temporal stride between clip frames (0: spread evenly over the video).
         train: Random clip start if True, centred clip otherwise.
         backend: ``"decord"``, ``"pyav"``, or ``"auto"`` (decord, then PyAV if decord is missing or
             fails on this file).
@@ -146,7 +150,7 @@ class VideoClipDataset(Dataset):
             (e.g. :func:`percli.core.data.transforms.video_transform`). Without it frames are
             scaled to [0, 1].
         num_frames: Frames per clip.
-        sampling_rate: Temporal stride between clip frames.
+        sampling_rate: Temporal stride between clip frames (0: spread evenly over the video).
         train: Random clip start if True, centred clip otherwise.
         backend: Video reader, see :func:`read_clip`.
         classes: Class names in label order (inferred when omitted).
@@ -167,8 +171,9 @@ class VideoClipDataset(Dataset):
         extensions: Iterable[str] = VIDEO_EXTENSIONS,
         require_labels: bool = False,
     ) -> None:
-        if num_frames < 1 or sampling_rate < 1:
-            raise ValueError(f"num_frames and sampling_rate must be >= 1, got {num_frames}, {sampling_rate}")
+        if num_frames < 1 or sampling_rate < 0:
+            raise ValueError(f"num_frames must be >= 1 and sampling_rate >= 0 (0: spread over the video), got "
+                             f"{num_frames}, {sampling_rate}")
         _check_backend(backend)
         self.source = str(source)
         self.transform = transform
