@@ -128,6 +128,8 @@ JOBS: list[Job] = [
             "VoiceCraft codec-LM pretraining by token infilling on (audio, transcript) pairs (Peng et al., ACL 2024)"),
     _engine("pretrain", "clip", "clip",
             "CLIP contrastive image-text pretraining, MetaCLIP recipe (Radford et al. 2021; Xu et al., ICLR 2024)"),
+    _engine("pretrain", "cit", "cit",
+            "CiT: curation in training, the text tower picks its own data every N steps (Xu et al., ICCV 2023)"),
     _engine("pretrain", "dinov2", "dinov2",
             "DINOv2 self-distillation pretraining: DINO + iBOT + KoLeo, multi-crop, EMA teacher (Oquab et al. 2023)"),
     _engine("finetune", "dinov2", "dinov2_classify",
@@ -279,8 +281,12 @@ JOBS += [
                 "{}.')."),
             Arg("centers", ("--centers",), "Reuse a mode_centers.safetensors: assign and weight only, no refit."),
             Arg("text_field", ("--text-field",), "Record field holding the caption."),
+            Arg("expert_shards", ("--expert-shards",), "Also write experts/expert_<k>.jsonl, each data expert's "
+                "training records (JSONL inputs).", switch=True),
+            Arg("ooc_ratio", ("--ooc-ratio",), "Share of the other clusters' records in each expert shard "
+                "(MoDE: 0.02)."),
         ), examples=("percli curate mode pool.jsonl --fine 1024 --coarse 4 --fit-fraction 0.05 --classes "
-                     "classes.txt",)),
+                     "classes.txt --expert-shards",)),
     Job("curate", "text-quality", "percli.curation.text_quality_job",
         "Text-quality pruning: weighted line filters, token-weighted document score (Sharma et al. 2024)",
         output_flag=True, resumable=False, args=(

@@ -13,6 +13,7 @@ from tests.summary_schema import assert_common_schema
 from tests.test_altogether_recipe import TINY as ALTOGETHER
 from tests.test_audio_recipes import CLS as AUDIO_CLS
 from tests.test_audio_recipes import MAE as AUDIO_MAE
+from tests.test_cit_recipe import TINY as CIT
 from tests.test_dinov2_recipe import SHORT as DINOV2
 from tests.test_voicecraft_recipe import TINY as VOICECRAFT
 
@@ -30,6 +31,7 @@ CASES = {
     "finetune audio-mae": [*AUDIO_CLS, *STEPS],
     "pretrain voicecraft": [*VOICECRAFT, *STEPS],
     "pretrain clip": [*CLIP, *STEPS],
+    "pretrain cit": [*CIT, "curation.every=1", *STEPS],
     "pretrain dinov2": [*DINOV2, *STEPS],
     "finetune dinov2": [*DINOV2_FT, *STEPS],
     "finetune altogether": [*ALTOGETHER, *STEPS],

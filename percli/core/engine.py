@@ -48,7 +48,11 @@ class Task(Protocol):
     - `finish(model, run_dir, accelerator) -> dict` (extra summary entries, pictures) on rank 0;
     - `sample_weights()` (a tensor, for weighted sampling), `epoch_len` (samples drawn per epoch when it
       is smaller than the dataset) and `collate(samples) -> batch` (instead of torch's default_collate,
-      e.g. for variable-length inputs kept as lists).
+      e.g. for variable-length inputs kept as lists);
+    - `curate(epoch, model) -> (indices, stats)`: data curation in training (CiT): called on every rank at
+      the start of each epoch with the model being trained, it returns the training-set indices that
+      epoch draws from (the same list on every rank; an epoch is then `epoch_len` of them) and scalars
+      logged to metrics.jsonl; the list is saved in checkpoints, so a resumed epoch uses it again.
     """
 
     def build_model(self) -> nn.Module: ...
@@ -299,9 +303,11 @@ class _Trainer:
         self.train_set = task.train_dataset()
         self.eval_set = task.eval_dataset() if hasattr(task, "eval_dataset") else None
         weights = getattr(task, "sample_weights", lambda: None)()
+        self.curate = getattr(task, "curate", None)
+        self.subset: dict[str, Any] | None = None  # {"epoch": e, "indices": [...]} of the current curation
         self.sampler = ResumableSampler(len(self.train_set), world_size=self.world, rank=self.rank,
                                         seed=train_cfg.seed, weights=weights,
-                                        num_samples=getattr(task, "epoch_len", None))
+                                        num_samples=getattr(task, "epoch_len", None), subsets=self.curate is not None)
         self.plan = plan_run(self.sampler.per_rank(), self.world, train_cfg, optim_cfg)
         self.optimizer = build_optimizer(self.model, optim_cfg, self.plan.peak_lr)
         self.ckpt_root = run_dir / "checkpoints"
@@ -324,6 +330,7 @@ class _Trainer:
         if not self.fsdp:  # plain parameters: before `prepare`; FSDP's sharded ones after it
             self.optimizer.load_state_dict(self.optimizer_state)
         self.step, self.history = ts["step"], ts.get("last_metrics", {})
+        self.subset = ts.get("subset")
         self.bad_log.add(ts.get("bad_inputs", []))
         self.metrics.truncate_after(self.step)
         return ts
@@ -352,11 +359,27 @@ class _Trainer:
                          persistent=True)
         while True:
             self.epoch = epoch
+            if self.curate is not None:
+                self.curate_epoch(epoch)
             for item in _start_workers(loader):
                 self.bad_log.add(item["bad"])
                 yield item
             epoch += 1
             self.sampler.set_epoch(epoch, 0)
+
+    def curate_epoch(self, epoch: int) -> None:
+        """The task's curation round for `epoch` (the saved one when a resumed run restarts inside it)."""
+        if self.subset is None or self.subset["epoch"] != epoch:
+            model = self.acc.unwrap_model(self.model)
+            was_training = model.training
+            model.eval()
+            with torch.no_grad():
+                indices, stats = self.curate(epoch, model)
+            model.train(was_training)
+            self.subset = {"epoch": epoch, "indices": list(indices)}
+            # logged at the first step trained on it (a resume from step k redoes a round begun at k)
+            self.record({"step": self.step + 1, "epoch": epoch, **{f"curation/{k}": v for k, v in stats.items()}})
+        self.sampler.set_subset(self.subset["indices"])
 
     def optimizer_step(self, batches: Iterator[dict[str, Any]], window: dict[str, float]) -> int:
         """One optimizer step over `grad_accum_steps` micro-batches; returns the samples used."""
@@ -453,7 +476,7 @@ class _Trainer:
         state = {"step": self.step, "max_steps": self.plan.max_steps, "world_size": self.world,
                  "micro_batches": self.step * self.cfg.grad_accum_steps, "grad_scaler": scaler,
                  "bad_inputs": self.bad_log.files, "last_metrics": self.history,
-                 "optimizer_shards": self.world if self.fsdp else None}
+                 "optimizer_shards": self.world if self.fsdp else None, "subset": self.subset}
         self.acc.wait_for_everyone()
         weights = self.full_state()
         if self.is_main:

@@ -7,6 +7,10 @@ Every record goes to its nearest fine center and that center's expert. Writes
 mode_centers.safetensors (fine centers, coarse centers, fine_to_coarse), mode_config.json,
 assign/<input>.jsonl (key, index, fine, coarse, distance per record), summary.json with the cluster
 sizes and, with --classes, ensemble_weights.json (each expert's weight by the paper's formula).
+--expert-shards also writes experts/expert_<k>.jsonl, the training set of data expert k: the JSONL
+records of its clusters plus a seeded --ooc-ratio share (official 0.02) of the other clusters' records,
+image paths made absolute; train each expert from a seed run with
+`percli pretrain clip data.source=RUN/experts/expert_<k>.jsonl model.checkpoint=SEED_CHECKPOINT`.
 --centers reuses fitted centers: assign and weight only. With no inputs: the first 2,000 texts of
 the built-in demo pool, 32 fine clusters and a few demo class names.
 """
@@ -58,6 +62,12 @@ class Config:
     """Task class names, one per line: writes ensemble_weights.json (the demo has its own)."""
     templates: str | None = None
     """Prompt templates with {}, one per line (default: 'a photo of a {}.')."""
+    expert_shards: bool = False
+    """Write experts/expert_<k>.jsonl, each data expert's training records (JSONL inputs)."""
+    ooc_ratio: float = 0.02
+    """Share of the other clusters' records added to each expert's shard (MoDE's ooc_ratio: 0.02)."""
+    image_field: str = "image"
+    """The records' image path field (made absolute in the expert shards)."""
     centers: str | None = None
     """A mode_centers.safetensors to reuse: assign and weight only, no refit."""
     text_field: str = "text"
@@ -86,6 +96,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError("text_field: the demo pool stores its texts in 'text'; drop --text-field or pass input files")
     if not 1 <= cfg.coarse <= fine_clusters(cfg):
         raise ConfigError(f"coarse: need 1 <= coarse <= fine (got coarse {cfg.coarse}, fine {fine_clusters(cfg)})")
+    if not 0 <= cfg.ooc_ratio < 1:
+        raise ConfigError(f"ooc_ratio: must be in [0, 1) (got {cfg.ooc_ratio:g})")
+    if cfg.expert_shards and not cfg.inputs:
+        raise ConfigError("expert_shards: the demo pool has no images; pass JSONL image-text shards as inputs")
+    if cfg.expert_shards and any(not str(p).endswith((".jsonl", ".jsonl.gz")) for p in cfg.inputs):
+        raise ConfigError("expert_shards: written from JSONL inputs; for Parquet or tar pools read the assign/ "
+                          "files (record index -> coarse cluster) instead")
     if not 0 < cfg.fit_fraction <= 1:
         raise ConfigError(f"fit_fraction: must be in (0, 1] (got {cfg.fit_fraction:g})")
     if cfg.batch_size < 1:
@@ -155,10 +172,57 @@ def run(cfg: Config, ctx: RunContext) -> dict:
                "fine_per_coarse": np.bincount(to_coarse, minlength=clusters.coarse).tolist(),
                "inputs": [str(p) for p in pool.inputs], "outputs": outputs, "output_dir": str(ctx.run_dir),
                "demo": not cfg.inputs}
+    if cfg.expert_shards:
+        summary["expert_shards"] = write_expert_shards(pool.inputs, outputs, ctx.run_dir / "experts", clusters.coarse,
+                                                       cfg.ooc_ratio, cfg.seed, cfg.image_field)
     class_names = read_lines(cfg.classes, "classes") if cfg.classes else (None if cfg.inputs else DEMO_CLASSES)
     if class_names:
         summary["expert_weights"] = _ensemble_weights(enc, clusters, class_names, config["templates"], cfg, ctx)
     return summary
+
+
+def write_expert_shards(inputs: list[Path], assignments: list[str], folder: Path, experts: int, ooc_ratio: float,
+                        seed: int, image_field: str) -> list[dict[str, Any]]:
+    """experts/expert_<k>.jsonl for every coarse cluster k: its records, plus each other record with
+    probability `ooc_ratio` (seeded per record key and expert), image paths resolved against the input's
+    folder; written to temp names and renamed."""
+    from percli.core.data.paths import resolve_manifest_path
+    from percli.core.data.shards import read_records
+    from percli.curation.metaclip import keep_uniform
+
+    folder.mkdir(parents=True, exist_ok=True)
+    targets = [folder / f"expert_{k}.jsonl" for k in range(experts)]
+    temps = [t.with_name(f".{t.name}.tmp-{os.getpid()}") for t in targets]
+    counts = [{"in_cluster": 0, "out_of_cluster": 0} for _ in range(experts)]
+    handles = [t.open("w", encoding="utf-8") for t in temps]
+    try:
+        for path, assignment in zip(inputs, assignments):
+            coarse_of = {}
+            with open(assignment, encoding="utf-8") as f:
+                for line in f:
+                    row = json.loads(line)
+                    coarse_of[row["index"]] = (row["coarse"], row["key"])
+            for line_no, record, _ in read_records(path, None, BadRecords()):
+                if line_no - 1 not in coarse_of:  # a record the clustering skipped (no usable text)
+                    continue
+                home, key = coarse_of[line_no - 1]
+                if isinstance(record.get(image_field), str) and record[image_field]:
+                    record = {**record, image_field: os.path.abspath(resolve_manifest_path(path.parent,
+                                                                                          record[image_field]))}
+                text = json.dumps(record, ensure_ascii=False) + "\n"
+                for k in range(experts):
+                    if k == home:
+                        handles[k].write(text)
+                        counts[k]["in_cluster"] += 1
+                    elif ooc_ratio and keep_uniform(str(key), seed * 1000 + k + 1) < ooc_ratio:
+                        handles[k].write(text)
+                        counts[k]["out_of_cluster"] += 1
+    finally:
+        for handle in handles:
+            handle.close()
+    for tmp, target in zip(temps, targets):
+        os.replace(tmp, target)
+    return [{"expert": k, "path": str(t), **c} for k, (t, c) in enumerate(zip(targets, counts))]
 
 
 def _check_centers(clusters: Any, enc: Any) -> None:

@@ -39,6 +39,13 @@ CAPTION_TEMPLATES: tuple[str, ...] = (
     "a {shape} in {colour}.",
 )
 ZERO_SHOT_TEMPLATES: tuple[str, ...] = ("a {}.", "a picture of a {}.", "a drawing of a {}.")
+OFF_TASK_CAPTIONS: tuple[str, ...] = tuple(f"{a} {b}" for a in (
+    "a photo of", "my favourite", "cheap", "the best", "a video about", "vintage", "new", "buy")
+    for b in ("a city street at night.", "a mountain lake.", "birthday cake recipes.", "the football match.",
+              "an old car.", "our wedding day.", "a cup of coffee.", "summer holidays.", "a sleeping cat.",
+              "running shoes.", "the quarterly report.", "a guitar lesson."))
+"""Web-like alt-texts that name no shape (the pool's noise in `off_task` items; CiT's task metadata is the
+shape class names)."""
 """Prompts for zero-shot classification of the held-out split (`{}` = a class name)."""
 
 
@@ -74,19 +81,25 @@ class CaptionedShapesDataset(Dataset):
         seed: Base seed; the same seed gives the same images and captions.
         transform: Called on the RGB PIL image; without it, FloatTensor[3, H, W] in [0, 1].
         tokenize: Texts -> token ids [N, L]; when given, items carry ``"text"`` = ids [L].
+        off_task: Share of items whose caption is an off-task alt-text (`OFF_TASK_CAPTIONS`) instead of
+            one naming the shape: a pool with noise, as web data has (items ``i`` with
+            ``hash(seed, i) < off_task``; their ``"label"`` stays the image's class).
 
     Items: ``{"image", "caption": str, "label": int, "path": str}`` (+ ``"text"``).
     """
 
     def __init__(self, split: str = "train", num_images: int | None = None, image_size: int = 64, seed: int = 0,
                  transform: Callable[[Any], torch.Tensor] | None = None,
-                 tokenize: Callable[[list[str]], torch.Tensor] | None = None) -> None:
+                 tokenize: Callable[[list[str]], torch.Tensor] | None = None, off_task: float = 0.0) -> None:
         if split not in _SPLIT_STREAMS:
             raise ValueError(f"captioned dataset split must be one of {', '.join(_SPLIT_STREAMS)}, got {split!r}")
         self.split, self.image_size, self.seed = split, image_size, seed
         self.num_images = _DEFAULT_SIZES[split] if num_images is None else int(num_images)
         self.transform, self.tokenize = transform, tokenize
         self.classes = list(CLASS_NAMES)
+        if not 0.0 <= off_task < 1.0:
+            raise ValueError(f"off_task={off_task}: a share in [0, 1)")
+        self.off_task = off_task
 
     def __len__(self) -> int:
         return self.num_images
@@ -96,7 +109,18 @@ class CaptionedShapesDataset(Dataset):
             raise IndexError(f"index {index} out of range for {self.num_images} images")
         # Stream 7 + split keeps these images apart from the plain shapes set's streams.
         rng = np.random.default_rng([self.seed, 7 + _SPLIT_STREAMS[self.split], index])
-        return render_captioned(index % len(CLASSES), rng, self.image_size)
+        pixels, caption = render_captioned(index % len(CLASSES), rng, self.image_size)
+        if self.is_off_task(index):
+            caption = OFF_TASK_CAPTIONS[int(rng.integers(len(OFF_TASK_CAPTIONS)))]
+        return pixels, caption
+
+    def is_off_task(self, index: int) -> bool:
+        """Whether item `index` carries an off-task caption (a pure function of seed, split and index)."""
+        return self.off_task > 0 and np.random.default_rng([self.seed, 97, index]).random() < self.off_task
+
+    def texts(self) -> list[str]:
+        """Every item's caption, in index order, without rendering the images' pixels twice over."""
+        return [self.render(i)[1] for i in range(self.num_images)]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         pixels, caption = self.render(index)

@@ -62,18 +62,22 @@ class ResumableSampler(Sampler[int]):
     Yields `epoch * n + i` so that `SeededSamples` knows the epoch inside worker processes.
     Shards are padded by wrapping (as DistributedSampler does) so every rank gets equally many.
     With `weights`, each epoch draws `num_samples` distinct items with probability proportional to
-    their weight (class-balanced sampling as in AST/Audio-MAE's weighted sampler).
+    their weight (class-balanced sampling as in AST/Audio-MAE's weighted sampler). With `set_subset`,
+    an epoch is a shuffle of the given item indices (duplicates kept), e.g. the ids a curation round
+    picked; `num_samples` (which may then exceed n) is the epoch length it is cut or cycled to.
     """
 
     def __init__(self, n: int, *, world_size: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True,
-                 pad: bool = True, weights: torch.Tensor | None = None, num_samples: int | None = None):
+                 pad: bool = True, weights: torch.Tensor | None = None, num_samples: int | None = None,
+                 subsets: bool = False):
         if n == 0:
             raise ValueError("the dataset is empty")
         if weights is not None and len(weights) != n:
             raise ValueError(f"{len(weights)} sample weights for {n} samples")
         self.n, self.world_size, self.rank, self.seed = n, world_size, rank, seed
         self.shuffle, self.pad, self.weights = shuffle, pad, weights
-        self.num_samples = min(num_samples or n, n)
+        self.num_samples = (num_samples or n) if subsets else min(num_samples or n, n)
+        self.subset: list[int] | None = None
         self.epoch = 0
         self.start = 0
 
@@ -86,12 +90,23 @@ class ResumableSampler(Sampler[int]):
         """Select the epoch and skip its first `start` samples of this rank (resume)."""
         self.epoch, self.start = epoch, start
 
+    def set_subset(self, indices: list[int]) -> None:
+        """The items the following epochs draw from (each epoch: a shuffle of them, cut or cycled to
+        `num_samples`)."""
+        if not indices or min(indices) < 0 or max(indices) >= self.n:
+            raise ValueError(f"a subset of {len(indices)} indices, not all in [0, {self.n})")
+        self.subset = list(indices)
+
     def __len__(self) -> int:
         return max(self.per_rank() - self.start, 0)
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
-        if self.weights is not None:
+        if self.subset is not None:
+            picks = torch.randperm(len(self.subset), generator=g).tolist() if self.shuffle else range(len(self.subset))
+            order = [self.subset[j] for j in picks]
+            order = (order * math.ceil(self.num_samples / len(order)))[: self.num_samples]
+        elif self.weights is not None:
             order = torch.multinomial(self.weights.double(), self.num_samples, replacement=False, generator=g).tolist()
         elif self.shuffle:
             order = torch.randperm(self.n, generator=g).tolist()[: self.num_samples]
