@@ -212,6 +212,20 @@ def test_imagenet_benchmark_lists_are_the_published_ones():
         benchmark_class_names("imagenet", ["cats"])
 
 
+def test_cifar_benchmarks_use_clips_18_templates_and_prompt_names():
+    from percli.recipes.zero_shot import benchmark_class_names, benchmark_lists
+
+    for name, count in (("cifar10", 10), ("cifar100", 100)):
+        names, templates, ids = benchmark_lists(name)
+        assert len(names) == len(ids) == len(set(ids)) == count and len(templates) == 18
+        assert names == [i.replace("_", " ") for i in ids]
+    assert benchmark_lists("cifar100")[2] == sorted(benchmark_lists("cifar100")[2])  # CIFAR-100's label order
+    assert benchmark_lists("cifar10")[0][:3] == ["airplane", "automobile", "bird"]
+    # torchvision's CIFAR-100 folder names (underscored) and indices map to CLIP's prompt names
+    assert benchmark_class_names("cifar100", ["aquarium_fish", "99", "maple_tree"]) == [
+        "aquarium fish", "worm", "maple tree"]
+
+
 def test_benchmark_imagenet_uses_the_80_templates_and_official_names(tmp_path, monkeypatch):
     """`eval zero-shot --benchmark imagenet` on a 10-class ImageNet-layout folder and a tiny CLIP checkpoint."""
     from PIL import Image

@@ -173,13 +173,14 @@ class Config:
     """`imagenet`: CLIP's 1,000 curated ImageNet class names and its 80 prompt templates (the published
     zero-shot protocol, percli/recipes/data/) on data.source, an ImageNet-layout folder (class sub-folders
     named by WordNet id, n01440764 ..., or by class index 0..999; any subset) or a manifest whose labels
-    are the class indices."""
+    are the class indices. `cifar10` / `cifar100`: CLIP's class names and 18 CIFAR templates (class
+    sub-folders named as torchvision names the classes, e.g. aquarium_fish, or by index)."""
 
 
 # --------------------------------------------------------------------------- published benchmarks
 
 BENCHMARK_DIR = Path(__file__).parent / "data"
-BENCHMARKS = ("imagenet",)
+BENCHMARKS = ("imagenet", "cifar10", "cifar100")
 
 
 def read_list(path: Path) -> list[str]:
@@ -193,25 +194,27 @@ def benchmark_lists(name: str) -> tuple[list[str], list[str], list[str]]:
     ``imagenet``: CLIP's curated names of the 1,000 ILSVRC-2012 classes and its 80 prompt templates
     (the CLIP repository's prompt-engineering notebook, as open_clip's ``zero_shot_metadata``
     carries them) and the WordNet ids in their standard sorted order (label i = the i-th id).
+    ``cifar10`` / ``cifar100``: the datasets' class names as CLIP prompts them (underscores as spaces) with
+    CLIP's 18 CIFAR templates; the ids are the datasets' own class names (torchvision's folder names).
     """
     if name not in BENCHMARKS:
         raise ValueError(f"benchmark={name!r} is unknown; choose from {', '.join(BENCHMARKS)}")
     return (read_list(BENCHMARK_DIR / f"{name}_classes.txt"), read_list(BENCHMARK_DIR / f"{name}_templates.txt"),
-            read_list(BENCHMARK_DIR / f"{name}_wnids.txt"))
+            read_list(BENCHMARK_DIR / f"{name}_ids.txt"))
 
 
 def benchmark_class_names(name: str, folders: Sequence[str] | None) -> list[str]:
     """The official names of a dataset's classes: its folders (WordNet ids or indices), else all of them."""
-    names, _, wnids = benchmark_lists(name)
+    names, _, ids = benchmark_lists(name)
     if not folders:  # a manifest: labels are the benchmark's class indices
         return names
-    index = {wnid: i for i, wnid in enumerate(wnids)}
+    index = {class_id: i for i, class_id in enumerate(ids)}
     out = []
     for folder in folders:
         i = index.get(folder, int(folder) if folder.isdigit() else -1)
         if not 0 <= i < len(names):
             raise ValueError(f"class folder {folder!r} is not a {name} class: name the class sub-folders by "
-                             f"WordNet id ({wnids[0]} ...) or class index (0..{len(names) - 1})")
+                             f"class id ({ids[0]} ...) or class index (0..{len(names) - 1})")
         out.append(names[i])
     return out
 
@@ -236,8 +239,8 @@ def _validate_benchmark(cfg: Config) -> None:
             raise ConfigError(f"data.{key}: --benchmark {cfg.benchmark} uses the published class names and "
                               f"templates; drop data.{key} (or drop --benchmark to use your own)")
     if not cfg.data.source or cfg.data.source == "embedded":
-        raise ConfigError(f"data.source: --benchmark {cfg.benchmark} needs data.source=PATH (an ImageNet-layout "
-                          "folder or a manifest), not the embedded set")
+        raise ConfigError(f"data.source: --benchmark {cfg.benchmark} needs data.source=PATH (a folder of class "
+                          "sub-folders named by class id or index, or a manifest), not the embedded set")
 
 
 def load_clip(section: ModelSection) -> tuple[nn.Module, dict[str, Any]]:
