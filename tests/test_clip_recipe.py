@@ -46,10 +46,11 @@ def test_loss_is_symmetric_infonce():
 def _two_process_worker(rank, port, img, txt, out_dir):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     rows = slice(0, 3) if rank == 0 else slice(3, 5)  # unequal shards: padding must be cut
-    local_img, local_txt = img[rows].clone().requires_grad_(), txt[rows].clone().requires_grad_()
-    loss = contrastive_loss(local_img, local_txt, torch.tensor(5.0))
-    loss.backward()
-    torch.save((loss.detach(), local_img.grad, local_txt.grad), out_dir / f"rank{rank}.pt")
+    for with_grad in (False, True):
+        local_img, local_txt = img[rows].clone().requires_grad_(), txt[rows].clone().requires_grad_()
+        loss = contrastive_loss(local_img, local_txt, torch.tensor(5.0), gather_with_grad=with_grad)
+        loss.backward()
+        torch.save((loss.detach(), local_img.grad, local_txt.grad), out_dir / f"rank{rank}-{with_grad}.pt")
     dist.destroy_process_group()
 
 
@@ -62,10 +63,16 @@ def test_two_processes_compute_the_global_loss_with_local_gradients(tmp_path):
     mp.start_processes(_two_process_worker, args=(free_port(), img, txt, tmp_path), nprocs=2, join=True,
                        start_method="fork")
     for rank, rows in ((0, slice(0, 3)), (1, slice(3, 5))):
-        loss, grad_img, grad_txt = torch.load(tmp_path / f"rank{rank}.pt")
+        loss, grad_img, grad_txt = torch.load(tmp_path / f"rank{rank}-False.pt")
         assert torch.allclose(loss, ref)  # every rank computes the full global loss
         assert torch.allclose(grad_img, ref_img.grad[rows], atol=1e-6)  # and the exact gradient of its rows
         assert torch.allclose(grad_txt, ref_txt.grad[rows], atol=1e-6)
+        # gather_with_grad: both ranks' (identical) losses send gradients to every row: 2x; DDP's mean of the
+        # parameter gradients then gives the global loss's own gradient
+        loss, grad_img, grad_txt = torch.load(tmp_path / f"rank{rank}-True.pt")
+        assert torch.allclose(loss, ref)
+        assert torch.allclose(grad_img, 2 * ref_img.grad[rows], atol=1e-6)
+        assert torch.allclose(grad_txt, 2 * ref_txt.grad[rows], atol=1e-6)
 
 
 def test_no_argument_preset_dry_run():

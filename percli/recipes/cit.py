@@ -13,7 +13,7 @@ round's steps. The curated share of each round is logged to metrics.jsonl (`cura
 Model: a CLIP or PE model (model.name / model.checkpoint). Its image tower is frozen (`vision=frozen`) or
 frozen except its final projection (`vision=head`, the official `head-all`); the text tower, the text
 projection and the temperature train. Loss: image->text cross-entropy over the global batch (features
-all-gathered, CiT's `CiTCLIPLossGrad`). `curation.mode=offline` curates once with the initial text tower
+all-gathered with their gradient, CiT's `CiTCLIPLossGrad`). `curation.mode=offline` curates once with the initial text tower
 and trains on that set (what an offline `percli curate cit` + training does); `none` trains on the whole
 pool (the baseline). Checkpoints are CLIP checkpoints: `percli eval zero-shot` reads them.
 
@@ -98,9 +98,10 @@ class Config:
 
 def image_to_text_loss(image_features: torch.Tensor, text_features: torch.Tensor,
                        logit_scale: torch.Tensor) -> torch.Tensor:
-    """CiT's loss: image->text cross-entropy over the global batch (all processes' features gathered)."""
-    all_images, _ = gather_features(image_features.float())
-    all_texts, _ = gather_features(text_features.float())
+    """CiT's loss (`CiTCLIPLossGrad`): image->text cross-entropy over the global batch, the features of all
+    processes gathered with their gradient (SLIP's `all_gather_batch_with_grad`, which CiT builds on)."""
+    all_images, _ = gather_features(image_features.float(), with_grad=True)
+    all_texts, _ = gather_features(text_features.float(), with_grad=True)
     logits = logit_scale * all_images @ all_texts.T
     return F.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device))
 

@@ -67,13 +67,20 @@ class Config:
     # OpenAI CLIP / MetaCLIP: AdamW(0.9, 0.98), eps 1e-6, wd 0.2, lr 5e-4 at batch 32,768, cosine.
     optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(
         lr=5e-4, ref_batch_size=32768, weight_decay=0.2, betas=(0.9, 0.98), eps=1e-6, warmup_fraction=0.005))
+    gather_with_grad: bool = False
+    """open_clip's --gather-with-grad (MetaCLIP's runs set it): gradients flow through the gathered features of
+    the other processes too, so parameters get the gradient of the global loss itself rather than that
+    divided by the world size (the same direction; it matters with grad clipping and Adam's eps)."""
 
 
-def gather_features(features: torch.Tensor) -> tuple[torch.Tensor, int]:
+def gather_features(features: torch.Tensor, with_grad: bool = False) -> tuple[torch.Tensor, int]:
     """Every process's rows [sum B_r, D] (local rows keep their gradient) and where the local rows start.
 
     Batch sizes may differ between processes (unreadable samples are dropped), so rows are padded
-    to the largest batch for `all_gather` and cut back afterwards.
+    to the largest batch for `all_gather` and cut back afterwards. `with_grad` (open_clip's
+    `gather_with_grad`): the gather itself is differentiable, so every process's loss sends gradients to
+    the rows of all processes (each rank's rows then get world-size times the gradient of the global loss,
+    which DDP's averaging turns into exactly that gradient).
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return features, 0
@@ -82,6 +89,12 @@ def gather_features(features: torch.Tensor) -> tuple[torch.Tensor, int]:
     sizes = [torch.zeros_like(size) for _ in range(world)]
     dist.all_gather(sizes, size)
     counts = [int(s) for s in sizes]
+    if with_grad:
+        from torch.distributed.nn.functional import all_gather
+
+        pad = features.new_zeros(max(counts) - features.shape[0], features.shape[1])
+        parts = all_gather(torch.cat([features, pad]))
+        return torch.cat([p[:n] for p, n in zip(parts, counts)]), sum(counts[:rank])
     padded = features.new_zeros(max(counts), features.shape[1])
     padded[:features.shape[0]] = features.detach()
     parts = [torch.zeros_like(padded) for _ in range(world)]
@@ -92,11 +105,11 @@ def gather_features(features: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor,
-                     logit_scale: torch.Tensor) -> torch.Tensor:
+                     logit_scale: torch.Tensor, gather_with_grad: bool = False) -> torch.Tensor:
     """Symmetric InfoNCE over the global batch: mean of image->text and text->image cross-entropy."""
     # In fp32 whatever the autocast dtype: the softmax over the global batch is where precision matters.
-    all_images, _ = gather_features(image_features.float())  # [N, D]
-    all_texts, _ = gather_features(text_features.float())  # [N, D]
+    all_images, _ = gather_features(image_features.float(), gather_with_grad)  # [N, D]
+    all_texts, _ = gather_features(text_features.float(), gather_with_grad)  # [N, D]
     logits = logit_scale * all_images @ all_texts.T  # [N images, N texts]; pair i is the diagonal
     labels = torch.arange(logits.shape[0], device=logits.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
@@ -160,7 +173,7 @@ class ClipTask:
         with torch.no_grad():  # CLIP clips the temperature after each step; before the next forward is the same
             clip.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
         image_features, text_features, logit_scale = model(batch["image"], batch["text"])
-        return {"loss": contrastive_loss(image_features, text_features, logit_scale),
+        return {"loss": contrastive_loss(image_features, text_features, logit_scale, self.cfg.gather_with_grad),
                 "logit_scale": logit_scale.detach()}
 
     def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, float | torch.Tensor]:
