@@ -139,8 +139,8 @@ JOBS: list[Job] = [
     _engine("eval", "zero-shot", "zero_shot",
             "Zero-shot top-1/top-5 classification and image-text retrieval R@1/5/10 of a CLIP checkpoint", None,
             (Arg("benchmark", ("--benchmark",), "a published protocol: imagenet (CLIP's 1,000 class names and "
-                 "80 prompt templates on an ImageNet-layout data.source), cifar10 or cifar100 (CLIP's names and "
-                 "18 templates)", metavar="NAME"),)),
+                 "80 prompt templates on an ImageNet-layout data.source), cifar10, cifar100, mnist, eurosat (CLIP's "
+                 "names and templates)", metavar="NAME"),)),
     _engine("eval", "classify", "classify_eval",
             "Top-1/top-5 (or multi-label mAP) of a Hiera or Audio-MAE classifier checkpoint on a dataset", None),
     _engine("eval", "knn", "knn_eval",

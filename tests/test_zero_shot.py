@@ -224,6 +224,9 @@ def test_cifar_benchmarks_use_clips_18_templates_and_prompt_names():
     # torchvision's CIFAR-100 folder names (underscored) and indices map to CLIP's prompt names
     assert benchmark_class_names("cifar100", ["aquarium_fish", "99", "maple_tree"]) == [
         "aquarium fish", "worm", "maple tree"]
+    assert benchmark_class_names("eurosat", ["HerbaceousVegetation", "SeaLake"]) == [
+        "brushland or shrubland", "lake or sea"]
+    assert benchmark_lists("mnist")[1] == ['a photo of the number: "{}".'] and len(benchmark_lists("eurosat")[1]) == 3
 
 
 def test_benchmark_imagenet_uses_the_80_templates_and_official_names(tmp_path, monkeypatch):

@@ -13,9 +13,9 @@ round's steps. The curated share of each round is logged to metrics.jsonl (`cura
 Model: a CLIP or PE model (model.name / model.checkpoint). Its image tower is frozen (`vision=frozen`) or
 frozen except its final projection (`vision=head`, the official `head-all`); the text tower, the text
 projection and the temperature train. Loss: image->text cross-entropy over the global batch (features
-all-gathered with their gradient, CiT's `CiTCLIPLossGrad`). `curation.mode=offline` curates once with the initial text tower
-and trains on that set (what an offline `percli curate cit` + training does); `none` trains on the whole
-pool (the baseline). Checkpoints are CLIP checkpoints: `percli eval zero-shot` reads them.
+all-gathered with their gradient, CiT's `CiTCLIPLossGrad`). `curation.mode=offline` curates once with
+the initial text tower and trains on that set (what an offline `percli curate cit` + training does);
+`none` trains on the whole pool (the baseline). Checkpoints are CLIP checkpoints: `percli eval zero-shot` reads them.
 
 The pool scoring is sharded over the processes: per pool batch group, rank r scores batch r of the group and
 the selections are gathered in batch order, so every rank holds the same id list. Rounds are resumable:

@@ -180,7 +180,7 @@ class Config:
 # --------------------------------------------------------------------------- published benchmarks
 
 BENCHMARK_DIR = Path(__file__).parent / "data"
-BENCHMARKS = ("imagenet", "cifar10", "cifar100")
+BENCHMARKS = ("imagenet", "cifar10", "cifar100", "mnist", "eurosat")
 
 
 def read_list(path: Path) -> list[str]:
@@ -195,7 +195,8 @@ def benchmark_lists(name: str) -> tuple[list[str], list[str], list[str]]:
     (the CLIP repository's prompt-engineering notebook, as open_clip's ``zero_shot_metadata``
     carries them) and the WordNet ids in their standard sorted order (label i = the i-th id).
     ``cifar10`` / ``cifar100``: the datasets' class names as CLIP prompts them (underscores as spaces) with
-    CLIP's 18 CIFAR templates; the ids are the datasets' own class names (torchvision's folder names).
+    CLIP's 18 CIFAR templates; ``mnist`` (the digits, one template) and ``eurosat`` (CLIP's renamed land-use
+    classes, 3 satellite templates); the ids are the datasets' own class names (torchvision's folder names).
     """
     if name not in BENCHMARKS:
         raise ValueError(f"benchmark={name!r} is unknown; choose from {', '.join(BENCHMARKS)}")
