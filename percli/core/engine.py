@@ -49,10 +49,11 @@ class Task(Protocol):
     - `sample_weights()` (a tensor, for weighted sampling), `epoch_len` (samples drawn per epoch when it
       is smaller than the dataset) and `collate(samples) -> batch` (instead of torch's default_collate,
       e.g. for variable-length inputs kept as lists);
-    - `curate(epoch, model) -> (indices, stats)`: data curation in training (CiT): called on every rank at
-      the start of each epoch with the model being trained, it returns the training-set indices that
-      epoch draws from (the same list on every rank; an epoch is then `epoch_len` of them) and scalars
-      logged to metrics.jsonl; the list is saved in checkpoints, so a resumed epoch uses it again.
+    - `curate(epoch, model, previous) -> (indices, stats)`: data curation in training (CiT): called on every
+      rank at the start of each epoch with the model being trained and the previous epoch's indices (also
+      after a resume; None at the start), it returns the training-set indices that epoch draws from (the
+      same list on every rank; an epoch is then `epoch_len` of them) and scalars logged to metrics.jsonl;
+      the list is saved in checkpoints, so a resumed epoch uses it again.
     """
 
     def build_model(self) -> nn.Module: ...
@@ -374,7 +375,7 @@ class _Trainer:
             was_training = model.training
             model.eval()
             with torch.no_grad():
-                indices, stats = self.curate(epoch, model)
+                indices, stats = self.curate(epoch, model, self.subset["indices"] if self.subset else None)
             model.train(was_training)
             self.subset = {"epoch": epoch, "indices": list(indices)}
             # logged at the first step trained on it (a resume from step k redoes a round begun at k)

@@ -47,7 +47,7 @@ from percli.core.context import RunContext
 from percli.core.data.captioned import CLASS_NAMES
 from percli.core.data.loader import mix_seed
 from percli.curation.cit import MIN_RATIO_YFCC15M, THRESHOLD_YFCC15M, load_class_names, select_batch
-from percli.recipes.clip import ClipDataSection, ClipTask, gather_features
+from percli.recipes.clip import MAX_LOGIT_SCALE, ClipDataSection, ClipTask, gather_features
 from percli.recipes.clip import validate as validate_clip
 from percli.recipes.common import TrainedModelSection
 
@@ -121,7 +121,6 @@ class CitTask(ClipTask):
         self.cit = cfg.curation
         self.class_names = (cfg.curation.classes or (load_class_names(cfg.curation.classes_file)
                             if cfg.curation.classes_file else list(CLASS_NAMES)))
-        self.offline_ids: list[int] | None = None
 
     def build_model(self) -> nn.Module:
         model = super().build_model()
@@ -157,22 +156,22 @@ class CitTask(ClipTask):
     def loss_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         clip = getattr(model, "module", model)
         with torch.no_grad():
-            clip.logit_scale.clamp_(0.0, np.log(100.0))
+            clip.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
         image_features, text_features, logit_scale = model(batch["image"], batch["text"])[:3]
         return {"loss": image_to_text_loss(image_features, text_features, logit_scale),
                 "logit_scale": logit_scale.detach()}
 
     # ------------------------------------------------------------------ curation
-    def curate(self, epoch: int, model: nn.Module) -> tuple[list[int], dict[str, float]]:
+    def curate(self, epoch: int, model: nn.Module, previous: list[int] | None = None
+               ) -> tuple[list[int], dict[str, float]]:
+        """This round's pool ids. Offline mode curates once and keeps that set (from a checkpoint when resumed)."""
         if self.cit.mode == "none":
-            ids, ratio = list(range(len(self.texts))), 1.0
-        elif self.cit.mode == "offline" and self.offline_ids is not None:
-            ids, ratio = self.offline_ids, self.offline_ratio
+            ids, stats = list(range(len(self.texts))), {"ratio": 1.0}
+        elif self.cit.mode == "offline" and previous is not None:
+            ids, stats = previous, {"reused": 1.0}
         else:
             ids, ratio = self.select(model, epoch)
-            if self.cit.mode == "offline":
-                self.offline_ids, self.offline_ratio = ids, ratio
-        stats = {"ratio": ratio}
+            stats = {"ratio": ratio}
         if hasattr(self.pool, "is_off_task"):  # the embedded pool knows its noise: how clean is the round?
             stats["on_task"] = float(np.mean([not self.pool.is_off_task(i) for i in ids]))
         return ids, stats
