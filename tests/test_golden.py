@@ -331,6 +331,77 @@ def run_dinov2(case: Case) -> dict[str, torch.Tensor]:
     return _book(case, model, inputs, names=names, functions={"zeros": torch.zeros}).replay_all()
 
 
+class _AVSuperbCalls:
+    """MAViL's official calling convention around the percli model: ``model(source)`` takes AV-SUPERB's list of
+    (audio, video) pairs and returns two tensors ((logits, logits.detach()) with fusion); the other methods are the
+    percli model's."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    def __call__(self, source: list, mask_t_prob: float = 0.0, mask_f_prob: float = 0.0, mask_v_prob: float = 0.0,
+                 **noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, v = (torch.stack(items) for items in zip(*source))
+        out = self.model(x, v, mask_t_prob, mask_f_prob, mask_v_prob, **noise)
+        return out if isinstance(out, tuple) else (out, out.detach())
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+
+@torch.no_grad()
+def run_mavil(case: Case) -> dict[str, torch.Tensor]:
+    import re
+
+    from percli.models.mavil import VisionTransformerMM, mask_keep_ids
+
+    # the expert replaces the audio patch embedding for the fbank size it names (1024 x 128 there)
+    built = re.search(r"PatchEmbed_new\(img_size=\((\d+), (\d+)\)", case.config["post_construction"])
+    assert built, "post_construction no longer names the audio patch embedding's img_size"
+    model = VisionTransformerMM(img_size=(int(built[1]), int(built[2])), **_audiomae_kwargs(case))
+    model.load_state_dict(case.state(), strict=True)
+    model.eval()
+    inputs = case.inputs()
+    x, v, cfg = inputs["x"], inputs["v"], case.config
+    source = [(x[i], v[i]) for i in range(x.shape[0])]
+    clip = v[:, :, :model.n_frm]
+    noise = {k: inputs[k] for k in ("mask_noise_t", "mask_noise_f", "mask_noise_v") if k in inputs}
+    book = _book(case, _AVSuperbCalls(model), inputs, names={"source": source})
+
+    def expert(_: dict) -> dict[str, torch.Tensor]:
+        lists = model.avsuperb_features(x, v, fc_norm_last=True)
+        return {f"{key}_{i}": t for key, values in lists.items() for i, t in enumerate(values)}
+
+    def masked_ids(_: dict) -> dict[str, torch.Tensor]:
+        rates = {"t": cfg["mask_t_prob"], "f": cfg["mask_f_prob"], "v": cfg["mask_v_prob"]}
+        return {f"mask_ids_keep_{s}": mask_keep_ids(noise[f"mask_noise_{s}"], p) for s, p in rates.items()}
+
+    masks = (cfg.get("mask_t_prob"), cfg.get("mask_f_prob"), cfg.get("mask_v_prob"))
+    custom = {
+        "expert_lists": (("ex.ft = True", "d = ex([(x[i], v[i]) for i in range(B)])", "<key>_<i> = d[<key>][i]"),
+                         expert),
+        "fusion_feats_3_ft_false": (("same expert call with ex.ft = False",), lambda _: {
+            "fusion_feats_3_ft_false": model.avsuperb_features(x, v, fc_norm_last=False)["fusion_feats"][-1]}),
+        "logits": (("logits, logits_detached = model([(x[i], v[i]) for i in range(B)])",),
+                   lambda _: {"logits": book.model(source)[0]}),
+        "features_av": (("model.forward_features_av(x, v[:, :, :n_frm]) -> (outcome_av, outcome_av)",),
+                        lambda _: {"features_av": model.forward_features_av(x, clip)}),
+        "masked_features_av": (("model.forward_features_av_mask(x, v[:, :, :n_frm], mt, mf, mv)[0] (same draws)",),
+                               lambda _: {"masked_features_av": model.forward_features_av_mask(x, clip, *masks,
+                                                                                               **noise)}),
+        "mask_ids_keep_t/f/v": (("torch.argsort(noise, dim=1)[:, :len_keep]",), masked_ids),
+        "features_av_a / features_av_v": (("fa, fv = model.forward_features_av(x, v[:, :, :n_frm])",), lambda _: dict(
+            zip(("features_av_a", "features_av_v"), model.forward_features_av(x, clip)))),
+        "logits_a / logits_v": (("model([(x[i], v[i]) for i in range(B)]) -> (head_a(fa), head_v(fv))",),
+                                lambda _: dict(zip(("logits_a", "logits_v"), book.model(source)))),
+    }
+    return book.replay_all(
+        custom={k: c for k, c in custom.items() if k in cfg["calls"]},
+        pins={"not_available": ("the expert (UpstreamExpert.forward) needs av_fusion=True",
+                                "masking needs the 1024x128 fbank")},
+        extra={"masked_logits": {"model": noise}})
+
+
 # (official_file, official_class) -> runner. Families not listed are skipped, not failed.
 RUNNERS: dict[tuple[str, str], Runner] = {
     ("hiera/hiera.py", "Hiera"): run_hiera,
@@ -343,6 +414,8 @@ RUNNERS: dict[tuple[str, str], Runner] = {
     ("core/vision_encoder/pe.py", "CLIP"): run_pe_clip,
     ("core/vision_encoder/pe.py", "VisionTransformer"): run_pe_vision,
     ("dinov2/models/vision_transformer.py", "DinoVisionTransformer"): run_dinov2,
+    ("upstream_models/mavil/models_vitmm.py (+ upstream_models/mavil/expert.py, util/patch_embed.py, "
+     "util/pos_embed.py)", "VisionTransformerMM"): run_mavil,
 }
 
 

@@ -58,6 +58,24 @@ def test_every_model_builds_on_meta_with_its_loader_and_official_shapes(name):
         assert sum(p.numel() for p in model.parameters()) == COUNTS[_norm(name)]
 
 
+# official full configs that are a registered variant built with other arguments: name -> (variant, kwargs)
+BUILT_AS = {
+    "mavil_base_expert_pretrained_layout": ("mavil_vit_base_patch16", {}),
+    "mavil_base_expert_finetuned_layout": ("mavil_vit_base_patch16", {"depth_av": 3, "ft": True}),
+}
+
+
+@pytest.mark.parametrize("official", list(BUILT_AS))
+def test_official_layouts_built_from_a_variant_have_their_names_shapes_and_counts(official):
+    if _norm(official) not in SHAPES:
+        pytest.skip(f"{official} not in {FULL}")
+    name, kwargs = BUILT_AS[official]
+    with torch.device("meta"):
+        model = create_model(name, **kwargs)
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == SHAPES[_norm(official)]
+    assert sum(p.numel() for p in model.parameters()) == COUNTS[_norm(official)]
+
+
 def _job_args(job):
     return [*job.verb.split(), *job.method.split()]
 
