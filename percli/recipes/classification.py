@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from percli.core.data import finetune_transform, video_transform
-from percli.core.data.transforms import ImagePreprocess
+from percli.core.data.transforms import ImagePreprocess, with_trained_preprocess
 from percli.recipes.common import DataSection, make_dataset, normalisation
 
 
@@ -56,10 +56,11 @@ def classification_dataset(source: str, split: str, train: bool, data: DataSecti
     return make_dataset(data, source, split, train, transform, video, size, classes=classes, require_labels=True)
 
 
-def eval_preprocess(preprocess: Mapping[str, Any], data: DataSection) -> ImagePreprocess:
-    """A model's evaluation preprocessing (its `preprocess` description, or a checkpoint's), with the
-    data section's normalisation when it sets one."""
-    pre = ImagePreprocess.of(preprocess)
+def eval_preprocess(preprocess: Mapping[str, Any], data: DataSection,
+                    meta: Mapping[str, Any] | None = None) -> ImagePreprocess:
+    """A model's evaluation preprocessing (its `preprocess` description), with what its checkpoint's run
+    trained with (`meta`: normalisation, crop) and the data section's normalisation when it sets one."""
+    pre = ImagePreprocess.of(with_trained_preprocess(preprocess, meta or {}))
     if data.mean is not None:
         pre = dataclasses.replace(pre, mean=tuple(data.mean), std=tuple(data.std or pre.std))
     return pre

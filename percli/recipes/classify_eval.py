@@ -22,7 +22,6 @@ from accelerate.utils import gather_object
 from percli.core import checkpoint as ckpt
 from percli.core.config import TrainConfig
 from percli.core.context import RunContext
-from percli.core.data.transforms import with_trained_preprocess
 from percli.core.engine import BadInputLog, evaluate
 from percli.core.rundir import write_json_atomic
 from percli.models import create_model_for, load_initial_weights
@@ -112,8 +111,7 @@ def _image_setup(cfg: Config, meta: dict[str, Any], model: nn.Module, source: st
     data = cfg.data
     if data.mean is None and meta.get("mean"):
         data = dataclasses.replace(data, mean=tuple(meta["mean"]), std=tuple(meta["std"]))
-    pre = None if video else eval_preprocess(
-        with_trained_preprocess(model.preprocess, meta), cfg.data)
+    pre = None if video else eval_preprocess(model.preprocess, cfg.data, meta)
     dataset = classification_dataset(source, "val", False, data, input_size, video, classes=meta.get("classes"),
                                      preprocess=pre)
     return dataset, _EvalTask(video)

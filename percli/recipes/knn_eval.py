@@ -33,7 +33,6 @@ from percli.core import checkpoint as ckpt
 from percli.core.config import TrainConfig
 from percli.core.context import RunContext
 from percli.core.data.loader import SeededSamples, collate_skip_bad
-from percli.core.data.transforms import with_trained_preprocess
 from percli.core.engine import BadInputLog, NoUsableData, no_usable_data_message
 from percli.core.knn import knn_classify
 from percli.core.rundir import write_json_atomic
@@ -151,11 +150,10 @@ def encode(model: nn.Module, inputs: torch.Tensor, features: FeatureSection) -> 
 def image_datasets(model: nn.Module, meta: dict[str, Any], data: DataSection) -> tuple[Dataset, Dataset]:
     """Train (neighbour bank / probe training) and val sets, both with the model's eval preprocessing
     (a checkpoint's normalisation and crop win over the model's defaults)."""
-    described = with_trained_preprocess(model.preprocess, meta)
-    if len(described.get("input_size") or ()) == 4:  # [C, T, H, W]
+    if len(model.preprocess.get("input_size") or ()) == 4:  # [C, T, H, W]
         raise ValueError(f"{type(model).__name__} is not an image encoder; feature evaluation takes image and "
                          "Audio-MAE models")
-    pre = eval_preprocess(described, data)
+    pre = eval_preprocess(model.preprocess, data, meta)
     val_source = data.val_source or data.source
     train = classification_dataset(data.source, "train", False, data, pre.size, False, preprocess=pre)
     val = classification_dataset(val_source, "val", False, data, pre.size, False, preprocess=pre,
