@@ -402,6 +402,199 @@ def run_mavil(case: Case) -> dict[str, torch.Tensor]:
         extra={"masked_logits": {"model": noise}})
 
 
+class _Hooks:
+    """Forward-hook recorder: `with _Hooks({name: module}) as seen:` -> seen[name] = the module's (first) output."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module]):
+        self.modules, self.seen, self.handles = modules, {}, []
+
+    def __enter__(self) -> dict[str, torch.Tensor]:
+        def hook(name: str):
+            def record(_module, _args, output):
+                self.seen[name] = output[0] if isinstance(output, tuple) else output
+            return record
+        self.handles = [m.register_forward_hook(hook(n)) for n, m in self.modules.items()]
+        return self.seen
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _pe_audio_towers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The PE-AV case names of a model's towers: audio, visual, av (whichever it has)."""
+    if hasattr(model, "audio_visual_model"):
+        avm = model.audio_visual_model
+        return {"audio": avm.audio_model, "visual": avm.visual_model, "av": avm}
+    return {"audio": model.audio_model}
+
+
+def _pe_tower_hooks(model: torch.nn.Module, prefix: str = "") -> dict[str, torch.nn.Module]:
+    """The modules the PE-AV cases hook: codec encoder, tower embeddings and layers, PE frame encoder, aligner."""
+    modules = {}
+    for name, encoder in _pe_audio_towers(model).items():
+        tower = {"audio": lambda e: e.audio_transformer, "visual": lambda e: e.visual_transformer,
+                 "av": lambda e: e.audio_visual_transformer}[name](encoder)
+        modules[f"{prefix}{name}_embeddings_out"] = tower.embeddings
+        modules.update({f"{prefix}{name}_layer_{i}": layer for i, layer in enumerate(tower.layers)})
+    audio = _pe_audio_towers(model)["audio"]
+    modules[f"{prefix}audio_dac_encoder_out"] = audio.dac_vae_encoder.encoder
+    if hasattr(model, "audio_visual_model"):
+        modules[f"{prefix}visual_pe_encoder_out"] = model.audio_visual_model.visual_model.pe_encoder
+        modules[f"{prefix}av_aligned_video"] = model.audio_visual_model.audio_visual_transformer.modality_aligner
+    return modules
+
+
+def _pe_tower_outputs(out: dict, text: tuple | None) -> dict[str, torch.Tensor]:
+    """Tower outputs of one percli PE-AV / PE-A-Frame forward under the cases' names."""
+    found = {}
+    for case_name, key in (("audio", "audio"), ("visual", "video"), ("av", "audio_visual")):
+        tower = out.get(key)
+        if tower is not None:
+            found[f"{case_name}_last_hidden_state"] = tower.last_hidden_state
+            found[f"{case_name}_pooler_output"] = tower.pooler_output
+    if out.get("audio") is not None:
+        found["audio_codec_features"] = out["audio"].features
+        found["audio_feature_padding_mask"] = out["audio"].mask
+    if out.get("video") is not None:
+        found["visual_pe_features"] = out["video"].features
+    if text is not None:
+        found["text_nth_layer_hidden_state"], found["text_pooler_output"] = text
+    return found
+
+
+def _pe_rope(model: torch.nn.Module, outputs: dict) -> dict[str, torch.Tensor]:
+    """"<tower>.rope_embeddings(seqlen=1+L)" for every tower, L = its recorded token count."""
+    towers = {"audio": "audio_transformer", "visual": "visual_transformer", "av": "audio_visual_transformer"}
+    found = {}
+    for name, encoder in _pe_audio_towers(model).items():
+        seqlen = 1 + outputs[f"{name}_last_hidden_state"].shape[1]
+        found[f"{name}_rope_freqs_cis"] = getattr(encoder, towers[name]).rope_embeddings(seqlen)
+    return found
+
+
+_PE_AUDIO_PINS = {
+    "audio_codec_features": ("dac_vae_features [B, La, codebook_dim]",),
+    "audio_dac_encoder_out": ("forward hook on dac_vae_encoder.encoder (DacEncoder) output",),
+    "audio_feature_padding_mask": ("padding_mask[:, ::hop_length]",),
+    "{audio,visual,av}_embeddings_out": ("forward hook on <tower>.embeddings output[0]",),
+    "{audio,visual,av}_layer_i": ("forward hook on <tower>.layers[i] (DecoderLayer) output",),
+    "{audio,visual,av}_last_hidden_state / _pooler_output": ("[:,1:] / [:,0]",),
+    "visual_pe_encoder_out": ("forward hook on visual_model.pe_encoder",),
+    "visual_pe_features": ("F.normalize(pe_encoder_out).view(B,N,-1)",),
+    "av_aligned_video": ("forward hook on audio_visual_transformer.modality_aligner output[0]",),
+    "av_* (AV transformer)": ("attention mask = the AUDIO frame mask",),
+    "text_pooler_output / text_nth_layer_hidden_state": ("hidden_states[nth_text_layer] and its [:,0] (CLS)",),
+    "audio_*": ("as in peav_tiny_cfg",),
+    "text_*": ("as in peav_tiny_cfg",),
+}
+
+
+def _pe_audio_book(case: Case, cls_name: str) -> tuple[torch.nn.Module, CallBook]:
+    import copy
+
+    from percli.models import pe_av
+
+    kwargs = copy.deepcopy(case.config["constructor_kwargs"])
+    if cls_name == "PEAudioVisual":
+        # the case registers a tiny PE vision config under a new name; percli takes the config itself
+        visual = kwargs["audio_visual_model"]["visual_model"]
+        registered = case.config["registered_pe_encoder"]
+        assert visual["pe_encoder"] == registered["name"], "the case builds a PE encoder it does not register"
+        visual["pe_encoder"] = registered["vision_cfg"]
+    model = getattr(pe_av, cls_name)(**kwargs)
+    model.load_state_dict(case.state(), strict=True)
+    model.eval()
+    return model, _book(case, model)
+
+
+def _pe_text_states(book: CallBook, key: str) -> dict[str, torch.Tensor]:
+    # "model.text_model(input_ids, attention_mask, output_hidden_states=True)": percli returns (last, states)
+    last, states = book._single(key, book.execute(key))
+    return {**{f"text_hidden_states_{i}": s for i, s in enumerate(states)}, "text_final_norm_last_hidden_state": last}
+
+
+@torch.no_grad()
+def run_pe_audio_visual(case: Case) -> dict[str, torch.Tensor]:
+    from percli.models.pe_av import EMBEDDINGS
+
+    model, book = _pe_audio_book(case, "PEAudioVisual")
+    first = next(iter(case.config["calls"]))  # "audio_embeds ... (8 keys)": `out = model(...)`
+
+    def forward(_: dict) -> dict[str, torch.Tensor]:
+        with _Hooks(_pe_tower_hooks(model)) as seen:
+            out = book.execute(first).env["out"]
+        return {**{k: out[k] for k in EMBEDDINGS}, **_pe_tower_outputs(out, out["text"]), **seen}
+
+    def single(_: dict) -> dict[str, torch.Tensor]:
+        hooks = {k: m for k, m in _pe_tower_hooks(model, "single_").items()
+                 if k in ("single_audio_dac_encoder_out", "single_av_aligned_video")}
+        with _Hooks(hooks) as seen:
+            out = book._single("single_*", book.execute("single_*"))
+        found = {f"single_{k}": out[k] for k in EMBEDDINGS}
+        return {**found, **seen, "single_audio_codec_features": out["audio"].features,
+                "single_av_pooler_output": out["audio_visual"].pooler_output}
+
+    return book.replay_all(
+        custom={first: ((), forward), "single_*": ((), single),
+                "text_hidden_states_i / text_final_norm_last_hidden_state": (
+                    (), lambda _: _pe_text_states(book, "text_hidden_states_i / text_final_norm_last_hidden_state")),
+                "{audio,visual,av}_rope_freqs_cis": (("<tower>.rope_embeddings(seqlen=1+L)",),
+                                                     lambda outputs: _pe_rope(model, outputs))},
+        pins={k: v for k, v in _PE_AUDIO_PINS.items() if k in case.config["calls"]})
+
+
+@torch.no_grad()
+def run_pe_audio_frame(case: Case) -> dict[str, torch.Tensor]:
+    model, book = _pe_audio_book(case, "PEAudioFrame")
+    inputs = book.inputs
+    text_args = (inputs["input_ids"], inputs["attention_mask"])
+
+    def forward(_: dict) -> dict[str, torch.Tensor]:
+        with _Hooks(_pe_tower_hooks(model)) as seen:
+            out = book.execute("audio_embeds").env["out"]
+        last, states = model.text_model(*text_args, output_hidden_states=True)  # "text_*: as in peav_tiny_cfg"
+        texts = {**{f"text_hidden_states_{i}": s for i, s in enumerate(states)},
+                 "text_final_norm_last_hidden_state": last}
+        return {"audio_embeds": out["audio_embeds"], "text_embeds": out["text_embeds"], "frame_logits": out["logits"],
+                "frame_probs": out["probs"], **_pe_tower_outputs(out, out["text"]), **seen, **texts}
+
+    def spans(outputs: dict) -> dict[str, torch.Tensor]:
+        threshold = case.config["threshold"]
+        out = model(inputs["input_ids"], input_values=inputs["input_values"], attention_mask=inputs["attention_mask"],
+                    padding_mask=inputs["padding_mask"], threshold=threshold, return_spans=True)
+        rows = [[b, start, end] for b, found in enumerate(out["spans"]) for start, end in found]
+        return {"spans": torch.tensor(rows, dtype=torch.float32).reshape(-1, 3),
+                "frame_preds": outputs["frame_probs"] > threshold}
+
+    def from_features(outputs: dict) -> dict[str, torch.Tensor]:
+        out = model(inputs["input_ids"], input_values=None, input_features=outputs["audio_codec_features"],
+                    attention_mask=inputs["attention_mask"], padding_mask=inputs["feature_padding_mask"])
+        return {"audio_embeds_from_input_features": out["audio_embeds"]}
+
+    def single(_: dict) -> dict[str, torch.Tensor]:
+        out = book._single("single_*", book.execute("single_*"))
+        return {"single_audio_embeds": out["audio_embeds"], "single_text_embeds": out["text_embeds"],
+                "single_audio_codec_features": out["audio"].features}
+
+    return book.replay_all(
+        custom={"audio_embeds": ((), forward),
+                "spans / frame_preds": (("model(..., threshold=", "return_spans=True).spans flattened to rows "
+                                         "[batch_index, start_seconds, end_seconds] (float32)",
+                                         "frame_preds = frame_probs > threshold"), spans),
+                "audio_embeds_from_input_features": (("model(input_ids, input_values=None, input_features="
+                                                      "audio_codec_features, attention_mask, padding_mask="
+                                                      "feature_padding_mask).audio_embeds",), from_features),
+                "single_*": ((), single),
+                "audio_rope_freqs_cis": (("as in peav_tiny_cfg",), lambda outputs: _pe_rope(model, outputs))},
+        pins={"text_embeds": ("text_head(text pooler_output)",),
+              "frame_logits / frame_probs": ("* logit_scale + logit_bias, and its sigmoid",),
+              **{k: v for k, v in _PE_AUDIO_PINS.items() if k in case.config["calls"]}})
+
+
+_PE_AUDIO_FILE = ("core/audio_visual_encoder/pe.py (+ transformer.py, patcher.py, aligner.py, audio_codec.py, "
+                  "config.py; {vision}text tower = transformers ModernBertModel; codec = transformers DacEncoder)")
+
 # (official_file, official_class) -> runner. Families not listed are skipped, not failed.
 RUNNERS: dict[tuple[str, str], Runner] = {
     ("hiera/hiera.py", "Hiera"): run_hiera,
@@ -416,6 +609,8 @@ RUNNERS: dict[tuple[str, str], Runner] = {
     ("dinov2/models/vision_transformer.py", "DinoVisionTransformer"): run_dinov2,
     ("upstream_models/mavil/models_vitmm.py (+ upstream_models/mavil/expert.py, util/patch_embed.py, "
      "util/pos_embed.py)", "VisionTransformerMM"): run_mavil,
+    (_PE_AUDIO_FILE.format(vision="vision tower core/vision_encoder/pe.py; "), "PEAudioVisual"): run_pe_audio_visual,
+    (_PE_AUDIO_FILE.format(vision=""), "PEAudioFrame"): run_pe_audio_frame,
 }
 
 

@@ -62,6 +62,8 @@ def test_every_model_builds_on_meta_with_its_loader_and_official_shapes(name):
 BUILT_AS = {
     "mavil_base_expert_pretrained_layout": ("mavil_vit_base_patch16", {}),
     "mavil_base_expert_finetuned_layout": ("mavil_vit_base_patch16", {"depth_av": 3, "ft": True}),
+    "PEAudioVisual-code-defaults": ("pe_av", {}),
+    "PEAudioFrame-code-defaults": ("pe_a_frame", {}),
 }
 
 

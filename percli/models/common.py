@@ -20,6 +20,8 @@ def make_norm(norm_layer: str | Callable[[int], nn.Module]) -> Callable[[int], n
 
 def plain(value: object) -> object:
     """JSON-ready form of a constructor argument (tuples become lists, callables their name)."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, tuple | list):
         return [plain(v) for v in value]
     if isinstance(value, str | int | float | bool) or value is None:
