@@ -106,3 +106,26 @@ def test_fp16_with_grad_scaling_on_gpu(tmp_path):
     assert result.exit_code == 0, result.output
     state = json.loads((run / "checkpoints" / "step_0000003" / "trainer_state.json").read_text())
     assert state["grad_scaler"] is not None  # fp16 runs save the loss-scaler state for resume
+
+
+def test_an_evaluation_that_fails_leaves_no_loader_worker_behind():
+    # workers ignore SIGTERM (the main process checkpoints on it), so one left running would hang the exit
+    import multiprocessing
+
+    from percli.core import engine
+    from percli.core.config import TrainConfig
+
+    class Failing:
+        def eval_step(self, model, batch):
+            raise RuntimeError("eval_step broke")
+
+    train = TrainConfig(batch_size=2, num_workers=1, cpu=True)
+    data = [{"x": torch.zeros(2)} for _ in range(6)]
+    try:  # the exception (and its traceback's frames, holding the loader) is kept, as a CLI handler keeps it
+        engine.evaluate(Failing(), torch.nn.Linear(2, 2), data, engine.make_accelerator(train), train,
+                        engine.BadInputLog())
+    except RuntimeError as err:
+        assert "eval_step broke" in str(err) and err.__traceback__ is not None
+        assert multiprocessing.active_children() == []
+    else:
+        pytest.fail("the failing eval_step did not raise")

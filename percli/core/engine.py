@@ -148,6 +148,14 @@ def _start_workers(loader: DataLoader) -> Iterator[dict[str, Any]]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+def _stop_workers(items: Iterator[dict[str, Any]]) -> None:
+    """Shut a loader iterator's worker processes down now. They ignore SIGTERM, so when an exception leaves
+    them running, multiprocessing's exit hook (terminate, then join) would wait for them forever."""
+    shutdown = getattr(items, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+
+
 def _loader(dataset: Dataset, sampler: ResumableSampler, train: TrainConfig, seed: int, task: Task,
             drop_last: bool = False, persistent: bool = False) -> DataLoader:
     collate = getattr(task, "collate", None)
@@ -226,21 +234,24 @@ def evaluate(task: Task, model: nn.Module, dataset: Dataset, accelerator: Accele
     model.eval()
     items = _start_workers(loader)
     steps = _lockstep(items, len(loader), accelerator, stand_in) if lockstep else ((i, i["batch"]) for i in items)
-    with torch.no_grad():
-        for item, batch in steps:
-            if item is not None:
-                bad_log.add(item["bad"])
-                usable += item["good"]
-            if batch is None:
-                continue
-            out = task.eval_step(model, _to_device(batch, accelerator.device))
-            if item is None or item["batch"] is None:  # a stand-in's forward, run for the collectives
-                continue
-            for k, v in out.items():
-                if torch.is_tensor(v) and v.dim() > 0:
-                    parts.setdefault(k, []).append(v.detach().float().cpu())
-                else:
-                    sums[k] = sums.get(k, 0.0) + float(v)
+    try:
+        with torch.no_grad():
+            for item, batch in steps:
+                if item is not None:
+                    bad_log.add(item["bad"])
+                    usable += item["good"]
+                if batch is None:
+                    continue
+                out = task.eval_step(model, _to_device(batch, accelerator.device))
+                if item is None or item["batch"] is None:  # a stand-in's forward, run for the collectives
+                    continue
+                for k, v in out.items():
+                    if torch.is_tensor(v) and v.dim() > 0:
+                        parts.setdefault(k, []).append(v.detach().float().cpu())
+                    else:
+                        sums[k] = sums.get(k, 0.0) + float(v)
+    finally:
+        _stop_workers(items)
     model.train(was_training)
     if not _any_rank(accelerator, usable > 0) and len(dataset):
         raise NoUsableData(no_usable_data_message("the evaluation data", task, dataset, bad_log.files))
