@@ -24,19 +24,19 @@ def scores_placing(truth_rank: list[int], num_candidates: int) -> torch.Tensor:
 
 def test_identity_similarity_is_perfect():
     out = retrieval_metrics(torch.eye(6))
-    assert out == {"R@1": 100.0, "R@5": 100.0, "R@10": 100.0, "median_rank": 1.0, "mean_rank": 1.0,
-                   "mAP@10": 100.0, "queries": 6.0}
+    assert out == {"R@1": 1.0, "R@5": 1.0, "R@10": 1.0, "median_rank": 1.0, "mean_rank": 1.0,
+                   "mAP@10": 1.0, "queries": 6.0}
 
 
 def test_known_ranks_give_known_recalls_ranks_and_map():
     ranks = [1, 2, 3, 4, 12, 7]
     out = retrieval_metrics(scores_placing(ranks, 14))
-    assert out["R@1"] == pytest.approx(100 / 6)
-    assert out["R@5"] == pytest.approx(400 / 6)
-    assert out["R@10"] == pytest.approx(500 / 6)
+    assert out["R@1"] == pytest.approx(1 / 6)
+    assert out["R@5"] == pytest.approx(4 / 6)
+    assert out["R@10"] == pytest.approx(5 / 6)
     assert out["median_rank"] == 3.0  # floor of mean(3, 4)
     assert out["mean_rank"] == pytest.approx(29 / 6)
-    assert out["mAP@10"] == pytest.approx(100 * (1 + 1 / 2 + 1 / 3 + 1 / 4 + 0 + 1 / 7) / 6)
+    assert out["mAP@10"] == pytest.approx((1 + 1 / 2 + 1 / 3 + 1 / 4 + 0 + 1 / 7) / 6)
     assert out["queries"] == 6.0
 
 
@@ -47,8 +47,8 @@ def test_item_to_text_with_five_captions_uses_the_best_match_and_ap_over_all_fiv
     row = torch.empty(15)
     row[torch.tensor(order)] = torch.arange(15, 0, -1, dtype=torch.float32)
     out = retrieval_metrics(row[None], query_ids=[0], candidate_ids=caption_item)
-    assert out["R@1"] == 100.0 and out["median_rank"] == 1.0
-    assert out["mAP@10"] == pytest.approx(100 * (1 / 1 + 2 / 3 + 3 / 6) / 5)
+    assert out["R@1"] == 1.0 and out["median_rank"] == 1.0
+    assert out["mAP@10"] == pytest.approx((1 / 1 + 2 / 3 + 3 / 6) / 5)
 
 
 def test_two_way_with_five_captions_per_item():
@@ -57,14 +57,14 @@ def test_two_way_with_five_captions_per_item():
     similarity[1, 0] = 2.0  # item 1 prefers a caption of item 0; item 0 stays caption 0's best match
     out = two_way_retrieval(similarity, caption_item)
     assert out["t2a_queries"] == 15.0 and out["a2t_queries"] == 3.0
-    assert out["t2a_R@1"] == pytest.approx(100 * 14 / 15)  # caption 0 ranks item 1 first, item 0 second
-    assert out["a2t_R@1"] == pytest.approx(200 / 3)  # item 1's best own caption comes second
-    assert out["a2t_mAP@10"] == pytest.approx(100 * (1 + (1 / 2 + 2 / 3 + 3 / 4 + 4 / 5 + 5 / 6) / 5 + 1) / 3)
+    assert out["t2a_R@1"] == pytest.approx(14 / 15)  # caption 0 ranks item 1 first, item 0 second
+    assert out["a2t_R@1"] == pytest.approx(2 / 3)  # item 1's best own caption comes second
+    assert out["a2t_mAP@10"] == pytest.approx((1 + (1 / 2 + 2 / 3 + 3 / 4 + 4 / 5 + 5 / 6) / 5 + 1) / 3)
 
 
 def test_two_way_names_and_diagonal_default():
     out = two_way_retrieval(torch.eye(3), row_name="v", column_name="a")
-    assert out["a2v_R@1"] == 100.0 and out["v2a_R@1"] == 100.0 and len(out) == 14
+    assert out["a2v_R@1"] == 1.0 and out["v2a_R@1"] == 1.0 and len(out) == 14
 
 
 def test_ties_are_broken_pessimistically():
@@ -74,7 +74,7 @@ def test_ties_are_broken_pessimistically():
     assert retrieval_metrics(tied, query_ids=[0])["median_rank"] == 2.0  # tied non-match goes first
     # Matches tied with each other are not penalised: the best one is first.
     both_match = retrieval_metrics(tied, query_ids=[0], candidate_ids=[0, 0, 1])
-    assert both_match["R@1"] == 100.0 and both_match["mAP@10"] == 100.0
+    assert both_match["R@1"] == 1.0 and both_match["mAP@10"] == 1.0
 
 
 def test_ties_do_not_depend_on_candidate_order():
@@ -98,10 +98,10 @@ def brute_force(similarity: torch.Tensor, query_ids: list[int], candidate_ids: l
                 found += 1
                 ap += found / position
         aps.append(ap / sum(hits))
-    out = {f"R@{k}": 100 * sum(r <= k for r in ranks) / len(ranks) for k in (1, 5, 10)}
+    out = {f"R@{k}": sum(r <= k for r in ranks) / len(ranks) for k in (1, 5, 10)}
     out.update(median_rank=float(math.floor(statistics.median(ranks))), mean_rank=sum(ranks) / len(ranks),
                queries=float(len(ranks)))
-    out["mAP@10"] = 100 * sum(aps) / len(aps)
+    out["mAP@10"] = sum(aps) / len(aps)
     return out
 
 

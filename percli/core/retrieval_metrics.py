@@ -13,10 +13,10 @@ equal scores every non-matching candidate is ranked ahead of every matching one,
 similarity scores as badly as possible (R@1 0 unless everything matches) instead of by luck of index
 order. The rank of a query is the 1-based position of its best-placed match. Reported:
 
-- ``R@K``: percent of queries whose rank is <= K;
+- ``R@K``: the fraction of queries whose rank is <= K;
 - ``median_rank``: floor of the median of the ranks (even counts average the middle two first), the
   vsepp / WavCaps "MdR" convention, so figures compare with published tables; ``mean_rank``: their mean;
-- ``mAP@10`` (percent): the DCASE 2022 task 6b / Clotho definition: per query, with its R matches at
+- ``mAP@10`` (a fraction): the DCASE 2022 task 6b / Clotho definition: per query, with its R matches at
   positions p_1 < p_2 < ... in the order above, AP@10 = (1 / R) * sum over p_j <= 10 of j / p_j, then
   the mean over queries. One match at rank r gives 1 / r when r <= 10, else 0. Dividing by R (not by
   min(R, 10)) is WavCaps' item -> text code (five captions per audio);
@@ -101,7 +101,7 @@ def retrieval_metrics(similarity: torch.Tensor, query_ids: torch.Tensor | Sequen
         map_cutoff: Positions counted by ``mAP@<cutoff>`` (10 in DCASE / Clotho).
 
     Returns:
-        ``{"R@1", "R@5", "R@10", "mAP@10"}`` in percent, ``median_rank`` and ``mean_rank`` (1-based),
+        ``{"R@1", "R@5", "R@10", "mAP@10"}`` as fractions, ``median_rank`` and ``mean_rank`` (1-based),
         ``queries``.
     """
     if any(k < 1 for k in ks) or map_cutoff < 1:
@@ -111,10 +111,10 @@ def retrieval_metrics(similarity: torch.Tensor, query_ids: torch.Tensor | Sequen
     top = hits[:, :map_cutoff].double()  # [Q, min(cutoff, C)]
     precision = top.cumsum(dim=1) / torch.arange(1, top.shape[1] + 1, dtype=torch.float64)  # at each position
     average_precision = (precision * top).sum(dim=1) / hits.sum(dim=1)  # [Q]
-    out = {f"R@{k}": 100.0 * float((ranks <= k).double().mean()) for k in ks}
+    out = {f"R@{k}": float((ranks <= k).double().mean()) for k in ks}
     out["median_rank"] = float(math.floor(float(ranks.quantile(0.5))))  # even counts: mean of the middle two
     out["mean_rank"] = float(ranks.mean())
-    out[f"mAP@{map_cutoff}"] = 100.0 * float(average_precision.mean())
+    out[f"mAP@{map_cutoff}"] = float(average_precision.mean())
     out["queries"] = float(len(ranks))
     return out
 
