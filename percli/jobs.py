@@ -128,6 +128,8 @@ JOBS: list[Job] = [
             "VoiceCraft codec-LM pretraining by token infilling on (audio, transcript) pairs (Peng et al., ACL 2024)"),
     _engine("pretrain", "clip", "clip",
             "CLIP contrastive image-text pretraining, MetaCLIP recipe (Radford et al. 2021; Xu et al., ICLR 2024)"),
+    _engine("pretrain", "pe-av", "pe_av",
+            "PE-AV: pairwise contrastive audio / video / audio+video / text training (Vyas et al. 2025)"),
     _engine("pretrain", "cit", "cit",
             "CiT: curation in training, the text tower picks its own data every N steps (Xu et al., ICCV 2023)"),
     _engine("pretrain", "dinov2", "dinov2",
@@ -136,11 +138,16 @@ JOBS: list[Job] = [
             "DINOv2 classification finetuning (linear head on cls + mean patch), any resolution by interpolation"),
     _engine("finetune", "altogether", "altogether",
             "Altogether captioner: image + alt-text -> re-aligned caption, CLIP prefix + OPT (Xu et al., EMNLP 2024)"),
+    _engine("finetune", "pe-a-frame", "pe_a_frame",
+            "PE-A-Frame: frame-level audio-text training for sound event detection on strong labels"),
     _engine("eval", "zero-shot", "zero_shot",
             "Zero-shot top-1/top-5 classification and image-text retrieval R@1/5/10 of a CLIP checkpoint", None,
             (Arg("benchmark", ("--benchmark",), "a published protocol: imagenet (CLIP's 1,000 class names and "
                  "80 prompt templates on an ImageNet-layout data.source), cifar10, cifar100, mnist, eurosat (CLIP's "
                  "names and templates)", metavar="NAME"),)),
+    _engine("eval", "retrieval", "retrieval_eval",
+            "Text<->audio/video/audio+video and audio<->video retrieval R@1/5/10, median rank, mAP@10 of a PE-AV "
+            "model", None),
     _engine("eval", "classify", "classify_eval",
             "Top-1/top-5 (or multi-label mAP) of a Hiera or Audio-MAE classifier checkpoint on a dataset", None),
     _engine("eval", "knn", "knn_eval",
@@ -504,6 +511,28 @@ JOBS += [
                      "percli eval av-superb --upstream my_pkg.experts:build --tasks as20k,voxceleb --json")),
 ]
 
+# --- audio-visual inference jobs (detect events, eval sed) ---
+JOBS += [
+    Job("detect", "events", "percli.recipes.detect_events",
+        "Find when described sounds happen in audio/video files: PE-A-Frame text queries -> spans in seconds (JSON)",
+        resumable=False, args=(
+            Arg("inputs", help="Audio or video files (none: eight embedded held-out clips).", many=True,
+                metavar="FILE"),
+            Arg("text", ("--text", "-t"), "A text query, one per sound to find (repeat); default: the checkpoint's "
+                "training queries.", many=True),
+            Arg("model.checkpoint", ("--checkpoint",), "PE-A-Frame weights: a release folder (config.json + "
+                "model.safetensors + tokenizer.json) or a `percli finetune pe-a-frame` checkpoint."),
+            Arg("threshold", ("--threshold",), "Frame probability above which a frame is in a span (0.3)."),
+            Arg("output", ("--output", "-o"), "Where to write the spans (default RUN_DIR/events.json); --overwrite "
+                "replaces an existing file."),
+        ), examples=('percli detect events street.wav --text "a dog barking" --text "a siren" --checkpoint '
+                     "/models/pe-a-frame-large -o street_events.json",)),
+    Job("eval", "sed", "percli.recipes.sed_eval",
+        "Sound event detection scores of a PE-A-Frame model: segment/event F1 and frame AUROC on strong labels",
+        resumable=False, examples=("percli eval sed model.checkpoint=/models/pe-a-frame-small "
+                                   "data.source=desed/validation.tsv data.audio_root=desed/audio/validation",)),
+]
+
 # --- weights by name (percli download) ---
 JOBS += [
     Job("download", "", "percli.models.download_job",
@@ -527,6 +556,7 @@ VERB_HELP = {
                        "demo pool); the subcommands run one stage each.",
     "caption": "Write captions for image shards with a trained captioner.",
     "tts": "Speech editing and zero-shot TTS with VoiceCraft (official or percli weights).",
+    "detect": "Detect events in audio from text queries (PE-A-Frame).",
     "select": "Active learning: pick the pool points to label next. [bold]percli select --strategy margin --budget 100 "
               "--probs pool_probs.npy --labelled labelled.npy[/] queries a pool (the `run` subcommand); "
               "[bold]percli select simulate[/] compares strategies on a simulated labelling loop.",

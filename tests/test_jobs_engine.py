@@ -20,6 +20,7 @@ from tests.test_voicecraft_recipe import TINY as VOICECRAFT
 runner = CliRunner()
 STEPS = ["train.max_steps=2"]
 CLIP = ["train.batch_size=8", "train.num_workers=0", "data.embedded_size=32", "optim.ref_batch_size=8"]
+PE_AV = ["data.embedded_size=20", "train.batch_size=4", "train.num_workers=0"]
 DINOV2_FT = ["model.kwargs={img_size: 32, patch_size: 4, embed_dim: 32, depth: 2, num_heads: 2, init_values: 1.0}",
              "data.embedded_size=40", "train.num_workers=0", "train.batch_size=8"]
 
@@ -40,6 +41,11 @@ CASES = {
     "eval linear-probe": ["model.checkpoint={hiera}", "data.embedded_size=40", "train.num_workers=0",
                           "epochs=2"],
     "eval zero-shot": ["model.checkpoint={clip}", "data.embedded_size=20", "train.num_workers=0"],
+    "pretrain pe-av": [*PE_AV, *STEPS],
+    "eval retrieval": ["model.checkpoint={pe-av}", "data.embedded_size=20", "train.num_workers=0"],
+    "finetune pe-a-frame": [*PE_AV, *STEPS],
+    "eval sed": ["model.checkpoint={pe-a-frame}", "data.embedded_size=20"],
+    "detect events": ["--checkpoint", "{pe-a-frame}", "--text", "a dog barking"],
     "pretrain rwr-gae": ["--graph", "{graph}", "--labels", "{labels}", "--seeds", "1", "--epochs", "5"],
 }
 ELSEWHERE = {"download": "tests/test_hub.py::test_percli_download_prints_where_the_cached_release_is"}
@@ -84,3 +90,5 @@ def test_every_engine_job_prints_the_common_schema(tmp_path):
             values["hiera"] = summary["checkpoint"]
         if name == "pretrain clip":
             values["clip"] = summary["checkpoint"]
+        if name in ("pretrain pe-av", "finetune pe-a-frame"):
+            values[name.split()[1]] = summary["checkpoint"]

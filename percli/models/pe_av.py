@@ -570,15 +570,23 @@ class PEAudioFrame(_TextMixin):
 # --------------------------------------------------------------------------- loading
 
 
+TRAINING_ONLY = ("pair_logits.",)
+"""Submodules `percli pretrain pe-av` adds for its losses (the pairs' temperatures): not part of the model."""
+
+
 def load_official_state(model: PEAudioVisual | PEAudioFrame,
                         state_or_path: Mapping[str, torch.Tensor] | str | Path) -> LoadReport:
-    """Load a released PE-AV / PE-A-Frame state (``model.safetensors``, a checkpoint folder, or a mapping)."""
+    """Load a released PE-AV / PE-A-Frame state (``model.safetensors``, a checkpoint folder, or a mapping), or
+    a percli training checkpoint, whose loss temperatures (`TRAINING_ONLY`) are dropped unless `model` has them."""
     if isinstance(state_or_path, (str, Path)) and Path(state_or_path).is_dir():
         state_or_path = Path(state_or_path) / "model.safetensors"
     state = read_state(state_or_path)
-    check_fit(model, state, model.arch)
-    model.load_state_dict(state, strict=True)
-    return LoadReport()
+    own = model.state_dict()
+    dropped = sorted(k for k in state if k.startswith(TRAINING_ONLY) and k not in own)
+    state = {k: v for k, v in state.items() if k not in dropped}
+    missing = check_fit(model, state, model.arch, tolerated=TRAINING_ONLY)
+    model.load_state_dict(state, strict=not missing)
+    return LoadReport(dropped=dropped, missing=missing)
 
 
 def from_folder(folder: str | Path, weights: bool = True) -> PEAudioVisual | PEAudioFrame:
