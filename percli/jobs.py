@@ -480,8 +480,8 @@ JOBS += [
     Job("eval", "av-superb", "percli.avsuperb.job",
         "AV-SUPERB audio-visual benchmark (Tseng et al., ICASSP 2024) of a percli encoder or your own upstream",
         args=(
-            Arg("upstream", ("--upstream", "-u"), "audio-mae | hiera-video | audio-mae+hiera-video | module:factory "
-                "(your own upstream)."),
+            Arg("upstream", ("--upstream", "-u"), "audio-mae | hiera-video | audio-mae+hiera-video | mavil | pe-av | "
+                "module:factory (your own upstream)."),
             Arg("checkpoint", ("--checkpoint",), "Weights of a single-model upstream: a percli checkpoint (e.g. from "
                 "percli pretrain audio-mae) or an official .pth."),
             Arg("audio_checkpoint", ("--audio-checkpoint",), "Audio side of the fusion upstream."),

@@ -5,7 +5,8 @@ import textwrap
 import pytest
 import torch
 
-from percli.avsuperb.upstream import FEATURE_KEYS, evenly_spaced, load_upstream, stretch_in_time
+from percli.avsuperb.upstream import evenly_spaced, load_upstream, stretch_in_time
+from percli.avsuperb.upstream_common import FEATURE_KEYS
 
 TINY_AUDIO = {"model_kwargs": {"img_size": (64, 32), "embed_dim": 32, "depth": 3, "num_heads": 2, "num_classes": 0}}
 TINY_VIDEO = {"model_kwargs": {"input_size": (4, 64, 64), "embed_dim": 8, "num_heads": 1, "stages": (1, 1, 1, 2),

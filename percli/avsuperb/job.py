@@ -23,6 +23,24 @@ from percli.core.context import RunContext
 
 TINY_AUDIO = {"img_size": [256, 128], "embed_dim": 64, "depth": 4, "num_heads": 4}
 TINY_VIDEO = {"input_size": [8, 64, 64], "embed_dim": 16, "num_heads": 1, "stages": [1, 1, 2, 1]}
+TINY_MAVIL = {"img_size": [256, 128], "embed_dim": 32, "depth": 2, "num_heads": 2, "depth_av": 1, "n_frm": 4,
+              "video_size": 64}
+_TOWER = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+          "max_position_embeddings": 2048}
+TINY_PE_AV = {"output_dim": 32, "nth_text_layer": 1,
+              "audio_visual_model": {
+                  "audio_model": {"dac_vae_encoder": {"encoder_hidden_size": 4, "downsampling_ratios": [2, 4, 5, 8],
+                                                      "hidden_size": 64, "codebook_size": 64, "codebook_dim": 16,
+                                                      "sampling_rate": 16000}, "audio_transformer": _TOWER},
+                  "visual_model": {"pe_encoder": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1,
+                                                  "heads": 2, "mlp_ratio": 2.0, "output_dim": 32, "pool_type": "attn",
+                                                  "attn_pooler_heads": 2, "use_cls_token": True},
+                                   "visual_transformer": _TOWER},
+                  "audio_visual_transformer": _TOWER},
+              "text_model": {"vocab_size": 49411, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                             "num_attention_heads": 2, "max_position_embeddings": 64, "pad_token_id": 0}}
+TINY = {"audio-mae": TINY_AUDIO, "hiera-video": TINY_VIDEO, "mavil": TINY_MAVIL, "pe-av": TINY_PE_AV}
+"""Seeded small random models of the built-in upstreams, used when no weights are given."""
 
 
 def validate(cfg: Config) -> None:
@@ -75,9 +93,8 @@ def upstream_kwargs(cfg: Config) -> dict[str, Any]:
         return {**{k: v for k, v in kwargs.items() if k not in ("audio", "video")}, **sides}
     if cfg.audio_checkpoint or cfg.video_checkpoint:
         raise ValueError("--audio-checkpoint/--video-checkpoint are for the fusion upstream; use --checkpoint")
-    if cfg.upstream in ("audio-mae", "hiera-video") and not cfg.checkpoint and "model_kwargs" not in kwargs \
-            and "model" not in kwargs:
-        return {**kwargs, "model_kwargs": TINY_AUDIO if cfg.upstream == "audio-mae" else TINY_VIDEO}
+    if cfg.upstream in TINY and not cfg.checkpoint and "model_kwargs" not in kwargs and "model" not in kwargs:
+        return {**kwargs, "model_kwargs": TINY[cfg.upstream]}
     return dict(kwargs)
 
 

@@ -8,13 +8,13 @@ percli upstreams also return an optional ``"lengths"`` LongTensor (B,): the vali
 (padding excluded); heads treat a missing ``"lengths"`` as "every frame is valid".
 
 Built in: ``audio-mae`` (percli `AudioViT`), ``hiera-video`` (percli `Hiera` video models),
-``audio-mae+hiera-video`` (their fusion), and ``module:factory`` for a user's upstream.
+``audio-mae+hiera-video`` (their fusion), ``mavil`` and ``pe-av`` (joint audio-visual encoders,
+`percli.avsuperb.av_upstreams`), and ``module:factory`` for a user's upstream.
 """
 
 from __future__ import annotations
 
 import importlib
-import inspect
 from typing import Any
 
 import torch
@@ -22,68 +22,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchaudio
 
-from percli.core.checkpoint import read_meta
+from percli.avsuperb.av_upstreams import build_mavil, build_pe_av
+from percli.avsuperb.upstream_common import (
+    Batch,
+    _build,
+    _checkpoint_meta,
+    _empty_features,
+    _present,
+    evenly_spaced,
+)
 from percli.core.data.audio import kaldi_fbank, normalize_fbank
-from percli.models import create_model_for, load_initial_weights
 from percli.models.audio_mae import AudioViT
 from percli.models.hiera import Hiera
-from percli.models.hub import resolve_weights
 
-Batch = list[tuple[torch.Tensor | None, torch.Tensor | None]]
-FEATURE_KEYS = ("audio_feats", "video_feats", "fusion_feats")
 DEFAULT_AUDIO_MODEL = "audiomae_vit_base_patch16"
 DEFAULT_VIDEO_MODEL = "hiera_base_16x224"
 _FBANK_FRAMES_PER_S = 100.0  # Kaldi fbank frame shift of 10 ms
-
-
-def _empty_features() -> dict[str, Any]:
-    return {key: [] for key in FEATURE_KEYS}
-
-
-def _present(batch: Batch, index: int, modality: str) -> list[torch.Tensor] | None:
-    """The batch's inputs of one modality, or None when every clip lacks it (mixed batches are refused)."""
-    items = [pair[index] for pair in batch]
-    missing = sum(x is None for x in items)
-    if missing == len(items):
-        return None
-    if missing:
-        raise ValueError(f"{missing} of {len(items)} clips in the batch have no {modality}; "
-                         "a batch must either have it for every clip or for none")
-    return items
-
-
-def _checkpoint_meta(checkpoint: str | None) -> dict[str, Any]:
-    if checkpoint is None:
-        return {}
-    path = resolve_weights(checkpoint)  # a path, or an hf-hub: spec's file in the Hugging Face cache
-    if not path.exists():
-        raise FileNotFoundError(f"upstream checkpoint {path}: no such file or directory")
-    if path.is_dir() or path.suffix == ".safetensors":
-        return read_meta(path)
-    return {}  # an official .pth carries no percli metadata
-
-
-def _build(cls: type[nn.Module], name: str, overrides: dict[str, Any], checkpoint: str | None,
-           meta: dict[str, Any]) -> nn.Module:
-    """Build registry model `name` with the checkpoint's constructor arguments (those `cls` accepts,
-    so a pretraining checkpoint's decoder settings are skipped), `overrides` on top, then load it."""
-    accepted = inspect.signature(cls).parameters
-    kwargs = {k: v for k, v in meta.get("kwargs", {}).items() if k in accepted}
-    kwargs.update(overrides)
-    if "drop_path_rate" in accepted:
-        kwargs["drop_path_rate"] = 0.0
-    try:
-        model = create_model_for(name, kwargs, checkpoint)
-    except KeyError as error:
-        raise ValueError(error.args[0]) from error
-    if not isinstance(model, cls):
-        raise ValueError(f"model {name!r} is a {type(model).__name__}, not a {cls.__name__}")
-    if checkpoint is not None:
-        load_initial_weights(model, checkpoint)
-    return model
-
-
-# --------------------------------------------------------------------------------------------- audio
 
 
 class AudioMAEUpstream(nn.Module):
@@ -210,13 +164,6 @@ class HieraVideoUpstream(nn.Module):
 # -------------------------------------------------------------------------------------------- fusion
 
 
-def evenly_spaced(count: int, total: int) -> list[int]:
-    """`count` indices spread evenly over range(total), first and last included."""
-    if count == 1:
-        return [total - 1]
-    return [round(i * (total - 1) / (count - 1)) for i in range(count)]
-
-
 class FusionUpstream(nn.Module):
     """Audio and video upstreams side by side; ``fusion_feats`` concatenates them layer by layer.
 
@@ -292,6 +239,7 @@ def build_hiera_video(model: str | None = None, checkpoint: str | None = None,
 
 
 _BUILTIN = {"audio-mae": build_audio_mae, "hiera-video": build_hiera_video}
+AV_BUILTIN = {"mavil": build_mavil, "pe-av": build_pe_av}  # the joint audio-visual encoders
 
 
 def _load_user_upstream(spec: str, checkpoint: str | None, kw: dict[str, Any]) -> nn.Module:
@@ -324,7 +272,8 @@ def load_upstream(spec: str, checkpoint: str | None = None, **kw: Any) -> nn.Mod
     """Build an upstream from its spec.
 
     Args:
-        spec: ``audio-mae`` | ``hiera-video`` (keywords ``model``, ``model_kwargs``), ``audio-mae+hiera-video``
+        spec: ``audio-mae`` | ``hiera-video`` | ``mavil`` | ``pe-av`` (keywords ``model``, ``model_kwargs``),
+            ``audio-mae+hiera-video``
             (keywords ``audio`` and ``video``: dicts of those keywords plus ``checkpoint`` for each side), or
             ``module:factory`` (``factory(**kw)`` is called; ``checkpoint`` is passed when given).
         checkpoint: weights for a single built-in model (percli checkpoint dir/.safetensors or official .pth).
@@ -335,6 +284,8 @@ def load_upstream(spec: str, checkpoint: str | None = None, **kw: Any) -> nn.Mod
     """
     if spec in _BUILTIN:
         return _BUILTIN[spec](checkpoint=checkpoint, **kw)
+    if spec in AV_BUILTIN:
+        return AV_BUILTIN[spec](checkpoint=checkpoint, **kw)
     if spec == "audio-mae+hiera-video":
         if checkpoint is not None:
             raise ValueError("the fusion upstream takes one checkpoint per side: pass audio={'checkpoint': ...} "
@@ -345,5 +296,6 @@ def load_upstream(spec: str, checkpoint: str | None = None, **kw: Any) -> nn.Mod
         return FusionUpstream(build_audio_mae(**kw.get("audio", {})), build_hiera_video(**kw.get("video", {})))
     if ":" in spec:
         return _load_user_upstream(spec, checkpoint, kw)
-    raise ValueError(f"unknown upstream {spec!r}: use audio-mae, hiera-video, audio-mae+hiera-video or module:factory")
+    raise ValueError(f"unknown upstream {spec!r}: use audio-mae, hiera-video, audio-mae+hiera-video, mavil, pe-av or "
+                     "module:factory")
 

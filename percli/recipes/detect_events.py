@@ -29,8 +29,8 @@ from percli.core.data.images import BadSample
 from percli.core.rundir import write_json_atomic
 from percli.core.sed_metrics import spans_from_probs
 from percli.models.pe_av import SPAN_THRESHOLD
+from percli.models.pe_av_loading import PEAVModelSection, load_pe_model
 from percli.recipes.pe_a_frame import _EmbeddedClips, frame_probabilities
-from percli.recipes.pe_av_model import PEAVModelSection, load_pe_model
 
 EMBEDDED_CLIPS = 8
 

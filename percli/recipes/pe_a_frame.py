@@ -46,8 +46,8 @@ from percli.core.data.images import BadSample
 from percli.core.data.loader import collate_skip_bad
 from percli.core.sed_metrics import event_metrics, events_from_probs, frame_auroc, segment_metrics
 from percli.models.pe_av import SPAN_THRESHOLD
+from percli.models.pe_av_loading import PEAVModelSection, load_pe_model
 from percli.recipes.pe_av import scratch_init
-from percli.recipes.pe_av_model import PEAVModelSection, load_pe_model
 
 AUDIO_SUFFIXES = ("", ".wav", ".flac", ".mp3", ".ogg", ".mp4", ".mkv", ".webm")
 

@@ -48,9 +48,9 @@ from percli.core.data.av_clips import AVClipDataset, collate_av_clips
 from percli.core.data.av_events import AVEventsSpec, EmbeddedAVEvents
 from percli.core.retrieval_metrics import two_way_retrieval
 from percli.models.dac_vae import DacEncoderVAE
+from percli.models.pe_av_loading import PEAVModelSection, load_pe_model, pe_video_frames
 from percli.models.pe_av_tokenizer import PETextTokenizer
 from percli.recipes.clip import gather_features
-from percli.recipes.pe_av_model import PEAVModelSection, load_pe_model, pe_video_frames
 
 PAIRS: dict[str, tuple[str, str]] = {
     "audio-text": ("audio_embeds", "audio_text_embeds"),

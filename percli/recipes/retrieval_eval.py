@@ -35,8 +35,8 @@ from percli.core.data.av_clips import MANIFEST_NAME, READ_REASONS, AVClipDataset
 from percli.core.data.caption_manifest import read_caption_manifest
 from percli.core.engine import BadInputLog, evaluate
 from percli.core.rundir import write_json_atomic
+from percli.models.pe_av_loading import PEAVModelSection, load_pe_model
 from percli.recipes.pe_av import AVDataSection, RetrievalEvaluator, _Indexed, av_dataset, collate
-from percli.recipes.pe_av_model import PEAVModelSection, load_pe_model
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov")
 

@@ -24,8 +24,8 @@ from percli.core.config import ConfigError
 from percli.core.context import RunContext
 from percli.core.rundir import write_json_atomic
 from percli.models.pe_av import SPAN_THRESHOLD
+from percli.models.pe_av_loading import PEAVModelSection, load_pe_model
 from percli.recipes.pe_a_frame import SEDDataSection, query_texts, sed_dataset, sed_scores
-from percli.recipes.pe_av_model import PEAVModelSection, load_pe_model
 
 
 @dataclasses.dataclass
