@@ -511,8 +511,21 @@ JOBS += [
                      "percli eval av-superb --upstream my_pkg.experts:build --tasks as20k,voxceleb --json")),
 ]
 
-# --- audio-visual inference jobs (detect events, eval sed) ---
+# --- audio-visual inference jobs (embed, detect events, eval sed) ---
 JOBS += [
+    Job("embed", "", "percli.recipes.embed",
+        "PE-AV audio, video, audio+video and text embeddings of a caption manifest into safetensors parts "
+        "(batched, resumable, shard-parallel)", output_flag=True, args=(
+            Arg("inputs", help="A caption manifest: captions.jsonl, or an AudioCaps / Clotho / VALOR / MSR-VTT-style "
+                "CSV, TSV, JSON or JSONL (none: the embedded held-out clips).", many=True, metavar="MANIFEST"),
+            Arg("model.checkpoint", ("--checkpoint",), "PE-AV weights: a release folder (config.json + "
+                "model.safetensors + tokenizer.json) or a `percli pretrain pe-av` checkpoint."),
+            Arg("modalities", ("--modalities",), "What to embed: audio, video, text (repeat; default all three).",
+                many=True),
+            Arg("media_root", ("--media-root",), "Folder of the manifest's relative media paths."),
+            Arg("batch_size", ("--batch-size",), "Clips per forward."),
+            Arg("part_size", ("--part-size",), "Clips per output part (the unit --resume skips)."),
+        ), examples=("percli embed /data/valor/captions.jsonl --checkpoint /models/pe-av-large -o embeddings/valor",)),
     Job("detect", "events", "percli.recipes.detect_events",
         "Find when described sounds happen in audio/video files: PE-A-Frame text queries -> spans in seconds (JSON)",
         resumable=False, args=(
@@ -556,6 +569,7 @@ VERB_HELP = {
                        "demo pool); the subcommands run one stage each.",
     "caption": "Write captions for image shards with a trained captioner.",
     "tts": "Speech editing and zero-shot TTS with VoiceCraft (official or percli weights).",
+    "embed": "Embed audio, video and captions with PE-AV.",
     "detect": "Detect events in audio from text queries (PE-A-Frame).",
     "select": "Active learning: pick the pool points to label next. [bold]percli select --strategy margin --budget 100 "
               "--probs pool_probs.npy --labelled labelled.npy[/] queries a pool (the `run` subcommand); "

@@ -46,6 +46,7 @@ CASES = {
     "finetune pe-a-frame": [*PE_AV, *STEPS],
     "eval sed": ["model.checkpoint={pe-a-frame}", "data.embedded_size=20"],
     "detect events": ["--checkpoint", "{pe-a-frame}", "--text", "a dog barking"],
+    "embed": ["--checkpoint", "{pe-av}", "embedded_size=4", "num_frames=2"],
     "pretrain rwr-gae": ["--graph", "{graph}", "--labels", "{labels}", "--seeds", "1", "--epochs", "5"],
 }
 ELSEWHERE = {"download": "tests/test_hub.py::test_percli_download_prints_where_the_cached_release_is"}

@@ -138,3 +138,80 @@ def test_eval_retrieval_skips_and_counts_every_kind_of_bad_clip(tmp_path):
         assert key in summary["metrics"], key
     assert summary["metrics"]["t2a_R@10"] == 1.0  # two clips: any caption finds its clip in the top 10
     assert json.loads((run / "summary.json").read_text()) == summary
+
+
+def test_embed_writes_resumable_parts_and_counts_bad_clips(tmp_path):
+    from percli.core.checkpoint import read_weights
+    from percli.core.data.av_events import make_av_events
+
+    good = make_av_events(tmp_path / "train", 3, seed=3)
+    folder = tmp_path / "hostile"
+    folder.mkdir()
+    manifest, _, _ = _hostile_manifest(folder, good)
+    checkpoint = str(_tiny_checkpoint(tmp_path))
+    out = tmp_path / "emb"
+    args = ["embed", str(manifest), "--checkpoint", checkpoint, "--part-size", "4", "--batch-size", "2",
+            "num_frames=2", "-o", str(out), "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["parts"] == 3 and summary["clips_embedded"] == 2  # "good" and "one_blank"
+    assert {"no_audio_track", "silent_audio", "short_audio", "corrupt_video"} <= set(summary["skipped"])
+    tensors, meta = read_weights(out / "parts" / "part-00000.safetensors")
+    assert meta["ids"] == ["good"] and meta["captions"] == ["a dog barks"]
+    assert tensors["audio"].shape == (1, 8) and tensors["audio_video_text"].shape == (1, 8)
+    assert tensors["caption_item"].tolist() == [0]
+    # --resume writes only the missing part, and the same bytes as before
+    last = out / "parts" / "part-00002.safetensors"
+    before = last.read_bytes()
+    last.unlink()
+    first = (out / "parts" / "part-00000.safetensors").stat().st_mtime_ns
+    result = runner.invoke(app, [*args, "--resume"])
+    assert result.exit_code == 0, result.output[-3000:]
+    assert json.loads(result.stdout)["parts_written"] == 1
+    assert last.read_bytes() == before and (out / "parts" / "part-00000.safetensors").stat().st_mtime_ns == first
+
+
+def _tiny_frame_checkpoint(tmp_path):
+    from percli.models.pe_av import PEAudioFrame
+    from tests.test_pe_av import FRAME_KW
+
+    kwargs = json.loads(json.dumps(FRAME_KW))
+    kwargs["text_model"]["vocab_size"] = PETextTokenizer().vocab_size
+    kwargs["audio_model"]["dac_vae_encoder"].update(downsampling_ratios=[2, 4, 5, 8], sampling_rate=8000)
+    kwargs["audio_model"]["audio_transformer"]["max_position_embeddings"] = 128
+    torch.manual_seed(0)
+    model = PEAudioFrame(**kwargs)
+    meta = {"name": "pe_a_frame", "kwargs": model.config, "tokenizer": PETextTokenizer(context_length=16).meta(),
+            "labels": ["drum"], "queries": ["a drum being hit"]}
+    return save_weights(tmp_path / "frame.safetensors", model.state_dict(), meta)
+
+
+def test_eval_sed_and_detect_events_skip_unreadable_files(tmp_path):
+    from percli.core.data.av_events import make_av_events
+
+    clips = make_av_events(tmp_path / "train", 2, seed=3).parent / "clips"
+    (clips / "garbage.wav").write_bytes(b"RIFF not audio")
+    labels = (tmp_path / "train" / "events.tsv").read_text()
+    tsv = tmp_path / "strong.tsv"
+    tsv.write_text(labels + "missing.wav\t0.5\t1.0\tdrum\ngarbage.wav\t0.1\t0.9\tsiren\n")
+    checkpoint = str(_tiny_frame_checkpoint(tmp_path))
+    result = runner.invoke(app, ["eval", "sed", f"model.checkpoint={checkpoint}", f"data.source={tsv}",
+                                 f"data.audio_root={clips}", "--run-dir", str(tmp_path / "sed"), "--json"])
+    assert result.exit_code == 0, result.output[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["metrics"]["clips"] == 2.0 and summary["bad_inputs"]["count"] == 2
+    assert {b["reason"].split(":")[0] for b in summary["bad_inputs"]["files"]} == {"missing_file", "unreadable_audio"}
+    assert summary["queries"]["drum"] == "a drum being hit"  # the checkpoint's trained query for its label
+    assert 0.0 <= summary["metrics"]["auroc"] <= 1.0 and "event_f1_micro" in summary["metrics"]
+    # detect events: spans per query for the readable files, the others listed
+    out = tmp_path / "found.json"
+    result = runner.invoke(app, ["detect", "events", str(clips / "train_00000.wav"), str(clips / "garbage.wav"),
+                                 str(tmp_path / "nowhere.wav"), "--checkpoint", checkpoint, "-t", "a drum",
+                                 "--threshold", "0.01", "-o", str(out), "--run-dir", str(tmp_path / "det"), "--json"])
+    assert result.exit_code == 0, result.output[-3000:]
+    summary = json.loads(result.stdout)
+    assert [f["file"] for f in summary["files"]] == [str(clips / "train_00000.wav")]
+    assert summary["bad_inputs"]["count"] == 2 and json.loads(out.read_text())["queries"] == ["a drum"]
+    spans = summary["files"][0]["events"]
+    assert spans and all(0 <= e["start"] < e["end"] <= summary["files"][0]["duration_s"] for e in spans)

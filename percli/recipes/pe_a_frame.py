@@ -43,7 +43,7 @@ from percli.core.data.audio import load_audio
 from percli.core.data.av_events import _BY_LABEL, LABELS, AVEventsSpec, EmbeddedAVEvents
 from percli.core.data.caption_manifest import Event, read_strong_labels
 from percli.core.data.images import BadSample
-from percli.core.data.loader import collate_skip_bad
+from percli.core.data.loader import SeededSamples, collate_skip_bad
 from percli.core.sed_metrics import event_metrics, events_from_probs, frame_auroc, segment_metrics
 from percli.models.pe_av import SPAN_THRESHOLD
 from percli.models.pe_av_loading import PEAVModelSection, load_pe_model
@@ -181,7 +181,8 @@ def sed_scores(model: nn.Module, dataset: Dataset, tokenizer: Any, labels: list[
     ids, text_mask = tokenizer(queries)
     hop_s = model.hop_length / model.sampling_rate
     probs, reference, estimated, bad = {}, [], [], []
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=lambda items: collate_skip_bad(items, collate))
+    loader = DataLoader(SeededSamples(dataset, 0), batch_size=batch_size,
+                        collate_fn=lambda items: collate_skip_bad(items, collate))
     for chunk in loader:
         bad += chunk["bad"]
         batch = chunk["batch"]
