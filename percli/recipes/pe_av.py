@@ -233,7 +233,7 @@ def retrieval_report(totals: dict[str, torch.Tensor]) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for row, emb, text in (("a", "audio_embeds", "audio_text_embeds"), ("v", "visual_embeds", "visual_text_embeds"),
                            ("av", "audio_visual_embeds", "audio_visual_text_embeds")):
-        if emb in totals:
+        if emb in totals and text in totals:
             metrics.update(two_way_retrieval(totals[emb][order] @ totals[text].T, caption_item, row_name=row))
     if "audio_embeds" in totals and "visual_embeds" in totals:
         metrics.update(two_way_retrieval(totals["audio_embeds"][order] @ totals["visual_embeds"][order].T,

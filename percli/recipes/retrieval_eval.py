@@ -1,8 +1,12 @@
-"""Cross-modal retrieval of a PE-AV model: text <-> audio, text <-> video, text <-> audio+video, audio <-> video.
+"""Cross-modal retrieval: text <-> audio, text <-> video, text <-> audio+video, audio <-> video.
+
+Models (``family``, read from the checkpoint when ``auto``): PE-AV (every direction), a CLIP / PE image-text
+model on video (each frame embedded, the clip the mean of its frames; text <-> video), MAViL (its last audio
+and video blocks' mean tokens, as AV-SUPERB's expert; audio <-> video).
 
 Every caption is a query against the clips (``t2a``, ``t2v``, ``t2av``) and every clip a query against all
 captions (``a2t``, ``v2t``, ``av2t``: a hit when any caption of the clip is retrieved); audio and video
-query each other (``a2v``, ``v2a``). Reported: R@1/5/10, median and mean rank, mAP@10 (in percent) per
+query each other (``a2v``, ``v2a``). Reported: R@1/5/10, median and mean rank, mAP@10 (fractions) per
 direction, as the official evaluation ranks them (dot products of the heads' embeddings, each caption its
 own query; ``similarity=cosine`` to L2-normalise first). Which directions exist depends on the modalities of
 the data: an audio-only manifest (AudioCaps, Clotho) gives text <-> audio.
@@ -13,7 +17,8 @@ VALOR / MSR-VTT-style CSV, TSV, JSON or JSONL caption manifest (several captions
 video) and empty captions are skipped and counted in ``summary.json``.
 
 Examples:
-  percli eval retrieval model.checkpoint=runs/pretrain-pe-av-.../checkpoints/step_0000300
+  percli eval retrieval model.checkpoint=runs/pretrain-pe-av-.../checkpoints/step_0000600
+  percli eval retrieval model.checkpoint=runs/pretrain-clip-.../checkpoints/step_0000500   # CLIP on video frames
   percli eval retrieval model.checkpoint=/models/pe-av-large data.source=/data/audiocaps/test.csv \\
       data.media_root=/data/audiocaps/audio data.modalities=[audio]
   accelerate launch --num_processes 4 -m percli.cli eval retrieval model.checkpoint=/models/pe-av-large \\
@@ -27,16 +32,21 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
 from accelerate.utils import gather_object
 
+from percli.core.checkpoint import read_meta
 from percli.core.config import ConfigError, TrainConfig
 from percli.core.context import RunContext
 from percli.core.data.av_clips import MANIFEST_NAME, READ_REASONS, AVClipDataset, skipped_by_reason
 from percli.core.data.caption_manifest import read_caption_manifest
+from percli.core.data.transforms import ImagePreprocess
 from percli.core.engine import BadInputLog, evaluate
 from percli.core.rundir import write_json_atomic
 from percli.models.pe_av_loading import PEAVModelSection, load_pe_model
-from percli.recipes.pe_av import AVDataSection, RetrievalEvaluator, _Indexed, av_dataset, collate
+from percli.recipes.pe_av import AVDataSection, RetrievalEvaluator, _Indexed, av_dataset, collate, retrieval_report
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov")
 
@@ -49,12 +59,110 @@ class RetrievalData(AVDataSection):
     """audio and/or video; empty: audio+video for video files, audio for audio files."""
 
 
+FAMILIES = ("auto", "pe-av", "clip", "mavil")
+
+
 @dataclasses.dataclass
 class Config:
+    family: str = "auto"
+    """pe-av (audio, video, audio+video, text), clip (a CLIP / PE image-text model: video = its frames' mean
+    embedding, text <-> video only), mavil (audio <-> video only); auto: from the checkpoint."""
     model: PEAVModelSection = dataclasses.field(default_factory=PEAVModelSection)
     data: RetrievalData = dataclasses.field(default_factory=lambda: RetrievalData(embedded_size=400))
     similarity: Literal["dot", "cosine"] = "dot"
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(batch_size=16, num_workers=1))
+
+
+class ClipFramesEvaluator:
+    """A CLIP / PE image-text model on video: each frame embedded, the clip the mean of its frames
+    (L2-normalised); captions by the text tower. Text <-> video only."""
+
+    def __init__(self, model: nn.Module, meta: dict[str, Any]):
+        from percli.models.clip_tokenizer import CLIPTokenizer
+
+        self.transform = ImagePreprocess.of(meta).eval_transform()
+        self.tokenizer = CLIPTokenizer(context_length=model.context_length)
+
+    def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        clip = getattr(model, "module", model)
+        frames = batch["frames"]  # uint8 [B, N, 3, H, W]
+        b, n = frames.shape[:2]
+        images = self.transform(frames.flatten(0, 1))
+        per_frame = F.normalize(clip.encode_image(images).float(), dim=-1).view(b, n, -1)
+        valid = batch["video_mask"][..., None].float()
+        video = F.normalize((per_frame * valid).sum(1) / valid.sum(1).clamp_min(1), dim=-1)
+        captions = [c for caps in batch["captions"] for c in caps]
+        owner = [int(i) for i, caps in zip(batch["index"], batch["captions"]) for _ in caps]
+        text = F.normalize(clip.encode_text(self.tokenizer(captions).to(frames.device)).float(), dim=-1)
+        return {"visual_embeds": video, "visual_text_embeds": text, "item": batch["index"],
+                "caption_item": torch.tensor(owner, device=frames.device)}
+
+    def eval_reduce(self, totals: dict[str, Any]) -> dict[str, float]:
+        return retrieval_report(totals)
+
+
+class MAViLEvaluator:
+    """MAViL: the last audio and video blocks' mean patch tokens (AV-SUPERB's expert features), audio <-> video."""
+
+    def __init__(self, model: nn.Module):
+        from percli.avsuperb.av_upstreams import MAVIL_FPS, MAViLUpstream
+
+        self.upstream, self.fps = MAViLUpstream(model), MAVIL_FPS
+
+    def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        up = self.upstream
+        audio = [up.preprocess_audio(w[0, : int(m.sum())].cpu(), 16000)
+                 for w, m in zip(batch["waveform"], batch["audio_mask"])]
+        video = [up.preprocess_video(f[: int(m.sum())].permute(0, 2, 3, 1).cpu(), self.fps)
+                 for f, m in zip(batch["frames"], batch["video_mask"])]
+        feats = up(list(zip(audio, video)))
+        device = batch["index"].device
+        return {"audio_embeds": feats["audio_feats"][-1][:, 0].float().to(device),
+                "visual_embeds": feats["video_feats"][-1][:, 0].float().to(device), "item": batch["index"],
+                "caption_item": torch.zeros(0, dtype=torch.long, device=device)}
+
+    def eval_reduce(self, totals: dict[str, Any]) -> dict[str, float]:
+        return retrieval_report(totals)
+
+
+def family_of(cfg: Config) -> str:
+    """The model family of the checkpoint: `family`, else a release folder's (PE-AV) or the percli metadata's."""
+    if cfg.family != "auto":
+        return cfg.family
+    path = Path(cfg.model.checkpoint).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return "pe-av"
+    name = str(read_meta(path).get("name", "")) if path.is_dir() or path.suffix == ".safetensors" else ""
+    if name.startswith("mavil"):
+        return "mavil"
+    if name.startswith(("clip_", "pe_core", "pe_lang")):
+        return "clip"
+    if name.startswith("pe_a"):
+        return "pe-av"
+    raise ValueError(f"model.checkpoint={cfg.model.checkpoint}: cannot tell its model family (metadata name "
+                     f"{name!r}); set family=pe-av|clip|mavil")
+
+
+def _load(cfg: Config, family: str) -> tuple[nn.Module, Any, int, int, tuple[str, ...]]:
+    """(model, evaluator, audio rate, frame size, modalities to decode) of the family."""
+    if family == "pe-av":
+        model, tokenizer, meta = load_pe_model(cfg.model, "PEAudioVisual")
+        normalize = cfg.similarity == "cosine"
+        return (model, RetrievalEvaluator(tokenizer, meta["image_size"], normalize=normalize),
+                meta["sampling_rate"], meta["image_size"], ("audio", "video"))
+    if family == "clip":
+        from percli.recipes.common import ModelSection
+        from percli.recipes.zero_shot import load_clip
+
+        model, meta = load_clip(ModelSection(name=None, checkpoint=cfg.model.checkpoint))
+        return model.eval(), ClipFramesEvaluator(model, meta), 16000, ImagePreprocess.of(meta).size[0], ("video",)
+    from percli.models import create_model_for, load_initial_weights
+
+    meta = read_meta(cfg.model.checkpoint) if Path(cfg.model.checkpoint).suffix in ("", ".safetensors") else {}
+    name = meta.get("name") or "mavil_vit_base_patch16"
+    model = create_model_for(name, {**meta.get("kwargs", {}), **cfg.model.kwargs}, cfg.model.checkpoint)
+    load_initial_weights(model, cfg.model.checkpoint)
+    return model.eval(), MAViLEvaluator(model), 16000, model.preprocess["video"]["size"], ("audio", "video")
 
 
 class _Task:
@@ -102,15 +210,16 @@ def skipped(dataset: Any, bad_files: list[dict[str, str]]) -> dict[str, int]:
 
 def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
     accelerator = ctx.accelerator
-    model, tokenizer, meta = load_pe_model(cfg.model, "PEAudioVisual")
-    rate, size = meta["sampling_rate"], meta["image_size"]
+    family = family_of(cfg)
+    model, evaluator, rate, size, modalities = _load(cfg, family)
+    data = dataclasses.replace(cfg.data, modalities=cfg.data.modalities or list(modalities))
     if cfg.data.source == "embedded":
-        dataset, counts = av_dataset(cfg.data, "embedded", "test", rate, size), {}
+        dataset, counts = av_dataset(data, "embedded", "test", rate, size), {}
     else:
-        dataset, counts = manifest_dataset(cfg.data, rate, size)
+        dataset, counts = manifest_dataset(data, rate, size)
     model = accelerator.prepare(model)
     bad = BadInputLog()
-    task = _Task(RetrievalEvaluator(tokenizer, size, normalize=cfg.similarity == "cosine"))
+    task = _Task(evaluator)
     metrics = evaluate(task, model, dataset, accelerator, cfg.train, bad)
     if accelerator.num_processes > 1:
         merged = BadInputLog()
@@ -118,7 +227,7 @@ def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
             merged.add(files)
         bad = merged
     clips = getattr(dataset.dataset, "bad_records", None)
-    summary = {"status": "completed", "checkpoint": cfg.model.checkpoint, "data": cfg.data.source,
+    summary = {"status": "completed", "checkpoint": cfg.model.checkpoint, "family": family, "data": cfg.data.source,
                "similarity": cfg.similarity, "metrics": metrics, "run_dir": str(ctx.run_dir),
                "bad_inputs": {"count": len(bad.files), "files": bad.files},
                "bad_records": {"count": clips.count, "examples": clips.examples} if clips else {"count": 0},
@@ -136,6 +245,8 @@ def validate(cfg: Config) -> None:
     cfg.model.check()
     if cfg.data.source != "embedded" and not Path(cfg.data.source).expanduser().exists():
         raise ConfigError(f"data.source: {cfg.data.source} does not exist")
+    if cfg.family not in FAMILIES:
+        raise ConfigError(f"family: {cfg.family!r}; choose from {', '.join(FAMILIES)}")
     unknown = set(cfg.data.modalities) - {"audio", "video"}
     if unknown:
         raise ConfigError(f"data.modalities: {sorted(unknown)}; use audio and/or video")
