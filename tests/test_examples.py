@@ -58,3 +58,41 @@ def test_curation_example_scripts_run_end_to_end(tmp_path, script, env, check):
                                **env})
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "work" / check).is_file()
+
+
+def test_flap_llm_captions_example_runs_end_to_end(tmp_path):
+    """The FLAP example script, shortened (16 + 8 clips written, 2 steps of a tiny model)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_flap import TINY
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "audio" / "flap_llm_captions.sh"
+    (tmp_path / "tiny.yaml").write_text("model:\n  kwargs: " + TINY[0].split("=", 1)[1] + "\n")
+    small = " ".join(["--config", str(tmp_path / "tiny.yaml"), *TINY[1:], "train.batch_size=4"])
+    done = subprocess.run(["bash", str(script), str(tmp_path / "work")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PERCLI": f"{sys.executable} -m percli.cli", "PYTHON": sys.executable,
+                               "TRAIN": "16", "TEST": "8", "STEPS": "2", "SMALL": small})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "t2a_R@1" in done.stdout
+    rows = (tmp_path / "work" / "clips" / "train" / "captions_llm.jsonl").read_text().splitlines()
+    assert len(rows) == 16 and "sound events: " in json.loads(rows[0])["llm_captions"][0]
+
+
+def test_pe_av_example_runs_end_to_end(tmp_path):
+    """The PE-AV / PE-A-Frame example script, shortened (2 training steps): every command in it still works."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "audiovisual" / "pe_av_tiny.sh"
+    env = {**os.environ, "PERCLI": f"{sys.executable} -m percli.cli", "PYTHON": sys.executable, "AV_STEPS": "2",
+           "FRAME_STEPS": "2", "CLIPS": "20", "AVS_STEPS": "2"}
+    done = subprocess.run(["bash", str(script), str(tmp_path / "work")], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "events found:" in done.stdout and "peav-random" in done.stdout
+    assert json.loads((tmp_path / "work" / "embeddings" / "summary.json").read_text())["clips_embedded"] == 8
