@@ -439,6 +439,9 @@ class PEAudioVisual(_TextMixin):
         self.sampling_rate = avm.audio_model.dac_vae_encoder.sampling_rate
         self.hop_length = avm.audio_model.dac_vae_encoder.hop_length
         self.image_size = avm.visual_model.image_size
+        # frames as the release's VideoProcessor: squashed to the PE size (bilinear), mean = std = 0.5
+        self.preprocess = {**avm.visual_model.pe_encoder.preprocess, "sample_rate": self.sampling_rate,
+                           "hop_length": self.hop_length}
 
     def checkpoint_meta(self) -> dict:
         """Name and constructor arguments, to store beside the weights."""

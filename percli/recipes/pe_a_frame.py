@@ -75,7 +75,7 @@ class Config:
     """Frame probability above which a frame is active (the release's default 0.3)."""
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(batch_size=32))
     optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(
-        lr=1e-4, ref_batch_size=None, weight_decay=0.05, betas=(0.9, 0.95), eps=1e-6, warmup_fraction=0.05))
+        lr=1e-4, ref_batch_size=32, weight_decay=0.05, betas=(0.9, 0.95), eps=1e-6, warmup_fraction=0.05))
 
 
 def query_texts(labels: list[str], queries: str | None) -> list[str]:

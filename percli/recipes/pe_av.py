@@ -100,7 +100,7 @@ class Config:
     loss: LossSection = dataclasses.field(default_factory=LossSection)
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(batch_size=64))
     optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(
-        lr=2e-4, ref_batch_size=None, weight_decay=0.05, betas=(0.9, 0.95), eps=1e-6, warmup_fraction=0.05))
+        lr=2e-4, ref_batch_size=64, weight_decay=0.05, betas=(0.9, 0.95), eps=1e-6, warmup_fraction=0.05))
 
 
 class PairLogits(nn.Module):
