@@ -128,6 +128,8 @@ JOBS: list[Job] = [
             "VoiceCraft codec-LM pretraining by token infilling on (audio, transcript) pairs (Peng et al., ACL 2024)"),
     _engine("pretrain", "clip", "clip",
             "CLIP contrastive image-text pretraining, MetaCLIP recipe (Radford et al. 2021; Xu et al., ICLR 2024)"),
+    _engine("pretrain", "flap", "flap",
+            "FLAP language-audio pretraining: masked multi-view contrast + reconstruction (Yeh et al., ICASSP 2024)"),
     _engine("pretrain", "pe-av", "pe_av",
             "PE-AV: pairwise contrastive audio / video / audio+video / text training (Vyas et al. 2025)"),
     _engine("pretrain", "cit", "cit",

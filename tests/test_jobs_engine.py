@@ -15,6 +15,7 @@ from tests.test_audio_recipes import CLS as AUDIO_CLS
 from tests.test_audio_recipes import MAE as AUDIO_MAE
 from tests.test_cit_recipe import TINY as CIT
 from tests.test_dinov2_recipe import SHORT as DINOV2
+from tests.test_flap import TINY as FLAP
 from tests.test_voicecraft_recipe import TINY as VOICECRAFT
 
 runner = CliRunner()
@@ -32,6 +33,7 @@ CASES = {
     "finetune audio-mae": [*AUDIO_CLS, *STEPS],
     "pretrain voicecraft": [*VOICECRAFT, *STEPS],
     "pretrain clip": [*CLIP, *STEPS],
+    "pretrain flap": [*FLAP, *STEPS],
     "pretrain cit": [*CIT, "curation.every=1", *STEPS],
     "pretrain dinov2": [*DINOV2, *STEPS],
     "finetune dinov2": [*DINOV2_FT, *STEPS],

@@ -384,7 +384,8 @@ class AudioMaskedAutoencoderViT(nn.Module):
     # -- forward
     def forward_encoder(self, x: torch.Tensor, mask_ratio: float, mask_2d: bool = False, *,
                         noise: torch.Tensor | None = None, noise_t: torch.Tensor | None = None,
-                        noise_f: torch.Tensor | None = None, generator: torch.Generator | None = None
+                        noise_f: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                        mask_t_prob: float | None = None, mask_f_prob: float | None = None,
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Embed, mask and encode the kept tokens.
 
@@ -394,14 +395,17 @@ class AudioMaskedAutoencoderViT(nn.Module):
             mask_2d: use time/freq masking with ``self.mask_t_prob`` / ``self.mask_f_prob`` instead.
             noise: [N, L] draws for unstructured masking; noise_t [N, T/p] and noise_f [N, F/p] for 2-D.
             generator: RNG for whichever noise is not given.
+            mask_t_prob, mask_f_prob: override the model's time/freq rates for this call (``mask_f_prob=0``
+                drops whole time columns only, FLAP's 1-D masking).
 
         Returns:
             latent [N, 1 + kept, C] (after ``norm``), mask [N, L] (1 = removed), ids_restore [N, L].
         """
         x = self.patch_embed(x) + self.pos_embed[:, 1:]
         if mask_2d:
-            x, mask, ids_restore = self.random_masking_2d(x, self.mask_t_prob, self.mask_f_prob,
-                                                          noise_t, noise_f, generator)
+            x, mask, ids_restore = self.random_masking_2d(
+                x, self.mask_t_prob if mask_t_prob is None else mask_t_prob,
+                self.mask_f_prob if mask_f_prob is None else mask_f_prob, noise_t, noise_f, generator)
         else:
             x, mask, ids_restore = self.random_masking(x, mask_ratio, noise, generator)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)

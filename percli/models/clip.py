@@ -433,31 +433,11 @@ class VisionTransformer(nn.Module):
         return out
 
 
-class CLIP(nn.Module):
-    """open_clip's ``CLIP``: ViT image tower ``visual``, text tower at top level, ``logit_scale``.
+class _TextTower(nn.Module):
+    """open_clip's text tower: its tensors at the top level of the module that holds them (as in ``CLIP``)."""
 
-    ``CLIP(embed_dim, vision_cfg, text_cfg, quick_gelu, init_logit_scale, init_logit_bias,
-    nonscalar_logit_scale)`` takes open_clip's model-config content (the ``model_configs/*.json``
-    dicts). Calling conventions:
-        ``image_features, text_features, logit_scale = model(image, text)`` (features L2-normalised,
-        ``logit_scale`` already exponentiated; ``logit_bias`` appended when the model has one);
-        ``encode_image`` / ``encode_text`` (``normalize=False`` by default); ``get_logits(image,
-        text)`` -> (logits_per_image, logits_per_text); ``forward_intermediates`` for block outputs
-        of either tower.
-    """
-
-    def __init__(self, embed_dim: int, vision_cfg: Mapping | CLIPVisionCfg, text_cfg: Mapping | CLIPTextCfg,
-                 quick_gelu: bool = False, init_logit_scale: float = math.log(1 / 0.07),
-                 init_logit_bias: float | None = None, nonscalar_logit_scale: bool = False):
-        super().__init__()
-        vision, text = _as_cfg(CLIPVisionCfg, vision_cfg), _as_cfg(CLIPTextCfg, text_cfg)
-        _check_text(text)
-        self.config = {"embed_dim": embed_dim, "vision_cfg": asdict(vision), "text_cfg": asdict(text),
-                       "quick_gelu": quick_gelu, "init_logit_scale": init_logit_scale}
-        if init_logit_bias is not None or nonscalar_logit_scale:
-            self.config.update(init_logit_bias=init_logit_bias, nonscalar_logit_scale=nonscalar_logit_scale)
-        self.arch = type(self).__name__
-        self.visual = VisionTransformer(vision, embed_dim, quick_gelu)
+    def build_text_tower(self, text: CLIPTextCfg, embed_dim: int, quick_gelu: bool) -> None:
+        """Create the tower's modules (uninitialised projection: call `init_text_parameters` after)."""
         act_layer, norm_layer = _layers(text, quick_gelu)
         self.context_length, self.vocab_size = text.context_length, text.vocab_size
         self.text_pool_type, self.text_eos_id, self.causal = text.pool_type, text.eos_id, not text.no_causal_mask
@@ -470,16 +450,6 @@ class CLIP(nn.Module):
         if text.proj_type != "none":
             self.text_projection = (nn.Linear(text.width, embed_dim) if text.proj_bias
                                     else nn.Parameter(torch.empty(text.width, embed_dim)))
-        shape = [1] if nonscalar_logit_scale else []
-        self.logit_scale = nn.Parameter(torch.full(shape, float(init_logit_scale)))
-        self.logit_bias = (nn.Parameter(torch.full(shape, float(init_logit_bias))) if init_logit_bias is not None
-                           else None)
-        image_size = self.visual.image_size
-        self.preprocess = {"image_size": image_size[0] if image_size[0] == image_size[1] else list(image_size),
-                           "mean": list(OPENAI_MEAN), "std": list(OPENAI_STD),
-                           "interpolation": "bicubic", "resize_mode": "shortest", "crop_pct": 1.0,
-                           "tokenizer": "clip_bpe", "context_length": text.context_length}
-        self.init_text_parameters()
 
     def init_text_parameters(self) -> None:
         """open_clip's text-tower init (the image tower keeps torch defaults and its scaled randn)."""
@@ -498,17 +468,6 @@ class CLIP(nn.Module):
         elif self.text_projection is not None:
             nn.init.normal_(self.text_projection, std=width ** -0.5)
 
-    @torch.jit.ignore
-    def no_weight_decay(self) -> list[str]:
-        """Parameter names open_clip excludes from weight decay (besides gains, biases and logit_scale)."""
-        return ["positional_embedding", "visual.positional_embedding", "visual.class_embedding"]
-
-    def checkpoint_meta(self) -> dict:
-        """Name, constructor arguments and preprocessing, to store beside the weights."""
-        return {"name": self.arch, "class": type(self).__name__, "config": dict(self.config),
-                "preprocess": dict(self.preprocess)}
-
-    # -- text tower
     def _text_tokens(self, text: torch.Tensor, indices: Sequence[int] = (), stop_early: bool = False,
                      ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Token ids [B, L] (L <= context_length) -> final tokens [B, L, W] and chosen block outputs."""
@@ -539,6 +498,72 @@ class CLIP(nn.Module):
         """Token ids [B, L] -> text embeddings [B, embed_dim]."""
         features = self._text_pool(self._text_tokens(text)[0], text)
         return F.normalize(features, dim=-1) if normalize else features
+
+
+class CLIPTextTransformer(_TextTower):
+    """CLIP's text tower alone, with `CLIP`'s tensor names and init, to pair with another encoder (FLAP).
+
+    ``CLIPTextTransformer(embed_dim, text_cfg, quick_gelu)``; ``model(text)`` = ``encode_text(text)``:
+    token ids [B, L] (the CLIP BPE tokenizer's) -> [B, embed_dim], not normalised.
+    """
+
+    def __init__(self, embed_dim: int, text_cfg: Mapping | CLIPTextCfg, quick_gelu: bool = False):
+        super().__init__()
+        text = _as_cfg(CLIPTextCfg, text_cfg)
+        _check_text(text)
+        self.build_text_tower(text, embed_dim, quick_gelu)
+        self.init_text_parameters()
+
+    def forward(self, text: torch.Tensor) -> torch.Tensor:
+        return self.encode_text(text)
+
+
+class CLIP(_TextTower):
+    """open_clip's ``CLIP``: ViT image tower ``visual``, text tower at top level, ``logit_scale``.
+
+    ``CLIP(embed_dim, vision_cfg, text_cfg, quick_gelu, init_logit_scale, init_logit_bias,
+    nonscalar_logit_scale)`` takes open_clip's model-config content (the ``model_configs/*.json``
+    dicts). Calling conventions:
+        ``image_features, text_features, logit_scale = model(image, text)`` (features L2-normalised,
+        ``logit_scale`` already exponentiated; ``logit_bias`` appended when the model has one);
+        ``encode_image`` / ``encode_text`` (``normalize=False`` by default); ``get_logits(image,
+        text)`` -> (logits_per_image, logits_per_text); ``forward_intermediates`` for block outputs
+        of either tower.
+    """
+
+    def __init__(self, embed_dim: int, vision_cfg: Mapping | CLIPVisionCfg, text_cfg: Mapping | CLIPTextCfg,
+                 quick_gelu: bool = False, init_logit_scale: float = math.log(1 / 0.07),
+                 init_logit_bias: float | None = None, nonscalar_logit_scale: bool = False):
+        super().__init__()
+        vision, text = _as_cfg(CLIPVisionCfg, vision_cfg), _as_cfg(CLIPTextCfg, text_cfg)
+        _check_text(text)
+        self.config = {"embed_dim": embed_dim, "vision_cfg": asdict(vision), "text_cfg": asdict(text),
+                       "quick_gelu": quick_gelu, "init_logit_scale": init_logit_scale}
+        if init_logit_bias is not None or nonscalar_logit_scale:
+            self.config.update(init_logit_bias=init_logit_bias, nonscalar_logit_scale=nonscalar_logit_scale)
+        self.arch = type(self).__name__
+        self.visual = VisionTransformer(vision, embed_dim, quick_gelu)
+        self.build_text_tower(text, embed_dim, quick_gelu)
+        shape = [1] if nonscalar_logit_scale else []
+        self.logit_scale = nn.Parameter(torch.full(shape, float(init_logit_scale)))
+        self.logit_bias = (nn.Parameter(torch.full(shape, float(init_logit_bias))) if init_logit_bias is not None
+                           else None)
+        image_size = self.visual.image_size
+        self.preprocess = {"image_size": image_size[0] if image_size[0] == image_size[1] else list(image_size),
+                           "mean": list(OPENAI_MEAN), "std": list(OPENAI_STD),
+                           "interpolation": "bicubic", "resize_mode": "shortest", "crop_pct": 1.0,
+                           "tokenizer": "clip_bpe", "context_length": text.context_length}
+        self.init_text_parameters()
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> list[str]:
+        """Parameter names open_clip excludes from weight decay (besides gains, biases and logit_scale)."""
+        return ["positional_embedding", "visual.positional_embedding", "visual.class_embedding"]
+
+    def checkpoint_meta(self) -> dict:
+        """Name, constructor arguments and preprocessing, to store beside the weights."""
+        return {"name": self.arch, "class": type(self).__name__, "config": dict(self.config),
+                "preprocess": dict(self.preprocess)}
 
     def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Images [B, 3, H, W] (OpenAI mean/std normalised) -> image embeddings [B, embed_dim]."""

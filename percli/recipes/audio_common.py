@@ -68,12 +68,12 @@ def eval_audio_section(model: nn.Module, meta: dict[str, Any], source: str, labe
         k: settings[k] for k in ("sample_rate", "num_mel_bins", "target_length", "mean", "std")})
 
 
-def model_kwargs(kwargs: dict[str, Any], data: AudioDataSection) -> dict[str, Any]:
-    """Constructor arguments with the spectrogram size taken from the data settings."""
+def model_kwargs(kwargs: dict[str, Any], data: AudioDataSection, where: str = "model.kwargs") -> dict[str, Any]:
+    """Constructor arguments with the spectrogram size taken from the data settings (`where`: their config key)."""
     out = dict(kwargs)
     size = [data.target_length, data.num_mel_bins]
     if list(out.setdefault("img_size", size)) != size:
-        raise ConfigError(f"model.kwargs.img_size={list(out['img_size'])} differs from [data.target_length, "
+        raise ConfigError(f"{where}.img_size={list(out['img_size'])} differs from [data.target_length, "
                           f"data.num_mel_bins]={size}; set one to match the other")
     return out
 

@@ -96,6 +96,8 @@ class AVClipDataset(Dataset):
         require_captions: Drop clips that have no non-empty caption.
         min_audio_seconds: Shorter audio is skipped (``short_audio``).
         backend: Video reader (``"auto"``, ``"decord"``, ``"pyav"``; see :func:`~percli.core.data.video.read_clip`).
+        caption_key: The manifest field holding the captions (a list of strings), e.g. LLM-rewritten captions
+            beside ``captions``.
 
     Attributes:
         records: The usable entries, in manifest order.
@@ -115,6 +117,7 @@ class AVClipDataset(Dataset):
         require_captions: bool = True,
         min_audio_seconds: float = 0.1,
         backend: str = "auto",
+        caption_key: str = "captions",
     ) -> None:
         self.modalities = tuple(modalities)
         if not self.modalities or set(self.modalities) - set(MODALITIES):
@@ -129,7 +132,7 @@ class AVClipDataset(Dataset):
             raise ValueError(f"unknown video backend {backend!r}: expected one of {', '.join(BACKENDS)}")
         self.sample_rate, self.num_frames, self.fps, self.backend = int(sample_rate), num_frames, fps, backend
         self.frame_size = (frame_size, frame_size) if isinstance(frame_size, int) else frame_size
-        self.require_captions = require_captions
+        self.require_captions, self.caption_key = require_captions, caption_key
         self.min_audio_samples = max(1, round(min_audio_seconds * self.sample_rate))
         self.skipped: Counter[str] = Counter()
         self.bad_records = BadRecords()
@@ -188,9 +191,10 @@ class AVClipDataset(Dataset):
             return None, 'malformed_record: video requested but "video" is missing'
         if "audio" in self.modalities and paths["audio"] is None and paths["video"] is None:
             return None, 'malformed_record: audio requested but neither "audio" nor "video" is given'
-        captions = obj.get("captions", [])
+        captions = obj.get(self.caption_key, [])
         if not isinstance(captions, list):
-            return None, f'malformed_record: "captions" must be a list of strings, got {type(captions).__name__}'
+            return None, (f'malformed_record: "{self.caption_key}" must be a list of strings, got '
+                          f'{type(captions).__name__}')
         kept = []
         for caption in captions:
             if not isinstance(caption, str):
