@@ -217,22 +217,29 @@ def test_eval_sed_and_detect_events_skip_unreadable_files(tmp_path):
     assert spans and all(0 <= e["start"] < e["end"] <= summary["files"][0]["duration_s"] for e in spans)
 
 
-def test_eval_retrieval_runs_clip_on_frames_and_mavil_audio_video(tmp_path):
+def test_eval_retrieval_runs_clip_on_frames_mavil_audio_video_and_flap(tmp_path):
     from percli.avsuperb.job import TINY_MAVIL
     from percli.models import create_model
 
     clip_kwargs = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1,
                                                    "head_width": 16},
                    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
+    flap_kwargs = {"embed_dim": 16, "audio_cfg": {"img_size": [64, 128], "embed_dim": 16, "depth": 1, "num_heads": 2,
+                                                  "decoder_embed_dim": 16, "decoder_depth": 1, "decoder_num_heads": 2},
+                   "text_cfg": {"context_length": 32, "width": 16, "heads": 2, "layers": 1}}
     torch.manual_seed(0)
     clip = create_model("clip_vit_b32_quickgelu", **clip_kwargs)
     mavil = create_model("mavil_vit_small_patch16", **TINY_MAVIL)
+    flap = create_model("flap_vit_base_patch16", **flap_kwargs)
+    fbank = {"sample_rate": 16000, "num_mel_bins": 128, "target_length": 64, "mean": -4.27, "std": 4.57}
     files = {"clip": save_weights(tmp_path / "clip.safetensors", clip.state_dict(),
                                   {"name": "clip_vit_b32_quickgelu", "kwargs": clip_kwargs, "task": "clip"}),
              "mavil": save_weights(tmp_path / "mavil.safetensors", mavil.state_dict(),
-                                   {"name": "mavil_vit_small_patch16", "kwargs": TINY_MAVIL})}
-    expected = {"clip": {"t2v_R@1", "v2t_R@10"}, "mavil": {"a2v_R@1", "v2a_mAP@10"}}
-    absent = {"clip": "t2a_R@1", "mavil": "t2v_R@1"}
+                                   {"name": "mavil_vit_small_patch16", "kwargs": TINY_MAVIL}),
+             "flap": save_weights(tmp_path / "flap.safetensors", flap.state_dict(),
+                                  {"name": "flap_vit_base_patch16", "kwargs": flap_kwargs, "task": "flap", **fbank})}
+    expected = {"clip": {"t2v_R@1", "v2t_R@10"}, "mavil": {"a2v_R@1", "v2a_mAP@10"}, "flap": {"t2a_R@1", "a2t_R@10"}}
+    absent = {"clip": "t2a_R@1", "mavil": "t2v_R@1", "flap": "a2v_R@1"}
     for family, path in files.items():
         result = runner.invoke(app, ["eval", "retrieval", f"model.checkpoint={path}", "data.embedded_size=20",
                                      "data.num_frames=4", "train.num_workers=0", "--run-dir",

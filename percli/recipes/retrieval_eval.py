@@ -2,7 +2,7 @@
 
 Models (``family``, read from the checkpoint when ``auto``): PE-AV (every direction), a CLIP / PE image-text
 model on video (each frame embedded, the clip the mean of its frames; text <-> video), MAViL (its last audio
-and video blocks' mean tokens, as AV-SUPERB's expert; audio <-> video).
+and video blocks' mean tokens, as AV-SUPERB's expert; audio <-> video), FLAP (text <-> audio).
 
 Every caption is a query against the clips (``t2a``, ``t2v``, ``t2av``) and every clip a query against all
 captions (``a2t``, ``v2t``, ``av2t``: a hit when any caption of the clip is retrieved); audio and video
@@ -59,14 +59,14 @@ class RetrievalData(AVDataSection):
     """audio and/or video; empty: audio+video for video files, audio for audio files."""
 
 
-FAMILIES = ("auto", "pe-av", "clip", "mavil")
+FAMILIES = ("auto", "pe-av", "clip", "mavil", "flap")
 
 
 @dataclasses.dataclass
 class Config:
     family: str = "auto"
     """pe-av (audio, video, audio+video, text), clip (a CLIP / PE image-text model: video = its frames' mean
-    embedding, text <-> video only), mavil (audio <-> video only); auto: from the checkpoint."""
+    embedding, text <-> video only), mavil (audio <-> video only), flap (text <-> audio); auto: from the checkpoint."""
     model: PEAVModelSection = dataclasses.field(default_factory=PEAVModelSection)
     data: RetrievalData = dataclasses.field(default_factory=lambda: RetrievalData(embedded_size=400))
     similarity: Literal["dot", "cosine"] = "dot"
@@ -125,6 +125,32 @@ class MAViLEvaluator:
         return retrieval_report(totals)
 
 
+class FlapEvaluator:
+    """FLAP (`percli pretrain flap`): each clip's whole fbank and every caption, cosine, text <-> audio."""
+
+    def __init__(self, model: nn.Module, meta: dict[str, Any]):
+        from percli.models.clip_tokenizer import CLIPTokenizer
+
+        self.meta, self.tokenizer = meta, CLIPTokenizer(context_length=model.context_length)
+
+    def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        from percli.core.data.audio import kaldi_fbank, normalize_fbank
+
+        flap, m = getattr(model, "module", model), self.meta
+        fbank = torch.stack([normalize_fbank(kaldi_fbank(w[0, : int(n.sum())].cpu(), m["sample_rate"],
+                                                         m["num_mel_bins"], m["target_length"]), m["mean"], m["std"])
+                             for w, n in zip(batch["waveform"], batch["audio_mask"])])[:, None]
+        device = batch["index"].device
+        captions = [c for caps in batch["captions"] for c in caps]
+        owner = [int(i) for i, caps in zip(batch["index"], batch["captions"]) for _ in caps]
+        return {"audio_embeds": flap.encode_audio(fbank.to(device), normalize=True).float(),
+                "audio_text_embeds": flap.encode_text(self.tokenizer(captions).to(device), normalize=True).float(),
+                "item": batch["index"], "caption_item": torch.tensor(owner, device=device)}
+
+    def eval_reduce(self, totals: dict[str, Any]) -> dict[str, float]:
+        return retrieval_report(totals)
+
+
 def family_of(cfg: Config) -> str:
     """The model family of the checkpoint: `family`, else a release folder's (PE-AV) or the percli metadata's."""
     if cfg.family != "auto":
@@ -135,6 +161,8 @@ def family_of(cfg: Config) -> str:
     name = str(read_meta(path).get("name", "")) if path.is_dir() or path.suffix == ".safetensors" else ""
     if name.startswith("mavil"):
         return "mavil"
+    if name.startswith("flap"):
+        return "flap"
     if name.startswith(("clip_", "pe_core", "pe_lang")):
         return "clip"
     if name.startswith("pe_a"):
@@ -158,6 +186,12 @@ def _load(cfg: Config, family: str) -> tuple[nn.Module, Any, int, int, tuple[str
         return model.eval(), ClipFramesEvaluator(model, meta), 16000, ImagePreprocess.of(meta).size[0], ("video",)
     from percli.models import create_model_for, load_initial_weights
 
+    if family == "flap":
+        meta = read_meta(cfg.model.checkpoint)
+        model = create_model_for(meta["name"], {**meta.get("kwargs", {}), **cfg.model.kwargs}, cfg.model.checkpoint)
+        load_initial_weights(model, cfg.model.checkpoint)
+        return model.eval(), FlapEvaluator(model, {**model.preprocess, **meta}), int(meta["sample_rate"]), 64, \
+            ("audio",)
     meta = read_meta(cfg.model.checkpoint) if Path(cfg.model.checkpoint).suffix in ("", ".safetensors") else {}
     name = meta.get("name") or "mavil_vit_base_patch16"
     model = create_model_for(name, {**meta.get("kwargs", {}), **cfg.model.kwargs}, cfg.model.checkpoint)
