@@ -98,3 +98,14 @@ def test_every_job_dry_runs_its_default_and_shows_its_config(job):
 
         assert to_dict(again) == resolved
     assert job.summary and job.doc(), f"{job.name}: help text missing"
+
+
+def test_an_unknown_model_keyword_is_a_config_error_naming_it(tmp_path):
+    from percli.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="model.kwargs: hiera_tiny_224 has no argument 'depth_typo'"):
+        create_model("hiera_tiny_224", depth_typo=3)
+    result = runner.invoke(app, ["pretrain", "hiera-mae", "model.kwargs={depth_typo: 3}", "train.max_steps=1",
+                                 "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code != 0 and "has no argument 'depth_typo'" in result.output
+    assert "bug in percli" not in result.output

@@ -12,6 +12,7 @@ shapes (read from the safetensors header, no data), and only then built for real
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,16 @@ def create_model(name: str, pretrained: bool | str = False, **kwargs) -> nn.Modu
             name, pretrained = base, (tag if pretrained in (False, True) else pretrained)
     if name not in _FACTORIES:
         raise KeyError(f"unknown model {name!r}; run `percli ls models` to see the {len(_FACTORIES)} available")
-    model = _FACTORIES[name](**kwargs)
+    try:
+        model = _FACTORIES[name](**kwargs)
+    except TypeError as err:  # a constructor keyword the model does not have: the user's config, not a bug
+        found = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+        if found is None:
+            raise
+        from percli.core.config import ConfigError
+
+        raise ConfigError(f"model.kwargs: {name} has no argument {found[1]!r} ({err}); drop it, or use the "
+                          "official constructor's keyword names") from None
     if pretrained is not False and pretrained is not None:
         load_initial_weights(model, pretrained_spec(name, None if pretrained is True else str(pretrained)))
     return model
