@@ -140,6 +140,8 @@ JOBS: list[Job] = [
             "DINOv2 classification finetuning (linear head on cls + mean patch), any resolution by interpolation"),
     _engine("finetune", "altogether", "altogether",
             "Altogether captioner: image + alt-text -> re-aligned caption, CLIP prefix + OPT (Xu et al., EMNLP 2024)"),
+    _engine("finetune", "mavil", "mavil_classify",
+            "MAViL audio-video classification (fused encoder + head_av), multi-label mAP, scratch or checkpoint"),
     _engine("finetune", "pe-a-frame", "pe_a_frame",
             "PE-A-Frame: frame-level audio-text training for sound event detection on strong labels"),
     _engine("eval", "zero-shot", "zero_shot",

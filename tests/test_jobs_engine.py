@@ -46,6 +46,7 @@ CASES = {
     "pretrain pe-av": [*PE_AV, *STEPS],
     "eval retrieval": ["model.checkpoint={pe-av}", "data.embedded_size=20", "train.num_workers=0"],
     "finetune pe-a-frame": [*PE_AV, *STEPS],
+    "finetune mavil": [*PE_AV, *STEPS],
     "eval sed": ["model.checkpoint={pe-a-frame}", "data.embedded_size=20"],
     "detect events": ["--checkpoint", "{pe-a-frame}", "--text", "a dog barking"],
     "embed": ["--checkpoint", "{pe-av}", "embedded_size=4", "num_frames=2"],
