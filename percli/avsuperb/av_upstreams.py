@@ -25,6 +25,7 @@ from percli.avsuperb.upstream_common import Batch, _build, _checkpoint_meta, _em
 from percli.core.data import IMAGENET_MEAN, IMAGENET_STD
 from percli.core.data.audio import kaldi_fbank
 from percli.models.mavil import VisionTransformerMM
+from percli.models.pe_av_loading import PEAVModelSection, load_pe_model, pe_video_frames
 
 DEFAULT_MAVIL = "mavil_vit_base_patch16"
 MAVIL_FPS = 2.0
@@ -36,7 +37,7 @@ def _mono(wav: torch.Tensor, sample_rate: int, target: int) -> torch.Tensor:
     return torchaudio.functional.resample(wav, sample_rate, target) if sample_rate != target else wav
 
 
-def _frames(frames: torch.Tensor, index: list[int], size: int) -> torch.Tensor:
+def _mavil_frames(frames: torch.Tensor, index: list[int], size: int) -> torch.Tensor:
     """uint8 [F, H, W, 3] -> float [T, 3, size, size] in [0, 1] (bilinear, antialiased)."""
     if frames.dim() != 4 or frames.shape[-1] != 3:
         raise ValueError(f"video frames must be [F, H, W, 3] RGB, got shape {list(frames.shape)}")
@@ -71,7 +72,7 @@ class MAViLUpstream(nn.Module):
         for a short clip), ImageNet-normalised."""
         step = max(fps / MAVIL_FPS, 1e-6)
         index = [min(round(i * step), frames.shape[0] - 1) for i in range(self.num_frames)]
-        x = (_frames(frames, index, self.size) - self.mean) / self.std
+        x = (_mavil_frames(frames, index, self.size) - self.mean) / self.std
         return x.permute(1, 0, 2, 3)
 
     def forward(self, batch: Batch) -> dict[str, Any]:
@@ -107,9 +108,11 @@ class PEAVUpstream(nn.Module):
         return _mono(wav, sample_rate, self.sample_rate)
 
     def preprocess_video(self, frames: torch.Tensor, fps: float) -> torch.Tensor:
-        """uint8 [F, H, W, 3] -> [16, 3, size, size], evenly spaced, normalised with mean = std = 0.5."""
-        x = _frames(frames, evenly_spaced(PE_AV_FRAMES, frames.shape[0]), self.size)
-        return (x - 0.5) / 0.5
+        """uint8 [F, H, W, 3] -> [16, 3, size, size], evenly spaced, as the release's video processor."""
+        if frames.dim() != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"video frames must be [F, H, W, 3] RGB, got shape {list(frames.shape)}")
+        chosen = frames[torch.tensor(evenly_spaced(PE_AV_FRAMES, frames.shape[0]))].permute(0, 3, 1, 2)
+        return pe_video_frames(chosen[None], self.size)[0]
 
     def _layers(self, run: Any) -> dict[str, list[torch.Tensor]]:
         captured: dict[str, list[torch.Tensor]] = {k: [] for k in self.towers}
@@ -153,8 +156,6 @@ def build_mavil(model: str | None = None, checkpoint: str | None = None,
 def build_pe_av(model: str | None = None, checkpoint: str | None = None,
                 model_kwargs: dict[str, Any] | None = None) -> PEAVUpstream:
     """PE-AV upstream from a release folder or percli checkpoint (or a registry build with `model_kwargs`)."""
-    from percli.models.pe_av_loading import PEAVModelSection, load_pe_model
-
     section = PEAVModelSection(name=model or "pe_av", kwargs=dict(model_kwargs or {}), checkpoint=checkpoint)
     pe, _, _ = load_pe_model(section, "PEAudioVisual")
     return PEAVUpstream(pe)

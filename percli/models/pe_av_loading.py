@@ -64,7 +64,8 @@ def _tokenizer(section: PEAVModelSection, folder: Path | None, saved: dict | Non
 def load_pe_model(section: PEAVModelSection, arch: str, train: bool = False) -> tuple[nn.Module, Any, dict]:
     """(model, tokenizer, metadata) of the section; `arch` (PEAudioVisual or PEAudioFrame) is what the job needs.
 
-    The model is in eval mode unless `train`; the metadata holds its name, constructor config and rates."""
+    The model is in eval mode unless `train`; the metadata holds its name, constructor config and rates, and a
+    percli checkpoint's training vocabulary (``labels``, ``queries``) when it has one."""
     from percli.core.checkpoint import read_meta, read_weights
     from percli.models import create_model
     from percli.models.pe_av import from_folder, load_official_state
@@ -95,7 +96,8 @@ def load_pe_model(section: PEAVModelSection, arch: str, train: bool = False) -> 
                           "model's own tokenizer")
     model.train(train)
     meta = {"name": "pe_av" if arch == "PEAudioVisual" else "pe_a_frame", "kwargs": model.config,
-            "sampling_rate": model.sampling_rate, "hop_length": model.hop_length}
+            "sampling_rate": model.sampling_rate, "hop_length": model.hop_length,
+            **{key: saved[key] for key in ("labels", "queries") if key in saved}}
     if hasattr(model, "image_size"):
         meta["image_size"] = model.image_size
     return model, tokenizer, meta

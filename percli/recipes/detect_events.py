@@ -71,12 +71,7 @@ def _clips(cfg: Config, rate: int) -> list[tuple[str, Any]]:
 @torch.no_grad()
 def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
     model, tokenizer, meta = load_pe_model(cfg.model, "PEAudioFrame")
-    saved = {}
-    if cfg.model.checkpoint and not (Path(cfg.model.checkpoint) / "config.json").is_file():
-        from percli.core.checkpoint import read_meta
-
-        saved = read_meta(cfg.model.checkpoint)
-    queries = list(cfg.text or saved.get("queries") or [])
+    queries = list(cfg.text or meta.get("queries") or [])
     if not queries:
         raise ConfigError("text: no query; pass --text \"a dog barking\" (one per sound to find)")
     ids, mask = tokenizer(queries)

@@ -160,10 +160,6 @@ def scratch_init(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def _embedded_spec(sample_rate: int) -> AVEventsSpec:
-    return AVEventsSpec(sample_rate=sample_rate)
-
-
 class _Indexed(Dataset):
     """Adds each item's position ("index"): retrieval needs it to match captions to clips across processes."""
 
@@ -182,7 +178,7 @@ def av_dataset(data: AVDataSection, source: str, split: str, sample_rate: int, i
     """The embedded clips (`split` of it) or a manifest's, decoded at the model's rates."""
     if source == "embedded":
         count = data.embedded_size if split == "train" else max(data.embedded_size // 4, 20)
-        return _Indexed(EmbeddedAVEvents(count, seed=0, split=split, spec=_embedded_spec(sample_rate),
+        return _Indexed(EmbeddedAVEvents(count, seed=0, split=split, spec=AVEventsSpec(sample_rate=sample_rate),
                                          num_frames=data.num_frames))
     return _Indexed(AVClipDataset(source, sample_rate=sample_rate, num_frames=data.num_frames,
                                   frame_size=image_size))

@@ -19,7 +19,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from percli.core.checkpoint import read_meta
 from percli.core.config import ConfigError
 from percli.core.context import RunContext
 from percli.core.rundir import write_json_atomic
@@ -41,8 +40,7 @@ def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
     data = dataclasses.replace(cfg.data, val_source=cfg.data.source, val_audio_root=cfg.data.audio_root)
     dataset = sed_dataset(data, "test", model.sampling_rate)
     labels = list(dataset.classes)
-    saved = read_meta(cfg.model.checkpoint) if not (Path(cfg.model.checkpoint) / "config.json").is_file() else {}
-    trained = dict(zip(saved.get("labels", []), saved.get("queries", [])))
+    trained = dict(zip(meta.get("labels", []), meta.get("queries", [])))
     queries = [trained.get(label) or text for label, text in zip(labels, query_texts(labels, cfg.data.queries))]
     metrics, bad = sed_scores(model, dataset, tokenizer, labels, queries, cfg.threshold, cfg.batch_size)
     counts = getattr(dataset, "labels", None)
