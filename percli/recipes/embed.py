@@ -30,7 +30,6 @@ from percli.core import dist
 from percli.core.checkpoint import save_weights
 from percli.core.config import ConfigError
 from percli.core.context import RunContext
-from percli.core.data.av_clips import skipped_by_reason
 from percli.core.data.loader import SeededSamples, collate_skip_bad
 from percli.core.rundir import write_json_atomic
 from percli.models.pe_av_loading import PEAVModelSection, load_pe_model, pe_video_frames
@@ -60,14 +59,17 @@ class Config:
 
 
 def _dataset(cfg: Config, rate: int, size: int) -> Any:
-    from percli.recipes.pe_av import av_dataset
+    from percli.core.data.av_events import AVEventsSpec, EmbeddedAVEvents
+    from percli.recipes.pe_av import _Indexed
     from percli.recipes.retrieval_eval import RetrievalData, manifest_dataset
 
+    if not cfg.inputs:
+        clips = EmbeddedAVEvents(cfg.embedded_size, split="test", spec=AVEventsSpec(sample_rate=rate),
+                                 num_frames=cfg.num_frames)
+        return _Indexed(clips), {}
     media = [m for m in ("audio", "video") if m in cfg.modalities]
-    data = RetrievalData(source=cfg.inputs[0] if cfg.inputs else "embedded", embedded_size=cfg.embedded_size * 4,
-                         num_frames=cfg.num_frames, media_root=cfg.media_root, modalities=media or ["audio"])
-    if data.source == "embedded":
-        return av_dataset(data, "embedded", "test", rate, size), {}
+    data = RetrievalData(source=cfg.inputs[0], num_frames=cfg.num_frames, media_root=cfg.media_root,
+                         modalities=media or ["audio"])
     return manifest_dataset(data, rate, size)
 
 
@@ -80,7 +82,8 @@ def _embed_batch(model: Any, tokenizer: Any, batch: dict[str, Any], cfg: Config,
     mask = batch["audio_mask"].to(device) if wav is not None else None
     out: dict[str, torch.Tensor] = {}
     if wav is not None or frames is not None:
-        media = model(None, frames, wav, None, None, mask)
+        video_mask = batch["video_mask"].to(device) if frames is not None else None
+        media = model(None, frames, wav, None, video_mask, mask)
         out = {name: media[key].float().cpu() for name, (key, _) in HEADS.items() if media[key] is not None}
     if "text" in cfg.modalities:
         captions = [c for caps in batch["captions"] for c in caps]
@@ -98,6 +101,7 @@ def _embed_batch(model: Any, tokenizer: Any, batch: dict[str, Any], cfg: Config,
 
 def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
     from percli.recipes.pe_av import collate
+    from percli.recipes.retrieval_eval import skipped
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer, meta = load_pe_model(cfg.model, "PEAudioVisual")
@@ -140,7 +144,7 @@ def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
     summary = {"status": "completed", "checkpoint": cfg.model.checkpoint, "inputs": cfg.inputs,
                "modalities": cfg.modalities, "parts": len(parts), "parts_written": int(totals[0]),
                "clips_embedded": int(totals[1]), "output": str(folder), "run_dir": str(ctx.run_dir),
-               "bad_inputs": {"count": len(bad), "files": bad}, "skipped": dict(skipped_by_reason(bad)), **counts}
+               "bad_inputs": {"count": len(bad), "files": bad}, "skipped": skipped(dataset.dataset, bad), **counts}
     if ctx.is_main:
         write_json_atomic(ctx.run_dir / "summary.json", summary)
         write_json_atomic(ctx.run_dir / "index.json", {"parts": [f"part-{n:05d}.safetensors" for n in

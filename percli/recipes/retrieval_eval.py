@@ -59,12 +59,9 @@ class RetrievalData(AVDataSection):
     """audio and/or video; empty: audio+video for video files, audio for audio files."""
 
 
-FAMILIES = ("auto", "pe-av", "clip", "mavil", "flap")
-
-
 @dataclasses.dataclass
 class Config:
-    family: str = "auto"
+    family: Literal["auto", "pe-av", "clip", "mavil", "flap"] = "auto"
     """pe-av (audio, video, audio+video, text), clip (a CLIP / PE image-text model: video = its frames' mean
     embedding, text <-> video only), mavil (audio <-> video only), flap (text <-> audio); auto: from the checkpoint."""
     model: PEAVModelSection = dataclasses.field(default_factory=PEAVModelSection)
@@ -275,12 +272,10 @@ def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
 def validate(cfg: Config) -> None:
     if not cfg.model.checkpoint:
         raise ConfigError("model.checkpoint: not set; give a PE-AV release folder (config.json + model.safetensors "
-                          "+ tokenizer.json) or a `percli pretrain pe-av` checkpoint")
+                          "+ tokenizer.json), or a percli checkpoint of PE-AV, CLIP / PE, MAViL or FLAP")
     cfg.model.check()
     if cfg.data.source != "embedded" and not Path(cfg.data.source).expanduser().exists():
         raise ConfigError(f"data.source: {cfg.data.source} does not exist")
-    if cfg.family not in FAMILIES:
-        raise ConfigError(f"family: {cfg.family!r}; choose from {', '.join(FAMILIES)}")
     unknown = set(cfg.data.modalities) - {"audio", "video"}
     if unknown:
         raise ConfigError(f"data.modalities: {sorted(unknown)}; use audio and/or video")
