@@ -45,18 +45,12 @@ def _mavil_frames(frames: torch.Tensor, index: list[int], size: int) -> torch.Te
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
-class MAViLUpstream(nn.Module):
-    """MAViL (fusion layout) as AV-SUPERB's expert runs it."""
+class MAViLInputs:
+    """AV-SUPERB's MAViL expert preprocessing from a model's ``preprocess`` description (no weights held, so
+    data workers can carry it)."""
 
-    modalities = {"audio", "video"}
-    feature_rate = None  # one pooled vector per layer
-
-    def __init__(self, model: VisionTransformerMM):
-        super().__init__()
-        if not model.av_fusion:
-            raise ValueError("the MAViL upstream needs the fusion layout (av_fusion=True), as AV-SUPERB's expert")
-        self.model = model
-        audio, video = model.preprocess["audio"], model.preprocess["video"]
+    def __init__(self, preprocess: dict[str, Any]):
+        audio, video = preprocess["audio"], preprocess["video"]
         self.target_length, self.num_mel_bins = int(audio["target_length"]), int(audio["num_mel_bins"])
         self.num_frames, self.size = int(video["frames"]), int(video["size"])
         self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
@@ -74,6 +68,21 @@ class MAViLUpstream(nn.Module):
         index = [min(round(i * step), frames.shape[0] - 1) for i in range(self.num_frames)]
         x = (_mavil_frames(frames, index, self.size) - self.mean) / self.std
         return x.permute(1, 0, 2, 3)
+
+
+class MAViLUpstream(nn.Module):
+    """MAViL (fusion layout) as AV-SUPERB's expert runs it."""
+
+    modalities = {"audio", "video"}
+    feature_rate = None  # one pooled vector per layer
+
+    def __init__(self, model: VisionTransformerMM):
+        super().__init__()
+        if not model.av_fusion:
+            raise ValueError("the MAViL upstream needs the fusion layout (av_fusion=True), as AV-SUPERB's expert")
+        self.model = model
+        self.inputs = MAViLInputs(model.preprocess)
+        self.preprocess_audio, self.preprocess_video = self.inputs.preprocess_audio, self.inputs.preprocess_video
 
     def forward(self, batch: Batch) -> dict[str, Any]:
         out = _empty_features()

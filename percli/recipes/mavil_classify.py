@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from percli.avsuperb.av_upstreams import MAViLUpstream
+from percli.avsuperb.av_upstreams import MAViLInputs
 from percli.core import engine
 from percli.core.config import ConfigError, OptimConfig, TrainConfig
 from percli.core.context import RunContext
@@ -56,9 +56,9 @@ class Config:
 class _Clips(Dataset):
     """Embedded clips -> {"fbank" [T, F], "video" [3, n_frm, H, W], "target" [classes]} as the MAViL expert."""
 
-    def __init__(self, count: int, split: str, upstream: MAViLUpstream):
+    def __init__(self, count: int, split: str, inputs: MAViLInputs):
         self.clips = EmbeddedAVEvents(count, seed=0, split=split, spec=AVEventsSpec(sample_rate=16000))
-        self.upstream, self.classes = upstream, list(LABELS)
+        self.inputs, self.classes = inputs, list(LABELS)
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -69,8 +69,8 @@ class _Clips(Dataset):
         for label, _, _ in item["events"]:
             target[self.classes.index(label)] = 1.0
         fps = self.clips.spec.fps
-        return {"fbank": self.upstream.preprocess_audio(item["waveform"][0], 16000),
-                "video": self.upstream.preprocess_video(item["frames"].permute(0, 2, 3, 1), fps),
+        return {"fbank": self.inputs.preprocess_audio(item["waveform"][0], 16000),
+                "video": self.inputs.preprocess_video(item["frames"].permute(0, 2, 3, 1), fps),
                 "target": target}
 
 
@@ -87,7 +87,7 @@ class MAViLClassifyTask:
         if self.cfg.model.checkpoint:
             load_initial_weights(model, self.cfg.model.checkpoint)
         self.kwargs = kwargs
-        self.upstream = MAViLUpstream(model)  # its preprocessing only (the data workers use it)
+        self.inputs = MAViLInputs(model.preprocess)
         self.meta = {"name": self.cfg.model.name, "kwargs": kwargs, "task": "mavil-classify",
                      "classes": list(LABELS), **model.checkpoint_meta()}
         return model
@@ -97,7 +97,7 @@ class MAViLClassifyTask:
 
     def _dataset(self, split: str) -> Dataset:
         count = self.cfg.data.embedded_size if split == "train" else max(self.cfg.data.embedded_size // 4, 20)
-        return _Clips(count, split, self.upstream)
+        return _Clips(count, split, self.inputs)
 
     def train_dataset(self) -> Dataset:
         self.train_set = self._dataset("train")

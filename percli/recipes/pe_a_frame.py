@@ -169,7 +169,8 @@ def frame_probabilities(model: nn.Module, waveform: torch.Tensor, audio_mask: to
     frames = model.audio_head(audio.last_hidden_state)  # [B, La, D]
     texts = model.text_head(model.text_output(ids, text_mask)[1])  # [Q, D]
     logits = torch.einsum("bld,qd->bql", frames, texts) * model.logit_scale + model.logit_bias
-    mask = audio.mask if audio.mask is not None else torch.ones(frames.shape[:2], dtype=torch.bool)
+    mask = audio.mask if audio.mask is not None else torch.ones(frames.shape[:2], dtype=torch.bool,
+                                                                 device=frames.device)
     return logits, mask
 
 
