@@ -93,7 +93,8 @@ class VisionTransformerMM(nn.Module):
         ``model(x, v)``: logits, [B, classes] with fusion (``head_av``; needs ``ft``), else
         ``(logits_a, logits_v)``; ``mask_t_prob`` / ``mask_f_prob`` / ``mask_v_prob`` > 0 masks first.
         ``forward_features_av(x, v)``: pooled features ([B, 2E], or ``(fa, fv)`` without fusion).
-        ``forward_features_a(x)``: audio-only features (no-fusion layout). ``avsuperb_features(x, v)``: the
+        ``forward_features_a(x)`` / ``forward_features_v(v)``: one tower's features (no-fusion layout; ``model(x,
+        None)`` / ``model(None, v)`` its logits). ``avsuperb_features(x, v)``: the
         per-layer dict AV-SUPERB's expert extracts. Video longer than ``n_frm`` frames is cut to its first
         ``n_frm`` (as the official ``forward``); it must be ``video_size`` square.
     """
@@ -254,6 +255,15 @@ class VisionTransformerMM(nn.Module):
             x = blk(x)
         return self.fc_norm_a(x[:, 1:].mean(dim=1))
 
+    def forward_features_v(self, v: torch.Tensor) -> torch.Tensor:
+        """Video-only pooled features [B, E] (``fc_norm_v``), the counterpart of `forward_features_a`."""
+        if self.av_fusion:
+            raise ValueError("forward_features_v needs the no-fusion layout (fc_norm_v); this model has av_fusion")
+        v = self.embed_video(v)
+        for blk in self.blocks_v:
+            v = blk(v)
+        return self.fc_norm_v(v[:, 1:].mean(dim=1))
+
     def forward_head(self, features: torch.Tensor | tuple[torch.Tensor, torch.Tensor]
                      ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits of `forward_features_av`'s output."""
@@ -264,14 +274,17 @@ class VisionTransformerMM(nn.Module):
                              "(depth_av=3, as the fine-tuned checkpoints) or use forward_features_av")
         return self.head_av(features)
 
-    def forward(self, x: torch.Tensor, v: torch.Tensor, mask_t_prob: float = 0.0, mask_f_prob: float = 0.0,
-                mask_v_prob: float = 0.0, **noise: torch.Tensor | torch.Generator | None
+    def forward(self, x: torch.Tensor | None, v: torch.Tensor | None, mask_t_prob: float = 0.0,
+                mask_f_prob: float = 0.0, mask_v_prob: float = 0.0, **noise: torch.Tensor | torch.Generator | None
                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits: [B, classes] with fusion, ``(logits_a, logits_v)`` without (see `forward_features_av`).
 
         The official ``forward`` takes AV-SUPERB's list of (audio, video) pairs and returns
-        ``(logits, logits.detach())`` with fusion; stack the pairs into `x` and `v` instead.
+        ``(logits, logits.detach())`` with fusion; stack the pairs into `x` and `v` instead. Without fusion,
+        ``model(x, None)`` / ``model(None, v)`` run one tower (no masking): ``head_a`` / ``head_v`` logits.
         """
+        if not self.av_fusion and (x is None or v is None):
+            return self.head_a(self.forward_features_a(x)) if v is None else self.head_v(self.forward_features_v(v))
         return self.forward_head(self.forward_features_av(x, v, mask_t_prob, mask_f_prob, mask_v_prob, **noise))
 
     # ----------------------------------------------------------------------- AV-SUPERB
@@ -330,6 +343,7 @@ def _vit_init(m: nn.Module) -> None:
 
 POS_TABLES = ("pos_embed", "pos_embed_v")  # fixed sin-cos: the model's own table is kept if a file lacks it
 HEADS = ("head_av.", "head_a.", "head_v.")
+CLASSIFIERS = ("fc_norm_av.", "fc_norm_a.", "fc_norm_v.", *HEADS)  # absent from the pretrained layout
 FINE_TUNED = ("blocks_av.", "fc_norm_av.", "head_av.")  # what a fine-tuned file may have beyond the pretrained layout
 
 
@@ -337,15 +351,18 @@ def load_official_state(model: nn.Module, state_or_path: Mapping[str, torch.Tens
     """Load a MAViL checkpoint (``{"model": ...}`` .pth with ``weights_only=True``, .safetensors or a mapping).
 
     As the expert's ``load_state_dict(strict=False)``, tensors the encoder does not have (pretraining-only
-    modules) are dropped and reported; unlike it, anything the model needs and the file lacks raises, except
-    the fixed sin-cos tables and a classifier whose ``num_classes`` differs (dropped, left at init). A
-    fine-tuned file (3 fusion blocks + ``fc_norm_av``/``head_av``) needs ``depth_av=3, ft=True``.
+    modules; the fusion and the other tower for a model without them) are dropped and reported; unlike it,
+    anything the model needs and the file lacks raises, except the fixed sin-cos tables and the classifiers
+    (``fc_norm_*``/``head_*``: the pretrained layout has none; one whose ``num_classes`` differs is dropped),
+    left at init. Into the fine-tuned fusion layout, fusion blocks the file lacks start at init too (the
+    pretrained layout has 2, the fine-tuned one 3). A fine-tuned file (3 fusion blocks + ``fc_norm_av``/
+    ``head_av``) into a fusion model needs ``depth_av=3, ft=True``.
     """
     state = read_state(state_or_path)
     own = model.state_dict()
     report = LoadReport()
     fine_tuned_only = sorted(k for k in state if k not in own and k.startswith(FINE_TUNED))
-    if fine_tuned_only:
+    if fine_tuned_only and model.av_fusion:
         raise RuntimeError(f"checkpoint has {fine_tuned_only[:4]}, which {model.arch} lacks: it is the fine-tuned "
                            "layout; build the model with depth_av=3, ft=True")
     for head in HEADS:
@@ -355,7 +372,7 @@ def load_official_state(model: nn.Module, state_or_path: Mapping[str, torch.Tens
             report.head_reset = True
     report.dropped += sorted(k for k in state if k not in own)
     state = {k: v for k, v in state.items() if k not in report.dropped}
-    tolerated = POS_TABLES + (tuple(h for h in HEADS if h + "weight" in report.dropped))
+    tolerated = POS_TABLES + CLASSIFIERS + (("blocks_av.",) if model.av_fusion and model.ft else ())
     report.missing = check_fit(model, state, model.arch, tolerated=tolerated,
                                hint="build the model with the checkpoint's sizes (embed_dim, depth, n_frm, img_size)")
     model.load_state_dict(state, strict=False)
