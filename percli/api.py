@@ -119,27 +119,6 @@ def _preprocess_of(model_or_meta: nn.Module | Mapping[str, Any]) -> dict[str, An
     return with_trained_preprocess({**getattr(built, "preprocess", {}), **stored}, meta)
 
 
-def _weights_path(path: Path) -> Path:
-    """The weights of a run dir (its latest checkpoint), a checkpoint dir or a .safetensors file."""
-    from percli.core.checkpoint import MODEL_FILE, latest_checkpoint
-
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or directory")
-    if path.is_file():
-        if path.suffix != ".safetensors":
-            raise ValueError(f"{path} is not a percli safetensors file; official .pth files load with "
-                             "percli.create_model(name) and percli.models.load_initial_weights(model, path), "
-                             "or convert them with `percli convert`")
-        return path
-    if (path / MODEL_FILE).is_file():
-        return path
-    latest = latest_checkpoint(path / "checkpoints")
-    if latest is None:
-        raise FileNotFoundError(f"{path} holds no {MODEL_FILE} and no checkpoints/step_*; pass a percli run dir, "
-                                "checkpoint dir or .safetensors file")
-    return latest
-
-
 def load(path: str | Path) -> tuple[nn.Module, Callable[[Any], torch.Tensor]]:
     """The model of a percli run dir (its latest checkpoint), checkpoint dir or safetensors file, rebuilt
     from the file's metadata with its weights, in eval mode, and its eval transform.
@@ -152,11 +131,11 @@ def load(path: str | Path) -> tuple[nn.Module, Callable[[Any], torch.Tensor]]:
         ValueError: a file without percli metadata naming its model, a damaged file (CheckpointError), or
             weights that do not fit the model the metadata describes.
     """
-    from percli.core.checkpoint import read_meta, read_weights
+    from percli.core.checkpoint import read_meta, read_weights, run_weights
     from percli.core.data.transforms import with_trained_preprocess
     from percli.models import create_model_for, family_fit
 
-    weights = _weights_path(Path(path))
+    weights = run_weights(Path(path))
     meta = read_meta(weights)
     name = meta.get("name")
     if not name:

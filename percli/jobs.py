@@ -130,6 +130,9 @@ JOBS: list[Job] = [
             "CLIP contrastive image-text pretraining, MetaCLIP recipe (Radford et al. 2021; Xu et al., ICLR 2024)"),
     _engine("pretrain", "flap", "flap",
             "FLAP language-audio pretraining: masked multi-view contrast + reconstruction (Yeh et al., ICASSP 2024)"),
+    _engine("pretrain", "mavil", "mavil_pretrain",
+            "MAViL audio-video pretraining: masked reconstruction + intra/inter-modal contrast, stage-2 self-training "
+            "(Huang et al., NeurIPS 2023)"),
     _engine("pretrain", "pe-av", "pe_av",
             "PE-AV: pairwise contrastive audio / video / audio+video / text training (Vyas et al. 2025)"),
     _engine("pretrain", "cit", "cit",
@@ -141,7 +144,8 @@ JOBS: list[Job] = [
     _engine("finetune", "altogether", "altogether",
             "Altogether captioner: image + alt-text -> re-aligned caption, CLIP prefix + OPT (Xu et al., EMNLP 2024)"),
     _engine("finetune", "mavil", "mavil_classify",
-            "MAViL audio-video classification (fused encoder + head_av), multi-label mAP, scratch or checkpoint"),
+            "MAViL classification: fused audio+video, audio-only or video-only heads on AudioSet/VGGSound/JSONL "
+            "manifests or the embedded clips (mAP or top-1/top-5)"),
     _engine("finetune", "pe-a-frame", "pe_a_frame",
             "PE-A-Frame: frame-level audio-text training for sound event detection on strong labels"),
     _engine("eval", "zero-shot", "zero_shot",

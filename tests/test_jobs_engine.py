@@ -16,6 +16,7 @@ from tests.test_audio_recipes import MAE as AUDIO_MAE
 from tests.test_cit_recipe import TINY as CIT
 from tests.test_dinov2_recipe import SHORT as DINOV2
 from tests.test_flap import TINY as FLAP
+from tests.test_mavil_pretrain import TINY as MAVIL
 from tests.test_voicecraft_recipe import TINY as VOICECRAFT
 
 runner = CliRunner()
@@ -47,6 +48,7 @@ CASES = {
     "eval retrieval": ["model.checkpoint={pe-av}", "data.embedded_size=20", "train.num_workers=0"],
     "finetune pe-a-frame": [*PE_AV, *STEPS],
     "finetune mavil": [*PE_AV, *STEPS],
+    "pretrain mavil": [*MAVIL, *STEPS],
     "eval sed": ["model.checkpoint={pe-a-frame}", "data.embedded_size=20"],
     "detect events": ["--checkpoint", "{pe-a-frame}", "--text", "a dog barking"],
     "embed": ["--checkpoint", "{pe-av}", "embedded_size=4", "num_frames=2"],

@@ -245,6 +245,26 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def run_weights(path: str | Path) -> Path:
+    """The weights of a run dir (its latest checkpoint), a checkpoint dir or a .safetensors file."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise ValueError(f"{path} is not a percli safetensors file; official .pth files load with "
+                             "percli.create_model(name) and percli.models.load_initial_weights(model, path), "
+                             "or convert them with `percli convert`")
+        return path
+    if (path / MODEL_FILE).is_file():
+        return path
+    latest = latest_checkpoint(path / "checkpoints")
+    if latest is None:
+        raise FileNotFoundError(f"{path} holds no {MODEL_FILE} and no checkpoints/step_*; pass a percli run dir, "
+                                "checkpoint dir or .safetensors file")
+    return latest
+
+
 def optimizer_file(rank: int | None = None) -> str:
     """`optimizer.safetensors`, or rank R's shard `optimizer.rank<R>.safetensors` (FSDP runs)."""
     return OPTIMIZER_FILE if rank is None else f"optimizer.rank{rank}.safetensors"

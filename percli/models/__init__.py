@@ -24,7 +24,8 @@ from torch.overrides import TorchFunctionMode
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {}
 _FAMILY_MODULES = ("percli.models.hiera", "percli.models.audio_mae", "percli.models.encodec", "percli.models.clip",
                   "percli.models.voicecraft", "percli.models.pe", "percli.models.dinov2",
-                  "percli.models.mavil", "percli.models.pe_av", "percli.models.flap")
+                  "percli.models.mavil", "percli.models.mavil_pretrain", "percli.models.pe_av",
+                  "percli.models.flap")
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:

@@ -2,7 +2,8 @@
 
 Models (``family``, read from the checkpoint when ``auto``): PE-AV (every direction), a CLIP / PE image-text
 model on video (each frame embedded, the clip the mean of its frames; text <-> video), MAViL (its last audio
-and video blocks' mean tokens, as AV-SUPERB's expert; audio <-> video), FLAP (text <-> audio).
+and video blocks' mean tokens, as AV-SUPERB's expert, or a `pretrain mavil` run's trained projections; audio <->
+video), FLAP (text <-> audio).
 
 Every caption is a query against the clips (``t2a``, ``t2v``, ``t2av``) and every clip a query against all
 captions (``a2t``, ``v2t``, ``av2t``: a hit when any caption of the clip is retrieved); audio and video
@@ -99,7 +100,8 @@ class ClipFramesEvaluator:
 
 
 class MAViLEvaluator:
-    """MAViL: the last audio and video blocks' mean patch tokens (AV-SUPERB's expert features), audio <-> video."""
+    """MAViL: the last audio and video blocks' mean patch tokens (AV-SUPERB's expert features), audio <-> video;
+    a `percli pretrain mavil` checkpoint ranks with its trained projections (``audio_proj`` / ``video_proj``)."""
 
     def __init__(self, model: nn.Module):
         from percli.avsuperb.av_upstreams import MAVIL_FPS, MAViLUpstream
@@ -112,10 +114,14 @@ class MAViLEvaluator:
                  for w, m in zip(batch["waveform"], batch["audio_mask"])]
         video = [up.preprocess_video(f[: int(m.sum())].permute(0, 2, 3, 1).cpu(), self.fps)
                  for f, m in zip(batch["frames"], batch["video_mask"])]
-        feats = up(list(zip(audio, video)))
         device = batch["index"].device
-        return {"audio_embeds": feats["audio_feats"][-1][:, 0].float().to(device),
-                "visual_embeds": feats["video_feats"][-1][:, 0].float().to(device), "item": batch["index"],
+        if hasattr(model, "audio_proj"):  # a `pretrain mavil` model: its trained contrastive projections
+            on = model.cls_token.device
+            ea, ev = model.project(*model.towers(torch.stack(audio)[:, None].to(on), torch.stack(video).to(on)))
+        else:
+            feats = up(list(zip(audio, video)))
+            ea, ev = feats["audio_feats"][-1][:, 0], feats["video_feats"][-1][:, 0]
+        return {"audio_embeds": ea.float().to(device), "visual_embeds": ev.float().to(device), "item": batch["index"],
                 "caption_item": torch.zeros(0, dtype=torch.long, device=device)}
 
     def eval_reduce(self, totals: dict[str, Any]) -> dict[str, float]:
