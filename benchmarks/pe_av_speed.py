@@ -6,8 +6,8 @@ tower ``ModernBertModel`` (SDPA attention). Those are the peers here, built from
 configuration (48 kHz DAC with strides 2*8*10*12, ModernBERT-large with 28 layers) and given percli's
 weights; outputs are checked equal before timing. Workloads (items per second, median of interleaved
 timed calls): ``codec`` (``--seconds`` of audio per clip), ``text`` (captions of ``--tokens`` tokens).
-The official audio / video / audio+video towers and MAViL (AV-SUPERB) are not installable packages, so
-they have no peer here.
+The official audio / video / audio+video towers are not an installable package, so they have no peer
+here (MAViL's is rebuilt from timm modules in ``benchmarks/mavil_speed.py``).
 
 Example:
     python benchmarks/pe_av_speed.py --batch-size 2 --steps 3 --warmup 1 --seconds 4
