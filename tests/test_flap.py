@@ -1,16 +1,21 @@
 """`percli pretrain flap`: token dropping, masked views, both towers learning, Audio-MAE initialisation, a
-manifest run that skips a silent clip and trains on another caption field, and exact resume."""
+manifest run that skips a silent clip and trains on another caption field, exact resume, `eval retrieval`
+reproducing a run's held-out retrieval, and the text tower from a local Hugging Face folder (trained and
+saved with the rest, padding masked, rebuilt without the folder's weights, bad folders refused)."""
 
 import json
+import shutil
 import signal
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from percli.cli import app
+from percli.core.checkpoint import read_weights
 from percli.core.rundir import read_metrics
 from percli.models import create_model, load_initial_weights
 from percli.models.audio_mae import AudioMaskedAutoencoderViT
@@ -132,3 +137,130 @@ def test_sigterm_then_resume_reproduces_the_uninterrupted_losses(tmp_path, monke
     assert resumed.exit_code == 0, resumed.output
     expected = [r["loss"] for r in read_metrics(tmp_path / "full" / "metrics.jsonl") if "loss" in r]
     assert [r["loss"] for r in read_metrics(tmp_path / "part" / "metrics.jsonl") if "loss" in r] == expected
+
+
+# --------------------------------------------------------------------------- Hugging Face text tower
+
+SHORT_RUN = [TINY[0], "data.target_length=64", "data.embedded_size=80", "train.batch_size=8", "train.num_workers=0",
+             "optim.ref_batch_size=8", "train.max_steps=3"]  # 80 clips: 20 held out, what eval retrieval takes
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory):
+    """A tiny BERT (16 wide, 1 layer, 2 heads) saved with its weights, and the MiniLM package's WordPiece tokenizer:
+    a local Hugging Face folder made without any download."""
+    from transformers import BertConfig, BertModel
+
+    from percli.curation.text_encoder import minilm_folder
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(minilm_folder() / name, folder / name)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64)  # 30522: the MiniLM tokenizer's ids
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+def _hf_model(folder, pooling="first", context_length=16):
+    torch.manual_seed(0)
+    return create_model("flap_vit_base_patch16", embed_dim=16, audio_cfg=AUDIO,
+                        text_cfg={"hf_folder": str(folder), "context_length": context_length, "pooling": pooling})
+
+
+def _train_then_eval(tmp_path, *overrides: str):
+    """`pretrain flap` for 3 steps, then `eval retrieval` on its checkpoint: (run summary, eval summary)."""
+    trained = runner.invoke(app, ["pretrain", "flap", "--run-dir", str(tmp_path / "run"), "--json", *SHORT_RUN,
+                                  *overrides])
+    assert trained.exit_code == 0, trained.output
+    trained = json.loads(trained.stdout)
+    evaluated = runner.invoke(app, ["eval", "retrieval", f"model.checkpoint={trained['checkpoint']}",
+                                    "data.embedded_size=80", "train.num_workers=0", "--run-dir",
+                                    str(tmp_path / "eval"), "--json"])
+    assert evaluated.exit_code == 0, evaluated.output[-3000:]
+    return trained, json.loads(evaluated.stdout)
+
+
+def _assert_eval_reproduces_the_run(trained, evaluated):
+    run, again = trained["metrics"], evaluated["metrics"]
+    assert evaluated["family"] == "flap" and again["clips"] == run["eval/clips"] == 20
+    # same checkpoint, same held-out clips and captions
+    for key in ("t2a_R@1", "a2t_R@1", "t2a_mAP@10", "t2a_mean_rank", "a2t_mean_rank"):
+        assert again[key] == pytest.approx(run[f"eval/{key}"]), key
+
+
+def test_eval_retrieval_reproduces_a_clip_text_runs_held_out_retrieval(tmp_path):
+    _assert_eval_reproduces_the_run(*_train_then_eval(tmp_path))
+
+
+def test_hf_text_tower_trains_and_eval_retrieval_rebuilds_it_without_the_folder_weights(tmp_path, hf_folder):
+    folder = tmp_path / "bert"  # a copy: its weights are removed after training
+    shutil.copytree(hf_folder, folder)
+    # on TINY's CLIP text sizes: hf_folder drops them, keeping context_length 16
+    trained, _ = _train_then_eval(tmp_path / "first", f"model.kwargs.text_cfg.hf_folder={folder}")
+    tensors, meta = read_weights(trained["checkpoint"])
+    assert meta["kwargs"]["text_cfg"] == {"hf_folder": str(folder.resolve()), "context_length": 16,
+                                          "pooling": "first", "pretrained": False}
+    assert meta["tokenizer"] == "hf" and meta["tokenizer_folder"] == str(folder.resolve())
+    initial = load_file(folder / "model.safetensors")
+    query = "encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(tensors[f"text.transformer.{query}"], initial[query])  # trained, and saved with the rest
+    assert "text.text_projection.weight" in tensors and not any(".pooler." in k for k in tensors)
+
+    (folder / "model.safetensors").unlink()  # the checkpoint needs the folder's config.json and tokenizer only
+    evaluated = runner.invoke(app, ["eval", "retrieval", f"model.checkpoint={trained['checkpoint']}",
+                                    "data.embedded_size=80", "train.num_workers=0", "--run-dir",
+                                    str(tmp_path / "eval"), "--json"])
+    assert evaluated.exit_code == 0, evaluated.output[-3000:]
+    _assert_eval_reproduces_the_run(trained, json.loads(evaluated.stdout))
+
+    for name in ("tokenizer.json", "vocab.txt"):
+        (folder / name).unlink()
+    broken = runner.invoke(app, ["eval", "retrieval", f"model.checkpoint={trained['checkpoint']}",
+                                 "--run-dir", str(tmp_path / "broken")])
+    assert broken.exit_code == 2 and "model.kwargs.text_cfg.hf_folder" in broken.output, broken.output
+
+
+@pytest.mark.parametrize("pooling", ["first", "mean"])
+def test_hf_text_padding_is_masked(hf_folder, pooling):
+    model = _hf_model(hf_folder, pooling).eval()
+    short, long = "a dog barks", "a siren wails while a dog barks and then a door slams shut"
+    tokenize = model.make_tokenizer()
+    alone = tokenize([short])
+    n = int(alone["text_mask"].sum())  # [CLS] a dog bark ##s [SEP]
+    assert alone["text_mask"][0].tolist() == [1] * n + [0] * (16 - n) and n < 16
+    with torch.no_grad():
+        reference = model.encode_text(alone["text"], alone["text_mask"])[0]
+        paired = tokenize([short, long])
+        assert torch.allclose(model.encode_text(paired["text"], paired["text_mask"])[0], reference, atol=1e-6)
+        more = _hf_model(hf_folder, pooling, context_length=48).eval().make_tokenizer()([short, long])  # 48 - n pads
+        assert torch.allclose(model.encode_text(more["text"], more["text_mask"])[0], reference, atol=1e-6)
+        assert torch.allclose(model.encode_text(alone["text"])[0], reference, atol=1e-6)  # mask from the pad id
+        unmasked = model.encode_text(alone["text"], torch.ones_like(alone["text_mask"]))[0]
+    assert not torch.allclose(unmasked, reference, atol=1e-3)  # the padding would count without the mask
+
+
+def test_hf_text_tower_gets_gradients_and_no_unused_parameters(hf_folder):
+    model, (fbank, _) = _hf_model(hf_folder), _batch()
+    tokens = model.make_tokenizer()(["a dog barks", "a siren", "rain on a roof", "a door slams"])
+    step = FlapTask(Config()).loss_step(model.train(), {"fbank": fbank, **tokens})
+    step["loss"].backward()
+    unused = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert unused == []  # the pooler is gone: DDP sees every parameter used
+    assert model.text.transformer.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("case,message", [("missing", "is not a folder"), ("no_config", "has no config.json"),
+                                          ("no_tokenizer", "has no tokenizer files")])
+def test_a_bad_hf_folder_exits_2_naming_the_key(tmp_path, hf_folder, case, message):
+    folder = tmp_path / "bert"
+    if case != "missing":
+        shutil.copytree(hf_folder, folder)
+        for name in (["config.json"] if case == "no_config" else ["tokenizer.json", "vocab.txt"]):
+            (folder / name).unlink()
+    result = runner.invoke(app, ["pretrain", "flap", "--run-dir", str(tmp_path / "run"), *SHORT_RUN,
+                                 f"model.kwargs.text_cfg.hf_folder={folder}"])
+    assert result.exit_code == 2, result.output
+    assert "model.kwargs.text_cfg.hf_folder" in result.output and message in result.output
+    assert not (tmp_path / "run").exists()

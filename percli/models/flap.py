@@ -9,19 +9,30 @@ Two towers in one shared space (no official code was found; built from the paper
   tokens after the encoder's ``norm``) and projected by ``audio_projection``; the Audio-MAE decoder
   reconstructs the dropped patches from the visible tokens plus mask tokens.
 * ``text``: percli's CLIP text transformer (`CLIPTextTransformer`, the CLIP BPE tokenizer), whose
-  end-of-text token is projected into the same space.
+  end-of-text token is projected into the same space; or, with ``text_cfg={"hf_folder": PATH}``, a
+  Hugging Face encoder from a local folder (`HFTextTower`: ``AutoModel`` + ``AutoTokenizer``, offline;
+  the paper's RoBERTa is ``roberta-base``) whose first token (``<s>`` / ``[CLS]``, or the mean over
+  the attention mask with ``pooling="mean"``) goes through ``text_projection``.
 * ``logit_scale``: the learnable log inverse temperature (CLIP's init, 1 / 0.07).
 
-``model(fbank, text, mask_ratio=..., mask_1d=..., num_views=N)`` returns every view's normalised
-audio embedding [N, B, D], the normalised text embedding [B, D], ``exp(logit_scale)`` and the
+``model(fbank, text, mask_ratio=..., mask_1d=..., num_views=N, text_mask=...)`` returns every view's
+normalised audio embedding [N, B, D], the normalised text embedding [B, D], ``exp(logit_scale)`` and the
 reconstruction loss averaged over the views; the contrastive loss is the recipe's
-(`percli.recipes.flap`), which gathers negatives across processes.
+(`percli.recipes.flap`), which gathers negatives across processes. ``model.make_tokenizer()`` gives the
+text tower's tokenizer: texts -> ``{"text": ids [N, L]}`` plus ``"text_mask"`` (the attention mask) for
+a Hugging Face tower.
+
+A checkpoint of a Hugging Face tower holds its weights (``text.transformer.*``, ``text.text_projection.*``)
+like the rest; its metadata keeps ``text_cfg.hf_folder`` with ``pretrained: false``, so a consumer rebuilds
+the tower from the folder's config.json and tokenizer files only, never its weights.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +40,166 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from percli.core.config import ConfigError
 from percli.models import register_loader, register_model
 from percli.models.audio_mae import MAE_ONLY_PREFIXES, AudioMaskedAutoencoderViT
-from percli.models.clip import CLIPTextTransformer
+from percli.models.clip import CLIPTextCfg, CLIPTextTransformer
+from percli.models.clip_tokenizer import CLIPTokenizer
 from percli.models.common import LoadReport, check_fit, plain, read_state
+
+HF_FOLDER_KEY = "model.kwargs.text_cfg.hf_folder"
+HF_POOLINGS = ("first", "mean")
+HF_TEXT_KEYS = ("hf_folder", "context_length", "pooling", "pretrained")  # `HFTextTower`'s keywords
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                    "sentencepiece.bpe.model")
+
+
+# --------------------------------------------------------------------------- Hugging Face text tower
+
+
+def check_hf_folder(folder: str | Path, fix: str = f"set {HF_FOLDER_KEY} to a local Hugging Face model folder "
+                                                  "(config.json + tokenizer files, e.g. roberta-base)") -> Path:
+    """The folder, or a `ConfigError` naming `HF_FOLDER_KEY` and `fix` when it lacks config.json or a tokenizer."""
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"{HF_FOLDER_KEY}: {folder} is not a folder; {fix}")
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"{HF_FOLDER_KEY}: {folder} has no config.json; {fix}")
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        raise ConfigError(f"{HF_FOLDER_KEY}: {folder} has no tokenizer files (one of {', '.join(_TOKENIZER_FILES)}); "
+                          f"{fix}")
+    return path.resolve()
+
+
+def hf_text_cfg(text_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """`HFTextTower`'s keywords from a ``text_cfg`` with ``hf_folder``, or a `ConfigError` naming the key to fix (an
+    unknown key or pooling, a folder without config.json or tokenizer files). The CLIP tower's keys (``width``,
+    ``layers``, ...) are dropped: the folder's config.json gives the sizes, and a preset's CLIP sizes may stay
+    under ``model.kwargs.text_cfg.hf_folder=PATH``."""
+    clip_keys = {f.name for f in dataclasses.fields(CLIPTextCfg)} - set(HF_TEXT_KEYS)
+    unknown = sorted(set(text_cfg) - set(HF_TEXT_KEYS) - clip_keys)
+    if unknown:
+        raise ConfigError(f"model.kwargs.text_cfg: unknown key(s) {', '.join(unknown)} for a Hugging Face text tower; "
+                          f"allowed keys: {', '.join(HF_TEXT_KEYS)}")
+    pooling = text_cfg.get("pooling", "first")
+    if pooling not in HF_POOLINGS:
+        raise ConfigError(f"model.kwargs.text_cfg.pooling: got {pooling!r}; allowed values: {', '.join(HF_POOLINGS)}")
+    check_hf_folder(text_cfg["hf_folder"])
+    return {k: v for k, v in text_cfg.items() if k in HF_TEXT_KEYS}
+
+
+def _offline_transformers():
+    """`transformers`, imported with the hub switched offline first (it reads these once): nothing is downloaded."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import transformers
+
+    return transformers
+
+
+class HFTokenizer:
+    """``AutoTokenizer`` of a local folder: texts -> ``{"text": input_ids, "text_mask": attention_mask}``, each
+    [N, context_length] int64, padded (the tokenizer's pad id, mask 0) or truncated to `context_length`."""
+
+    def __init__(self, folder: str | Path, context_length: int):
+        transformers = _offline_transformers()
+        try:
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{HF_FOLDER_KEY}: {folder}: no tokenizer loads from it ({e}); give a folder with "
+                              "the model's tokenizer files (tokenizer.json, or vocab.json + merges.txt for RoBERTa)") \
+                from None
+        self.context_length = context_length
+
+    def __call__(self, texts: str | Sequence[str]) -> dict[str, torch.Tensor]:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        out = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.context_length,
+                             return_tensors="pt")
+        return {"text": out["input_ids"].long(), "text_mask": out["attention_mask"].long()}
+
+
+class CLIPTokens:
+    """The CLIP BPE tokenizer in the same shape: texts -> ``{"text": ids [N, context_length]}`` (no mask: the tower
+    pools its end-of-text token under a causal mask, so the zero padding after it is never attended)."""
+
+    def __init__(self, context_length: int):
+        self.tokenizer = CLIPTokenizer(context_length=context_length)
+
+    def __call__(self, texts: str | Sequence[str]) -> dict[str, torch.Tensor]:
+        return {"text": self.tokenizer(texts)}
+
+
+class HFTextTower(nn.Module):
+    """A Hugging Face encoder (``AutoModel``) from a local folder, pooled and projected into the joint space.
+
+    Args:
+        embed_dim: Width of the shared audio-text space.
+        hf_folder: Local Hugging Face model folder (config.json, tokenizer files, and the weights when `pretrained`).
+        context_length: Tokens per caption, special tokens included (padded / truncated to it).
+        pooling: ``first``: the first token's output (RoBERTa's ``<s>``, BERT's ``[CLS]``, as CLAP-style models
+            pool); ``mean``: the mean over the attention mask.
+        pretrained: Load the folder's weights; False builds from its config.json alone (random init), for weights
+            that come next from a percli checkpoint.
+    """
+
+    def __init__(self, embed_dim: int, hf_folder: str | Path, context_length: int = 77, pooling: str = "first",
+                 pretrained: bool = True):
+        super().__init__()
+        hf_text_cfg({"hf_folder": hf_folder, "pooling": pooling})
+        folder = Path(hf_folder).expanduser().resolve()
+        transformers = _offline_transformers()
+        try:
+            if pretrained:
+                self.transformer = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True)
+            else:
+                config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
+                self.transformer = transformers.AutoModel.from_config(config)
+        except (OSError, ValueError, KeyError) as e:
+            raise ConfigError(f"{HF_FOLDER_KEY}: {folder}: no model loads from it ({type(e).__name__}: {e}); give a "
+                              "folder with a transformers config.json (and its weights for pretrained training)") \
+                from None
+        if getattr(self.transformer, "pooler", None) is not None:
+            self.transformer.pooler = None  # BERT/RoBERTa's tanh pooler is unused: DDP wants every parameter used
+        positions = getattr(self.transformer.config, "max_position_embeddings", None)
+        if positions is not None and context_length > positions:
+            raise ConfigError(f"model.kwargs.text_cfg.context_length={context_length} exceeds the {positions} "
+                              f"positions of {folder}; lower it")
+        hidden = self.transformer.config.hidden_size
+        self.text_projection = nn.Linear(hidden, embed_dim, bias=False)
+        nn.init.xavier_uniform_(self.text_projection.weight)
+        self.pad_token_id = self.transformer.config.pad_token_id
+        self.context_length, self.pooling = context_length, pooling
+        self.config = {"hf_folder": str(folder), "context_length": context_length, "pooling": pooling,
+                       "pretrained": pretrained}
+        self.preprocess = {"tokenizer": "hf", "tokenizer_folder": str(folder), "context_length": context_length}
+
+    def encode_text(self, text: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids [B, L] and their attention mask [B, L] (1 = token; default: ids != pad id) -> [B, embed_dim]."""
+        if attention_mask is None:
+            attention_mask = text != self.pad_token_id if self.pad_token_id is not None else torch.ones_like(text)
+        attention_mask = attention_mask.long()
+        hidden = self.transformer(input_ids=text, attention_mask=attention_mask).last_hidden_state  # [B, L, W]
+        if self.pooling == "first":
+            pooled = hidden[:, 0]
+        else:
+            weights = attention_mask[..., None].to(hidden.dtype)  # [B, L] -> [B, L, 1]
+            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1)
+        return self.text_projection(pooled)
+
+
+# --------------------------------------------------------------------------- model
 
 
 class FLAP(nn.Module):
-    """Audio-MAE audio tower ``audio`` + CLIP text tower ``text`` + ``audio_projection`` + ``logit_scale``.
+    """Audio-MAE audio tower ``audio`` + text tower ``text`` + ``audio_projection`` + ``logit_scale``.
 
     Args:
         embed_dim: Width of the shared audio-text space.
         audio_cfg: `AudioMaskedAutoencoderViT` keywords (its ``norm_pix_loss`` is the reconstruction target).
-        text_cfg: open_clip ``text_cfg`` fields (`CLIPTextCfg`).
-        quick_gelu: QuickGELU in the text tower's MLPs (OpenAI CLIP weights).
+        text_cfg: open_clip ``text_cfg`` fields (`CLIPTextCfg`) for the CLIP text tower; or, with ``hf_folder``,
+            `HFTextTower` keywords (``hf_folder``, ``context_length``, ``pooling``, ``pretrained``) for a Hugging
+            Face encoder from a local folder.
+        quick_gelu: QuickGELU in the CLIP text tower's MLPs (OpenAI CLIP weights).
         init_logit_scale: Initial log inverse temperature.
     """
 
@@ -50,7 +207,12 @@ class FLAP(nn.Module):
                  quick_gelu: bool = False, init_logit_scale: float = math.log(1 / 0.07)):
         super().__init__()
         self.audio = AudioMaskedAutoencoderViT(**audio_cfg)
-        self.text = CLIPTextTransformer(embed_dim, text_cfg, quick_gelu)
+        self.hf_text = "hf_folder" in text_cfg
+        if self.hf_text:
+            self.text = HFTextTower(embed_dim, **hf_text_cfg(text_cfg))
+            text_cfg = self.text.config  # the folder resolved: a checkpoint rebuilds from any working directory
+        else:
+            self.text = CLIPTextTransformer(embed_dim, text_cfg, quick_gelu)
         self.audio_projection = nn.Linear(self.audio.config["embed_dim"], embed_dim, bias=False)
         nn.init.xavier_uniform_(self.audio_projection.weight)
         self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
@@ -58,12 +220,29 @@ class FLAP(nn.Module):
                        "quick_gelu": quick_gelu, "init_logit_scale": init_logit_scale}
         self.arch = type(self).__name__
         self.context_length = self.text.context_length
-        self.preprocess = {**self.audio.preprocess, "tokenizer": "clip_bpe", "context_length": self.context_length}
+        text_preprocess = self.text.preprocess if self.hf_text else {"tokenizer": "clip_bpe",
+                                                                     "context_length": self.context_length}
+        self.preprocess = {**self.audio.preprocess, **text_preprocess}
+
+    def saved_config(self) -> dict:
+        """The constructor arguments for weights stored beside them: a Hugging Face tower then takes only its folder's
+        config.json and tokenizer (``pretrained: false``), its weights being in the checkpoint."""
+        config = dict(self.config)
+        if self.hf_text:
+            config["text_cfg"] = {**config["text_cfg"], "pretrained": False}
+        return config
 
     def checkpoint_meta(self) -> dict:
         """Name, constructor arguments and preprocessing, to store beside the weights."""
-        return {"name": self.arch, "class": type(self).__name__, "config": dict(self.config),
+        return {"name": self.arch, "class": type(self).__name__, "config": self.saved_config(),
                 "preprocess": dict(self.preprocess)}
+
+    def make_tokenizer(self) -> HFTokenizer | CLIPTokens:
+        """The text tower's tokenizer: texts -> ``{"text": ids [N, L]}`` (+ ``"text_mask"`` for a Hugging Face tower).
+        It holds no reference to the model, so data-loader workers can carry it."""
+        if self.hf_text:
+            return HFTokenizer(self.preprocess["tokenizer_folder"], self.context_length)
+        return CLIPTokens(self.context_length)
 
     def forward_audio(self, fbank: torch.Tensor, mask_ratio: float = 0.0, mask_1d: bool = True,
                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -86,14 +265,19 @@ class FLAP(nn.Module):
         features = self.pool_audio(self.forward_audio(fbank, 0.0)[0])  # 1-D masking at rate 0 keeps raster order
         return F.normalize(features, dim=-1) if normalize else features
 
-    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """Token ids [B, L] -> [B, embed_dim]."""
-        features = self.text.encode_text(text)
+    def encode_text(self, text: torch.Tensor, text_mask: torch.Tensor | None = None,
+                    normalize: bool = False) -> torch.Tensor:
+        """Token ids [B, L] (and, for a Hugging Face tower, their attention mask [B, L]) -> [B, embed_dim]."""
+        if self.hf_text:
+            features = self.text.encode_text(text, text_mask)
+        else:  # CLIP pools its end-of-text token under a causal mask: the padding after it is never seen
+            features = self.text.encode_text(text)
         return F.normalize(features, dim=-1) if normalize else features
 
     def forward(self, fbank: torch.Tensor, text: torch.Tensor, mask_ratio: float = 0.5, mask_1d: bool = True,
-                num_views: int = 2) -> dict[str, torch.Tensor]:
-        """`num_views` independently masked views of each clip, encoded in one batch.
+                num_views: int = 2, text_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """`num_views` independently masked views of each clip, encoded in one batch (`text_mask`: the attention
+        mask of a Hugging Face text tower's tokens).
 
         Returns:
             ``audio_features`` [num_views, B, D] and ``text_features`` [B, D] (L2-normalised), ``logit_scale``
@@ -106,7 +290,7 @@ class FLAP(nn.Module):
         # mask_ratio 0 (the no-masking ablation) leaves nothing to reconstruct: a zero that keeps the decoder in use
         recon_loss = self.audio.forward_loss(views, pred, mask) if mask.any() else pred.sum() * 0.0
         audio = F.normalize(self.pool_audio(latent), dim=-1).view(num_views, B, -1)  # [V*B, D] -> [V, B, D]
-        return {"audio_features": audio, "text_features": self.encode_text(text, normalize=True),
+        return {"audio_features": audio, "text_features": self.encode_text(text, text_mask, normalize=True),
                 "logit_scale": self.logit_scale.exp(), "recon_loss": recon_loss}
 
 
@@ -146,10 +330,12 @@ def load_official_state(model: FLAP, state_or_path: Mapping[str, torch.Tensor] |
 
 
 def _build(name: str, audio: dict, text: dict, embed_dim: int, overrides: dict) -> FLAP:
-    """The variant's towers with `overrides`; ``audio_cfg`` / ``text_cfg`` overrides update the variant's keys."""
+    """The variant's towers with `overrides`; ``audio_cfg`` / ``text_cfg`` overrides update the variant's keys
+    (a ``text_cfg`` with ``hf_folder`` replaces the CLIP text keys: the folder's config.json gives the sizes)."""
     args = {"embed_dim": embed_dim, **overrides}
     args["audio_cfg"] = {**audio, **overrides.get("audio_cfg", {})}
-    args["text_cfg"] = {**text, **overrides.get("text_cfg", {})}
+    given = overrides.get("text_cfg", {})
+    args["text_cfg"] = dict(given) if "hf_folder" in given else {**text, **given}
     model = FLAP(**args)
     model.arch = name
     return model
@@ -157,7 +343,8 @@ def _build(name: str, audio: dict, text: dict, embed_dim: int, overrides: dict) 
 
 @register_model
 def flap_vit_base_patch16(**kwargs) -> FLAP:
-    """Audio-MAE ViT-B/16 on 1024 x 128 fbank (light global decoder) + the CLIP ViT-B text tower, 512-d space."""
+    """Audio-MAE ViT-B/16 on 1024 x 128 fbank (light global decoder) + the CLIP ViT-B text tower (or a Hugging Face
+    encoder: ``text_cfg={"hf_folder": "/models/roberta-base"}``), 512-d space."""
     audio = dict(embed_dim=768, depth=12, num_heads=12, patch_size=16, decoder_embed_dim=512, decoder_depth=4,
                  decoder_num_heads=16, decoder_mode=0, norm_pix_loss=True)
     text = dict(context_length=77, vocab_size=49408, width=512, heads=8, layers=12)

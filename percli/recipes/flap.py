@@ -1,7 +1,14 @@
 """FLAP: Fast Language-Audio Pre-training (Yeh, Huang, Sharma, Li, Ghosh; ICASSP 2024; arXiv 2311.01615).
 
 An Audio-MAE ViT over 128-bin log-mel fbank (16x16 patches; `model.checkpoint` takes Audio-MAE
-pretraining weights) and percli's CLIP text transformer (its offline BPE tokenizer) learn one space.
+pretraining weights) and a text tower learn one space. The text tower is percli's CLIP text transformer
+(its offline BPE tokenizer; the default), or a Hugging Face encoder from a local folder as the paper's
+RoBERTa: `model.kwargs.text_cfg={hf_folder: /models/roberta-base}` loads its weights and tokenizer
+offline (AutoModel / AutoTokenizer, nothing is downloaded); its first token (<s>) is projected into the
+space (`pooling: mean` for the mean over the attention mask), captions padded or cut to
+`text_cfg.context_length` (77 when unset); a preset's CLIP text sizes (width, layers, ...) are ignored then.
+The run's checkpoints hold the tower's weights and record the folder, from which `percli eval retrieval`
+then reads only config.json and the tokenizer files.
 
 Efficient masking: `mask_ratio` of the audio tokens are dropped before the encoder, which sees only the
 rest (`masking=1d` drops whole time columns, `2d` single patches). Each clip gets `num_views`
@@ -18,8 +25,8 @@ query, whole clips unmasked), R@1/5/10 and mAP@10 as fractions, median and mean 
 
 Defaults: only the abstract could be read here, so the masking (1-D, ratio 0.5), the views (2) and the
 reconstruction weight (1.0) are percli's choices, not the paper's verified values; the optimizer is
-CLIP's AdamW (0.9, 0.98, eps 1e-6, wd 0.2) at lr 1e-4 per 256 clips. Not supported yet: a Hugging Face
-text encoder (the paper's RoBERTa) and generating the LLM captions (bring them in a manifest field).
+CLIP's AdamW (0.9, 0.98, eps 1e-6, wd 0.2) at lr 1e-4 per 256 clips, one rate for both towers. Not
+supported yet: generating the LLM captions (bring them in a manifest field).
 
 Data: the embedded audio-video event clips with captions (default; 4 s, 3 captions each, a held-out
 test split) or a `captions.jsonl` manifest ({"id", "audio" or "video", "captions": [...]}; unreadable
@@ -30,11 +37,14 @@ Examples:
   percli pretrain flap --preset base data.source=/data/audiocaps/train/captions.jsonl \\
       data.val_source=/data/audiocaps/test/captions.jsonl data.caption_key=llm_captions \\
       model.checkpoint=/weights/audiomae_pretrained.pth
+  percli pretrain flap --preset base model.kwargs.text_cfg.hf_folder=/models/roberta-base \\
+      data.source=/data/audiocaps/train/captions.jsonl data.val_source=/data/audiocaps/test/captions.jsonl
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -49,7 +59,7 @@ from percli.core.data.audio import kaldi_fbank, normalize_fbank, roll_mag_aug
 from percli.core.data.av_clips import AVClipDataset
 from percli.core.data.av_events import EmbeddedAVEvents
 from percli.models import create_model, load_initial_weights
-from percli.models.clip_tokenizer import CLIPTokenizer
+from percli.models.flap import hf_text_cfg
 from percli.recipes.audio_common import model_kwargs
 from percli.recipes.clip import MAX_LOGIT_SCALE, contrastive_loss
 from percli.recipes.common import TrainedModelSection
@@ -100,12 +110,14 @@ class Config:
 
 
 class CaptionedFbank(Dataset):
-    """Normalised fbank [1, T, F] and tokenised captions of captioned clips (`EmbeddedAVEvents` / `AVClipDataset`
-    items). Training items carry one caption drawn at random, evaluation items every caption. Unreadable clips
+    """Normalised fbank [1, T, F] and tokenised captions (``text``, and ``text_mask`` from a Hugging Face tokenizer;
+    `FLAP.make_tokenizer`) of captioned clips (`EmbeddedAVEvents` / `AVClipDataset` items). Training items carry
+    one caption drawn at random, evaluation items every caption. Unreadable clips
     raise `BadSample` from the clip dataset (the engine counts and skips them). `cache` keeps each clip's
     waveform and captions after the first read (for the embedded clips, rendered anew otherwise every epoch)."""
 
-    def __init__(self, clips: Dataset, data: FlapDataSection, tokenize: CLIPTokenizer, train: bool,
+    def __init__(self, clips: Dataset, data: FlapDataSection,
+                 tokenize: Callable[[Sequence[str]], dict[str, torch.Tensor]], train: bool,
                  cache: bool = False):
         self.clips, self.data, self.tokenize, self.train = clips, data, tokenize, train
         self.cache: dict[int, tuple[torch.Tensor, list[str]]] | None = {} if cache else None
@@ -130,15 +142,19 @@ class CaptionedFbank(Dataset):
         fbank = normalize_fbank(kaldi_fbank(wave, d.sample_rate, d.num_mel_bins, d.target_length), d.mean, d.std)
         if self.train:  # the engine seeds each (epoch, index): the draw is reproducible
             captions = [captions[int(torch.randint(len(captions), ()))]]
-        return {"fbank": fbank.unsqueeze(0), "text": self.tokenize(captions), "index": index}
+        return {"fbank": fbank.unsqueeze(0), **self.tokenize(captions), "index": index}
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """fbank [B, 1, T, F], every caption's tokens [C, L] (C = B in training), the clips' dataset indices [B]
-    and each caption's clip index [C] (the ids `retrieval_report` matches captions to clips by)."""
-    return {"fbank": torch.stack([it["fbank"] for it in items]), "text": torch.cat([it["text"] for it in items]),
-            "index": torch.tensor([it["index"] for it in items]),
-            "caption_clip": torch.cat([torch.full((len(it["text"]),), it["index"]) for it in items])}
+    """fbank [B, 1, T, F], every caption's tokens [C, L] (C = B in training) and their attention mask
+    ``text_mask`` [C, L] when the tokenizer gives one, the clips' dataset indices [B] and each caption's clip
+    index [C] (the ids `retrieval_report` matches captions to clips by)."""
+    batch = {"fbank": torch.stack([it["fbank"] for it in items]), "text": torch.cat([it["text"] for it in items]),
+             "index": torch.tensor([it["index"] for it in items]),
+             "caption_clip": torch.cat([torch.full((len(it["text"]),), it["index"]) for it in items])}
+    if "text_mask" in items[0]:
+        batch["text_mask"] = torch.cat([it["text_mask"] for it in items])
+    return batch
 
 
 class FlapTask:
@@ -159,13 +175,20 @@ class FlapTask:
                               f"(masking={self.cfg.masking}); lower it")
         if self.cfg.model.checkpoint:
             load_initial_weights(model, self.cfg.model.checkpoint)
-        self.tokenizer = CLIPTokenizer(context_length=model.context_length)
+        self.tokenizer = model.make_tokenizer()
+        # What a checkpoint needs to rebuild the text tower: a Hugging Face one from its folder's config.json and
+        # tokenizer only (pretrained: false, the weights are in the checkpoint), the folder's path resolved.
+        self.saved_kwargs = {**self.kwargs, "text_cfg": model.saved_config()["text_cfg"]} if model.hf_text \
+            else self.kwargs
+        self.text_preprocess = {k: v for k, v in model.preprocess.items()
+                                if k in ("tokenizer", "tokenizer_folder", "context_length")}
         return model
 
     def model_meta(self) -> dict[str, Any]:
         d = self.cfg.data
-        return {"name": self.cfg.model.name, "kwargs": self.kwargs, "task": "flap", "sample_rate": d.sample_rate,
-                "num_mel_bins": d.num_mel_bins, "target_length": d.target_length, "mean": d.mean, "std": d.std}
+        return {"name": self.cfg.model.name, "kwargs": self.saved_kwargs, "task": "flap", **self.text_preprocess,
+                "sample_rate": d.sample_rate, "num_mel_bins": d.num_mel_bins, "target_length": d.target_length,
+                "mean": d.mean, "std": d.std}
 
     def _dataset(self, source: str, train: bool) -> Dataset:
         d = self.cfg.data
@@ -194,7 +217,7 @@ class FlapTask:
             flap.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
         cfg = self.cfg
         out = model(batch["fbank"], batch["text"], mask_ratio=cfg.mask_ratio, mask_1d=cfg.masking == "1d",
-                    num_views=cfg.num_views)
+                    num_views=cfg.num_views, text_mask=batch.get("text_mask"))
         contrastive = torch.stack([contrastive_loss(view, out["text_features"], out["logit_scale"],
                                                     cfg.gather_with_grad) for view in out["audio_features"]]).mean()
         return {"loss": contrastive + cfg.recon_weight * out["recon_loss"], "contrastive_loss": contrastive.detach(),
@@ -203,7 +226,7 @@ class FlapTask:
     def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         flap = getattr(model, "module", model)
         return {"audio_embeds": flap.encode_audio(batch["fbank"], normalize=True),
-                "audio_text_embeds": flap.encode_text(batch["text"], normalize=True),
+                "audio_text_embeds": flap.encode_text(batch["text"], batch.get("text_mask"), normalize=True),
                 "item": batch["index"], "caption_item": batch["caption_clip"]}
 
     def eval_reduce(self, totals: dict[str, Any]) -> dict[str, float]:
@@ -211,8 +234,12 @@ class FlapTask:
 
 
 def validate(cfg: Config) -> None:
-    """Checks a dry run can make without building anything: model name, data paths, masking settings."""
+    """Checks a dry run can make without building anything: model name, data paths, masking settings, the
+    Hugging Face text folder."""
     validate_model_and_paths(cfg)
+    text_cfg = cfg.model.kwargs.get("text_cfg") or {}
+    if isinstance(text_cfg, dict) and "hf_folder" in text_cfg:
+        hf_text_cfg(text_cfg)
     if not 0.0 <= cfg.mask_ratio < 1.0:
         raise ConfigError(f"mask_ratio={cfg.mask_ratio}: give a fraction in [0, 1)")
     if cfg.num_views < 1:

@@ -3,7 +3,8 @@
 Models (``family``, read from the checkpoint when ``auto``): PE-AV (every direction), a CLIP / PE image-text
 model on video (each frame embedded, the clip the mean of its frames; text <-> video), MAViL (its last audio
 and video blocks' mean tokens, as AV-SUPERB's expert, or a `pretrain mavil` run's trained projections; audio <->
-video), FLAP (text <-> audio).
+video), FLAP (text <-> audio; a Hugging Face text tower is rebuilt from the folder its checkpoint records, which must
+still hold config.json and the tokenizer files: `model.kwargs.text_cfg.hf_folder=PATH` when the folder moved).
 
 Every caption is a query against the clips (``t2a``, ``t2v``, ``t2av``) and every clip a query against all
 captions (``a2t``, ``v2t``, ``av2t``: a hit when any caption of the clip is retrieved); audio and video
@@ -129,12 +130,11 @@ class MAViLEvaluator:
 
 
 class FlapEvaluator:
-    """FLAP (`percli pretrain flap`): each clip's whole fbank and every caption, cosine, text <-> audio."""
+    """FLAP (`percli pretrain flap`): each clip's whole fbank and every caption, cosine, text <-> audio. Captions go
+    through the text tower's own tokenizer (CLIP BPE, or the Hugging Face folder's, with its attention mask)."""
 
     def __init__(self, model: nn.Module, meta: dict[str, Any]):
-        from percli.models.clip_tokenizer import CLIPTokenizer
-
-        self.meta, self.tokenizer = meta, CLIPTokenizer(context_length=model.context_length)
+        self.meta, self.tokenizer = meta, model.make_tokenizer()
 
     def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         from percli.core.data.audio import kaldi_fbank, normalize_fbank
@@ -146,8 +146,9 @@ class FlapEvaluator:
         device = batch["index"].device
         captions = [c for caps in batch["captions"] for c in caps]
         owner = [int(i) for i, caps in zip(batch["index"], batch["captions"]) for _ in caps]
+        tokens = {k: v.to(device) for k, v in self.tokenizer(captions).items()}
         return {"audio_embeds": flap.encode_audio(fbank.to(device), normalize=True).float(),
-                "audio_text_embeds": flap.encode_text(self.tokenizer(captions).to(device), normalize=True).float(),
+                "audio_text_embeds": flap.encode_text(tokens["text"], tokens.get("text_mask"), normalize=True).float(),
                 "item": batch["index"], "caption_item": torch.tensor(owner, device=device)}
 
     def eval_reduce(self, totals: dict[str, Any]) -> dict[str, float]:
@@ -191,7 +192,14 @@ def _load(cfg: Config, family: str) -> tuple[nn.Module, Any, int, int, tuple[str
 
     if family == "flap":
         meta = read_meta(cfg.model.checkpoint)
-        model = create_model_for(meta["name"], {**meta.get("kwargs", {}), **cfg.model.kwargs}, cfg.model.checkpoint)
+        kwargs = _flap_kwargs(meta.get("kwargs", {}), cfg.model.kwargs)
+        folder = kwargs.get("text_cfg", {}).get("hf_folder")
+        if folder:  # the checkpoint holds the tower's weights; config.json and the tokenizer come from the folder
+            from percli.models.flap import HF_FOLDER_KEY, check_hf_folder
+
+            check_hf_folder(folder, fix=f"the checkpoint's text tower was built from that Hugging Face folder; give "
+                                        f"where its config.json and tokenizer files are now with {HF_FOLDER_KEY}=PATH")
+        model = create_model_for(meta["name"], kwargs, cfg.model.checkpoint)
         load_initial_weights(model, cfg.model.checkpoint)
         return model.eval(), FlapEvaluator(model, {**model.preprocess, **meta}), int(meta["sample_rate"]), 64, \
             ("audio",)
@@ -200,6 +208,16 @@ def _load(cfg: Config, family: str) -> tuple[nn.Module, Any, int, int, tuple[str
     model = create_model_for(name, {**meta.get("kwargs", {}), **cfg.model.kwargs}, cfg.model.checkpoint)
     load_initial_weights(model, cfg.model.checkpoint)
     return model.eval(), MAViLEvaluator(model), 16000, model.preprocess["video"]["size"], ("audio", "video")
+
+
+def _flap_kwargs(saved: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's FLAP kwargs under `model.kwargs`; a tower's section (``text_cfg.hf_folder=...``) updates the
+    saved one key by key instead of replacing it."""
+    out = {**saved, **given}
+    for section in ("audio_cfg", "text_cfg"):
+        if isinstance(saved.get(section), dict) and isinstance(given.get(section), dict):
+            out[section] = {**saved[section], **given[section]}
+    return out
 
 
 class _Task:
