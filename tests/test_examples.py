@@ -96,3 +96,19 @@ def test_pe_av_example_runs_end_to_end(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "events found:" in done.stdout and "peav-random" in done.stdout
     assert json.loads((tmp_path / "work" / "embeddings" / "summary.json").read_text())["clips_embedded"] == 8
+
+
+def test_mavil_example_runs_end_to_end(tmp_path):
+    """The MAViL example script, shortened (2 training steps): every command in it still works."""
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "audiovisual" / "mavil_tiny.sh"
+    env = {**os.environ, "PERCLI": f"{sys.executable} -m percli.cli", "PYTHON": sys.executable, "STEPS": "2",
+           "FT_STEPS": "2", "CLIPS": "20", "AVS_STEPS": "2", "EXTRA": "train.batch_size=4 train.num_workers=0"}
+    done = subprocess.run(["bash", str(script), str(tmp_path / "work")], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for line in ("stage1  a2v R@1", "random  a2v R@1", "stage2  a2v R@1", "finetune from stage2", "AV-SUPERB:"):
+        assert line in done.stdout, line

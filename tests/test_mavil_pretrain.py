@@ -110,6 +110,12 @@ def test_pretraining_checkpoint_keeps_the_released_encoder_names(tmp_path):
     report = load_official_state(fresh, tuned.state_dict())
     assert {"head_av.weight", "fc_norm_av.weight", "blocks_av.2.norm1.weight"} <= set(report.dropped)
     assert torch.equal(fresh.blocks_av[0].norm1.weight, tuned.blocks_av[0].norm1.weight)
+    # a stage-1 file starts a stage-2 student: only the prediction layers (another width) stay at init
+    student = _model(target_dim=16)
+    report = load_official_state(student, model.state_dict())
+    pred = {"decoder_pred.weight", "decoder_pred.bias", "decoder_pred_v.weight", "decoder_pred_v.bias"}
+    assert set(report.dropped) == pred and set(report.missing) == pred
+    assert torch.equal(student.decoder_blocks_v[0].attn.qkv.weight, model.decoder_blocks_v[0].attn.qkv.weight)
 
 
 def test_teacher_features_are_the_fused_tokens_of_the_unmasked_clip():
@@ -161,11 +167,15 @@ def test_stage_one_then_stage_two_with_the_teacher(tmp_path):
 
 
 def test_bad_teacher_and_bad_settings_name_the_key(tmp_path):
-    result, _ = _run(tmp_path, "a", *TINY, f"model.teacher={tmp_path / 'nowhere'}")
+    result, _ = _run(tmp_path, "a", *TINY, "stage=2", f"model.teacher={tmp_path / 'nowhere'}")
     assert result.exit_code == 2 and "model.teacher" in result.output
     other = save_weights(tmp_path / "other.safetensors", {"w": torch.zeros(1)}, {"name": "flap_vit_base_patch16"})
-    result, _ = _run(tmp_path, "b", *TINY, f"model.teacher={other}")
+    result, _ = _run(tmp_path, "b", *TINY, "stage=2", f"model.teacher={other}")
     assert result.exit_code == 2 and "not a `percli pretrain mavil` checkpoint" in result.output
+    result, _ = _run(tmp_path, "s", "--preset", "stage2", *TINY[1:])
+    assert result.exit_code == 2 and "model.teacher: stage 2" in result.output
+    result, _ = _run(tmp_path, "t", *TINY, f"model.teacher={other}")
+    assert result.exit_code == 2 and "set stage=2" in result.output
     result, _ = _run(tmp_path, "c", *TINY, "views=1")
     assert result.exit_code == 2 and "intra_weight" in result.output
     result, _ = _run(tmp_path, "d", *TINY, "mask_ratio_video=0.99")

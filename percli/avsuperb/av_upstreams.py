@@ -156,9 +156,12 @@ class PEAVUpstream(nn.Module):
 
 def build_mavil(model: str | None = None, checkpoint: str | None = None,
                 model_kwargs: dict[str, Any] | None = None) -> MAViLUpstream:
-    """MAViL upstream from a registry name and/or a checkpoint (percli, or AV-SUPERB's ``mavil_base`` .pth)."""
+    """MAViL upstream from a registry name and/or a checkpoint (percli, or AV-SUPERB's ``mavil_base`` .pth).
+
+    A pretraining checkpoint (``mavil_pretrain_vit_*``) loads into the matching ``mavil_vit_*`` encoder.
+    """
     meta = _checkpoint_meta(checkpoint)
-    name = model or meta.get("name", DEFAULT_MAVIL)
+    name = (model or meta.get("name", DEFAULT_MAVIL)).replace("mavil_pretrain_vit_", "mavil_vit_")
     return MAViLUpstream(_build(VisionTransformerMM, name, dict(model_kwargs or {}), checkpoint, meta))
 
 

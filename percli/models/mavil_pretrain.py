@@ -41,6 +41,7 @@ from percli.models.mavil import load_official_state as load_encoder_state
 
 PRETRAIN_ONLY = ("decoder_", "mask_token", "audio_proj.", "video_proj.")
 """Key prefixes of the pretraining modules (absent from the released encoder layout)."""
+TARGET_LAYERS = ("decoder_pred.", "decoder_pred_v.")  # raw patches (stage 1) or the teacher's width (stage 2)
 
 
 def patchify_video(v: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -245,14 +246,21 @@ def _xavier(m: nn.Module) -> None:
 
 
 def load_official_state(model: nn.Module, state_or_path: Mapping[str, torch.Tensor] | str | Path) -> LoadReport:
-    """A `MAViLPretrain` state dict (strictly), or encoder-only MAViL weights (AV-SUPERB's ``mavil_base`` .pth
-    or a `finetune mavil` checkpoint: fine-tuned fusion/heads dropped) whose pretraining modules are reported
-    as left at init."""
+    """A `MAViLPretrain` state dict (strictly, but for prediction layers of another width: a stage-1 file starting
+    a stage-2 student, which are dropped and left at init), or encoder-only MAViL weights (AV-SUPERB's
+    ``mavil_base`` .pth or a `finetune mavil` checkpoint: fine-tuned fusion/heads dropped) whose pretraining
+    modules are reported as left at init."""
     state = read_state(state_or_path)
     if any(k.startswith(PRETRAIN_ONLY) for k in state):
-        check_fit(model, state, model.arch, hint="build the MAViL pretraining model the checkpoint was trained as")
-        model.load_state_dict(state)
-        return LoadReport(source_format="percli")
+        own = model.state_dict()
+        # a stage-1 file starting a stage-2 student (or back): the prediction layers differ in width only
+        report = LoadReport(source_format="percli", dropped=sorted(
+            k for k in state if k.startswith(TARGET_LAYERS) and k in own and state[k].shape != own[k].shape))
+        state = {k: t for k, t in state.items() if k not in report.dropped}
+        report.missing = check_fit(model, state, model.arch, tolerated=tuple(report.dropped),
+                                   hint="build the MAViL pretraining model the checkpoint was trained as")
+        model.load_state_dict(state, strict=False)
+        return report
     encoder = VisionTransformerMM(**{k: v for k, v in model.config.items() if k in _ENCODER_ARGS})
     ft_only = [k for k in state if k.startswith(("fc_norm_av.", "head_av.")) or k.startswith("blocks_av.")
                and int(k.split(".")[1]) >= model.depth_av]

@@ -99,7 +99,7 @@ class Config:
         lr=1e-4, ref_batch_size=256, weight_decay=0.05, betas=(0.9, 0.999), warmup_fraction=0.1))
 
 
-class _EmbeddedEvents(Dataset):
+class EmbeddedEventClips(Dataset):
     """The embedded clips with their events as multi-hot targets (the items of `LabelledAVClips`)."""
 
     classes, multilabel, bad_records, format = list(LABELS), True, None, "embedded"
@@ -121,20 +121,20 @@ class _EmbeddedEvents(Dataset):
 
 
 class MAViLItems(Dataset):
-    """Labelled clips -> {"fbank" [T, F] (audio, av), "video" [3, n_frm, H, W] (video, av), "target" [classes],
-    "label"} prepared as AV-SUPERB's MAViL expert; a clip that does not decode raises `BadSample` (skipped and
-    counted by the engine)."""
+    """Clips -> {"fbank" [T, F] (audio, av), "video" [3, n_frm, H, W] (video, av), "index", and "target"
+    [classes] / "label" when the clips are labelled} prepared as AV-SUPERB's MAViL expert; a clip that does not
+    decode raises `BadSample` (skipped and counted by the engine)."""
 
     def __init__(self, clips: Dataset, inputs: MAViLInputs, modality: str, fps: float):
         self.clips, self.inputs, self.modality, self.fps = clips, inputs, modality, fps
-        self.bad_records = clips.bad_records  # dropped manifest lines, for summary.json
+        self.bad_records = getattr(clips, "bad_records", None)  # dropped manifest lines, for summary.json
 
     def __len__(self) -> int:
         return len(self.clips)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.clips[index]
-        out = {"target": item["target"], "label": item["label"]}
+        out = {"index": index, **{k: item[k] for k in ("target", "label") if k in item}}
         if self.modality != "video":
             out["fbank"] = self.inputs.preprocess_audio(item["waveform"][0], 16000)
         if self.modality != "audio":
@@ -159,7 +159,7 @@ class MAViLClassifyTask:
                multilabel: bool | None = None) -> Dataset:
         d = self.cfg.data
         if source == "embedded":
-            return _EmbeddedEvents(d.embedded_size if split == "train" else max(d.embedded_size // 4, 20), split)
+            return EmbeddedEventClips(d.embedded_size if split == "train" else max(d.embedded_size // 4, 20), split)
         key = "data.source" if split == "train" else "data.val_source"
         try:
             return LabelledAVClips(source, format=d.format, modalities=self.modalities, labels=labels,

@@ -13,11 +13,11 @@ The first view's visible tokens are fused by the joint blocks (``blocks_av``) an
 masked fbank patches and tubelets (MSE on the masked tokens, per-patch normalised targets). The loss is
 ``recon_weight * (L_audio + L_video) + inter_weight * L_inter + intra_weight * L_intra``.
 
-Stage 2 (`--preset stage2 model.teacher=RUN`): the stage-1 run (or checkpoint) is loaded frozen; its
-contextualised targets are the fused (``blocks_av``) audio and video patch tokens of the unmasked clip, each
-token layer-normalised (`target_norm`). A student of the teacher's architecture (``model.kwargs`` may
-override it; from scratch unless ``model.checkpoint``) regresses them at its masked tokens with the same
-decoders (predicting features instead of pixels) and keeps both contrastive losses.
+Stage 2 (`--preset stage2 model.teacher=RUN`, which sets `stage=2`): the stage-1 run (or checkpoint) is
+loaded frozen; its contextualised targets are the fused (``blocks_av``) audio and video patch tokens of the
+unmasked clip, each token layer-normalised (`target_norm`). A student of the teacher's architecture
+(``model.kwargs`` may override it; from scratch unless ``model.checkpoint``) regresses them at its masked
+tokens with the same decoders (predicting features instead of pixels) and keeps both contrastive losses.
 
 The official MAViL repository holds no code and the paper's body could not be read here: the objective's
 structure is the paper's, but the ratios (0.8 audio / 0.9 video, Audio-MAE's and MAE-ST's), temperatures
@@ -58,12 +58,12 @@ from percli.core.checkpoint import read_meta, run_weights
 from percli.core.config import ConfigError, OptimConfig, TrainConfig
 from percli.core.context import RunContext
 from percli.core.data.av_clips import AVClipDataset
-from percli.core.data.av_events import AVEventsSpec, EmbeddedAVEvents
 from percli.core.metrics import multilabel_metrics
 from percli.models import create_model, create_model_for, list_models, load_initial_weights
 from percli.models.mavil_pretrain import MAViLPretrain, masked_mse
 from percli.recipes.clip import contrastive_loss
 from percli.recipes.common import TrainedModelSection
+from percli.recipes.mavil_classify import EmbeddedEventClips, MAViLItems
 from percli.recipes.pe_av import retrieval_report
 
 
@@ -89,6 +89,8 @@ class Config:
     model: MAViLModelSection = dataclasses.field(
         default_factory=lambda: MAViLModelSection(name="mavil_pretrain_vit_base_patch16"))
     data: MAViLDataSection = dataclasses.field(default_factory=MAViLDataSection)
+    stage: Literal[1, 2] = 1
+    """1: rebuild the masked raw inputs; 2: regress the frozen stage-1 teacher's features (needs model.teacher)."""
     mask_ratio_audio: float = 0.8
     mask_ratio_video: float = 0.9
     views: int = 2
@@ -105,28 +107,6 @@ class Config:
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(batch_size=64))
     optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(
         lr=2e-4, ref_batch_size=256, weight_decay=0.05, betas=(0.9, 0.95), warmup_fraction=0.05))
-
-
-class MAViLClips(Dataset):
-    """Clips -> {"fbank" [T, F], "video" [3, n_frm, H, W], "target" [events] (embedded clips), "index"}."""
-
-    def __init__(self, clips: Dataset, inputs: MAViLInputs, fps: float):
-        self.clips, self.inputs, self.fps = clips, inputs, fps
-        self.classes = getattr(clips, "classes", None)
-        self.bad_records = getattr(clips, "bad_records", None)
-
-    def __len__(self) -> int:
-        return len(self.clips)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        item = self.clips[index]  # unreadable clips raise BadSample: the engine counts and skips them
-        out = {"fbank": self.inputs.preprocess_audio(item["waveform"][0], 16000),
-               "video": self.inputs.preprocess_video(item["frames"].permute(0, 2, 3, 1), self.fps), "index": index}
-        if self.classes is not None:
-            out["target"] = torch.zeros(len(self.classes))
-            for label, _, _ in item["events"]:
-                out["target"][self.classes.index(label)] = 1.0
-        return out
 
 
 def load_teacher(path: str) -> MAViLPretrain:
@@ -199,11 +179,11 @@ class MAViLPretrainTask:
     def _dataset(self, source: str, train: bool) -> Dataset:
         d = self.cfg.data
         if source == "embedded":
-            count = d.embedded_size if train else max(d.embedded_size // 4, 20)
-            clips = EmbeddedAVEvents(count, split="train" if train else "test", spec=AVEventsSpec(sample_rate=16000))
-            return MAViLClips(clips, self.inputs, clips.spec.fps)
+            clips = EmbeddedEventClips(d.embedded_size if train else max(d.embedded_size // 4, 20),
+                                       "train" if train else "test")
+            return MAViLItems(clips, self.inputs, "av", clips.fps)
         clips = AVClipDataset(source, sample_rate=16000, fps=MAVIL_FPS, require_captions=False)
-        return MAViLClips(clips, self.inputs, MAVIL_FPS)
+        return MAViLItems(clips, self.inputs, "av", MAVIL_FPS)
 
     def train_dataset(self) -> Dataset:
         return self._dataset(self.cfg.data.source, train=True)
@@ -265,6 +245,12 @@ def validate(cfg: Config) -> None:
     from percli.recipes.common import validate as validate_model_and_paths
 
     validate_model_and_paths(cfg)
+    if cfg.stage == 2 and not cfg.model.teacher:
+        raise ConfigError("model.teacher: stage 2 regresses a stage-1 model's features; give its run dir "
+                          "(model.teacher=runs/mavil-s1)")
+    if cfg.stage == 1 and cfg.model.teacher:
+        raise ConfigError(f"stage=1 with model.teacher={cfg.model.teacher}: a teacher is for stage 2; set stage=2 "
+                          "(--preset stage2 does) or drop model.teacher")
     if cfg.model.teacher and not Path(cfg.model.teacher).expanduser().exists():
         raise ConfigError(f"model.teacher: {cfg.model.teacher} does not exist; give the stage-1 run dir")
     for key in ("mask_ratio_audio", "mask_ratio_video"):
