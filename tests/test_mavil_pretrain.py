@@ -152,6 +152,8 @@ def test_stage_one_then_stage_two_with_the_teacher(tmp_path):
     result, s2 = _run(tmp_path, "s2", "--preset", "stage2", f"model.teacher={tmp_path / 's1'}", *TINY[1:],
                       "train.max_steps=2")
     assert result.exit_code == 0, result.output[-3000:]
+    # the stage2 preset starts the student from the teacher: all but its prediction layers (another width)
+    assert "4 tensors not used (decoder_pred, decoder_pred_v)" in result.output.replace("\n", " ")
     tensors, meta = read_weights(tmp_path / "s2" / "checkpoints" / "step_0000002")
     assert meta["stage"] == 2 and meta["kwargs"]["target_dim"] == 16 and meta["kwargs"]["embed_dim"] == 16
     assert tensors["decoder_pred.weight"].shape == (16, 16) and tensors["decoder_pred_v.weight"].shape == (16, 16)
@@ -176,6 +178,8 @@ def test_bad_teacher_and_bad_settings_name_the_key(tmp_path):
     assert result.exit_code == 2 and "model.teacher: stage 2" in result.output
     result, _ = _run(tmp_path, "t", *TINY, f"model.teacher={other}")
     assert result.exit_code == 2 and "set stage=2" in result.output
+    result, _ = _run(tmp_path, "u", *TINY, "student_init=teacher")
+    assert result.exit_code == 2 and "student_init=teacher is for stage 2" in result.output
     result, _ = _run(tmp_path, "c", *TINY, "views=1")
     assert result.exit_code == 2 and "intra_weight" in result.output
     result, _ = _run(tmp_path, "d", *TINY, "mask_ratio_video=0.99")
