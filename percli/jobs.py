@@ -521,6 +521,17 @@ JOBS += [
 
 # --- audio-visual inference jobs (embed, detect events, eval sed) ---
 JOBS += [
+    Job("extract", "features", "percli.recipes.extract_features",
+        "Per-second video features with a frozen CLIP / PE image tower or video Hiera, one safetensors file per "
+        "video (resumable, shard-parallel): the video-language recipes' input", output_flag=True, args=(
+            Arg("inputs", help="Video files, folders of videos, or one JSONL manifest ({\"id\", \"video\"}).",
+                many=True, metavar="VIDEOS"),
+            Arg("checkpoint", ("--checkpoint",), "The frozen encoder: a percli run dir, checkpoint or .safetensors of "
+                "an image-text model (CLIP / PE) or a video Hiera."),
+            Arg("fps", ("--fps",), "Feature rows per second (1: the papers' S3D rate)."),
+            Arg("frames_per_step", ("--frames-per-step",), "Image encoders: frames averaged per row."),
+            Arg("batch_size", ("--batch-size",), "Frames or clips per forward."),
+        ), examples=("percli extract features /data/msrvtt/videos --checkpoint runs/clip -o feats/msrvtt",)),
     Job("embed", "", "percli.recipes.embed",
         "PE-AV audio, video, audio+video and text embeddings of a caption manifest into safetensors parts "
         "(batched, resumable, shard-parallel)", output_flag=True, args=(
@@ -578,6 +589,7 @@ VERB_HELP = {
     "caption": "Write captions for image shards with a trained captioner.",
     "tts": "Speech editing and zero-shot TTS with VoiceCraft (official or percli weights).",
     "embed": "Embed audio, video and captions with PE-AV.",
+    "extract": "Extract per-second video features with a frozen encoder (the video-language recipes' input).",
     "detect": "Detect events in audio from text queries (PE-A-Frame).",
     "select": "Active learning: pick the pool points to label next. [bold]percli select --strategy margin --budget 100 "
               "--probs pool_probs.npy --labelled labelled.npy[/] queries a pool (the `run` subcommand); "

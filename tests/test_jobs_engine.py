@@ -52,6 +52,7 @@ CASES = {
     "eval sed": ["model.checkpoint={pe-a-frame}", "data.embedded_size=20"],
     "detect events": ["--checkpoint", "{pe-a-frame}", "--text", "a dog barking"],
     "embed": ["--checkpoint", "{pe-av}", "embedded_size=4", "num_frames=2"],
+    "extract features": ["{videos}", "--checkpoint", "{clip}"],
     "pretrain rwr-gae": ["--graph", "{graph}", "--labels", "{labels}", "--seeds", "1", "--epochs", "5"],
 }
 ELSEWHERE = {"download": "tests/test_hub.py::test_percli_download_prints_where_the_cached_release_is"}
@@ -82,7 +83,10 @@ def _fill(arg: str, values: dict[str, str]) -> str:
 
 
 def test_every_engine_job_prints_the_common_schema(tmp_path):
+    from percli.core.data.av_events import make_av_events
+
     values = _graph(tmp_path)
+    values["videos"] = str(make_av_events(tmp_path / "videos", 2, seed=1).parent / "clips")
     for name, args in CASES.items():
         run = tmp_path / name.replace(" ", "-")
         result = runner.invoke(app, [*name.split(), "--run-dir", str(run), "--json",
