@@ -36,13 +36,15 @@ from typing import Any
 import torch
 
 from percli.core import dist
-from percli.core.checkpoint import read_header, save_weights
+from percli.core.checkpoint import read_header, read_meta, run_weights, save_weights
 from percli.core.config import ConfigError
 from percli.core.context import RunContext
 from percli.core.data.av_clips import AVClipDataset, skipped_by_reason
 from percli.core.data.images import BadSample
+from percli.core.data.transforms import ImagePreprocess, video_transform, with_trained_preprocess
 from percli.core.data.video import VIDEO_EXTENSIONS
 from percli.core.rundir import write_json_atomic
+from percli.models import create_model_for, load_initial_weights
 
 
 @dataclasses.dataclass
@@ -80,16 +82,23 @@ class Encoder:
     """The frozen model and how it turns a video's frames into one row per step."""
 
     def __init__(self, cfg: Config, device: torch.device):
-        from percli.api import load
-
-        self.model, self.transform = load(cfg.checkpoint)
-        self.model.to(device)
+        weights = run_weights(cfg.checkpoint)
+        meta = read_meta(weights)
+        if not meta.get("name"):
+            raise ConfigError(f"checkpoint: {weights} names no model in its metadata; give a percli checkpoint")
+        self.model = create_model_for(meta["name"], meta.get("kwargs") or {}, weights)
+        load_initial_weights(self.model, weights)
+        self.model.eval().to(device)
         self.device, self.cfg = device, cfg
+        pre = with_trained_preprocess(getattr(self.model, "preprocess", None) or {}, meta)
         if hasattr(self.model, "encode_image"):
             self.kind, self.read_fps = "image", cfg.fps * cfg.frames_per_step
-        elif len((self.model.preprocess or {}).get("input_size") or []) == 4:
+            self.transform = ImagePreprocess.of(pre).eval_transform()
+        elif len(pre.get("input_size") or []) == 4:
             self.kind, self.read_fps = "video", cfg.clip_fps
-            self.num_frames = int(self.model.preprocess["input_size"][1])
+            self.num_frames = int(pre["input_size"][1])
+            frames_first = video_transform(int(pre["input_size"][-1]), pre["mean"], pre["std"], train=False)
+            self.transform = lambda clip: frames_first(clip).permute(1, 0, 2, 3)  # [T, C, S, S] -> [C, T, S, S]
         else:
             raise ConfigError(f"checkpoint: {cfg.checkpoint} is a {type(self.model).__name__}, which gives no "
                               "per-frame or per-clip features; use a CLIP / PE image-text model or a video Hiera")
