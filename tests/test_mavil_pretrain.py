@@ -231,3 +231,24 @@ def test_eval_retrieval_ranks_a_pretraining_checkpoint_with_its_projections():
         out = MAViLEvaluator(model).eval_step(model, batch)
     assert out["audio_embeds"].shape == (2, 8) and out["visual_embeds"].shape == (2, 8)  # proj_dim, not embed_dim
     assert torch.allclose(out["audio_embeds"].norm(dim=-1), torch.ones(2))
+
+
+def test_two_processes_train_stage_two_and_gather_the_held_out_clips(tmp_path):
+    """DDP (gloo): the stage-2 student with its teacher, every parameter used, retrieval over both ranks' clips."""
+    import subprocess
+
+    from tests.conftest import PYTHON, free_port, subprocess_env
+
+    result, _ = _run(tmp_path, "s1", *TINY, "train.max_steps=1")
+    assert result.exit_code == 0, result.output[-3000:]
+    env = subprocess_env()
+    env["ACCELERATE_USE_CPU"] = "true"
+    cmd = [PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+           "-m", "percli.cli", "pretrain", "mavil", "--preset", "stage2", f"model.teacher={tmp_path / 's1'}",
+           "--run-dir", str(tmp_path / "s2"), "--json", *TINY[1:], "train.max_steps=2"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["world_size"] == 2 and summary["effective_batch_size"] == 8 and summary["step"] == 2
+    assert summary["metrics"]["eval/clips"] == 20 and "eval/probe_mAP" in summary["metrics"]
