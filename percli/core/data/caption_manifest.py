@@ -14,7 +14,7 @@ the first present of ``caption``, ``captions``, ``caption_<N>`` (all of them, by
 ``sentence``; ``media_key=`` / ``caption_keys=`` choose them instead. Rows sharing a media value are one
 item (items keep first-appearance order). Values of a path column (:data:`PATH_KEYS`, or a
 ``media_key`` outside :data:`ID_KEYS`) are resolved against the manifest's folder; ids (``youtube_id``,
-``video_id``, ``id``) are kept verbatim for the caller to map onto files.
+``video_id``, ``id``, VATEX's ``videoID``) are kept verbatim for the caller to map onto files.
 
 Bad input is counted, never fatal (unless nothing usable is left): a row without a media value, without
 any of the caption columns (JSON), with a caption that is neither text nor a list of texts, or with
@@ -47,7 +47,7 @@ from percli.core.data.paths import resolve_manifest_path
 from percli.core.data.shards import BadRecords, read_records
 
 PATH_KEYS = ("path", "file", "file_name", "audio", "video")
-ID_KEYS = ("youtube_id", "video_id", "id")
+ID_KEYS = ("youtube_id", "video_id", "id", "videoID")  # videoID: VATEX
 MEDIA_KEYS = PATH_KEYS + ID_KEYS
 CAPTION_KEYS = ("caption", "captions", "caption_<N>", "text", "sentence")  # "caption_<N>": every numbered one
 _NUMBERED_CAPTION = re.compile(r"caption_(\d+)")
