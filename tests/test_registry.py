@@ -64,6 +64,9 @@ BUILT_AS = {
     "mavil_base_expert_finetuned_layout": ("mavil_vit_base_patch16", {"depth_av": 3, "ft": True}),
     "PEAudioVisual-code-defaults": ("pe_av", {}),
     "PEAudioFrame-code-defaults": ("pe_a_frame", {}),
+    "videoclip_MMFusionSeparate_how2": ("videoclip_how2", {}),
+    "vlm_MMFusionMTM_pretrain": ("vlm_how2", {}),
+    "vlm_MMFusionJoint_retrieval": ("vlm_retrieval_how2", {}),
 }
 
 
