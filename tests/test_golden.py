@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import GOLDEN_DIR
+from tests.golden_mmpt import MMPT_RUNNERS
 from tests.golden_replay import CallBook, GoldenReplayError, extract_calls, output_names
 
 
@@ -611,6 +612,7 @@ RUNNERS: dict[tuple[str, str], Runner] = {
      "util/pos_embed.py)", "VisionTransformerMM"): run_mavil,
     (_PE_AUDIO_FILE.format(vision="vision tower core/vision_encoder/pe.py; "), "PEAudioVisual"): run_pe_audio_visual,
     (_PE_AUDIO_FILE.format(vision=""), "PEAudioFrame"): run_pe_audio_frame,
+    **MMPT_RUNNERS,
 }
 
 
@@ -718,6 +720,11 @@ CHANGED_CALLS = {
     "audiomae_no_masking": ("audiomae_vit_ft_tiny_cfg", [("masked_logits", "model(x, mask_t_prob, mask_f_prob)",
                                                           "model(x)")],
                             {"masked_logits": "logits"}, []),
+    "videoclip_full_clip": ("videoclip_tiny_cfg", [("short_pooled_video / short_video_position_ids",
+                                                    "model.forward_video(vfeats_short, vmasks_short, caps, cmasks)",
+                                                    "model.forward_video(vfeats, vmasks, caps, cmasks)")],
+                            {"short_pooled_video": "pooled_video", "short_video_position_ids": "video_position_ids"},
+                            []),
 }
 
 
