@@ -133,6 +133,9 @@ JOBS: list[Job] = [
     _engine("pretrain", "mavil", "mavil_pretrain",
             "MAViL audio-video pretraining: masked reconstruction + intra/inter-modal contrast, stage-2 self-training "
             "(Huang et al., NeurIPS 2023)"),
+    _engine("pretrain", "support-set", "support_set",
+            "Support-set bottlenecks: video-text contrast + cross-captioning from the other samples' videos "
+            "(Patrick, Huang et al., ICLR 2021)"),
     _engine("pretrain", "pe-av", "pe_av",
             "PE-AV: pairwise contrastive audio / video / audio+video / text training (Vyas et al. 2025)"),
     _engine("pretrain", "cit", "cit",
