@@ -133,6 +133,9 @@ JOBS: list[Job] = [
     _engine("pretrain", "mavil", "mavil_pretrain",
             "MAViL audio-video pretraining: masked reconstruction + intra/inter-modal contrast, stage-2 self-training "
             "(Huang et al., NeurIPS 2023)"),
+    _engine("pretrain", "videoclip", "videoclip",
+            "VideoCLIP: contrastive video-text pretraining with overlapping clips and retrieval-augmented batches "
+            "(Xu et al., EMNLP 2021)"),
     _engine("pretrain", "support-set", "support_set",
             "Support-set bottlenecks: video-text contrast + cross-captioning from the other samples' videos "
             "(Patrick, Huang et al., ICLR 2021)"),

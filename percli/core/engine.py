@@ -53,7 +53,9 @@ class Task(Protocol):
       rank at the start of each epoch with the model being trained and the previous epoch's indices (also
       after a resume; None at the start), it returns the training-set indices that epoch draws from (the
       same list on every rank; an epoch is then `epoch_len` of them) and scalars logged to metrics.jsonl;
-      the list is saved in checkpoints, so a resumed epoch uses it again.
+      the list is saved in checkpoints, so a resumed epoch uses it again. With `keep_curated_order` true the
+      epoch walks the list in its order instead of a shuffle (rank r takes items r, r + world, ...), so a
+      global batch is a run of consecutive items: VideoCLIP's retrieved groups.
     """
 
     def build_model(self) -> nn.Module: ...
@@ -319,7 +321,8 @@ class _Trainer:
         self.subset: dict[str, Any] | None = None  # {"epoch": e, "indices": [...]} of the current curation
         self.sampler = ResumableSampler(len(self.train_set), world_size=self.world, rank=self.rank,
                                         seed=train_cfg.seed, weights=weights,
-                                        num_samples=getattr(task, "epoch_len", None), subsets=self.curate is not None)
+                                        num_samples=getattr(task, "epoch_len", None), subsets=self.curate is not None,
+                                        shuffle=not getattr(task, "keep_curated_order", False))
         self.plan = plan_run(self.sampler.per_rank(), self.world, train_cfg, optim_cfg)
         self.optimizer = build_optimizer(self.model, optim_cfg, self.plan.peak_lr)
         self.ckpt_root = run_dir / "checkpoints"

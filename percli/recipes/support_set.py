@@ -49,6 +49,7 @@ from percli.recipes.video_text_common import (
     VideoTextDataSection,
     clip_retrieval_report,
     collate_video_text,
+    feature_width,
     held_out,
     overlapped_clips,
     validate_data,
@@ -77,7 +78,7 @@ class SupportSetTask:
         d = self.cfg.data
         probe = video_text_videos(d, d.source, train=True)
         self.train_videos = probe
-        feature_dim = int(probe[0]["features"].shape[1])
+        feature_dim = feature_width(probe)
         kwargs = {"feature_dim": feature_dim, **self.cfg.model.kwargs}
         model = create_model(self.cfg.model.name, **kwargs)
         if not isinstance(model, SupportSetModel):

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from percli.core.config import ConfigError
+from percli.core.data.images import BadSample
 from percli.core.retrieval_metrics import two_way_retrieval
 
 BERT_TOKENIZER = "minilm"
@@ -59,6 +60,16 @@ def video_text_videos(data: VideoTextDataSection, source: str, train: bool) -> D
     return HowToVideoText(source, feature_dim=data.feature_dim)
 
 
+def feature_width(videos: Dataset) -> int:
+    """D of the first readable video's features (unreadable ones are skipped here and counted when trained on)."""
+    for v in range(len(videos)):
+        try:
+            return int(videos[v]["features"].shape[1])
+        except BadSample:
+            continue
+    raise ValueError("no readable feature file among the training videos")
+
+
 def overlapped_clips(data: VideoTextDataSection, videos: Dataset, token_length: Any = None) -> Dataset:
     """Training items: `clips_per_video` overlapping clip pairs per video (lengths from `data`)."""
     from percli.core.data.video_text import OverlappedClips, OverlapSampling, whitespace_token_length
@@ -83,9 +94,12 @@ class CaptionedSegments(Dataset):
     def __init__(self, videos: Dataset, language: str, max_len: int):
         self.videos, self.language, self.max_len = videos, language, max_len
         self.bad_records = getattr(videos, "bad_records", None)
-        self.pairs = []  # (video index, caption index): each video is read once here to count its captions
+        self.pairs = []  # (video index, caption index)
         for v in range(len(videos)):
-            captions = videos[v]["captions"].get(language)
+            if hasattr(videos, "captions"):  # a HowToVideoText: its caption index, no feature file read
+                captions = videos.captions[videos.videos[v]].get(language)
+            else:  # the embedded videos render (and cache) here
+                captions = videos[v]["captions"].get(language)
             self.pairs += [(v, c) for c in range(len(captions))] if captions is not None else []
         if not self.pairs:
             raise ValueError(f"no held-out caption in language {language!r}")
@@ -95,8 +109,11 @@ class CaptionedSegments(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         v, c = self.pairs[index]
-        item = self.videos[v]
-        captions = item["captions"][self.language]
+        item = self.videos[v]  # an unreadable feature file raises BadSample: skipped and counted
+        captions = item["captions"].get(self.language)
+        if captions is None or c >= len(captions):
+            raise BadSample(item["id"], f"out_of_range_time: caption {c} starts after the features end "
+                                        f"({item['features'].shape[0]} s)")
         start = min(int(captions.start[c]), item["features"].shape[0] - 1)
         end = max(start + 1, int(-(-captions.end[c] // 1)))  # ceil: the seconds the caption touches
         rows = item["features"][start:end][: self.max_len]
