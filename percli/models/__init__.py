@@ -25,7 +25,8 @@ _FACTORIES: dict[str, Callable[..., nn.Module]] = {}
 _FAMILY_MODULES = ("percli.models.hiera", "percli.models.audio_mae", "percli.models.encodec", "percli.models.clip",
                   "percli.models.voicecraft", "percli.models.pe", "percli.models.dinov2",
                   "percli.models.mavil", "percli.models.mavil_pretrain", "percli.models.pe_av",
-                  "percli.models.flap", "percli.models.support_set", "percli.models.mmpt", "percli.models.vlm")
+                  "percli.models.flap", "percli.models.support_set", "percli.models.mmpt", "percli.models.vlm",
+                  "percli.models.mmp")
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:

@@ -1,0 +1,107 @@
+"""MMP: multilingual multimodal pre-training (Huang, Patrick, Hu, Neubig, Metze, Hauptmann; NAACL 2021).
+
+A video and ONE text encoder shared by every language, both mapped into a joint space and L2-normalised, so
+a caption in any language retrieves the video it describes. The paper's text side is mBERT / XLM-R under a
+Transformer-pooling (TP) head and its video side frozen clip features under another TP head. No official code
+was released (`berniebear/Multi-HT100M` has data only); this follows the paper's description:
+
+* ``video``: per-second features [B, T, F] (S3D / `percli extract features`) -> linear to ``width``, then the TP
+  head (`SequenceEncoder`: learned positions, Transformer, masked mean, linear to ``embed_dim``);
+* ``text``: byte-level tokens (`ByteTokenizer`: UTF-8 bytes, any language, no vocabulary file) -> embedding,
+  then a TP head of the same shape. The byte encoder stands in for mBERT / XLM-R so CPU presets train from
+  scratch; a pretrained multilingual encoder is not wired in yet.
+
+`conditional_query` is the input of the conditional cross-lingual term (`percli.recipes.mmp`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from percli.models import register_loader, register_model
+from percli.models.byte_text import ByteTokenizer, SequenceEncoder
+from percli.models.common import LoadReport, check_fit, read_state
+
+
+def conditional_query(text: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
+    """Caption x "in the presence of" its video v: ``normalize(x + v)`` [B, D], which the conditional
+    cross-lingual term matches against the other language's caption y.
+
+    The paper's exact conditioning is unverified (notes, section 3); the sum of the two unit vectors is the
+    simplest reading that makes y depend on both x and v and adds no parameters."""
+    return F.normalize(text + video, dim=-1)
+
+
+class MMPModel(nn.Module):
+    """A video TP head and one multilingual byte-level text encoder into a joint space.
+
+    Args:
+        feature_dim: Width of the input video features (S3D: 512).
+        embed_dim: Joint space width.
+        width, layers, heads: The video and text encoders' Transformer sizes.
+        max_video_len: Most video steps (seconds); context_length: bytes per caption (special tokens included).
+    """
+
+    def __init__(self, feature_dim: int = 512, embed_dim: int = 256, width: int = 256, layers: int = 2,
+                 heads: int = 4, max_video_len: int = 32, context_length: int = 128):
+        args = dict(locals())
+        super().__init__()
+        self.config = {k: v for k, v in args.items() if k not in ("self", "__class__")}
+        self.arch = type(self).__name__
+        self.tokenizer = ByteTokenizer(context_length)
+        self.video_in = nn.Linear(feature_dim, width)
+        self.video = SequenceEncoder(width, layers, heads, max_video_len, embed_dim)
+        self.token_embed = nn.Embedding(ByteTokenizer.vocab_size, width)
+        self.text = SequenceEncoder(width, layers, heads, context_length, embed_dim)
+        # one temperature shared by every pair of the objective (CLIP's initial 0.07)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def checkpoint_meta(self) -> dict:
+        return {"name": self.arch, "class": type(self).__name__, "config": dict(self.config)}
+
+    def encode_video(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, T, feature_dim] features + mask [B, T] -> L2-normalised [B, embed_dim]."""
+        return F.normalize(self.video(self.video_in(features), mask), dim=-1)
+
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Byte ids [B, L] + mask [B, L] of captions in any language -> L2-normalised [B, embed_dim]."""
+        return F.normalize(self.text(self.token_embed(ids), mask), dim=-1)
+
+    def encode_texts(self, texts: Sequence[str], device: torch.device | None = None) -> torch.Tensor:
+        """Caption strings -> L2-normalised [N, embed_dim] (tokenised here)."""
+        ids, mask = self.tokenizer(texts)
+        device = device or self.logit_scale.device
+        return self.encode_text(ids.to(device), mask.to(device))
+
+
+def load_official_state(model: MMPModel, state_or_path: Mapping[str, torch.Tensor] | str | Path) -> LoadReport:
+    """A percli MMP state dict, strictly (no official weights were released)."""
+    state = read_state(state_or_path)
+    check_fit(model, state, model.arch, hint="build the MMP model the checkpoint was trained as")
+    model.load_state_dict(state)
+    return LoadReport(source_format="percli")
+
+
+register_loader(__name__)(load_official_state)
+
+
+@register_model
+def mmp_tiny(**kwargs) -> MMPModel:
+    """A CPU-sized MMP model (128-d space, 2-layer video and text TP heads)."""
+    model = MMPModel(**{**dict(embed_dim=128, width=128, layers=2, heads=4), **kwargs})
+    model.arch = "mmp_tiny"
+    return model
+
+
+@register_model
+def mmp_base(**kwargs) -> MMPModel:
+    """A larger MMP model (256-d space, 4-layer TP heads)."""
+    model = MMPModel(**{**dict(embed_dim=256, width=256, layers=4, heads=4), **kwargs})
+    model.arch = "mmp_base"
+    return model
