@@ -4,7 +4,9 @@ Models (``family``, read from the checkpoint when ``auto``): PE-AV (every direct
 model on video (each frame embedded, the clip the mean of its frames; text <-> video), MAViL (its last audio
 and video blocks' mean tokens, as AV-SUPERB's expert, or a `pretrain mavil` run's trained projections; audio <->
 video), FLAP (text <-> audio; a Hugging Face text tower is rebuilt from the folder its checkpoint records, which must
-still hold config.json and the tokenizer files: `model.kwargs.text_cfg.hf_folder=PATH` when the folder moved).
+still hold config.json and the tokenizer files: `model.kwargs.text_cfg.hf_folder=PATH` when the folder moved),
+video-text (`pretrain videoclip` / `support-set` / `mmp` runs on per-second video features, text <-> video; data
+and options in `percli.recipes.video_text_eval`).
 
 Every caption is a query against the clips (``t2a``, ``t2v``, ``t2av``) and every clip a query against all
 captions (``a2t``, ``v2t``, ``av2t``: a hit when any caption of the clip is retrieved); audio and video
@@ -23,6 +25,12 @@ Examples:
   percli eval retrieval model.checkpoint=runs/pretrain-clip-.../checkpoints/step_0000500   # CLIP on video frames
   percli eval retrieval model.checkpoint=/models/pe-av-large data.source=/data/audiocaps/test.csv \\
       data.media_root=/data/audiocaps/audio data.modalities=[audio]
+  percli eval retrieval model.checkpoint=runs/pretrain-videoclip-.../checkpoints/step_0000600 \\
+      data.embedded_size=200                                 # the run's own held-out clips, re-scored
+  percli eval retrieval model.checkpoint=runs/pretrain-support-set-.../checkpoints/step_0000600 \\
+      data.source=/data/msrvtt/MSRVTT_JSFUSION_test.csv data.features=/data/msrvtt/s3d   # MSR-VTT 1k-A
+  percli eval retrieval model.checkpoint=runs/pretrain-mmp-.../checkpoints/step_0000600 \\
+      data.source=/data/vatex/vatex_val.json data.features=/data/vatex/s3d data.languages=[en,zh]
   accelerate launch --num_processes 4 -m percli.cli eval retrieval model.checkpoint=/models/pe-av-large \\
       data.source=/data/valor/test.jsonl
 """
@@ -49,6 +57,7 @@ from percli.core.engine import BadInputLog, evaluate
 from percli.core.rundir import write_json_atomic
 from percli.models.pe_av_loading import PEAVModelSection, load_pe_model
 from percli.recipes.pe_av import AVDataSection, RetrievalEvaluator, _Indexed, av_dataset, collate, retrieval_report
+from percli.recipes.video_text_eval import VIDEO_TEXT_TASKS, load_video_text
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov")
 
@@ -59,13 +68,26 @@ class RetrievalData(AVDataSection):
     """Folder the manifest's relative media paths are joined onto (default: the manifest's folder)."""
     modalities: list[str] = dataclasses.field(default_factory=list)
     """audio and/or video; empty: audio+video for video files, audio for audio files."""
+    features: str | None = None
+    """video-text: folder of per-second features, <video_id>.npy or .safetensors, of the manifest's videos."""
+    layout: Literal["auto", "msrvtt", "youcook2", "vatex"] = "auto"
+    """video-text: the manifest's layout; auto: from its name, JSON shape or CSV columns."""
+    subset: str | None = None
+    """video-text: YouCook2's official JSON: keep one subset (validation); null: every annotation."""
+    languages: list[str] = dataclasses.field(default_factory=list)
+    """video-text: caption languages, each scored on its own (prefix <lang>_ when several); empty: the language the
+    checkpoint trained on (VATEX: en, zh; embedded: en, de)."""
+    max_video_len: int | None = None
+    """video-text: seconds of features per segment (a longer one keeps its first); null: 8 (the recipes' default
+    held-out clips) for embedded, the model's limit for a manifest."""
 
 
 @dataclasses.dataclass
 class Config:
-    family: Literal["auto", "pe-av", "clip", "mavil", "flap"] = "auto"
+    family: Literal["auto", "pe-av", "clip", "mavil", "flap", "video-text"] = "auto"
     """pe-av (audio, video, audio+video, text), clip (a CLIP / PE image-text model: video = its frames' mean
-    embedding, text <-> video only), mavil (audio <-> video only), flap (text <-> audio); auto: from the checkpoint."""
+    embedding, text <-> video only), mavil (audio <-> video only), flap (text <-> audio), video-text (videoclip,
+    support-set, mmp on per-second features, text <-> video); auto: from the checkpoint."""
     model: PEAVModelSection = dataclasses.field(default_factory=PEAVModelSection)
     data: RetrievalData = dataclasses.field(default_factory=lambda: RetrievalData(embedded_size=400))
     similarity: Literal["dot", "cosine"] = "dot"
@@ -162,7 +184,10 @@ def family_of(cfg: Config) -> str:
     path = Path(cfg.model.checkpoint).expanduser()
     if path.is_dir() and (path / "config.json").is_file():
         return "pe-av"
-    name = str(read_meta(path).get("name", "")) if path.is_dir() or path.suffix == ".safetensors" else ""
+    meta = read_meta(path) if path.is_dir() or path.suffix == ".safetensors" else {}
+    if meta.get("task") in VIDEO_TEXT_TASKS:
+        return "video-text"
+    name = str(meta.get("name", ""))
     if name.startswith("mavil"):
         return "mavil"
     if name.startswith("flap"):
@@ -172,7 +197,7 @@ def family_of(cfg: Config) -> str:
     if name.startswith("pe_a"):
         return "pe-av"
     raise ValueError(f"model.checkpoint={cfg.model.checkpoint}: cannot tell its model family (metadata name "
-                     f"{name!r}); set family=pe-av|clip|mavil")
+                     f"{name!r}); set family=pe-av|clip|mavil|flap|video-text")
 
 
 def _load(cfg: Config, family: str) -> tuple[nn.Module, Any, int, int, tuple[str, ...]]:
@@ -225,7 +250,8 @@ class _Task:
         self.evaluator = evaluator
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        return collate(items)
+        own = getattr(self.evaluator, "collate", None)  # the video-text evaluator batches features, not media
+        return own(items) if own else collate(items)
 
     def eval_step(self, model, batch):
         return self.evaluator.eval_step(model, batch)
@@ -266,12 +292,16 @@ def skipped(dataset: Any, bad_files: list[dict[str, str]]) -> dict[str, int]:
 def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
     accelerator = ctx.accelerator
     family = family_of(cfg)
-    model, evaluator, rate, size, modalities = _load(cfg, family)
-    data = dataclasses.replace(cfg.data, modalities=cfg.data.modalities or list(modalities))
-    if cfg.data.source == "embedded":
-        dataset, counts = av_dataset(data, "embedded", "test", rate, size), {}
+    if family == "video-text":
+        model, evaluator, dataset, counts = load_video_text(cfg.model.checkpoint, cfg.model.kwargs, cfg.data,
+                                                            normalize=cfg.similarity == "cosine")
     else:
-        dataset, counts = manifest_dataset(data, rate, size)
+        model, evaluator, rate, size, modalities = _load(cfg, family)
+        data = dataclasses.replace(cfg.data, modalities=cfg.data.modalities or list(modalities))
+        if cfg.data.source == "embedded":
+            dataset, counts = av_dataset(data, "embedded", "test", rate, size), {}
+        else:
+            dataset, counts = manifest_dataset(data, rate, size)
     model = accelerator.prepare(model)
     bad = BadInputLog()
     task = _Task(evaluator)
@@ -281,12 +311,14 @@ def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
         for files in gather_object([bad.files]):
             merged.add(files)
         bad = merged
-    clips = getattr(dataset.dataset, "bad_records", None)
+    inner = getattr(dataset, "dataset", dataset)
+    clips = getattr(inner, "bad_records", None)
+    left_out = inner.skipped(bad.files) if family == "video-text" else skipped(inner, bad.files)
     summary = {"status": "completed", "checkpoint": cfg.model.checkpoint, "family": family, "data": cfg.data.source,
                "similarity": cfg.similarity, "metrics": metrics, "run_dir": str(ctx.run_dir),
                "bad_inputs": {"count": len(bad.files), "files": bad.files},
                "bad_records": {"count": clips.count, "examples": clips.examples} if clips else {"count": 0},
-               "skipped": skipped(dataset.dataset, bad.files), **counts,
+               "skipped": left_out, **counts,
                "world_size": accelerator.num_processes}
     if accelerator.is_main_process:
         write_json_atomic(ctx.run_dir / "summary.json", summary)
@@ -296,10 +328,16 @@ def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
 def validate(cfg: Config) -> None:
     if not cfg.model.checkpoint:
         raise ConfigError("model.checkpoint: not set; give a PE-AV release folder (config.json + model.safetensors "
-                          "+ tokenizer.json), or a percli checkpoint of PE-AV, CLIP / PE, MAViL or FLAP")
+                          "+ tokenizer.json), or a percli checkpoint of PE-AV, CLIP / PE, MAViL, FLAP, videoclip, "
+                          "support-set or mmp")
     cfg.model.check()
     if cfg.data.source != "embedded" and not Path(cfg.data.source).expanduser().exists():
         raise ConfigError(f"data.source: {cfg.data.source} does not exist")
     unknown = set(cfg.data.modalities) - {"audio", "video"}
     if unknown:
         raise ConfigError(f"data.modalities: {sorted(unknown)}; use audio and/or video")
+    if cfg.data.features and not Path(cfg.data.features).expanduser().is_dir():
+        raise ConfigError(f"data.features: {cfg.data.features} is not a folder; give the folder of <video_id>.npy "
+                          "/ .safetensors feature files")
+    if cfg.data.max_video_len is not None and cfg.data.max_video_len < 1:
+        raise ConfigError(f"data.max_video_len={cfg.data.max_video_len}: give at least 1 second (or null)")
