@@ -131,3 +131,34 @@ def test_identical_captions_give_identical_text_rows(trained):
     assert out["caption_item"].tolist() == [5, 5, 7]
     assert torch.equal(out["text_embeds"][1], out["text_embeds"][2])
     assert not torch.equal(out["text_embeds"][0], out["text_embeds"][1])
+
+
+def _youcook2_and_vatex(tmp_path, dim: int):
+    """YouCook2's official JSON (2 validation videos of 2 clips, 1 training video) and a VATEX JSON (en + zh) of
+    the same 3 videos, with 10 s of features each."""
+    rng = np.random.default_rng(1)
+    features = tmp_path / "features"
+    features.mkdir()
+    database = {}
+    for v in range(3):
+        np.save(features / f"vid{v}.npy", rng.standard_normal((10, dim)).astype(np.float32))
+        clips = [{"id": c, "segment": [4 * c, 4 * c + 3], "sentence": f"step {c} of recipe {v}"} for c in range(2)]
+        database[f"vid{v}"] = {"subset": "training" if v == 2 else "validation", "annotations": clips}
+    (tmp_path / "annotations.json").write_text(json.dumps({"database": database}))
+    vatex = [{"videoID": f"vid{v}", "enCap": [f"a person does thing {v}", f"someone at work {v}"],
+              "chCap": [f"一个人在做事 {v}", f"有人在工作 {v}"]} for v in range(3)]
+    (tmp_path / "val.json").write_text(json.dumps(vatex, ensure_ascii=False))
+    return tmp_path / "annotations.json", tmp_path / "val.json", features
+
+
+def test_youcook2_clips_and_vatex_languages(tmp_path, trained):
+    checkpoint, _ = trained["support-set"]
+    youcook2, vatex, features = _youcook2_and_vatex(tmp_path, read_meta(checkpoint)["kwargs"]["feature_dim"])
+    assert manifest_layout(youcook2, "auto") == "youcook2" and manifest_layout(vatex, "auto") == "vatex"
+    clips = _eval(tmp_path, f"model.checkpoint={checkpoint}", f"data.source={youcook2}", f"data.features={features}",
+                  "data.subset=validation", name="youcook2")["metrics"]
+    assert clips["segments"] == clips["captions"] == 4  # 2 clips of each validation video
+    both = _eval(tmp_path, f"model.checkpoint={checkpoint}", f"data.source={vatex}", f"data.features={features}",
+                 "data.languages=[en,zh]", name="vatex")["metrics"]
+    assert both["en_segments"] == both["zh_segments"] == 3 and both["en_captions"] == both["zh_captions"] == 6
+    assert 0 <= both["zh_t2v_R@1"] <= 1
