@@ -160,8 +160,8 @@ JOBS: list[Job] = [
                  "80 prompt templates on an ImageNet-layout data.source), cifar10, cifar100, mnist, eurosat (CLIP's "
                  "names and templates)", metavar="NAME"),)),
     _engine("eval", "retrieval", "retrieval_eval",
-            "Text<->audio/video/audio+video and audio<->video retrieval R@1/5/10, median rank, mAP@10 of a PE-AV "
-            "model", None),
+            "Text<->audio/video/audio+video and audio<->video retrieval R@1/5/10, median rank, mAP@10 of a PE-AV, "
+            "CLIP, MAViL, FLAP or video-text (videoclip, support-set, mmp) model", None),
     _engine("eval", "classify", "classify_eval",
             "Top-1/top-5 (or multi-label mAP) of a Hiera or Audio-MAE classifier checkpoint on a dataset", None),
     _engine("eval", "knn", "knn_eval",
