@@ -26,7 +26,7 @@ Data: the embedded English-German videos or a Multi-HowTo100M-layout folder (``h
 ``features/<id>.npy``). Missing or broken feature files and bad caption entries are skipped and counted.
 
 Examples:
-  percli pretrain mmp                                      # tiny model, en+de, embedded videos, CPU minutes
+  percli pretrain mmp                                      # tiny model, en+de, embedded videos, ~5 CPU minutes
   percli pretrain mmp data.languages=[en]                  # English-only: zero-shot German at evaluation
   percli pretrain mmp data.source=/data/multi_ht100m data.languages=[en,fr] data.eval_languages=[en,fr]
 """
