@@ -136,6 +136,9 @@ JOBS: list[Job] = [
     _engine("pretrain", "videoclip", "videoclip",
             "VideoCLIP: contrastive video-text pretraining with overlapping clips and retrieval-augmented batches "
             "(Xu et al., EMNLP 2021)"),
+    _engine("pretrain", "vlm", "vlm",
+            "VLM masked modality pretraining: one shared BERT, masked token model over frames + vocabulary "
+            "(Xu et al., Findings ACL 2021)"),
     _engine("pretrain", "support-set", "support_set",
             "Support-set bottlenecks: video-text contrast + cross-captioning from the other samples' videos "
             "(Patrick, Huang et al., ICLR 2021)"),

@@ -23,6 +23,8 @@ from tests.test_voicecraft_recipe import TINY as VOICECRAFT
 runner = CliRunner()
 STEPS = ["train.max_steps=2"]
 CLIP = ["train.batch_size=8", "train.num_workers=0", "data.embedded_size=32", "optim.ref_batch_size=8"]
+VLM = ["model.kwargs={bert_config: {hidden_size: 16, num_hidden_layers: 1, num_attention_heads: 2, "
+       "intermediate_size: 32}}", "data.embedded_size=40", "train.batch_size=4", "optim.ref_batch_size=4"]
 PE_AV = ["data.embedded_size=20", "train.batch_size=4", "train.num_workers=0"]
 DINOV2_FT = ["model.kwargs={img_size: 32, patch_size: 4, embed_dim: 32, depth: 2, num_heads: 2, init_values: 1.0}",
              "data.embedded_size=40", "train.num_workers=0", "train.batch_size=8"]
@@ -52,6 +54,7 @@ CASES = {
     "pretrain mavil": [*MAVIL, *STEPS],
     "pretrain videoclip": [*VIDEOCLIP, *STEPS],
     "pretrain support-set": [*SUPPORT, *STEPS],
+    "pretrain vlm": [*VLM, *STEPS],
     "eval sed": ["model.checkpoint={pe-a-frame}", "data.embedded_size=20"],
     "detect events": ["--checkpoint", "{pe-a-frame}", "--text", "a dog barking"],
     "embed": ["--checkpoint", "{pe-av}", "embedded_size=4", "num_frames=2"],

@@ -11,7 +11,6 @@ import torch
 from typer.testing import CliRunner
 
 from percli.core.rundir import read_metrics
-from percli.jobs import JOBS, _engine
 from percli.models import create_model
 from percli.recipes.video_text_common import MMPTCaptions, VideoTextDataSection, held_out
 from percli.recipes.vlm import UNUSED_PARAMETERS, Config, VLMTask, mask_modalities
@@ -25,24 +24,11 @@ TINY_BERT = {"vocab_size": VOCAB, "hidden_size": 16, "num_hidden_layers": 1, "nu
              "intermediate_size": 32, "max_position_embeddings": 32}
 
 
-def _vlm_cli():
-    """percli's app with `pretrain vlm` (registered here until percli/jobs.py lists it) and a function undoing that."""
-    from percli.cli import GROUPS, _command, _help, app
-
-    if any((j.verb, j.method) == ("pretrain", "vlm") for j in JOBS):
-        return app, lambda: None
-    job = _engine("pretrain", "vlm", "vlm", "VLM masked modality pretraining (Xu et al., Findings ACL 2021)")
-    group = GROUPS["pretrain"]
-    group.command("vlm", help=_help(job))(_command(job))
-    added = group.registered_commands[-1]
-    return app, lambda: group.registered_commands.remove(added)
-
-
 @pytest.fixture(scope="module")
 def app():
-    cli, undo = _vlm_cli()
-    yield cli
-    undo()
+    from percli.cli import app as cli
+
+    return cli
 
 
 # --------------------------------------------------------------------------- masking
@@ -228,17 +214,13 @@ def test_sigterm_then_resume_reproduces_the_uninterrupted_losses(tmp_path, monke
     assert _losses(tmp_path / "part") == _losses(tmp_path / "full") and len(_losses(tmp_path / "full")) == 6
 
 
-LAUNCHER = "from tests.test_vlm_recipe import _vlm_cli\n_vlm_cli()[0](prog_name='percli')\n"
-
-
 def test_two_processes_train_and_gather_the_held_out_clips(tmp_path):
     """gloo DDP with no find_unused_parameters: it fails if a trained parameter gets no gradient."""
-    (tmp_path / "launch_vlm.py").write_text(LAUNCHER)
     env = subprocess_env()
     env["ACCELERATE_USE_CPU"] = "true"
     cmd = [PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-           str(tmp_path / "launch_vlm.py"), "pretrain", "vlm", "--run-dir", str(tmp_path / "run"), "--json", *SMALL,
+           "-m", "percli.cli", "pretrain", "vlm", "--run-dir", str(tmp_path / "run"), "--json", *SMALL,
            "train.max_steps=3", "train.log_every=1"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
