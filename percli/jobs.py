@@ -139,6 +139,9 @@ JOBS: list[Job] = [
     _engine("pretrain", "vlm", "vlm",
             "VLM masked modality pretraining: one shared BERT, masked token model over frames + vocabulary "
             "(Xu et al., Findings ACL 2021)"),
+    _engine("pretrain", "mmp", "mmp",
+            "MMP: multilingual video-text pretraining on (x, v, y) triples, inter-modal + cross-lingual + "
+            "conditional contrast, per-language retrieval (Huang, Patrick et al., NAACL 2021)"),
     _engine("pretrain", "support-set", "support_set",
             "Support-set bottlenecks: video-text contrast + cross-captioning from the other samples' videos "
             "(Patrick, Huang et al., ICLR 2021)"),

@@ -17,6 +17,7 @@ from tests.test_cit_recipe import TINY as CIT
 from tests.test_dinov2_recipe import SHORT as DINOV2
 from tests.test_flap import TINY as FLAP
 from tests.test_mavil_pretrain import TINY as MAVIL
+from tests.test_mmp import TINY as MMP
 from tests.test_video_text_recipes import SUPPORT, VIDEOCLIP
 from tests.test_voicecraft_recipe import TINY as VOICECRAFT
 
@@ -55,6 +56,7 @@ CASES = {
     "pretrain videoclip": [*VIDEOCLIP, *STEPS],
     "pretrain support-set": [*SUPPORT, *STEPS],
     "pretrain vlm": [*VLM, *STEPS],
+    "pretrain mmp": [*MMP, *STEPS],
     "eval sed": ["model.checkpoint={pe-a-frame}", "data.embedded_size=20"],
     "detect events": ["--checkpoint", "{pe-a-frame}", "--text", "a dog barking"],
     "embed": ["--checkpoint", "{pe-av}", "embedded_size=4", "num_frames=2"],

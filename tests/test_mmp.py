@@ -6,13 +6,11 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-import typer
 from typer.testing import CliRunner
 
 from percli.core.data.embedded_video_text import EmbeddedVideoText
 from percli.core.data.images import BadSample
 from percli.core.data.video_text import OverlapSampling, TimedCaptions
-from percli.jobs import JOBS, Job
 from percli.models import create_model
 from percli.recipes.mmp import MultilingualClips, mmp_loss
 
@@ -24,19 +22,10 @@ SAMPLING = OverlapSampling(min_text_len=3, max_text_len=16, min_video_len=2, max
 
 
 def _invoke(*args: str):
-    """`percli pretrain mmp ARGS` through the registered command, or (until percli.jobs lists the job) the same
-    command generated from its Job."""
-    if any(job.name == "pretrain mmp" for job in JOBS):
-        from percli.cli import app
+    """`percli pretrain mmp ARGS`."""
+    from percli.cli import app
 
-        return runner.invoke(app, ["pretrain", "mmp", *args])
-    from percli.cli import _command
-
-    job = Job("pretrain", "mmp", "percli.recipes.mmp", "MMP", "tiny", engine=True)
-    app = typer.Typer()
-    app.command("mmp")(_command(job))
-    app.command("unused")(lambda: None)  # two commands: typer keeps the "mmp" name
-    return runner.invoke(app, ["mmp", *args])
+    return runner.invoke(app, ["pretrain", "mmp", *args])
 
 
 def test_triples_align_by_caption_index_across_languages():

@@ -83,3 +83,13 @@ def read_state(state_or_path: Mapping[str, torch.Tensor] | str | Path) -> dict[s
         if isinstance(state.get(wrapper), Mapping):
             state = state[wrapper]
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def load_percli_state(model: nn.Module, state_or_path: Mapping[str, torch.Tensor] | str | Path,
+                      what: str) -> LoadReport:
+    """A percli state dict of a family with no official release, loaded strictly (a `check_fit` error names
+    what does not fit)."""
+    state = read_state(state_or_path)
+    check_fit(model, state, model.arch, hint=f"build the {what} model the checkpoint was trained as")
+    model.load_state_dict(state)
+    return LoadReport(source_format="percli")

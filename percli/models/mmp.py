@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from percli.models import register_loader, register_model
 from percli.models.byte_text import ByteTokenizer, SequenceEncoder
-from percli.models.common import LoadReport, check_fit, read_state
+from percli.models.common import LoadReport, load_percli_state
 
 
 def conditional_query(text: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
@@ -82,10 +82,7 @@ class MMPModel(nn.Module):
 
 def load_official_state(model: MMPModel, state_or_path: Mapping[str, torch.Tensor] | str | Path) -> LoadReport:
     """A percli MMP state dict, strictly (no official weights were released)."""
-    state = read_state(state_or_path)
-    check_fit(model, state, model.arch, hint="build the MMP model the checkpoint was trained as")
-    model.load_state_dict(state)
-    return LoadReport(source_format="percli")
+    return load_percli_state(model, state_or_path, "MMP")
 
 
 register_loader(__name__)(load_official_state)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from percli.models import register_loader, register_model
 from percli.models.byte_text import ByteTokenizer, SequenceEncoder
-from percli.models.common import LoadReport, check_fit, read_state
+from percli.models.common import LoadReport, load_percli_state
 
 
 class SupportSetAttention(nn.Module):
@@ -141,11 +141,8 @@ def max_margin_ranking(similarity: torch.Tensor, margin: float = 0.1) -> torch.T
 
 
 def load_official_state(model: SupportSetModel, state_or_path: Mapping[str, torch.Tensor] | str | Path) -> LoadReport:
-    """A percli support-set state dict, strictly (no official release exists)."""
-    state = read_state(state_or_path)
-    check_fit(model, state, model.arch, hint="build the support-set model the checkpoint was trained as")
-    model.load_state_dict(state)
-    return LoadReport(source_format="percli")
+    """A percli support-set state dict, strictly (no official weights were released)."""
+    return load_percli_state(model, state_or_path, "support-set")
 
 
 register_loader(__name__)(load_official_state)

@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +48,7 @@ from torch.utils.data import Dataset
 
 from percli.core.data.embedded import _pixel_grid, _shape_sdf
 from percli.core.data.embedded_audio import RATE, _event
-from percli.core.data.paths import manifest_path
+from percli.core.data.paths import build_once, manifest_path
 from percli.core.data.video import clip_indices
 
 SPLITS = {"train": 0, "test": 1}  # seed stream of each split
@@ -58,7 +56,6 @@ _MIN_EVENT_MS = 500
 _MAX_EVENT_MS = 1500
 _MIN_ONSET_GAP_MS = 300
 _SAMPLES_PER_MS = RATE // 1000
-_MARKER = ".complete"
 _FORMAT_VERSION = 1  # bump when the rendering changes, so cached folders are rebuilt
 
 
@@ -468,21 +465,8 @@ def make_av_events(root: str | Path, num_clips: int, seed: int = 0, split: str =
     if num_clips < 1:
         raise ValueError(f"num_clips must be >= 1, got {num_clips}")
     spec = spec or AVEventsSpec()
-    root = Path(root).expanduser().resolve()
     wanted = {"version": _FORMAT_VERSION, "seed": seed, "split": split, "num_clips": num_clips, "spec": asdict(spec)}
-    marker = root / _MARKER
-    if marker.is_file() and json.loads(marker.read_text()) == wanted:
-        return root / "captions.jsonl"
-    if root.exists() and not marker.is_file() and (not root.is_dir() or any(root.iterdir())):
-        raise ValueError(f"{root} is not an empty folder and holds no av_events data ({_MARKER} is missing): "
-                         "choose a new or empty folder")
-    tmp = root.parent / f".{root.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    _write_split(tmp, split, num_clips, seed, spec)
-    (tmp / _MARKER).write_text(json.dumps(wanted))
-    shutil.rmtree(root, ignore_errors=True)  # empty, or an older build of ours (checked above)
-    tmp.rename(root)
+    root = build_once(root, wanted, lambda folder: _write_split(folder, split, num_clips, seed, spec), "av_events data")
     return root / "captions.jsonl"
 
 

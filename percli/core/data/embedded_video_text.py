@@ -39,8 +39,6 @@ import csv
 import io
 import json
 import math
-import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -51,13 +49,13 @@ from torch.utils.data import Dataset
 
 from percli.core.data.av_events import AVEventsSpec, SoundEvent, _Placed, _render_frames
 from percli.core.data.embedded import _pixel_grid
+from percli.core.data.paths import build_once
 from percli.core.data.video_text import YOUCOOK2_COLUMNS, TimedCaptions
 
 SPLITS = {"train": 0, "test": 1}  # seed stream of each split
 LANGUAGES = ("en", "de")
 DESCRIPTOR_DIM = 26
 _PROJECTION_SEED = 0x5EED_0F_53D  # fixed: every seed and split shares one projection
-_MARKER = ".complete"
 _FORMAT_VERSION = 1  # bump when rendering or features change, so cached folders are rebuilt
 
 # (name as the renderer knows it, English, German noun, German gender)
@@ -454,22 +452,9 @@ def make_video_text(root: str | Path, num_videos: int, seed: int = 0, split: str
     if num_videos < 1:
         raise ValueError(f"num_videos must be >= 1, got {num_videos}")
     spec = spec or VideoTextSpec()
-    root = Path(root).expanduser().resolve()
     wanted = {"version": _FORMAT_VERSION, "seed": seed, "split": split, "num_videos": num_videos, "spec": asdict(spec)}
-    marker = root / _MARKER
-    if marker.is_file() and json.loads(marker.read_text()) == wanted:
-        return root
-    if root.exists() and not marker.is_file() and (not root.is_dir() or any(root.iterdir())):
-        raise ValueError(f"{root} is not an empty folder and holds no embedded video-text data ({_MARKER} is "
-                         "missing): choose a new or empty folder")
-    tmp = root.parent / f".{root.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    _write_split(tmp, split, num_videos, seed, spec)
-    (tmp / _MARKER).write_text(json.dumps(wanted))
-    shutil.rmtree(root, ignore_errors=True)  # empty, or an older build of ours (checked above)
-    tmp.rename(root)
-    return root
+    return build_once(root, wanted, lambda folder: _write_split(folder, split, num_videos, seed, spec),
+                      "embedded video-text data")
 
 
 def make_video_text_splits(root: str | Path, seed: int = 0, num_train: int = 200, num_test: int = 50,
