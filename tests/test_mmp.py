@@ -120,10 +120,9 @@ def test_bad_settings_name_their_key(tmp_path, override, message):
 
 
 def test_byte_text_is_shared_by_support_set_and_mmp():
-    from percli.models import byte_text, support_set
+    from percli.models.byte_text import ByteVideoTextEncoder
 
-    assert support_set.ByteTokenizer is byte_text.ByteTokenizer
-    assert support_set.SequenceEncoder is byte_text.SequenceEncoder
+    assert isinstance(create_model("support_set_tiny", feature_dim=8), ByteVideoTextEncoder)
     model = create_model("mmp_tiny", feature_dim=8, embed_dim=16, width=16, heads=2, layers=1, max_video_len=4)
     embeds = model.encode_texts(["a red circle jumps", "jetzt springt ein roter Kreis"])
     assert embeds.shape == (2, 16) and torch.allclose(embeds.norm(dim=-1), torch.ones(2))

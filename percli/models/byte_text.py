@@ -2,15 +2,19 @@
 
 * `ByteTokenizer`: UTF-8 bytes as tokens, so any language needs no vocabulary file;
 * `SequenceEncoder`: a sequence of vectors (per-second video features, token embeddings) -> learned positions,
-  a pre-norm Transformer encoder, masked mean and a linear map: MMP's "Transformer pooling (TP) head".
+  a pre-norm Transformer encoder, masked mean and a linear map: MMP's "Transformer pooling (TP) head";
+* `ByteVideoTextEncoder`: per-second video features and byte-level captions into one L2-normalised space with
+  a learnable temperature, the two towers both models build on.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 class ByteTokenizer:
@@ -60,3 +64,32 @@ class SequenceEncoder(nn.Module):
         x = self.norm(self.blocks(x + self.pos[:, : x.shape[1]], src_key_padding_mask=~mask))
         weights = mask[..., None].to(x.dtype)  # [B, L, 1]
         return self.out((x * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0))
+
+
+class ByteVideoTextEncoder(nn.Module):
+    """``video_in`` + ``video`` (a `SequenceEncoder` over per-second features) and ``token_embed`` + ``text`` (one
+    over byte tokens), both to ``embed_dim`` and L2-normalised, and ``logit_scale`` (CLIP's initial 1 / 0.07).
+
+    Subclasses set ``config`` / ``arch`` and add their own heads.
+    """
+
+    def __init__(self, feature_dim: int, embed_dim: int, width: int, layers: int, heads: int, max_video_len: int,
+                 context_length: int):
+        super().__init__()
+        self.tokenizer = ByteTokenizer(context_length)
+        self.video_in = nn.Linear(feature_dim, width)
+        self.video = SequenceEncoder(width, layers, heads, max_video_len, embed_dim)
+        self.token_embed = nn.Embedding(ByteTokenizer.vocab_size, width)
+        self.text = SequenceEncoder(width, layers, heads, context_length, embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def checkpoint_meta(self) -> dict:
+        return {"name": self.arch, "class": type(self).__name__, "config": dict(self.config)}
+
+    def encode_video(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, T, feature_dim] features + mask [B, T] -> L2-normalised [B, embed_dim]."""
+        return F.normalize(self.video(self.video_in(features), mask), dim=-1)
+
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Byte ids [B, L] + mask [B, L] of captions in any language -> L2-normalised [B, embed_dim]."""
+        return F.normalize(self.text(self.token_embed(ids), mask), dim=-1)

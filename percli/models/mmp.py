@@ -16,16 +16,14 @@ was released (`berniebear/Multi-HT100M` has data only); this follows the paper's
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from percli.models import register_loader, register_model
-from percli.models.byte_text import ByteTokenizer, SequenceEncoder
+from percli.models.byte_text import ByteVideoTextEncoder
 from percli.models.common import LoadReport, load_percli_state
 
 
@@ -38,8 +36,9 @@ def conditional_query(text: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
     return F.normalize(text + video, dim=-1)
 
 
-class MMPModel(nn.Module):
-    """A video TP head and one multilingual byte-level text encoder into a joint space.
+class MMPModel(ByteVideoTextEncoder):
+    """A video TP head and one multilingual byte-level text encoder into a joint space, with one temperature
+    shared by every pair of the objective.
 
     Args:
         feature_dim: Width of the input video features (S3D: 512).
@@ -51,27 +50,9 @@ class MMPModel(nn.Module):
     def __init__(self, feature_dim: int = 512, embed_dim: int = 256, width: int = 256, layers: int = 2,
                  heads: int = 4, max_video_len: int = 32, context_length: int = 128):
         args = dict(locals())
-        super().__init__()
+        super().__init__(feature_dim, embed_dim, width, layers, heads, max_video_len, context_length)
         self.config = {k: v for k, v in args.items() if k not in ("self", "__class__")}
         self.arch = type(self).__name__
-        self.tokenizer = ByteTokenizer(context_length)
-        self.video_in = nn.Linear(feature_dim, width)
-        self.video = SequenceEncoder(width, layers, heads, max_video_len, embed_dim)
-        self.token_embed = nn.Embedding(ByteTokenizer.vocab_size, width)
-        self.text = SequenceEncoder(width, layers, heads, context_length, embed_dim)
-        # one temperature shared by every pair of the objective (CLIP's initial 0.07)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-
-    def checkpoint_meta(self) -> dict:
-        return {"name": self.arch, "class": type(self).__name__, "config": dict(self.config)}
-
-    def encode_video(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """[B, T, feature_dim] features + mask [B, T] -> L2-normalised [B, embed_dim]."""
-        return F.normalize(self.video(self.video_in(features), mask), dim=-1)
-
-    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Byte ids [B, L] + mask [B, L] of captions in any language -> L2-normalised [B, embed_dim]."""
-        return F.normalize(self.text(self.token_embed(ids), mask), dim=-1)
 
     def encode_texts(self, texts: Sequence[str], device: torch.device | None = None) -> torch.Tensor:
         """Caption strings -> L2-normalised [N, embed_dim] (tokenised here)."""

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from percli.models import register_loader, register_model
-from percli.models.byte_text import ByteTokenizer, SequenceEncoder
+from percli.models.byte_text import ByteTokenizer, ByteVideoTextEncoder
 from percli.models.common import LoadReport, load_percli_state
 
 
@@ -80,7 +80,7 @@ class CaptionDecoder(nn.Module):
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), ignore_index=-100)
 
 
-class SupportSetModel(nn.Module):
+class SupportSetModel(ByteVideoTextEncoder):
     """Video and text encoders into one space, the support-set bottleneck and the caption decoder.
 
     Args:
@@ -95,30 +95,13 @@ class SupportSetModel(nn.Module):
                  heads: int = 4, decoder_layers: int = 2, max_video_len: int = 32, context_length: int = 64,
                  query: str = "video"):
         args = dict(locals())
-        super().__init__()
         if query not in ("video", "text"):
             raise ValueError(f"query={query!r}: use 'video' or 'text'")
+        super().__init__(feature_dim, embed_dim, width, layers, heads, max_video_len, context_length)
         self.config = {k: v for k, v in args.items() if k not in ("self", "__class__")}
         self.arch, self.query = type(self).__name__, query
-        self.tokenizer = ByteTokenizer(context_length)
-        self.video_in = nn.Linear(feature_dim, width)
-        self.video = SequenceEncoder(width, layers, heads, max_video_len, embed_dim)
-        self.token_embed = nn.Embedding(ByteTokenizer.vocab_size, width)
-        self.text = SequenceEncoder(width, layers, heads, context_length, embed_dim)
         self.bottleneck = SupportSetAttention(embed_dim)
         self.decoder = CaptionDecoder(embed_dim, width, decoder_layers, heads, context_length, ByteTokenizer.vocab_size)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-
-    def checkpoint_meta(self) -> dict:
-        return {"name": self.arch, "class": type(self).__name__, "config": dict(self.config)}
-
-    def encode_video(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """[B, T, feature_dim] features + mask [B, T] -> L2-normalised [B, embed_dim]."""
-        return F.normalize(self.video(self.video_in(features), mask), dim=-1)
-
-    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Byte ids [B, L] + mask -> L2-normalised [B, embed_dim]."""
-        return F.normalize(self.text(self.token_embed(ids), mask), dim=-1)
 
     def forward(self, features: torch.Tensor, video_mask: torch.Tensor, ids: torch.Tensor, text_mask: torch.Tensor,
                 cross: bool = True) -> dict[str, torch.Tensor]:
