@@ -112,3 +112,19 @@ def test_mavil_example_runs_end_to_end(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     for line in ("stage1  a2v R@1", "random  a2v R@1", "stage2  a2v R@1", "finetune from stage2", "AV-SUPERB:"):
         assert line in done.stdout, line
+
+
+def test_video_text_example_runs_end_to_end(tmp_path):
+    """The video-language example script, shortened (2 training steps, 20 videos): every command in it works."""
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "video_text" / "tiny.sh"
+    env = {**os.environ, "PERCLI": f"{sys.executable} -m percli.cli", "PYTHON": sys.executable, "STEPS": "2",
+           "EXTRA": "data.embedded_size=20 train.batch_size=4 optim.ref_batch_size=4"}
+    done = subprocess.run(["bash", str(script), str(tmp_path / "work")], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for line in ("videoclip ", "support-set-random", "vlm ", "mmp-en ", "eval retrieval (written clips)"):
+        assert line in done.stdout, line
