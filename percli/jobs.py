@@ -158,6 +158,9 @@ JOBS: list[Job] = [
     _engine("finetune", "mavil", "mavil_classify",
             "MAViL classification: fused audio+video, audio-only or video-only heads on AudioSet/VGGSound/JSONL "
             "manifests or the embedded clips (mAP or top-1/top-5)"),
+    _engine("finetune", "videoclip", "videoclip_finetune",
+            "VideoCLIP retrieval finetuning: text->video InfoNCE on MSR-VTT / YouCook2 / VATEX captions over "
+            "per-second features"),
     _engine("finetune", "pe-a-frame", "pe_a_frame",
             "PE-A-Frame: frame-level audio-text training for sound event detection on strong labels"),
     _engine("eval", "zero-shot", "zero_shot",

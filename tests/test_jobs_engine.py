@@ -54,6 +54,9 @@ CASES = {
     "finetune mavil": [*PE_AV, *STEPS],
     "pretrain mavil": [*MAVIL, *STEPS],
     "pretrain videoclip": [*VIDEOCLIP, *STEPS],
+    "finetune videoclip": ["model.kwargs={max_video_len: 8, bert_config: {hidden_size: 16, num_hidden_layers: 1, "
+                           "num_attention_heads: 2, intermediate_size: 32}}", "data.embedded_size=20",
+                           "train.batch_size=4", "optim.ref_batch_size=4", *STEPS],
     "pretrain support-set": [*SUPPORT, *STEPS],
     "pretrain vlm": [*VLM, *STEPS],
     "pretrain mmp": [*MMP, *STEPS],

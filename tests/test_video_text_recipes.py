@@ -124,3 +124,31 @@ def test_bad_settings_name_their_key(tmp_path):
     assert result.exit_code == 2 and "data: video lengths 9..8" in result.output
     result, _ = _run(tmp_path, "support-set", "c", *SUPPORT, "model.kwargs.max_video_len=4")
     assert result.exit_code == 2 and "data.max_video_len=8" in result.output
+
+
+def test_finetune_videoclip_on_a_manifest_from_a_pretraining_run(tmp_path):
+    """A `pretrain videoclip` checkpoint finetuned on an MSR-VTT-style CSV over written features: the model and
+    tokenizer come from the checkpoint, a missing feature file is counted, the held-out set is scored."""
+    result, _ = _run(tmp_path, "videoclip", "pre", *VIDEOCLIP, "retrieval.every=0", "train.max_steps=1")
+    assert result.exit_code == 0, result.output[-3000:]
+    features = tmp_path / "features"
+    features.mkdir()
+    rows = ["key,vid_key,video_id,sentence"]
+    for v in range(6):
+        np.save(features / f"video{v}.npy", np.random.default_rng(v).normal(size=(5, 512)).astype(np.float32))
+        rows += [f"ret{v}{c},msr{v},video{v},a caption {c} of video {v}" for c in range(2)]
+    rows.append("ret9,msr9,video9,a video without features")
+    manifest = tmp_path / "MSRVTT_JSFUSION_test.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    args = ["finetune", "videoclip", "--run-dir", str(tmp_path / "ft"), "--json",
+            f"model.checkpoint={tmp_path / 'pre'}", f"data.source={manifest}", f"data.features={features}",
+            f"data.val_source={manifest}", "train.batch_size=4", "train.max_steps=2", "train.num_workers=0"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output[-3000:]
+    out = json.loads(result.stdout)
+    assert out["metrics"]["eval/segments"] == 6 and out["metrics"]["eval/captions"] == 12
+    assert 0 <= out["metrics"]["eval/t2v_R@1"] <= 1
+    from percli.core.checkpoint import read_weights
+
+    _, meta = read_weights(tmp_path / "ft" / "checkpoints" / "step_0000002")
+    assert meta["task"] == "videoclip" and meta["kwargs"]["bert_config"]["hidden_size"] == 16
