@@ -23,17 +23,14 @@ from percli.core.data.embedded_video_text import (
     render_video,
 )
 from percli.core.data.images import BadSample
+from percli.core.data.video_retrieval import SegmentFeatures, read_msrvtt, read_vatex, read_youcook2
 from percli.core.data.video_text import (
     HowToVideoText,
     OverlappedClips,
     OverlapSampling,
-    SegmentFeatures,
     TimedCaptions,
     collate_video_text_clips,
     read_howto_captions,
-    read_msrvtt,
-    read_vatex,
-    read_youcook2,
     sample_overlapping_clip,
     whitespace_token_length,
 )

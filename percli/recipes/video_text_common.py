@@ -12,6 +12,7 @@ caption layout, and clip retrieval on the held-out captions.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -153,8 +154,6 @@ class MMPTCaptions:
         from percli.curation.text_encoder import minilm_folder
 
         path = minilm_folder() if folder == BERT_TOKENIZER else Path(folder).expanduser()
-        import os
-
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from transformers import AutoTokenizer

@@ -30,14 +30,14 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from percli.core.config import ConfigError
-from percli.core.data.video_text import (
-    READ_REASONS,
+from percli.core.data.video_retrieval import (
     SegmentFeatures,
     VideoTextRetrievalSet,
     read_msrvtt,
     read_vatex,
     read_youcook2,
 )
+from percli.core.data.video_text import READ_REASONS
 from percli.core.retrieval_metrics import two_way_retrieval
 
 VIDEO_TEXT_TASKS = ("videoclip", "support-set", "mmp")
@@ -182,7 +182,8 @@ def manifest_layout(path: Path, layout: str) -> str:
     return "msrvtt"
 
 
-def _retrieval_sets(data: Any, languages: list[str]) -> dict[str, VideoTextRetrievalSet]:
+def retrieval_sets(data: Any, languages: list[str]) -> dict[str, VideoTextRetrievalSet]:
+    """Per language, the retrieval set of ``data.source`` (``data.layout`` / ``data.subset``)."""
     path = Path(data.source).expanduser()
     layout = manifest_layout(path, data.layout)
     if layout == "vatex":
@@ -216,7 +217,7 @@ def load_video_text(checkpoint: str, kwargs: dict[str, Any], data: Any, normaliz
                               "of <video_id>.npy / .safetensors files of the manifest's videos")
         max_len = min(data.max_video_len or limit, limit)
         dim = meta.get("kwargs", {}).get("input_dim" if meta["task"] == "videoclip" else "feature_dim")
-        sets = _retrieval_sets(data, languages)
+        sets = retrieval_sets(data, languages)
         parts = [SegmentFeatures(sets[lang], Path(data.features).expanduser(), feature_dim=dim) for lang in languages]
         counts = {"manifest": {lang: s.counts for lang, s in sets.items()},
                   "manifest_bad_examples": [e for s in sets.values() for e in s.bad_examples][:10]}

@@ -39,7 +39,7 @@ from percli.models import create_model, create_model_for, load_initial_weights
 from percli.recipes.clip import gather_features
 from percli.recipes.common import TrainedModelSection
 from percli.recipes.video_text_common import BERT_TOKENIZER, CaptionedSegments
-from percli.recipes.video_text_eval import VideoTextEvaluator, VideoTextSegments, _retrieval_sets
+from percli.recipes.video_text_eval import VideoTextEvaluator, VideoTextSegments, retrieval_sets
 
 
 @dataclasses.dataclass
@@ -124,7 +124,7 @@ class VideoCLIPFinetuneTask:
         return {"name": self.name, "kwargs": self.kwargs, **self.meta, "language": self.cfg.data.language}
 
     def _segments(self, source: str, features: str | None, train: bool) -> VideoTextSegments:
-        from percli.core.data.video_text import SegmentFeatures
+        from percli.core.data.video_retrieval import SegmentFeatures
 
         d = self.cfg.data
         if source == "embedded":
@@ -135,7 +135,7 @@ class VideoCLIPFinetuneTask:
             part = CaptionedSegments(videos, d.language, d.max_video_len)
         else:
             data = dataclasses.replace(d, source=source, subset=d.subset if train else (d.subset and "validation"))
-            sets = _retrieval_sets(data, [d.language])
+            sets = retrieval_sets(data, [d.language])
             part = SegmentFeatures(sets[d.language], Path(features).expanduser())
         return VideoTextSegments([part], [d.language], d.max_video_len)
 

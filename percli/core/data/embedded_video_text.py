@@ -50,7 +50,8 @@ from torch.utils.data import Dataset
 from percli.core.data.av_events import AVEventsSpec, SoundEvent, _Placed, _render_frames
 from percli.core.data.embedded import _pixel_grid
 from percli.core.data.paths import build_once
-from percli.core.data.video_text import YOUCOOK2_COLUMNS, TimedCaptions
+from percli.core.data.video_retrieval import YOUCOOK2_COLUMNS
+from percli.core.data.video_text import TimedCaptions
 
 SPLITS = {"train": 0, "test": 1}  # seed stream of each split
 LANGUAGES = ("en", "de")

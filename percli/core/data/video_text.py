@@ -33,21 +33,19 @@ as :class:`~percli.core.data.av_clips.AVClipDataset` does:
 ``skipped`` counts what this process saw (with DataLoader workers each worker counts its own; use
 :func:`~percli.core.data.av_clips.skipped_by_reason` on the engine's ``bad_inputs`` instead).
 
-Retrieval manifests (:func:`read_msrvtt`, :func:`read_youcook2`, :func:`read_vatex`) give a
+Retrieval manifests are read by :mod:`percli.core.data.video_retrieval` (MSR-VTT, YouCook2, VATEX) into a
 :class:`VideoTextRetrievalSet`: captions and the segments they describe (whole videos, or YouCook2 clips cut
 from a video's per-second features); :class:`SegmentFeatures` reads their features with the same rules.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +53,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from percli.core.data.caption_manifest import CaptionManifest, read_caption_manifest
 from percli.core.data.images import BadSample
 from percli.core.data.loader import mix_seed
 from percli.core.data.shards import BadRecords, read_records
@@ -104,7 +101,7 @@ class TimedCaptions:
         return cut, len(self) - len(keep)
 
 
-def _seconds(value: Any) -> float | None:
+def parse_seconds(value: Any) -> float | None:
     """A time as float seconds; None for anything that is not a JSON number (bools included)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
@@ -129,7 +126,7 @@ def parse_timed_captions(entry: Any, skipped: Counter[str]) -> tuple[TimedCaptio
         return None, f"length_mismatch: {len(texts)} texts, {len(starts)} starts, {len(ends)} ends"
     kept = []
     for order, (text, start, end) in enumerate(zip(texts, starts, ends)):
-        s, e = _seconds(start), _seconds(end)
+        s, e = parse_seconds(start), parse_seconds(end)
         if not isinstance(text, str):
             skipped["malformed_caption"] += 1
         elif not text.strip():
@@ -287,7 +284,7 @@ def list_feature_files(folder: str | Path) -> tuple[dict[str, Path], int]:
     return found, doubled
 
 
-def _bad(path: str | Path, reason: str, detail: str) -> BadSample:
+def bad_feature(path: str | Path, reason: str, detail: str) -> BadSample:
     return BadSample(path, f"{reason}: {detail}")
 
 
@@ -297,8 +294,9 @@ def _read_npy(path: Path) -> np.ndarray:
         head = f.read(len(_NPY_MAGIC))
         if head != _NPY_MAGIC:
             if head.startswith(_PICKLE_PROTOCOL_2_PLUS):
-                raise _bad(path, "pickled_features", "a pickle, not a .npy array: refused (percli never unpickles)")
-            raise _bad(path, "unreadable_features", "not a .npy file (no NUMPY magic)")
+                raise bad_feature(path, "pickled_features",
+                                  "a pickle, not a .npy array: refused (percli never unpickles)")
+            raise bad_feature(path, "unreadable_features", "not a .npy file (no NUMPY magic)")
         f.seek(0)
         try:
             version = np.lib.format.read_magic(f)
@@ -307,13 +305,13 @@ def _read_npy(path: Path) -> np.ndarray:
                 raise ValueError(f"format version {version}; expected 1.0 or 2.0")
             _, _, dtype = read_header(f)  # the header only: no data is read, nothing unpickled
         except (ValueError, OSError, SyntaxError) as e:
-            raise _bad(path, "unreadable_features", f"bad .npy header: {e}") from None
+            raise bad_feature(path, "unreadable_features", f"bad .npy header: {e}") from None
     if dtype.hasobject:
-        raise _bad(path, "pickled_features", f"object dtype {dtype}: refused (percli never unpickles)")
+        raise bad_feature(path, "pickled_features", f"object dtype {dtype}: refused (percli never unpickles)")
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise _bad(path, "unreadable_features", f"{type(e).__name__}: {e} (truncated file?)") from None
+        raise bad_feature(path, "unreadable_features", f"{type(e).__name__}: {e} (truncated file?)") from None
 
 
 def _read_safetensors(path: Path) -> torch.Tensor:
@@ -322,9 +320,10 @@ def _read_safetensors(path: Path) -> torch.Tensor:
     try:
         tensors = load_file(str(path))
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for every corruption
-        raise _bad(path, "unreadable_features", f"{type(e).__name__}: {e}") from None
+        raise bad_feature(path, "unreadable_features", f"{type(e).__name__}: {e}") from None
     if SAFETENSORS_KEY not in tensors:
-        raise _bad(path, "unreadable_features", f"no {SAFETENSORS_KEY!r} tensor (has: {', '.join(sorted(tensors))})")
+        raise bad_feature(path, "unreadable_features",
+                          f"no {SAFETENSORS_KEY!r} tensor (has: {', '.join(sorted(tensors))})")
     return tensors[SAFETENSORS_KEY]
 
 
@@ -340,30 +339,30 @@ def load_features(path: str | Path, feature_dim: int | None = None) -> torch.Ten
     """
     path = Path(path)
     if not path.is_file():
-        raise _bad(path, "missing_file", "no such file")
+        raise bad_feature(path, "missing_file", "no such file")
     if path.stat().st_size == 0:
-        raise _bad(path, "empty_file", "the file has zero bytes")
+        raise bad_feature(path, "empty_file", "the file has zero bytes")
     if path.name.endswith(".safetensors"):
         tensor = _read_safetensors(path)
     elif path.name.endswith(".npy"):
         array = _read_npy(path)
         if not (np.issubdtype(array.dtype, np.floating)):
-            raise _bad(path, "bad_dtype", f"{array.dtype} features; expected floating point")
+            raise bad_feature(path, "bad_dtype", f"{array.dtype} features; expected floating point")
         tensor = torch.from_numpy(np.ascontiguousarray(array))
     else:
-        raise _bad(path, "unreadable_features", f"unknown suffix; expected {' or '.join(FEATURE_SUFFIXES)}")
+        raise bad_feature(path, "unreadable_features", f"unknown suffix; expected {' or '.join(FEATURE_SUFFIXES)}")
     if not tensor.is_floating_point():
-        raise _bad(path, "bad_dtype", f"{tensor.dtype} features; expected floating point")
+        raise bad_feature(path, "bad_dtype", f"{tensor.dtype} features; expected floating point")
     if tensor.dim() != 2:
-        raise _bad(path, "bad_rank", f"shape {tuple(tensor.shape)}; expected [T, D] (one row per second)")
+        raise bad_feature(path, "bad_rank", f"shape {tuple(tensor.shape)}; expected [T, D] (one row per second)")
     if 0 in tensor.shape:
-        raise _bad(path, "empty_features", f"shape {tuple(tensor.shape)}")
+        raise bad_feature(path, "empty_features", f"shape {tuple(tensor.shape)}")
     if feature_dim is not None and tensor.shape[1] != feature_dim:
-        raise _bad(path, "wrong_dim", f"D = {tensor.shape[1]}, expected {feature_dim}")
+        raise bad_feature(path, "wrong_dim", f"D = {tensor.shape[1]}, expected {feature_dim}")
     tensor = tensor.float()
     if not bool(torch.isfinite(tensor).all()):
         rows = int((~torch.isfinite(tensor)).any(dim=1).sum())
-        raise _bad(path, "nonfinite_features", f"{rows} of {tensor.shape[0]} row(s) hold NaN or inf")
+        raise bad_feature(path, "nonfinite_features", f"{rows} of {tensor.shape[0]} row(s) hold NaN or inf")
     return tensor
 
 
@@ -447,7 +446,7 @@ class HowToVideoText(Dataset):
                 if len(cut):
                     captions[lang] = cut
             if not captions:
-                raise _bad(self.feature_paths[video], "no_caption",
+                raise bad_feature(self.feature_paths[video], "no_caption",
                            f"every caption starts after the features end ({features.shape[0]} s)")
         except BadSample as bad:
             self.skipped[bad.reason.split(":", 1)[0]] += 1
@@ -652,7 +651,7 @@ class OverlappedClips(Dataset):
         features, captions = item["features"], item["captions"].get(self.language)
         if captions is None:
             self.skipped["no_caption"] += 1
-            raise _bad(item["id"], "no_caption", f"no {self.language!r} caption")
+            raise bad_feature(item["id"], "no_caption", f"no {self.language!r} caption")
         seed = int(torch.randint(0, 2**62, ())) if self.seed is None else mix_seed(self.seed, index)
         generator = torch.Generator().manual_seed(seed)
         clips = sample_overlapping_clips(captions, features.shape[0], generator, self.sampling, self.token_length)
@@ -685,231 +684,3 @@ def collate_video_text_clips(items: Sequence[Mapping[str, Any]]) -> dict[str, An
                                   for b, item in enumerate(items)]),
         "clips": [clip for item in items for clip in item["clips"]],
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# Retrieval manifests
-
-
-@dataclass(frozen=True)
-class Segment:
-    """A retrieval candidate: a whole video (``start``/``end`` None) or a clip of it in seconds."""
-
-    id: str
-    video: str
-    start: float | None = None
-    end: float | None = None
-
-
-@dataclass
-class VideoTextRetrievalSet:
-    """Captions and the segments they describe, aligned for :mod:`percli.core.retrieval_metrics`.
-
-    Attributes:
-        segments: The candidates, in first-appearance order.
-        captions: Every kept caption, segment by segment.
-        caption_item: [len(captions)] index into ``segments`` of each caption's segment.
-        language: The captions' language.
-        counts: Reading counts for ``summary.json`` (``rows``, ``bad_rows``, ``segments``, ``captions``, ...).
-        bad_examples: The first bad rows.
-    """
-
-    segments: list[Segment]
-    captions: list[str]
-    caption_item: list[int]
-    language: str = "en"
-    counts: dict[str, int] = field(default_factory=dict)
-    bad_examples: list[dict[str, Any]] = field(default_factory=list)
-
-    def keep(self, videos: set[str] | Mapping[str, Any]) -> VideoTextRetrievalSet:
-        """The segments of the given videos only, with their captions (counts: ``segments_without_features``)."""
-        kept = [i for i, seg in enumerate(self.segments) if seg.video in videos]
-        new_index = {old: new for new, old in enumerate(kept)}
-        pairs = [(c, new_index[i]) for c, i in zip(self.captions, self.caption_item) if i in new_index]
-        counts = {**self.counts, "segments_without_features": len(self.segments) - len(kept),
-                  "segments": len(kept), "captions": len(pairs)}
-        return VideoTextRetrievalSet([self.segments[i] for i in kept], [c for c, _ in pairs], [i for _, i in pairs],
-                                     self.language, counts, self.bad_examples)
-
-
-def _from_manifest(manifest: CaptionManifest, language: str) -> VideoTextRetrievalSet:
-    return VideoTextRetrievalSet([Segment(video, video) for video in manifest.items], manifest.captions,
-                                 manifest.caption_item, language, manifest.counts, manifest.bad_examples)
-
-
-def read_msrvtt(path: str | Path) -> VideoTextRetrievalSet:
-    """MSR-VTT captions of whole videos: the 1k-A test CSV (``MSRVTT_JSFUSION_test.csv``:
-    ``key,vid_key,video_id,sentence``, one caption per video) or the train/val JSON (``{"videos": [...],
-    "sentences": [{"video_id", "caption", ...}]}``, about 20 captions per video), through
-    :func:`~percli.core.data.caption_manifest.read_caption_manifest` (its bad-row rules)."""
-    return _from_manifest(read_caption_manifest(path, media_key="video_id"), "en")
-
-
-VATEX_CAPTION_KEYS = {"en": "enCap", "zh": "chCap"}
-
-
-def read_vatex(path: str | Path, languages: Sequence[str] = ("en", "zh")) -> dict[str, VideoTextRetrievalSet]:
-    """VATEX captions per language: a JSON list of ``{"videoID", "enCap": [10 English], "chCap": [10 Chinese]}``,
-    through :func:`~percli.core.data.caption_manifest.read_caption_manifest` (its bad-row rules).
-
-    Args:
-        path: The VATEX JSON file.
-        languages: Which to read, of :data:`VATEX_CAPTION_KEYS` (the public test file has English only:
-            ``("en",)``).
-
-    Raises:
-        ValueError: for an unknown language, or a file without that language's key.
-    """
-    unknown = [lang for lang in languages if lang not in VATEX_CAPTION_KEYS]
-    if unknown or not languages:
-        raise ValueError(f"VATEX languages {list(languages)}: choose from {', '.join(VATEX_CAPTION_KEYS)}")
-    return {lang: _from_manifest(read_caption_manifest(path, media_key="videoID",
-                                                       caption_keys=[VATEX_CAPTION_KEYS[lang]]), lang)
-            for lang in languages}
-
-
-YOUCOOK2_COLUMNS = ("video_id", "start", "end", "sentence")
-
-
-def _youcook2_rows(path: Path, subset: str | None, bad: BadRecords) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(position, {video_id, start, end, sentence[, id]}) of the official JSON or of a CSV/TSV/JSONL."""
-    name = path.name.lower()
-    if name.endswith(".json"):
-        data = json.loads(path.read_bytes().decode("utf-8-sig"))
-        database = data.get("database") if isinstance(data, dict) else None
-        if not isinstance(database, dict):
-            raise ValueError(f"{path}: expected YouCook2's {{\"database\": {{video_id: {{\"annotations\": [...]}}}}}}")
-        position = 0
-        for video, info in database.items():
-            if not isinstance(info, dict) or (subset is not None and info.get("subset") != subset):
-                continue
-            for clip in info.get("annotations") or []:
-                position += 1
-                segment = clip.get("segment") if isinstance(clip, dict) else None
-                if not (isinstance(segment, list) and len(segment) == 2):
-                    bad.add(path, position, f"{video}: annotation without a [start, end] segment", "item")
-                    continue
-                yield position, {"video_id": video, "start": segment[0], "end": segment[1],
-                                 "sentence": clip.get("sentence"), "id": f"{video}_{clip.get('id', position - 1)}"}
-    elif name.endswith((".jsonl", ".jsonl.gz")):
-        for line, record, _ in read_records(path, None, bad):
-            yield line, record
-    elif name.endswith((".csv", ".tsv")):
-        text = path.read_bytes().decode("utf-8-sig")
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if name.endswith(".tsv") else ",")
-        missing = [c for c in YOUCOOK2_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}: columns {missing} missing; expected {', '.join(YOUCOOK2_COLUMNS)}")
-        for row in reader:
-            if None in row or None in row.values():
-                bad.add(path, reader.line_num, "cell count differs from the header (unquoted comma?)")
-                continue
-            yield reader.line_num, row
-    else:
-        raise ValueError(f"{path}: YouCook2 annotations must be .json (official), .csv, .tsv or .jsonl")
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return _seconds(value)
-
-
-def read_youcook2(path: str | Path, subset: str | None = None, language: str = "en") -> VideoTextRetrievalSet:
-    """YouCook2 clip captions: one segment per annotated clip, cut from its video's per-second features.
-
-    Reads the official ``youcookii_annotations_trainval.json`` (``{"database": {video_id: {"subset",
-    "annotations": [{"id", "segment": [start, end], "sentence"}]}}}``; ``subset`` "training" or
-    "validation" keeps one; clip ids ``<video_id>_<annotation id>`` as MMPT names them) or a CSV / TSV /
-    JSONL with ``video_id, start, end, sentence`` columns (clip ids ``<video_id>_<row>`` when there is no
-    ``id``). Rows with a blank sentence, non-numeric or negative times or end <= start are bad rows; a clip
-    listed twice (same video and times) keeps its captions under one segment.
-    """
-    path = Path(path)
-    bad = BadRecords()
-    segments: dict[tuple[str, float, float], int] = {}
-    ordered: list[Segment] = []
-    captions, caption_item = [], []
-    clips_of: Counter[str] = Counter()
-    rows = empty = 0
-    before = bad.count
-    for position, row in _youcook2_rows(path, subset, bad):
-        rows += 1
-        video, sentence = row.get("video_id"), row.get("sentence")
-        start, end = _number(row.get("start")), _number(row.get("end"))
-        if not isinstance(video, str) or not video:
-            bad.add(path, position, "no video_id")
-        elif not isinstance(sentence, str):
-            bad.add(path, position, "sentence is not a text")
-        elif start is None or end is None or not (math.isfinite(start) and math.isfinite(end)) or start < 0:
-            bad.add(path, position, f"start {row.get('start')!r} / end {row.get('end')!r}: not seconds >= 0")
-        elif end <= start:
-            bad.add(path, position, f"end {end} is not after start {start}")
-        elif not sentence.strip():
-            empty += 1
-        else:
-            key = (video, start, end)
-            if key not in segments:
-                segments[key] = len(ordered)
-                clip_id = row.get("id") if isinstance(row.get("id"), str) else f"{video}_{clips_of[video]}"
-                clips_of[video] += 1
-                ordered.append(Segment(clip_id, video, start, end))
-            captions.append(sentence.strip())
-            caption_item.append(segments[key])
-    if not captions:
-        raise ValueError(f"{path}: no usable clip caption ({rows} rows, {bad.count} bad, {empty} empty)"
-                         + (f"; first bad row: {bad.examples[0]}" if bad.examples else ""))
-    unread = bad.count - before - (rows - len(captions) - empty)  # rows the file layer refused before yielding
-    counts = {"rows": rows + unread, "bad_rows": bad.count,
-              "empty_captions": empty, "segments": len(ordered), "captions": len(captions)}
-    return VideoTextRetrievalSet(ordered, captions, caption_item, language, counts, bad.examples)
-
-
-class SegmentFeatures(Dataset):
-    """The per-second features of retrieval segments: whole videos, or ``features[floor(start):ceil(end)]``
-    (at least one row; MMPT cuts YouCook2's integer segments as ``feat[start:end]``).
-
-    Args:
-        retrieval: The segments (and captions) to read.
-        features: Folder of ``<video_id>.npy`` / ``.safetensors`` files.
-        feature_dim: Expected D.
-
-    Segments whose video has no feature file are dropped when the set is built (``skipped``
-    ``missing_features``; ``retrieval`` keeps only the rest, so captions and candidates stay aligned). Items:
-    ``{"id": segment id, "features": float32 [t, D]}``; unreadable files raise ``BadSample`` with a
-    :data:`READ_REASONS` reason, a clip that starts after the features end ``empty_features``.
-    """
-
-    def __init__(self, retrieval: VideoTextRetrievalSet, features: str | Path, *,
-                 feature_dim: int | None = None) -> None:
-        self.paths, doubled = list_feature_files(features)
-        self.retrieval = retrieval.keep(self.paths)
-        self.feature_dim = feature_dim
-        self.skipped: Counter[str] = Counter()
-        self.skipped["missing_features"] += len(retrieval.segments) - len(self.retrieval.segments)
-        if doubled:
-            self.skipped["duplicate_feature_file"] += doubled
-        if not self.retrieval.segments:
-            raise ValueError(f"no feature file in {features} for any of {len(retrieval.segments)} segment(s)")
-
-    def __len__(self) -> int:
-        return len(self.retrieval.segments)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        segment = self.retrieval.segments[index]
-        path = self.paths[segment.video]
-        try:
-            features = load_features(path, self.feature_dim)
-            if segment.start is not None and segment.end is not None:
-                first = math.floor(segment.start)
-                if first >= features.shape[0]:
-                    raise _bad(path, "empty_features", f"clip {segment.id} starts at {segment.start} s, after the "
-                                                       f"features end ({features.shape[0]} s)")
-                features = features[first : max(math.ceil(segment.end), first + 1)]
-        except BadSample as bad:
-            self.skipped[bad.reason.split(":", 1)[0]] += 1
-            raise
-        return {"id": segment.id, "features": features}
