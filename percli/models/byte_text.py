@@ -93,3 +93,9 @@ class ByteVideoTextEncoder(nn.Module):
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Byte ids [B, L] + mask [B, L] of captions in any language -> L2-normalised [B, embed_dim]."""
         return F.normalize(self.text(self.token_embed(ids), mask), dim=-1)
+
+    def encode_texts(self, texts: Sequence[str], device: torch.device | None = None) -> torch.Tensor:
+        """Caption strings -> L2-normalised [N, embed_dim] (tokenised here)."""
+        ids, mask = self.tokenizer(texts)
+        device = device or self.logit_scale.device
+        return self.encode_text(ids.to(device), mask.to(device))

@@ -16,7 +16,7 @@ was released (`berniebear/Multi-HT100M` has data only); this follows the paper's
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -53,12 +53,6 @@ class MMPModel(ByteVideoTextEncoder):
         super().__init__(feature_dim, embed_dim, width, layers, heads, max_video_len, context_length)
         self.config = {k: v for k, v in args.items() if k not in ("self", "__class__")}
         self.arch = type(self).__name__
-
-    def encode_texts(self, texts: Sequence[str], device: torch.device | None = None) -> torch.Tensor:
-        """Caption strings -> L2-normalised [N, embed_dim] (tokenised here)."""
-        ids, mask = self.tokenizer(texts)
-        device = device or self.logit_scale.device
-        return self.encode_text(ids.to(device), mask.to(device))
 
 
 def load_official_state(model: MMPModel, state_or_path: Mapping[str, torch.Tensor] | str | Path) -> LoadReport:

@@ -130,9 +130,8 @@ class SupportSetTask:
 
     def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         inner = getattr(model, "module", model)
-        ids, mask = self._text(batch["text"], batch["video"].device)
         return {"video_embeds": inner.encode_video(batch["video"], batch["video_mask"]).float(),
-                "text_embeds": inner.encode_text(ids, mask).float(), "item": batch["index"]}
+                "text_embeds": inner.encode_texts(batch["text"], batch["video"].device).float(), "item": batch["index"]}
 
     def eval_reduce(self, totals: dict[str, Any]) -> dict[str, float]:
         return clip_retrieval_report(totals)

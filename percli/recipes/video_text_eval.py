@@ -124,10 +124,7 @@ class VideoTextEvaluator:
             video_caps = torch.tensor([[c.cls, c.sep]], device=device).expand(len(video), 2)
             return (model.forward_video(video, mask, video_caps, torch.ones_like(video_caps, dtype=torch.bool)),
                     model.forward_text(caps, cmasks))
-        if self.task == "mmp":
-            return model.encode_video(video, mask), model.encode_texts(texts, device)
-        ids, text_mask = model.tokenizer(texts)  # support-set
-        return model.encode_video(video, mask), model.encode_text(ids.to(device), text_mask.to(device))
+        return model.encode_video(video, mask), model.encode_texts(texts, device)  # support-set, mmp
 
     def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         inner = getattr(model, "module", model)
