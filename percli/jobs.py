@@ -161,6 +161,9 @@ JOBS: list[Job] = [
     _engine("finetune", "videoclip", "videoclip_finetune",
             "VideoCLIP retrieval finetuning: text->video InfoNCE on MSR-VTT / YouCook2 / VATEX captions over "
             "per-second features"),
+    _engine("finetune", "vlm", "vlm_finetune",
+            "VLM retrieval finetuning: the shared encoder, modality-isolated, text->video InfoNCE on MSR-VTT / "
+            "YouCook2 / VATEX captions over per-second features"),
     _engine("finetune", "pe-a-frame", "pe_a_frame",
             "PE-A-Frame: frame-level audio-text training for sound event detection on strong labels"),
     _engine("eval", "zero-shot", "zero_shot",
@@ -170,7 +173,7 @@ JOBS: list[Job] = [
                  "names and templates)", metavar="NAME"),)),
     _engine("eval", "retrieval", "retrieval_eval",
             "Text<->audio/video/audio+video and audio<->video retrieval R@1/5/10, median rank, mAP@10 of a PE-AV, "
-            "CLIP, MAViL, FLAP or video-text (videoclip, support-set, mmp) model", None),
+            "CLIP, MAViL, FLAP or video-text (videoclip, vlm, support-set, mmp) model", None),
     _engine("eval", "classify", "classify_eval",
             "Top-1/top-5 (or multi-label mAP) of a Hiera or Audio-MAE classifier checkpoint on a dataset", None),
     _engine("eval", "knn", "knn_eval",

@@ -60,6 +60,9 @@ CASES = {
     "pretrain support-set": [*SUPPORT, *STEPS],
     "pretrain vlm": [*VLM, *STEPS],
     "pretrain mmp": [*MMP, *STEPS],
+    "finetune vlm": ["model.kwargs={max_video_len: 8, bert_config: {hidden_size: 16, num_hidden_layers: 1, "
+                     "num_attention_heads: 2, intermediate_size: 32, max_position_embeddings: 32}}",
+                     "data.embedded_size=20", "train.batch_size=4", "optim.ref_batch_size=4", *STEPS],
     "eval sed": ["model.checkpoint={pe-a-frame}", "data.embedded_size=20"],
     "detect events": ["--checkpoint", "{pe-a-frame}", "--text", "a dog barking"],
     "embed": ["--checkpoint", "{pe-av}", "embedded_size=4", "num_frames=2"],

@@ -110,6 +110,19 @@ def test_joint_isolated_layers_keep_video_apart_from_text_and_split_equals_one_p
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("num_iso_layer", [None, 1])
+def test_joint_encodes_video_and_text_alone_as_in_the_pair(num_iso_layer):
+    """Retrieval scores every caption against every segment: the one-modality passes equal the paired one."""
+    torch.manual_seed(0)
+    joint = MMFusionJoint(TINY, max_video_len=V, num_iso_layer=num_iso_layer).eval()
+    caps, cmasks, vfeats, vmasks = _batch()
+    pair = joint(caps, cmasks, vfeats, vmasks)
+    torch.testing.assert_close(joint.forward_video(vfeats, vmasks, caps, cmasks), pair["pooled_video"],
+                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(joint.forward_text(caps, cmasks), pair["pooled_text"], rtol=0, atol=1e-5)
+
+
+@torch.no_grad()
 def test_mtm_scores_masked_frames_against_real_non_masked_frames_only_and_leaves_inputs_alone():
     torch.manual_seed(0)
     model = MMFusionMTM(TINY, max_video_len=V).eval()

@@ -242,3 +242,38 @@ def test_a_bad_config_exits_2_naming_its_key(tmp_path, app, override, key):
     result = runner.invoke(app, ["pretrain", "vlm", "--run-dir", str(tmp_path / "run"), override])
     assert result.exit_code == 2 and (f"{key}=" in result.output or f"{key}:" in result.output), result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_finetune_vlm_from_a_pretraining_run_and_eval_retrieval_rescores_it(tmp_path, app):
+    """`finetune vlm` reads a `pretrain vlm` run's architecture and tokenizer (its masked-token head dropped),
+    trains the modality-isolated encoder, and `eval retrieval` of the result scores the same held-out clips the
+    run's own evaluation did; a VideoCLIP job refuses the VLM run by name."""
+    pre = tmp_path / "pre"
+    result = runner.invoke(app, ["pretrain", "vlm", "--run-dir", str(pre), *SMALL, "train.max_steps=1",
+                                 f"model.kwargs.bert_config={json.dumps(TINY_BERT)}", "max_text_tokens=23"])
+    assert result.exit_code == 0, result.output[-3000:]
+    small = ["data.embedded_size=40", "train.batch_size=4", "optim.ref_batch_size=4"]
+    result = runner.invoke(app, ["finetune", "vlm", "--run-dir", str(tmp_path / "ft"), "--json", *small,
+                                 f"model.checkpoint={pre}", "train.max_steps=2"])
+    assert result.exit_code == 0, result.output[-3000:]
+    tuned = json.loads(result.stdout)["metrics"]
+    from percli.core.checkpoint import read_weights
+
+    _, meta = read_weights(tmp_path / "ft" / "checkpoints" / "step_0000002")
+    assert (meta["task"], meta["name"], meta["kwargs"]["bert_config"]["hidden_size"]) == ("vlm", "vlm_retrieval_how2",
+                                                                                          16)
+    assert meta["max_text_tokens"] == 23  # the pretraining run's, not the finetune preset's 19
+    result = runner.invoke(app, ["eval", "retrieval", "--run-dir", str(tmp_path / "ev"), "--json",
+                                 f"model.checkpoint={tmp_path / 'ft' / 'checkpoints' / 'step_0000002'}",
+                                 "data.embedded_size=40"])
+    assert result.exit_code == 0, result.output[-3000:]
+    scored = json.loads(result.stdout)["metrics"]
+    assert scored["t2v_queries"] == tuned["eval/t2v_queries"] > 20
+    for key in ("t2v_R@1", "t2v_mean_rank", "v2t_mean_rank"):
+        assert scored[key] == pytest.approx(tuned[f"eval/{key}"], abs=1e-6)
+    result = runner.invoke(app, ["eval", "retrieval", "--run-dir", str(tmp_path / "ev0"), "--json",
+                                 f"model.checkpoint={pre / 'checkpoints' / 'step_0000001'}",
+                                 "data.embedded_size=40"])  # the pretraining run
+    assert result.exit_code == 0 and json.loads(result.stdout)["metrics"]["t2v_queries"] > 20, result.output[-3000:]
+    result = runner.invoke(app, ["finetune", "videoclip", "--run-dir", str(tmp_path / "vc"), f"model.checkpoint={pre}"])
+    assert result.exit_code == 2 and "model.checkpoint" in result.output and "'vlm' run" in result.output

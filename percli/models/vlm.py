@@ -220,16 +220,45 @@ class MMFusionJoint(_SingleStream):
                 attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """{"pooled_video": [B, C], "pooled_text": [B, C]}: means of the last isolated layer's output over the
         real frames + video [SEP] and over the caption + its [SEP] ([CLS] excluded)."""
+        hidden = self._isolated_output(caps, cmasks, vfeats, vmasks, attention_mask)
+        V = vmasks.shape[1]
+        return {"pooled_video": self._pool_video(hidden, vmasks), "pooled_text": self._pool_text(hidden[:, V:], cmasks)}
+
+    def forward_video(self, vfeats: torch.Tensor, vmasks: torch.Tensor, caps: torch.Tensor, cmasks: torch.Tensor
+                      ) -> torch.Tensor:
+        """Pooled video [B, C] alone, from ``[CLS] v_1..v_V [SEP]`` (``caps[:, :2]``): the isolated layers make it
+        equal to `forward`'s ``pooled_video`` whatever caption the pair has."""
+        hidden = self._isolated_output(caps[:, :2], cmasks[:, :2], vfeats, vmasks, split=False)
+        return self._pool_video(hidden, vmasks)
+
+    def forward_text(self, caps: torch.Tensor, cmasks: torch.Tensor) -> torch.Tensor:
+        """Pooled text [B, C] alone (no frames: the caption keeps its joint-sequence positions and token types),
+        equal to `forward`'s ``pooled_text``."""
+        mlp = self.mm_encoder.videomlp.linear1
+        no_video = mlp.weight.new_zeros(len(caps), 0, mlp.in_features)
+        hidden = self._isolated_output(caps, cmasks, no_video, cmasks[:, :0], split=False)
+        return self._pool_text(hidden, cmasks)
+
+    def _isolated_output(self, caps: torch.Tensor, cmasks: torch.Tensor, vfeats: torch.Tensor, vmasks: torch.Tensor,
+                         attention_mask: torch.Tensor | None = None, split: bool = True) -> torch.Tensor:
+        """[B, V+C, C] output of the last isolated layer over ``[CLS] video [SEP] caption``."""
         attention_mask, types = self.mm_mask_and_token_types(cmasks, vmasks, attention_mask)
         V = vmasks.shape[1]
-        split = None if self.is_train else V + 2  # [CLS] video [SEP] | caption
-        out = self.mm_encoder(caps, vfeats, attention_mask, types, output_hidden_states=True, split=split)
-        hidden = out.hidden_states[self.last_iso_layer]  # [B, V+C, C]
-        video_weights = torch.cat([vmasks, torch.ones_like(vmasks[:, :1])], dim=1).to(hidden.dtype)
-        text_weights = cmasks[:, 2:].to(hidden.dtype)
-        pooled_video = (hidden[:, 1:V + 2] * video_weights.unsqueeze(-1)).sum(1) / video_weights.sum(1, True)
-        pooled_text = (hidden[:, V + 2:] * text_weights.unsqueeze(-1)).sum(1) / text_weights.sum(1, True)
-        return {"pooled_video": pooled_video, "pooled_text": pooled_text}
+        parts = V + 2 if split and not self.is_train and cmasks.shape[1] > 2 else None  # [CLS] video [SEP] | caption
+        out = self.mm_encoder(caps, vfeats, attention_mask, types, output_hidden_states=True, split=parts)
+        return out.hidden_states[self.last_iso_layer]
+
+    @staticmethod
+    def _pool_video(hidden: torch.Tensor, vmasks: torch.Tensor) -> torch.Tensor:
+        weights = torch.cat([vmasks, torch.ones_like(vmasks[:, :1])], dim=1).to(hidden.dtype)  # frames + [SEP]
+        V = vmasks.shape[1]
+        return (hidden[:, 1:V + 2] * weights.unsqueeze(-1)).sum(1) / weights.sum(1, True)
+
+    @staticmethod
+    def _pool_text(hidden: torch.Tensor, cmasks: torch.Tensor) -> torch.Tensor:
+        """`hidden` [B, 2+C', C] aligned with `cmasks` ([CLS] and the video [SEP] first, then the caption)."""
+        weights = cmasks[:, 2:].to(hidden.dtype)
+        return (hidden[:, 2:] * weights.unsqueeze(-1)).sum(1) / weights.sum(1, True)
 
 
 # --------------------------------------------------------------------------- registered variants

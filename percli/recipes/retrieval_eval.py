@@ -5,8 +5,8 @@ model on video (each frame embedded, the clip the mean of its frames; text <-> v
 and video blocks' mean tokens, as AV-SUPERB's expert, or a `pretrain mavil` run's trained projections; audio <->
 video), FLAP (text <-> audio; a Hugging Face text tower is rebuilt from the folder its checkpoint records, which must
 still hold config.json and the tokenizer files: `model.kwargs.text_cfg.hf_folder=PATH` when the folder moved),
-video-text (`pretrain videoclip` / `support-set` / `mmp` runs on per-second video features, text <-> video; data
-and options in `percli.recipes.video_text_eval`).
+video-text (`pretrain videoclip` / `vlm` / `support-set` / `mmp` and `finetune videoclip` / `vlm` runs on
+per-second video features, text <-> video; data and options in `percli.recipes.video_text_eval`).
 
 Every caption is a query against the clips (``t2a``, ``t2v``, ``t2av``) and every clip a query against all
 captions (``a2t``, ``v2t``, ``av2t``: a hit when any caption of the clip is retrieved); audio and video

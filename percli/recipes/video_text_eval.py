@@ -1,6 +1,8 @@
 """`percli eval retrieval` for the video-text models (``family=video-text``): checkpoints of `percli pretrain
-videoclip`, `support-set` and `mmp` (told apart by the ``task`` their metadata records), on per-second video
-features rather than raw media.
+videoclip`, `vlm`, `support-set` and `mmp` and of `percli finetune videoclip` / `vlm` (told apart by the ``task``
+their metadata records), on per-second video features rather than raw media. A VLM pretraining checkpoint is
+scored through VLM's retrieval model (``vlm_retrieval_how2``: every layer modality-isolated, its masked-token
+head dropped).
 
 Data: the embedded videos' held-out split (``data.source=embedded``: every caption with the features of its own
 time span, one caption per clip, as the training runs' own evaluation; ``data.embedded_size`` must be the run's
@@ -11,7 +13,7 @@ whole video, or a YouCook2 clip) keeps its first ``data.max_video_len`` seconds.
 
 Every caption queries the segments (``t2v``) and every segment queries all captions (``v2t``: a hit when any of
 its captions is found), `percli.core.retrieval_metrics.two_way_retrieval` on the models' own scores (raw dot
-products: VideoCLIP's are unnormalised, support-set's and MMP's unit vectors). ``data.languages`` scores
+products: VideoCLIP's and VLM's are unnormalised, support-set's and MMP's unit vectors). ``data.languages`` scores
 several languages in one run (VATEX en/zh, the embedded en/de), each prefixed ``<lang>_``. Segments whose
 feature file is missing, truncated or otherwise unreadable are skipped with their captions and counted in
 ``summary.json``.
@@ -40,8 +42,13 @@ from percli.core.data.video_retrieval import (
 from percli.core.data.video_text import READ_REASONS
 from percli.core.retrieval_metrics import two_way_retrieval
 
-VIDEO_TEXT_TASKS = ("videoclip", "support-set", "mmp")
+MMPT_TASKS = ("videoclip", "vlm")
+"""Checkpoints of the fairseq MMPT models: BERT word pieces, video and text pooled by ``forward_video`` /
+``forward_text``, (max_video_len, input_dim) in ``model.preprocess``."""
+VIDEO_TEXT_TASKS = (*MMPT_TASKS, "support-set", "mmp")
 """The ``task`` metadata of the checkpoints this family ranks."""
+RETRIEVAL_VIEW = {"vlm_how2": "vlm_retrieval_how2"}
+"""Pretraining models scored through another registered model holding the same weights."""
 LAYOUTS = ("msrvtt", "youcook2", "vatex")
 EMBEDDED_MAX_VIDEO_LEN = 8
 """The video-text recipes' default ``data.max_video_len``: the held-out clips their own evaluation scored."""
@@ -97,12 +104,12 @@ class VideoTextSegments(Dataset):
 
 
 class VideoTextEvaluator:
-    """A videoclip / support-set / mmp model: segments through the video tower, their captions through the text
+    """A videoclip / vlm / support-set / mmp model: segments through the video tower, their captions through the text
     tower, two-way retrieval per language (see the module docstring)."""
 
     def __init__(self, model: nn.Module, meta: dict[str, Any], languages: list[str], normalize: bool = False):
         self.task, self.languages, self.normalize = meta["task"], languages, normalize
-        if self.task == "videoclip":
+        if self.task in MMPT_TASKS:
             from percli.recipes.video_text_common import BERT_TOKENIZER, MMPTCaptions
 
             self.captions = MMPTCaptions(meta.get("tokenizer", BERT_TOKENIZER), int(meta.get("max_text_tokens", 32)))
@@ -117,7 +124,7 @@ class VideoTextEvaluator:
     def _embed(self, model: nn.Module, video: torch.Tensor, mask: torch.Tensor, texts: list[str]
                ) -> tuple[torch.Tensor, torch.Tensor]:
         device = video.device
-        if self.task == "videoclip":
+        if self.task in MMPT_TASKS:
             caps, cmasks = (t.to(device) for t in self.captions(texts))
             c = self.captions
             # the video pass reads only [CLS] and the video's [SEP] of caps: [B, 2]
@@ -199,10 +206,12 @@ def load_video_text(checkpoint: str, kwargs: dict[str, Any], data: Any, normaliz
     from percli.recipes.video_text_common import CaptionedSegments
 
     meta = read_meta(checkpoint)
-    model = create_model_for(meta["name"], {**meta.get("kwargs", {}), **kwargs}, checkpoint)
+    name = RETRIEVAL_VIEW.get(meta["name"], meta["name"])
+    model = create_model_for(name, {**meta.get("kwargs", {}), **kwargs}, checkpoint)
     load_initial_weights(model, checkpoint)
     model.eval()
-    limit = int(model.preprocess["max_video_len"] if meta["task"] == "videoclip" else model.config["max_video_len"])
+    mmpt = meta["task"] in MMPT_TASKS
+    limit = int(model.preprocess["max_video_len"] if mmpt else model.config["max_video_len"])
     languages = list(data.languages) or list(meta.get("languages") or [meta.get("language", "en")])
     if data.source == "embedded":
         max_len = min(data.max_video_len or EMBEDDED_MAX_VIDEO_LEN, limit)
@@ -213,7 +222,7 @@ def load_video_text(checkpoint: str, kwargs: dict[str, Any], data: Any, normaliz
             raise ConfigError("data.features: not set; a video-text model reads per-second features: give the folder "
                               "of <video_id>.npy / .safetensors files of the manifest's videos")
         max_len = min(data.max_video_len or limit, limit)
-        dim = meta.get("kwargs", {}).get("input_dim" if meta["task"] == "videoclip" else "feature_dim")
+        dim = meta.get("kwargs", {}).get("input_dim" if mmpt else "feature_dim")
         sets = retrieval_sets(data, languages)
         parts = [SegmentFeatures(sets[lang], Path(data.features).expanduser(), feature_dim=dim) for lang in languages]
         counts = {"manifest": {lang: s.counts for lang, s in sets.items()},

@@ -1,6 +1,7 @@
 """VideoCLIP retrieval finetuning (Xu et al., EMNLP 2021): the two towers on (caption, video segment) pairs of a
 retrieval set, with the release's text-to-video InfoNCE only (each caption against every segment of the global
-batch; MMPT's ``T2VContraLoss`` for MSR-VTT / YouCook2).
+batch; MMPT's ``T2VContraLoss`` for MSR-VTT / YouCook2). `percli.recipes.vlm_finetune` trains VLM's retrieval
+model with the same data, loss and evaluation.
 
 Data: an MSR-VTT (1k-A CSV or train/val JSON), YouCook2 (official JSON with ``data.subset``, or ``video_id,
 start, end, sentence`` CSV) or VATEX manifest (``data.layout``, auto from the file) over ``data.features``, a
@@ -39,7 +40,7 @@ from percli.models import create_model, create_model_for, load_initial_weights
 from percli.recipes.clip import gather_features
 from percli.recipes.common import TrainedModelSection
 from percli.recipes.video_text_common import BERT_TOKENIZER, CaptionedSegments
-from percli.recipes.video_text_eval import VideoTextEvaluator, VideoTextSegments, retrieval_sets
+from percli.recipes.video_text_eval import RETRIEVAL_VIEW, VideoTextEvaluator, VideoTextSegments, retrieval_sets
 
 
 @dataclasses.dataclass
@@ -89,31 +90,41 @@ class OneCaption(Dataset):
         return item
 
 
-class VideoCLIPFinetuneTask:
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
+FAMILY_MODELS = {"videoclip": ("videoclip_how2",), "vlm": ("vlm_retrieval_how2",)}
+"""The registered retrieval models each job trains."""
+
+
+class VideoTextFinetuneTask:
+    """Text->video finetuning of an MMPT retrieval model of `family` (videoclip or vlm)."""
+
+    def __init__(self, cfg: Config, family: str = "videoclip"):
+        self.cfg, self.family = cfg, family
 
     def build_model(self) -> nn.Module:
-        cfg = self.cfg
+        cfg, family = self.cfg, self.family
         meta: dict[str, Any] = {}
         path = cfg.model.checkpoint
         if path and (Path(path).expanduser().is_dir() or str(path).endswith(".safetensors")):
             weights = run_weights(path)
             meta = read_meta(weights)
-        if meta.get("task") == "videoclip":  # a `pretrain videoclip` run: its architecture (model.kwargs unused)
-            self.name, self.kwargs = meta["name"], dict(meta.get("kwargs", {}))
+        if meta.get("task") not in (None, family):
+            raise ConfigError(f"model.checkpoint: {path} is a {meta['task']!r} run; `percli finetune {family}` "
+                              f"trains {family} runs (pretrain {family} / finetune {family})")
+        if meta:  # a pretraining or finetuning run: its architecture (model.kwargs unused), its retrieval model
+            self.name, self.kwargs = RETRIEVAL_VIEW.get(meta["name"], meta["name"]), dict(meta.get("kwargs", {}))
             model = create_model_for(self.name, self.kwargs, weights)
             load_initial_weights(model, weights)
-            self.meta = {"task": "videoclip", "tokenizer": meta.get("tokenizer", cfg.tokenizer),
+            self.meta = {"task": family, "tokenizer": meta.get("tokenizer", cfg.tokenizer),
                          "max_text_tokens": meta.get("max_text_tokens", cfg.max_text_tokens)}
         else:
             self.name, self.kwargs = cfg.model.name, dict(cfg.model.kwargs)
             model = create_model(self.name, **self.kwargs)
             if cfg.model.checkpoint:
                 load_initial_weights(model, cfg.model.checkpoint)
-            self.meta = {"task": "videoclip", "tokenizer": cfg.tokenizer, "max_text_tokens": cfg.max_text_tokens}
-        if not hasattr(model, "forward_video"):
-            raise ConfigError(f"model.name: {self.name!r} is not a VideoCLIP model; use videoclip_how2")
+            self.meta = {"task": family, "tokenizer": cfg.tokenizer, "max_text_tokens": cfg.max_text_tokens}
+        if self.name not in FAMILY_MODELS[family]:
+            raise ConfigError(f"model.name: {self.name!r} is not a {family} retrieval model; use "
+                              f"{' or '.join(FAMILY_MODELS[family])}")
         if model.preprocess["max_video_len"] < cfg.data.max_video_len:
             raise ConfigError(f"data.max_video_len={cfg.data.max_video_len} exceeds the model's max_video_len "
                               f"{model.preprocess['max_video_len']}")
@@ -184,5 +195,5 @@ def validate(cfg: Config) -> None:
 
 
 def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
-    return engine.train(VideoCLIPFinetuneTask(cfg), cfg.train, cfg.optim, ctx.run_dir, ctx.accelerator,
+    return engine.train(VideoTextFinetuneTask(cfg, "videoclip"), cfg.train, cfg.optim, ctx.run_dir, ctx.accelerator,
                         resume=ctx.resume)
