@@ -71,3 +71,23 @@ def sigterm_after_step(monkeypatch, step: int) -> Callable[[], None]:
 
     monkeypatch.setattr(rundir.MetricsLog, "write", write_then_signal)
     return lambda: monkeypatch.setattr(rundir.MetricsLog, "write", write)
+
+
+@pytest.fixture(scope="session")
+def hf_folder(tmp_path_factory):
+    """A tiny BERT (16 wide, 1 layer, 2 heads) saved with its weights, and the MiniLM package's WordPiece tokenizer:
+    a local Hugging Face folder made without any download."""
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    from percli.curation.text_encoder import minilm_folder
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(minilm_folder() / name, folder / name)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64)  # 30522: the MiniLM tokenizer's ids
+    BertModel(config).save_pretrained(folder)
+    return folder

@@ -145,24 +145,6 @@ SHORT_RUN = [TINY[0], "data.target_length=64", "data.embedded_size=80", "train.b
              "optim.ref_batch_size=8", "train.max_steps=3"]  # 80 clips: 20 held out, what eval retrieval takes
 
 
-@pytest.fixture(scope="module")
-def hf_folder(tmp_path_factory):
-    """A tiny BERT (16 wide, 1 layer, 2 heads) saved with its weights, and the MiniLM package's WordPiece tokenizer:
-    a local Hugging Face folder made without any download."""
-    from transformers import BertConfig, BertModel
-
-    from percli.curation.text_encoder import minilm_folder
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(minilm_folder() / name, folder / name)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64)  # 30522: the MiniLM tokenizer's ids
-    BertModel(config).save_pretrained(folder)
-    return folder
-
-
 def _hf_model(folder, pooling="first", context_length=16):
     torch.manual_seed(0)
     return create_model("flap_vit_base_patch16", embed_dim=16, audio_cfg=AUDIO,

@@ -128,3 +128,47 @@ def test_byte_text_is_shared_by_support_set_and_mmp():
     assert embeds.shape == (2, 16) and torch.allclose(embeds.norm(dim=-1), torch.ones(2))
     features, mask = torch.randn(2, 4, 8), torch.tensor([[True] * 4, [True, True, False, False]])
     assert torch.allclose(model.encode_video(features, mask).norm(dim=-1), torch.ones(2))
+
+
+def test_a_hugging_face_text_encoder_trains_under_the_tp_head_and_eval_rebuilds_it_without_its_weights(
+        tmp_path, hf_folder):
+    """mBERT's place: a local BERT folder under the text TP head. Every backbone parameter gets a gradient, the
+    checkpoint records ``pretrained: false``, and `eval retrieval` rebuilds the model from the folder's config and
+    tokenizer alone (its weights deleted) and scores the run's own held-out clips the same."""
+    import shutil
+
+    folder = tmp_path / "bert"
+    shutil.copytree(hf_folder, folder)
+    model = create_model("mmp_tiny", feature_dim=8, embed_dim=16, width=16, heads=2, layers=1, max_video_len=4,
+                         context_length=24, text_encoder={"hf_folder": str(folder)})
+    ids, mask = model.tokenizer(["ein roter Kreis springt", "a blue square"])
+    assert ids[0, 0].item() == 101 and mask.dtype == torch.bool and mask[1].sum() < mask[0].sum()  # [CLS], padded
+    text = model.encode_text(ids, mask)
+    text.sum().backward()
+    assert all(p.grad is not None for p in model.text_backbone.parameters())
+    assert not hasattr(model, "token_embed")
+    kwargs = f"model.kwargs={{embed_dim: 16, width: 16, heads: 2, layers: 1, context_length: 32, " \
+             f"text_encoder: {{hf_folder: {folder}}}}}"
+    result = _invoke("--run-dir", str(tmp_path / "run"), "--json", *TINY, kwargs, "train.max_steps=2")
+    assert result.exit_code == 0, result.output[-3000:]
+    run = json.loads(result.stdout)
+    from percli.core.checkpoint import read_weights
+
+    _, meta = read_weights(run["checkpoint"])
+    assert meta["kwargs"]["text_encoder"] == {"hf_folder": str(folder.resolve()), "pretrained": False}
+    (folder / "model.safetensors").unlink()
+    from percli.cli import app
+
+    evaluated = runner.invoke(app, ["eval", "retrieval", f"model.checkpoint={run['checkpoint']}", "--json",
+                                    "--run-dir", str(tmp_path / "eval"), "data.embedded_size=20"])
+    assert evaluated.exit_code == 0, evaluated.output[-3000:]
+    again = json.loads(evaluated.stdout)["metrics"]
+    for key in ("en_t2v_R@1", "de_t2v_mean_rank", "en_v2t_mean_rank"):
+        assert again[key] == pytest.approx(run["metrics"][f"eval/{key}"], abs=1e-6), key
+
+
+def test_a_bad_text_encoder_folder_exits_2_naming_the_key(tmp_path):
+    result = _invoke("--run-dir", str(tmp_path / "run"), *TINY,
+                     f"model.kwargs.text_encoder={{hf_folder: {tmp_path}}}")
+    assert result.exit_code == 2 and "model.kwargs.text_encoder.hf_folder" in result.output
+    assert "config.json" in result.output, result.output[-2000:]

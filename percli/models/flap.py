@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,29 +45,16 @@ from percli.models.audio_mae import MAE_ONLY_PREFIXES, AudioMaskedAutoencoderViT
 from percli.models.clip import CLIPTextCfg, CLIPTextTransformer
 from percli.models.clip_tokenizer import CLIPTokenizer
 from percli.models.common import LoadReport, check_fit, plain, read_state
+from percli.models.hf_text import HFTokenizer, check_hf_folder, hf_encoder
 
 HF_FOLDER_KEY = "model.kwargs.text_cfg.hf_folder"
 HF_POOLINGS = ("first", "mean")
 HF_TEXT_KEYS = ("hf_folder", "context_length", "pooling", "pretrained")  # `HFTextTower`'s keywords
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
-                    "sentencepiece.bpe.model")
+HF_FOLDER_FIX = f"set {HF_FOLDER_KEY} to a local Hugging Face model folder (config.json + tokenizer files, e.g. " \
+    "roberta-base)"
 
 
 # --------------------------------------------------------------------------- Hugging Face text tower
-
-
-def check_hf_folder(folder: str | Path, fix: str = f"set {HF_FOLDER_KEY} to a local Hugging Face model folder "
-                                                  "(config.json + tokenizer files, e.g. roberta-base)") -> Path:
-    """The folder, or a `ConfigError` naming `HF_FOLDER_KEY` and `fix` when it lacks config.json or a tokenizer."""
-    path = Path(folder).expanduser()
-    if not path.is_dir():
-        raise ConfigError(f"{HF_FOLDER_KEY}: {folder} is not a folder; {fix}")
-    if not (path / "config.json").is_file():
-        raise ConfigError(f"{HF_FOLDER_KEY}: {folder} has no config.json; {fix}")
-    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
-        raise ConfigError(f"{HF_FOLDER_KEY}: {folder} has no tokenizer files (one of {', '.join(_TOKENIZER_FILES)}); "
-                          f"{fix}")
-    return path.resolve()
 
 
 def hf_text_cfg(text_cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -84,38 +70,8 @@ def hf_text_cfg(text_cfg: Mapping[str, Any]) -> dict[str, Any]:
     pooling = text_cfg.get("pooling", "first")
     if pooling not in HF_POOLINGS:
         raise ConfigError(f"model.kwargs.text_cfg.pooling: got {pooling!r}; allowed values: {', '.join(HF_POOLINGS)}")
-    check_hf_folder(text_cfg["hf_folder"])
+    check_hf_folder(text_cfg["hf_folder"], HF_FOLDER_KEY, HF_FOLDER_FIX)
     return {k: v for k, v in text_cfg.items() if k in HF_TEXT_KEYS}
-
-
-def _offline_transformers():
-    """`transformers`, imported with the hub switched offline first (it reads these once): nothing is downloaded."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    import transformers
-
-    return transformers
-
-
-class HFTokenizer:
-    """``AutoTokenizer`` of a local folder: texts -> ``{"text": input_ids, "text_mask": attention_mask}``, each
-    [N, context_length] int64, padded (the tokenizer's pad id, mask 0) or truncated to `context_length`."""
-
-    def __init__(self, folder: str | Path, context_length: int):
-        transformers = _offline_transformers()
-        try:
-            self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"{HF_FOLDER_KEY}: {folder}: no tokenizer loads from it ({e}); give a folder with "
-                              "the model's tokenizer files (tokenizer.json, or vocab.json + merges.txt for RoBERTa)") \
-                from None
-        self.context_length = context_length
-
-    def __call__(self, texts: str | Sequence[str]) -> dict[str, torch.Tensor]:
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        out = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.context_length,
-                             return_tensors="pt")
-        return {"text": out["input_ids"].long(), "text_mask": out["attention_mask"].long()}
 
 
 class CLIPTokens:
@@ -147,23 +103,8 @@ class HFTextTower(nn.Module):
         super().__init__()
         hf_text_cfg({"hf_folder": hf_folder, "pooling": pooling})
         folder = Path(hf_folder).expanduser().resolve()
-        transformers = _offline_transformers()
-        try:
-            if pretrained:
-                self.transformer = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True)
-            else:
-                config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
-                self.transformer = transformers.AutoModel.from_config(config)
-        except (OSError, ValueError, KeyError) as e:
-            raise ConfigError(f"{HF_FOLDER_KEY}: {folder}: no model loads from it ({type(e).__name__}: {e}); give a "
-                              "folder with a transformers config.json (and its weights for pretrained training)") \
-                from None
-        if getattr(self.transformer, "pooler", None) is not None:
-            self.transformer.pooler = None  # BERT/RoBERTa's tanh pooler is unused: DDP wants every parameter used
-        positions = getattr(self.transformer.config, "max_position_embeddings", None)
-        if positions is not None and context_length > positions:
-            raise ConfigError(f"model.kwargs.text_cfg.context_length={context_length} exceeds the {positions} "
-                              f"positions of {folder}; lower it")
+        self.transformer = hf_encoder(folder, pretrained, HF_FOLDER_KEY, context_length,
+                                      "model.kwargs.text_cfg.context_length")
         hidden = self.transformer.config.hidden_size
         self.text_projection = nn.Linear(hidden, embed_dim, bias=False)
         nn.init.xavier_uniform_(self.text_projection.weight)
@@ -241,7 +182,7 @@ class FLAP(nn.Module):
         """The text tower's tokenizer: texts -> ``{"text": ids [N, L]}`` (+ ``"text_mask"`` for a Hugging Face tower).
         It holds no reference to the model, so data-loader workers can carry it."""
         if self.hf_text:
-            return HFTokenizer(self.preprocess["tokenizer_folder"], self.context_length)
+            return HFTokenizer(self.preprocess["tokenizer_folder"], self.context_length, HF_FOLDER_KEY)
         return CLIPTokens(self.context_length)
 
     def forward_audio(self, fbank: torch.Tensor, mask_ratio: float = 0.0, mask_1d: bool = True,

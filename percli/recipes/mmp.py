@@ -17,6 +17,9 @@ InfoNCE over the global batch (negatives gathered from every process) with the m
 
 ``data.languages: [en]`` is the English-only baseline: (v, x) alone, no y term.
 
+Text encoder: byte-level tokens (the presets), or the paper's mBERT / XLM-R from a local Hugging Face folder
+(``model.kwargs.text_encoder.hf_folder``; its word pieces under the text TP head, see `percli.models.mmp`).
+
 Evaluation on held-out clips, per language of ``data.eval_languages`` (default: en and de): every caption with
 the features of its own time span, text->video and video->text R@1/5/10, median and mean rank, prefixed by the
 language (``eval/de_t2v_R@1``). Training on ``[en]`` and evaluating ``de`` is the paper's zero-shot
@@ -29,6 +32,8 @@ Examples:
   percli pretrain mmp                                      # tiny model, en+de, embedded videos, ~5 CPU minutes
   percli pretrain mmp data.languages=[en]                  # English-only: zero-shot German at evaluation
   percli pretrain mmp data.source=/data/multi_ht100m data.languages=[en,fr] data.eval_languages=[en,fr]
+  percli pretrain mmp model.name=mmp_base model.kwargs.text_encoder.hf_folder=/models/xlm-roberta-base \
+      data.source=/data/multi_ht100m data.languages=[en,de]   # a Hugging Face mBERT / XLM-R text side
 """
 
 from __future__ import annotations
@@ -201,7 +206,7 @@ class MMPTask:
                               f"{model.config['max_video_len']}; lower it or raise model.kwargs.max_video_len")
         if self.cfg.model.checkpoint:
             load_initial_weights(model, self.cfg.model.checkpoint)
-        self.kwargs = kwargs
+        self.kwargs = {**kwargs, "text_encoder": model.config["text_encoder"]}  # a Hugging Face folder: pretrained off
         return model
 
     def model_meta(self) -> dict[str, Any]:

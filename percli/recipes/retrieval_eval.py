@@ -220,10 +220,11 @@ def _load(cfg: Config, family: str) -> tuple[nn.Module, Any, int, int, tuple[str
         kwargs = _flap_kwargs(meta.get("kwargs", {}), cfg.model.kwargs)
         folder = kwargs.get("text_cfg", {}).get("hf_folder")
         if folder:  # the checkpoint holds the tower's weights; config.json and the tokenizer come from the folder
-            from percli.models.flap import HF_FOLDER_KEY, check_hf_folder
+            from percli.models.flap import HF_FOLDER_KEY
+            from percli.models.hf_text import check_hf_folder
 
-            check_hf_folder(folder, fix=f"the checkpoint's text tower was built from that Hugging Face folder; give "
-                                        f"where its config.json and tokenizer files are now with {HF_FOLDER_KEY}=PATH")
+            check_hf_folder(folder, HF_FOLDER_KEY, "the checkpoint's text tower was built from that Hugging Face "
+                            f"folder; give where its config.json and tokenizer files are now with {HF_FOLDER_KEY}=PATH")
         model = create_model_for(meta["name"], kwargs, cfg.model.checkpoint)
         load_initial_weights(model, cfg.model.checkpoint)
         return model.eval(), FlapEvaluator(model, {**model.preprocess, **meta}), int(meta["sample_rate"]), 64, \
