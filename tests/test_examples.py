@@ -126,5 +126,6 @@ def test_video_text_example_runs_end_to_end(tmp_path):
     done = subprocess.run(["bash", str(script), str(tmp_path / "work")], env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    for line in ("videoclip ", "support-set-random", "vlm ", "mmp-en ", "eval retrieval (written clips)"):
+    for line in ("videoclip ", "support-set-random", "vlm ", "vlm-ft-random ", "mmp-en ",
+                 "eval retrieval (written clips)"):
         assert line in done.stdout, line

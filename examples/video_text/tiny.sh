@@ -1,7 +1,8 @@
 #!/bin/bash
 # The video-language recipes end to end on the embedded English-German videos (per-second features of rendered
-# moving shapes, captions with times): VideoCLIP, support-set bottlenecks, VLM and multilingual MMP against
-# random-init models, then `eval retrieval` on a written HowTo100M-layout folder with the VideoCLIP checkpoint.
+# moving shapes, captions with times): VideoCLIP, support-set bottlenecks, VLM (pretraining, then retrieval
+# finetuning) and multilingual MMP against random-init models, then `eval retrieval` on a written HowTo100M-layout
+# folder with the VideoCLIP checkpoint.
 # Run from anywhere: bash examples/video_text/tiny.sh [WORK_DIR]   (~12 min on 2 CPU cores)
 set -euo pipefail
 WORK=${1:-runs/video-text-example}
@@ -19,6 +20,11 @@ for method in videoclip support-set vlm mmp; do
     $PERCLI pretrain "$method" --run-dir "$WORK/$method-random" train.max_steps=1 optim.lr=1e-12 "${EXTRA[@]}" \
         --json > "$WORK/$method-random.json"
 done
+# VLM's retrieval finetuning (text->video) from the masked-token run, and from random weights
+$PERCLI finetune vlm --run-dir "$WORK/vlm-ft" model.checkpoint="$WORK/vlm" train.max_steps="$STEPS" "${EXTRA[@]}" \
+    --json > "$WORK/vlm-ft.json"
+$PERCLI finetune vlm --run-dir "$WORK/vlm-ft-random" train.max_steps="$STEPS" "${EXTRA[@]}" --json \
+    > "$WORK/vlm-ft-random.json"
 # MMP trained on English only: German retrieval becomes zero-shot
 $PERCLI pretrain mmp --run-dir "$WORK/mmp-en" data.languages=[en] train.max_steps="$STEPS" "${EXTRA[@]}" --json \
     > "$WORK/mmp-en.json"
@@ -34,7 +40,7 @@ import json, sys
 from pathlib import Path
 
 work = Path(sys.argv[1])
-for method in ("videoclip", "support-set", "vlm", "mmp", "mmp-en"):
+for method in ("videoclip", "support-set", "vlm", "vlm-ft", "mmp", "mmp-en"):
     for run in (method, f"{method}-random"):
         if not (work / f"{run}.json").is_file():
             continue
