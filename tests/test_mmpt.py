@@ -243,3 +243,70 @@ def test_videoclip_towers_have_the_official_sizes():
         model = create_model("videoclip_how2")
     for tower in ("video_encoder", "text_encoder"):
         assert sum(p.numel() for p in getattr(model, tower).parameters()) == official[tower]
+
+
+# --------------------------------------------------------------------------- fairseq checkpoints
+
+RAN: list[str] = []
+
+
+class _Hook:
+    def __reduce__(self):
+        return RAN.append, ("pickled code ran",)
+
+
+def _fairseq_checkpoint(path, model, hostile: bool = False):
+    """A fairseq trainer checkpoint as MMPT's ``checkpoint_best.pt`` is laid out: weights under
+    ``model["mmmodel.*"]``, legacy ``args`` Namespace, the config as a plain dict, meter states and ``best`` with
+    numpy scalars, the optimizer state."""
+    import argparse
+    from collections import OrderedDict
+
+    import numpy as np
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    optimizer = torch.optim.Adam(params)
+    params[0].grad = torch.ones(2)
+    optimizer.step()
+    meters = [(0, "loss", "AverageMeter", {"val": np.float64(1.25), "sum": np.float64(5.0), "count": 4, "round": 3}),
+              (50, "wall", "StopwatchMeter", {"sum": 12.5, "n": 1, "round": 0})]
+    ckpt = {"args": argparse.Namespace(arch="mmpt", task="mmtask", lr=[5e-5]),
+            "cfg": {"common": {"fp16": True}, "optimization": {"lr": [5e-5]}, "task": {"_name": "mmtask"}},
+            "model": {f"mmmodel.{k}": v for k, v in model.state_dict().items()}, "criterion": None,
+            "optimizer_history": [{"criterion_name": "MMCriterion", "optimizer_name": "FairseqAdam",
+                                   "lr_scheduler_state": {"best": np.float64(0.42)}, "num_updates": 10}],
+            "task_state": {}, "last_optimizer_state": optimizer.state_dict(),
+            "extra_state": {"metrics": OrderedDict(train=meters), "previous_training_time": 12.5,
+                            "train_iterator": {"version": 2, "epoch": 3, "iterations_in_epoch": 0, "shuffle": True},
+                            "val_loss": np.float64(0.42), "best": np.float64(0.42),
+                            **({"hook": _Hook()} if hostile else {})}}
+    torch.save(ckpt, path)
+    return path
+
+
+def test_a_fairseq_checkpoint_best_loads_and_converts_without_running_its_pickle(tmp_path):
+    from typer.testing import CliRunner
+
+    from percli.cli import app
+
+    source = _videoclip(seed=11)
+    path = _fairseq_checkpoint(tmp_path / "checkpoint_best.pt", source)
+    model = _videoclip(seed=0)
+    report = load_official_state(model, path)
+    assert not report.dropped and all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items())
+    kwargs = json.dumps({"bert_config": TINY, "num_hidden_video_layers": 2, "max_video_len": V})
+    out = CliRunner().invoke(app, ["convert", str(path), "-o", str(tmp_path / "vc.safetensors"), "-m",
+                                   "videoclip_how2", "--kwargs", kwargs, "--run-dir", str(tmp_path / "conv")])
+    assert out.exit_code == 0, out.output[-2000:]
+    again = create_model("videoclip_how2", bert_config=TINY, num_hidden_video_layers=2, max_video_len=V)
+    load_official_state(again, tmp_path / "vc.safetensors")
+    caps, cmasks, vfeats, vmasks = _batch()
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval()(caps, cmasks, vfeats, vmasks)["pooled_text"],
+                                   source(caps, cmasks, vfeats, vmasks)["pooled_text"])
+    hostile = _fairseq_checkpoint(tmp_path / "hostile.pt", source, hostile=True)
+    from percli.core.checkpoint import RefusedPickleError
+
+    with pytest.raises(RefusedPickleError, match="builtins.getattr"):  # list.append, reached through getattr
+        load_official_state(_videoclip(), hostile)
+    assert RAN == []

@@ -23,7 +23,6 @@ unpickled.
 
 from __future__ import annotations
 
-import collections
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -362,58 +361,27 @@ class EncodecModel(nn.Module):
 # --------------------------------------------------------------------------- checkpoints
 
 
-class _InertObject:
-    """Stand-in for a class pickled in a checkpoint (e.g. OmegaConf's DictConfig): keeps the
-    constructor arguments and state it is given, and runs no code of the original class."""
-
-    def __new__(cls, *args, **kwargs):
-        return object.__new__(cls)
-
-    def __init__(self, *args, **kwargs):
-        self.args = args
-
-    def __setstate__(self, state):
-        self.state = state
-
-
-# Exactly the globals an audiocraft solver checkpoint's ``xp.cfg`` (an OmegaConf 2.x DictConfig of
-# the Hydra config) pickles: the config containers, their value nodes, node / container metadata and
-# its ``typing.Any`` annotations become inert stand-ins; the plain types that metadata names
-# (``object_type`` dict/list, ``key_type`` int of a ListConfig, ``resolver_cache`` a
-# ``defaultdict(dict)``) are themselves. The rest of the file (``best_state``, ``model``,
-# ``optimizer``, ``history``, ...) is tensors and plain data that torch allows by default.
-_OMEGACONF_STAND_INS = ("omegaconf.dictconfig.DictConfig", "omegaconf.listconfig.ListConfig",
-                        "omegaconf.nodes.AnyNode", "omegaconf.base.ContainerMetadata", "omegaconf.base.Metadata",
-                        "typing.Any")
-_PLAIN_TYPES = {"builtins.dict": dict, "builtins.list": list, "builtins.int": int,
-                "collections.defaultdict": collections.defaultdict}
-
-
-def _audiocraft_globals() -> list[tuple[object, str]]:
-    """(stand-in, name) pairs for torch's ``safe_globals``: the names above and nothing else."""
-    stand_ins = [(type(name.rsplit(".", 1)[-1], (_InertObject,), {}), name) for name in _OMEGACONF_STAND_INS]
-    return stand_ins + [(t, name) for name, t in _PLAIN_TYPES.items()]
-
-
 def read_audiocraft_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The codec tensors of an audiocraft checkpoint (``.th``), read without running pickled code.
 
     torch's ``weights_only`` unpickler does the reading, allowing besides its default safe types
-    exactly the globals of the release's ``xp.cfg`` (OmegaConf's ``DictConfig``, ``ListConfig``,
-    ``AnyNode``, ``ContainerMetadata``, ``Metadata`` and ``typing.Any`` as `_InertObject`
-    stand-ins; ``dict``, ``list``, ``int`` and ``collections.defaultdict`` as themselves). A file
-    naming any other global raises `percli.core.checkpoint.RefusedPickleError` (a ValueError and an
-    ``UnpicklingError``) before anything is unpickled. Solver checkpoints give
+    only the globals of a pickled experiment config (`percli.core.pickled_config`: the release's
+    ``xp.cfg`` needs OmegaConf's ``DictConfig``, ``ListConfig``, ``AnyNode``, ``ContainerMetadata``,
+    ``Metadata`` and ``typing.Any`` as inert stand-ins; ``dict``, ``list``, ``int`` and
+    ``collections.defaultdict`` as themselves). A file naming any other global raises
+    `percli.core.checkpoint.RefusedPickleError` (a ValueError and an ``UnpicklingError``) before
+    anything is unpickled. Solver checkpoints give
     ``best_state["model"]`` (what ``CompressionSolver.model_from_checkpoint`` loads, not the
     last-epoch ``model``); exported ones (``{"xp.cfg": yaml, "model": ...}``) give ``model``.
     """
     from percli.core.checkpoint import torch_load_weights
+    from percli.core.pickled_config import config_globals
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no codec checkpoint at {path}; download encodec_4cb2048_giga.th from "
                                 "https://huggingface.co/pyp1/VoiceCraft and pass its path")
-    ckpt = torch_load_weights(path, _audiocraft_globals())
+    ckpt = torch_load_weights(path, config_globals())
     if not isinstance(ckpt, Mapping):
         raise RuntimeError(f"{path} is not an audiocraft codec checkpoint: no best_state.model / model state dict")
     if "best_state" in ckpt:

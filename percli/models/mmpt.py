@@ -272,8 +272,28 @@ TIED_DECODER = "mm_encoder.cls.predictions.decoder.weight"  # VLM's decoder: the
 _POSITION_IDS = re.compile(r"(^|\.)embeddings\.position_ids$")
 
 
+def read_fairseq_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """The model tensors of a fairseq checkpoint (MMPT's ``checkpoint_best.pt``: ``{"args" | "cfg", "model",
+    "criterion", "optimizer_history", "task_state", "extra_state", "last_optimizer_state"}``) or of a plain
+    ``.pt`` / ``.bin`` state dict, read by torch's restricted unpickler without running code of the file.
+
+    Allowed besides torch's safe types: the globals a fairseq checkpoint pickles beside the weights
+    (`percli.core.pickled_config`: ``argparse.Namespace`` args, numpy scalars in meter states and ``best``,
+    OmegaConf containers as inert stand-ins); a file naming anything else raises `RefusedPickleError` unread.
+    """
+    from percli.core.checkpoint import torch_load_weights
+    from percli.core.pickled_config import config_globals
+
+    ckpt = torch_load_weights(path, config_globals())
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, Mapping) else None
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path} holds no state dict of tensors (fairseq keeps them under 'model')")
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
 def _read(state_or_path: Mapping[str, torch.Tensor] | str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a mapping, a .safetensors/.pt/.pth file, or a Hugging Face folder's weight file."""
+    """Tensors of a mapping, a .safetensors file, a fairseq / plain .pt / .pth / .bin file, or a Hugging Face
+    folder's weight file."""
     if isinstance(state_or_path, str | Path) and Path(state_or_path).is_dir():
         folder = Path(state_or_path)
         found = [folder / name for name in HF_WEIGHT_FILES if (folder / name).is_file()]
@@ -281,7 +301,10 @@ def _read(state_or_path: Mapping[str, torch.Tensor] | str | Path) -> dict[str, t
             raise FileNotFoundError(f"{folder} holds none of {', '.join(HF_WEIGHT_FILES)}: pass a Hugging Face "
                                     "BERT folder (e.g. bert-base-uncased) or an MMPT checkpoint file")
         state_or_path = found[0]
-    state = read_state(state_or_path)
+    if isinstance(state_or_path, str | Path) and Path(state_or_path).suffix != ".safetensors":
+        state = read_fairseq_checkpoint(state_or_path)
+    else:
+        state = read_state(state_or_path)
     return {k.removeprefix(MMPT_WRAPPER): v for k, v in state.items()}
 
 
@@ -368,8 +391,8 @@ def load_official_state(model: nn.Module, state_or_path: Mapping[str, torch.Tens
     * MMPT layout (``video_encoder.*`` / ``text_encoder.*`` or ``mm_encoder.*``, optionally under fairseq's
       ``mmmodel.`` and ``{"model": ...}``): strict, except that a VLM pretraining file's ``mm_encoder.cls.*``
       is dropped into a retrieval model and absent ``position_ids`` buffers / ``seg_embeddings`` keep
-      their init. A fairseq ``checkpoint_best.pt`` that pickles its OmegaConf config is refused unread (re-save
-      its ``["model"]`` tensors as safetensors).
+      their init. A fairseq ``checkpoint_best.pt`` is read with `read_fairseq_checkpoint` (its config, meters
+      and optimizer state never run code); ``percli convert`` re-saves it as safetensors once.
     * A Hugging Face BERT folder (``model.safetensors`` or ``pytorch_model.bin``, e.g. ``bert-base-uncased``)
       or its state: `load_bert_weights` (how VideoCLIP and VLM start pretraining).
     """
