@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import GOLDEN_DIR
 from tests.golden_mmpt import MMPT_RUNNERS
+from tests.golden_plm import PLM_RUNNERS
 from tests.golden_replay import CallBook, GoldenReplayError, extract_calls, output_names
 
 
@@ -613,6 +614,7 @@ RUNNERS: dict[tuple[str, str], Runner] = {
     (_PE_AUDIO_FILE.format(vision="vision tower core/vision_encoder/pe.py; "), "PEAudioVisual"): run_pe_audio_visual,
     (_PE_AUDIO_FILE.format(vision=""), "PEAudioFrame"): run_pe_audio_frame,
     **MMPT_RUNNERS,
+    **PLM_RUNNERS,
 }
 
 

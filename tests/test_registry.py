@@ -67,6 +67,8 @@ BUILT_AS = {
     "videoclip_MMFusionSeparate_how2": ("videoclip_how2", {}),
     "vlm_MMFusionMTM_pretrain": ("vlm_how2", {}),
     "vlm_MMFusionJoint_retrieval": ("vlm_retrieval_how2", {}),
+    **{f"Perception-LM-{size}{stage}": (f"plm_{size.lower()}{stage}", {}) for size in ("1B", "3B", "8B")
+       for stage in ("", "_stage1")},
 }
 
 
