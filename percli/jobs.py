@@ -164,6 +164,9 @@ JOBS: list[Job] = [
     _engine("finetune", "vlm", "vlm_finetune",
             "VLM retrieval finetuning: the shared encoder, modality-isolated, text->video InfoNCE on MSR-VTT / "
             "YouCook2 / VATEX captions over per-second features"),
+    _engine("finetune", "plm", "plm_finetune",
+            "PerceptionLM training: projector warm-up, mid-training and SFT stages on image/video conversations, "
+            "loss on the answers (Cho et al., 2025)"),
     _engine("finetune", "pe-a-frame", "pe_a_frame",
             "PE-A-Frame: frame-level audio-text training for sound event detection on strong labels"),
     _engine("eval", "zero-shot", "zero_shot",

@@ -18,6 +18,7 @@ from tests.test_dinov2_recipe import SHORT as DINOV2
 from tests.test_flap import TINY as FLAP
 from tests.test_mavil_pretrain import TINY as MAVIL
 from tests.test_mmp import TINY as MMP
+from tests.test_plm_recipe import TINY as PLM
 from tests.test_video_text_recipes import SUPPORT, VIDEOCLIP
 from tests.test_voicecraft_recipe import TINY as VOICECRAFT
 
@@ -60,6 +61,7 @@ CASES = {
     "pretrain support-set": [*SUPPORT, *STEPS],
     "pretrain vlm": [*VLM, *STEPS],
     "pretrain mmp": [*MMP, *STEPS],
+    "finetune plm": [*PLM, *STEPS],
     "finetune vlm": ["model.kwargs={max_video_len: 8, bert_config: {hidden_size: 16, num_hidden_layers: 1, "
                      "num_attention_heads: 2, intermediate_size: 32, max_position_embeddings: 32}}",
                      "data.embedded_size=20", "train.batch_size=4", "optim.ref_batch_size=4", *STEPS],

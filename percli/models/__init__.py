@@ -66,7 +66,7 @@ def load_initial_weights(model: nn.Module, path: str | Path) -> Any:
     reported on stderr."""
     from rich.console import Console
 
-    from percli.core.checkpoint import read_weights
+    from percli.core.checkpoint import MODEL_FILE, read_weights, run_weights
     from percli.models.hub import resolve_weights
 
     p = resolve_weights(path)  # an hf-hub: spec becomes its file in the Hugging Face cache
@@ -75,7 +75,10 @@ def load_initial_weights(model: nn.Module, path: str | Path) -> Any:
     loader = weights_loader(model)
     if loader is None:
         raise ValueError(f"{type(model).__name__} has no registered weight loader; load a percli checkpoint of it")
-    report = loader(model, read_weights(p)[0] if p.is_dir() or p.suffix == ".safetensors" else p)
+    percli_file = p.suffix == ".safetensors" or (p.is_dir() and ((p / MODEL_FILE).is_file()
+                                                                 or (p / "checkpoints").is_dir()))
+    # a release folder (params.json + consolidated.pth, config.json + model*.safetensors) goes to the family loader
+    report = loader(model, read_weights(run_weights(p))[0] if percli_file else p)
     dropped, missing = getattr(report, "dropped", []), getattr(report, "missing", [])
     heads = sorted({k.split(".")[0] for k in dropped})
     Console(stderr=True).print(
