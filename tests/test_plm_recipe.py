@@ -191,3 +191,36 @@ def test_fsdp_over_two_processes_trains_as_ddp(tmp_path):
 def test_a_bad_config_exits_2_naming_its_key(tmp_path, app, override, message):
     result = _run(app, tmp_path / "run", override)
     assert result.exit_code == 2 and message in result.output, result.output[-2000:]
+
+
+def test_stage1_starts_from_a_llama_checkpoint_and_a_pe_checkpoint(tmp_path, app):
+    """The release's stage-1 init: the decoder from a Llama consolidated folder, PE from its own file (``visual.``
+    names, with the blocks and heads PLM's truncated tower does not have): both land exactly, the rest is reported."""
+    from percli.jobs import get_job
+    from percli.models import create_model
+    from percli.models.plm_loading import load_towers
+
+    cfg = get_job("finetune", "plm").resolve_config(None, None, TINY)
+    torch.manual_seed(1)
+    source = create_model("plm_1b", **cfg.model.kwargs)
+    llama = tmp_path / "llama"
+    llama.mkdir()
+    lm = {k: v for k, v in source.state_dict().items() if not k.startswith(("vision_", "output.tied"))}
+    torch.save(lm, llama / "consolidated.00.pth")
+    pe = {f"visual.{k}": v for k, v in source.vision_model.state_dict().items()}
+    pe["visual.proj"] = torch.zeros(16, 8)  # PE-Core's projection and a 2nd block: not in PLM's tower
+    pe["visual.transformer.resblocks.1.ln_1.weight"] = torch.ones(16)
+    torch.save(pe, tmp_path / "pe.pt")
+    torch.manual_seed(2)
+    model = create_model("plm_1b", **cfg.model.kwargs)
+    report = load_towers(model, llama, tmp_path / "pe.pt")
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items()
+               if not k.startswith("vision_projector."))
+    assert set(report.dropped) == {"vision_model.proj", "vision_model.transformer.resblocks.1.ln_1.weight"}
+    result = _run(app, tmp_path / "run", "stage=stage1", f"init.language_model={llama}",
+                  f"init.vision_model={tmp_path / 'pe.pt'}", "train.max_steps=1")
+    assert result.exit_code == 0, result.output[-3000:]
+    del lm["norm.weight"]
+    torch.save(lm, llama / "consolidated.00.pth")
+    with pytest.raises(RuntimeError, match="norm.weight"):
+        load_towers(model, llama)

@@ -323,3 +323,62 @@ def from_folder(folder: str | Path, weights: bool = True, dtype: torch.dtype | N
     load_official_state(model, folder)
     model.rope_embeddings.reset_parameters()
     return model
+
+
+def _consolidated_state(path: Path) -> dict[str, torch.Tensor]:
+    """A Llama ``original/`` folder (consolidated.pth or consolidated.NN.pth parts, weights_only), or one file."""
+    if not path.is_dir():
+        return read_state(path)
+    files = sorted(path.glob("consolidated*.pth")) or sorted(path.glob("consolidated*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{path} has no consolidated*.pth / consolidated*.safetensors (a Llama release's "
+                                "original/ folder has consolidated.00.pth)")
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state.update(read_state(file))
+    return state
+
+
+def load_towers(model: PerceptionLM, language_model: str | Path | None = None,
+                vision_model: str | Path | None = None) -> LoadReport:
+    """The release's stage-1 start: the decoder from a Llama-3 consolidated checkpoint (``init_ckpt_path``, e.g.
+    ``Llama-3.2-1B-Instruct/original``: the same names as PLM's decoder) and PE from its checkpoint
+    (``vision_model_path``: ``visual.*`` / ``module.*`` prefixes removed, as PE's ``load_ckpt`` does).
+
+    Every decoder tensor must be in the Llama file (the tied output may be absent). PE keys the truncated tower does
+    not have (its last blocks, ``ln_post``, ``proj``, the attention pool) are reported as dropped; a PE key of the
+    tower that the file lacks, or a shape that differs, raises naming it.
+    """
+    report = LoadReport()
+    own = model.state_dict()
+    if language_model is not None:
+        state = {k: v for k, v in _consolidated_state(Path(language_model)).items()
+                 if not k.startswith(("vision_model.", "vision_projector."))}
+        wanted = [k for k in own if not k.startswith(("vision_model.", "vision_projector.", "output.tied_module."))
+                  and "rope" not in k]
+        missing = [k for k in wanted if k not in state]
+        wrong = [f"{k} {list(state[k].shape)} != {list(own[k].shape)}" for k in wanted if k in state
+                 and state[k].shape != own[k].shape]
+        if missing or wrong:
+            raise RuntimeError(f"{language_model} does not fit the decoder: missing {missing[:6]}, wrong shape "
+                               f"{wrong[:4]}; build the PLM size whose decoder it is (plm_1b: Llama-3.2-1B)")
+        model.load_state_dict({k: state[k] for k in wanted}, strict=False)
+        report.dropped += sorted(set(state) - set(wanted))
+    if vision_model is not None:
+        if model.vision_model is None:
+            raise RuntimeError("this PerceptionLM has no vision_model to load a PE checkpoint into")
+        raw = read_state(vision_model)
+        raw = {k.replace("module.", ""): v for k, v in raw.items()}
+        if any(k.startswith("visual.") for k in raw):
+            raw = {k.removeprefix("visual."): v for k, v in raw.items() if k.startswith("visual.")}
+        tower = model.vision_model.state_dict()
+        missing = [k for k in tower if k not in raw]
+        wrong = [f"{k} {list(raw[k].shape)} != {list(tower[k].shape)}" for k in tower if k in raw
+                 and raw[k].shape != tower[k].shape]
+        if missing or wrong:
+            raise RuntimeError(f"{vision_model} does not fit the vision tower: missing {missing[:6]}, wrong shape "
+                               f"{wrong[:4]} (PLM-1B/3B use PE-Core-L14-336 interpolated to 448 px, PLM-8B "
+                               "PE-Core-G14-448)")
+        model.vision_model.load_state_dict({k: raw[k] for k in tower})
+        report.dropped += sorted(f"vision_model.{k}" for k in set(raw) - set(tower))
+    return report

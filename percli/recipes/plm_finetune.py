@@ -38,6 +38,7 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -100,8 +101,19 @@ class ProcessorSection:
 
 
 @dataclasses.dataclass
+class InitSection:
+    """The release's stage-1 start from separate towers (used when model.checkpoint is not set)."""
+
+    language_model: str | None = None
+    """A Llama-3 consolidated checkpoint (the release: Llama-3.2-1B-Instruct/original) for the decoder."""
+    vision_model: str | None = None
+    """A PE checkpoint (the release: PE-Core-L14-336 interpolated to 448 px) for the vision tower."""
+
+
+@dataclasses.dataclass
 class Config:
     model: TrainedModelSection = dataclasses.field(default_factory=lambda: TrainedModelSection(name="plm_1b"))
+    init: InitSection = dataclasses.field(default_factory=InitSection)
     stage: Literal["stage1", "stage2", "stage3"] = "stage3"
     """Which release stage: what is trained, the chat format and the media settings (module docstring)."""
     tokenizer: str | None = None
@@ -237,6 +249,14 @@ class PLMTask:
         else:
             self.name, self.kwargs = cfg.model.name, dict(cfg.model.kwargs)
             model = create_model(self.name, **self.kwargs)
+            if cfg.init.language_model or cfg.init.vision_model:
+                from percli.models.plm_loading import load_towers
+
+                report = load_towers(model, cfg.init.language_model, cfg.init.vision_model)
+                if report.dropped:
+                    print(f"init: {len(report.dropped)} checkpoint tensors not used "
+                          f"({', '.join(sorted({k.rsplit('.', 2)[0] for k in report.dropped})[:6])})",
+                          file=sys.stderr)
         if not hasattr(model, "train_stage"):
             raise ConfigError(f"model.name: {self.name!r} is not a PerceptionLM model; use plm_1b, plm_3b or plm_8b")
         model.train_stage(cfg.stage)
@@ -361,6 +381,13 @@ def validate(cfg: Config) -> None:
     if cfg.tokenizer not in (None, BYTE_TOKENIZER) and not Path(cfg.tokenizer).expanduser().exists():
         raise ConfigError(f"tokenizer: {cfg.tokenizer} does not exist; give the folder holding tokenizer.model or "
                           "tokenizer.json, or `bytes`")
+    for key in ("language_model", "vision_model"):
+        value = getattr(cfg.init, key)
+        if value and not Path(value).expanduser().exists():
+            raise ConfigError(f"init.{key}: {value} does not exist")
+    if cfg.model.checkpoint and (cfg.init.language_model or cfg.init.vision_model):
+        raise ConfigError("init.language_model / init.vision_model: not used with model.checkpoint (which holds "
+                          "every tower); give one or the other")
     if cfg.processor.seq_len is not None and cfg.processor.seq_len < 8:
         raise ConfigError(f"processor.seq_len={cfg.processor.seq_len}: too short for any conversation")
     if not cfg.model.checkpoint and cfg.tokenizer is None:
