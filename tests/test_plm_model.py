@@ -17,10 +17,9 @@ from safetensors.torch import save_file
 
 from percli.core.checkpoint import RefusedPickleError
 from percli.models import create_model, weights_loader
-from percli.models.plm import CONFIGS, STAGE_TRAINABLE, PerceptionLM, parameter_group
+from percli.models.plm import CONFIGS, STAGE_TRAINABLE, PerceptionLM, from_folder, parameter_group
 from percli.models.plm_llama import ffn_hidden_dim, llama3_scale_frequencies
 from percli.models.plm_loading import (
-    from_folder,
     hf_config,
     hf_to_official_state,
     kwargs_from_hf_config,

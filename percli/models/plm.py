@@ -19,9 +19,10 @@ released checkpoints load strictly:
 decodes greedily or by temperature / top-p over a KV cache (`percli.models.text_decoding`), batched with left
 padding. Training: `freeze` / `parameter_groups` (the three towers), `set_grad_checkpointing`.
 
-Checkpoints (`percli.models.plm_loading`): `from_folder` reads a release folder in either layout, the
-perception_models consolidated one (``params.json`` + ``consolidated.pth``, read with ``weights_only``) or the
-Hugging Face ``perception_lm`` one (``config.json`` + ``model*.safetensors``), and converters go between them.
+Checkpoints: `from_folder` reads a release folder in either layout, the perception_models consolidated one
+(``params.json`` + ``consolidated.pth``, read with ``weights_only``) or the Hugging Face ``perception_lm`` one
+(``config.json`` + ``model*.safetensors``); the loaders and the converters between the layouts are in
+`percli.models.plm_loading`.
 Images are RGB in [-1, 1] (mean = std = 0.5) of ``image_size``.
 """
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,7 +48,7 @@ from percli.models.plm_llama import (
     LlamaTransformer,
     cross_entropy,
 )
-from percli.models.plm_loading import load_official_state
+from percli.models.plm_loading import load_official_state, read_folder_kwargs
 from percli.models.text_decoding import StepFn, sample_or_greedy
 
 DEFAULT_MAX_NEW_TOKENS = 256  # the release's max_gen_len (its 11264 is the KV cache size, not a length)
@@ -362,6 +364,28 @@ class PerceptionLM(LlamaTransformer):
                                 top_p=top_p, generator=generator)
         stops = {eos, *other_stops}
         return [row[:next((i for i, t in enumerate(row) if t in stops), len(row))] for row in rows]
+
+
+def from_folder(folder: str | Path, weights: bool = True, dtype: torch.dtype | None = None,
+                device: str | torch.device = "cpu") -> PerceptionLM:
+    """The model a release folder describes, with its weights (built on the meta device first, then filled).
+
+    ``folder``: a local copy of ``facebook/Perception-LM-{1B,3B,8B}`` (Hugging Face layout) or its ``original/``
+    subfolder (params.json + consolidated.pth). ``dtype`` casts the parameters (e.g. torch.bfloat16).
+    """
+    folder = Path(folder)
+    kwargs = read_folder_kwargs(folder)
+    if not weights:
+        model = PerceptionLM(**kwargs)
+        return model.to(device=device, dtype=dtype) if dtype else model.to(device)
+    with torch.device("meta"):
+        model = PerceptionLM(**kwargs)
+    model.to_empty(device=device)
+    if dtype is not None:
+        model.to(dtype)
+    load_official_state(model, folder)
+    model.rope_embeddings.reset_parameters()
+    return model
 
 
 # --------------------------------------------------------------------------- released configs

@@ -4,9 +4,10 @@ layout, and the converter between them (`percli.models.plm` holds the model).
 * `official_to_hf_state` / `hf_to_official_state` rename every tensor (the Llama decoder, the projector, PE under
   timm's Eva names) and reorder the q/k rows between the release's interleaved RoPE and Hugging Face's halves;
   `hf_config` / `kwargs_from_hf_config` convert the configs.
-* `from_folder` builds the model a release folder describes (``params.json`` + ``consolidated*.pth``, read with
-  ``weights_only``, or ``config.json`` + ``model*.safetensors``) on the meta device and fills it;
-  `load_official_state` (the family loader) takes a folder, a file or a state dict in either naming.
+* `load_official_state` (the family loader) takes a release folder (``params.json`` + ``consolidated*.pth``, read
+  with ``weights_only``, or ``config.json`` + ``model*.safetensors``), a file or a state dict in either naming
+  (`percli.models.plm.from_folder` builds the model a folder describes and fills it);
+* `load_towers`: the release's stage-1 start from a Llama-3 checkpoint and a PE checkpoint.
 """
 
 from __future__ import annotations
@@ -15,16 +16,13 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+import torch.nn as nn
 
 from percli.models.common import LoadReport, check_fit, read_state
 from percli.models.plm_llama import BOS_ID, END_OF_TEXT_ID, EOT_ID, IMAGE_TOKEN_ID, VIDEO_TOKEN_ID, ffn_hidden_dim
-
-if TYPE_CHECKING:
-    from percli.models.plm import PerceptionLM
-
 
 # --------------------------------------------------------------------------- Hugging Face layout
 
@@ -279,7 +277,7 @@ def read_folder_kwargs(folder: str | Path) -> dict[str, Any]:
     return kwargs_from_params(config) if config_file.name == "params.json" else kwargs_from_hf_config(config)
 
 
-def load_official_state(model: PerceptionLM, state_or_path: Mapping[str, torch.Tensor] | str | Path) -> LoadReport:
+def load_official_state(model: nn.Module, state_or_path: Mapping[str, torch.Tensor] | str | Path) -> LoadReport:
     """Load released PLM weights: a release folder (either layout), a consolidated ``.pth`` (``weights_only``), a
     ``.safetensors`` file, or a state dict, with official or Hugging Face names.
 
@@ -301,30 +299,6 @@ def load_official_state(model: PerceptionLM, state_or_path: Mapping[str, torch.T
     return report
 
 
-def from_folder(folder: str | Path, weights: bool = True, dtype: torch.dtype | None = None,
-                device: str | torch.device = "cpu") -> PerceptionLM:
-    """The model a release folder describes, with its weights (built on the meta device first, then filled).
-
-    ``folder``: a local copy of ``facebook/Perception-LM-{1B,3B,8B}`` (Hugging Face layout) or its ``original/``
-    subfolder (params.json + consolidated.pth). ``dtype`` casts the parameters (e.g. torch.bfloat16).
-    """
-    from percli.models.plm import PerceptionLM
-
-    folder = Path(folder)
-    kwargs = read_folder_kwargs(folder)
-    if not weights:
-        model = PerceptionLM(**kwargs)
-        return model.to(device=device, dtype=dtype) if dtype else model.to(device)
-    with torch.device("meta"):
-        model = PerceptionLM(**kwargs)
-    model.to_empty(device=device)
-    if dtype is not None:
-        model.to(dtype)
-    load_official_state(model, folder)
-    model.rope_embeddings.reset_parameters()
-    return model
-
-
 def _consolidated_state(path: Path) -> dict[str, torch.Tensor]:
     """A Llama ``original/`` folder (consolidated.pth or consolidated.NN.pth parts, weights_only), or one file."""
     if not path.is_dir():
@@ -339,7 +313,7 @@ def _consolidated_state(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_towers(model: PerceptionLM, language_model: str | Path | None = None,
+def load_towers(model: nn.Module, language_model: str | Path | None = None,
                 vision_model: str | Path | None = None) -> LoadReport:
     """The release's stage-1 start: the decoder from a Llama-3 consolidated checkpoint (``init_ckpt_path``, e.g.
     ``Llama-3.2-1B-Instruct/original``: the same names as PLM's decoder) and PE from its checkpoint

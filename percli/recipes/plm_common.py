@@ -66,7 +66,7 @@ def load_plm(checkpoint: str | Path, tokenizer: str | None = None, device: str |
     """(model in eval mode, its processor, metadata) of a release folder or a percli PLM checkpoint."""
     from percli.core.checkpoint import read_meta, run_weights
     from percli.models import create_model_for, load_initial_weights
-    from percli.models.plm_loading import from_folder
+    from percli.models.plm import from_folder
 
     path = Path(checkpoint).expanduser()
     if not path.exists():
