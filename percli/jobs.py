@@ -59,6 +59,9 @@ class Job:
     """Writes a data product: the run dir is `--output/-o` (as data tools name it), not `--run-dir`."""
     resumable: bool = True
     """Has a --resume (continues an interrupted run in its run dir)."""
+    keeps_run_dir: bool = True
+    """False: without --run-dir it runs in a temporary run dir, removed at the end (what it prints is its product:
+    `percli chat`), as an eval job does."""
     examples: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -366,6 +369,28 @@ def _tts_sampling(off: str, num_samples: str) -> tuple[Arg, ...]:
     )
 
 
+# PerceptionLM generation (percli chat, percli caption plm): the model and decoding options both take
+_PLM_GENERATION = (
+    Arg("model.checkpoint", ("--checkpoint",), "A PerceptionLM release folder (Hugging Face or perception_models "
+        "layout, e.g. Perception-LM-1B) or a `percli finetune plm` run. Default: $PERCLI_PLM_CHECKPOINT."),
+    Arg("model.tokenizer", ("--tokenizer",), "Tokenizer folder or file (default: the checkpoint's)."),
+    Arg("generation.max_new_tokens", ("--max-new-tokens",), "New tokens per answer at most (256; the context "
+        "bounds it too)."),
+    Arg("generation.temperature", ("--temperature",), "0 (default): greedy; > 0: nucleus sampling at this "
+        "temperature."),
+    Arg("generation.top_p", ("--top-p",), "Nucleus sampling mass (with --temperature > 0)."),
+    Arg("generation.greedy", ("--greedy",), "Greedy decoding whatever --temperature says.", switch=True),
+    Arg("generation.stop", ("--stop",), "An extra stop string, cut from the answer (repeat for several).",
+        many=True),
+    Arg("generation.seed", ("--seed",), "Seed of the sampling."),
+    Arg("model.max_frames", ("--max-frames",), "Frames per video (default: the checkpoint's, 32 released)."),
+    Arg("model.max_tiles", ("--max-tiles",), "Tiles per image besides the thumbnail (default: the checkpoint's, "
+        "36 released)."),
+    Arg("model.device", ("--device",), "torch device (default: cuda if available, else cpu)."),
+    Arg("model.dtype", ("--dtype",), "auto (bf16 on a GPU, fp32 on the CPU) | fp32 | bf16 | fp16 (GPU only)."),
+)
+
+
 JOBS += [
     Job("caption", "altogether", "percli.captioning.caption_job",
         "Re-align the alt-texts of image shards into captions with a trained Altogether captioner (Xu et al., "
@@ -391,6 +416,33 @@ JOBS += [
                      "runs/finetune-altogether-X -o runs/captions",
                      "percli caption altogether --images 'pool-{000..099}.tar' --alt-text txt --checkpoint RUN "
                      "-o out --resume")),
+    Job("caption", "plm", "percli.recipes.plm_caption",
+        "Caption folders, manifests or shards of images and videos with a PerceptionLM, batched and resumable "
+        "(Cho et al., 2025)", output_flag=True, args=(
+            Arg("inputs", help="Folders of images/videos (or holding records.jsonl), media files, or "
+                ".jsonl/.parquet/.tar shards (braces and globs expand; quote them).", many=True, metavar="INPUT"),
+            Arg("prompt", ("--prompt",), "The question asked of every image/video; {media} becomes image, images "
+                "or video (default: \"Describe the {media}.\")."),
+            *_PLM_GENERATION,
+            Arg("batch_size", ("--batch-size",), "Prompts generated at a time."),
+            Arg("chunk_size", ("--chunk-size",), "Records per part file: the unit a resume skips."),
+            Arg("output_format", ("--output-format",), "jsonl (captions.jsonl) | parquet (captions.parquet)."),
+            Arg("write_shards", ("--write-shards",), "Also write each .jsonl/.parquet/.tar input with its captions "
+                "into <output>/shards/ (JSONL field / Parquet column `plm_caption`, tar member "
+                "<key>.plm_caption.txt).", switch=True),
+        ), examples=("percli caption plm /data/clips --checkpoint /models/Perception-LM-1B -o runs/clip-captions",
+                     "percli caption plm 'shards/{000..099}.tar' --checkpoint /models/Perception-LM-3B --prompt "
+                     "\"Describe the {media} in one sentence.\" --write-shards -o out --resume")),
+    Job("chat", "", "percli.recipes.plm_chat",
+        "Ask a PerceptionLM about an image or a video: one answer on stdout, or an interactive chat on a terminal "
+        "(Cho et al., 2025)", resumable=False, keeps_run_dir=False, args=(
+            Arg("question", help="The question (none on a terminal: an interactive chat).", metavar="QUESTION"),
+            Arg("image", ("--image",), "An image file to ask about."),
+            Arg("video", ("--video",), "A video file to ask about."),
+            *_PLM_GENERATION,
+        ), examples=('percli chat --image photo.jpg --checkpoint /models/Perception-LM-1B "What is the man holding?"',
+                     'percli chat --video clip.mp4 --max-frames 16 --json "When does the door open?"',
+                     "percli chat --video clip.mp4    # on a terminal: an interactive chat")),
     Job("eval", "caption", "percli.captioning.eval_job",
         "BLEU-4, CIDEr-D (and CLIP-score) of predicted captions against references, joined on a key",
         output_flag=True, resumable=False, args=(
@@ -538,6 +590,45 @@ JOBS += [
                      "percli eval av-superb --upstream audio-mae+hiera-video --audio-checkpoint A --video-checkpoint V "
                      "--data ks=/datasets/kinetics-sounds --tasks ks --features all",
                      "percli eval av-superb --upstream my_pkg.experts:build --tasks as20k,voxceleb --json")),
+    Job("eval", "plm-videobench", "percli.recipes.plm_videobench_eval",
+        "PLM-VideoBench of a PerceptionLM (Cho et al., 2025): FGQA MBAcc, SGQA accuracy, RCap judge score, RTLoc "
+        "meanR/mIoU, RDCap SODA_c, with an LLM judge (OpenAI-compatible endpoint or a PLM checkpoint)", args=(
+            Arg("checkpoint", ("--checkpoint",), "The model under test: a PLM release folder or a `percli finetune "
+                "plm` run / checkpoint."),
+            Arg("tokenizer", ("--tokenizer",), "The model's tokenizer folder/file, when not beside the checkpoint."),
+            Arg("tasks", ("--tasks",), "Comma-separated: fgqa, sgqa, rcap, rtloc, rdcap, or all (every task with "
+                "annotations)."),
+            Arg("annotations", ("--annotations",), "TASK=FILE (.jsonl/.parquet/.json; repeat), or a folder laid out "
+                "as the hub's facebook/PLM-VideoBench.", many=True),
+            Arg("split", ("--split",), "Split read from a hub-layout folder (test, val)."),
+            Arg("region_boxes", ("--region-boxes",), "Region metadata of rcap/rtloc/rdcap (default: the folder's "
+                "metadata/metadata_<split>.jsonl)."),
+            Arg("media_root", ("--media-root",), "Folder of the videos: DIR, or TASK=DIR per task (stc=DIR for "
+                "rcap, rtloc, rdcap); default the annotation file's folder.", many=True),
+            Arg("limit", ("--limit",), "Only the first N questions of each task."),
+            Arg("max_new_tokens", ("--max-new-tokens",), "Tokens generated per answer (default: the benchmark's "
+                "16, or 512 for rcap/rdcap; at most 4096)."),
+            Arg("num_frames", ("--num-frames",), "Frames of the SGQA and region-task videos (the benchmark's 32)."),
+            Arg("batch_size", ("--batch-size",), "Questions answered per generate call."),
+            Arg("num_workers", ("--num-workers",), "Processes decoding videos ahead of the model."),
+            Arg("device", ("--device",), "auto | cpu | cuda | cuda:N."),
+            Arg("dtype", ("--dtype",), "auto (bfloat16 on a GPU) | float32 | bfloat16 | float16."),
+            Arg("judge", ("--judge",), "none: run only the judge-free tasks (fgqa, rtloc)."),
+            Arg("judge_endpoint", ("--judge-endpoint",), "OpenAI-compatible chat endpoint of the judge, e.g. "
+                "http://localhost:8000/v1 (vLLM)."),
+            Arg("judge_model", ("--judge-model",), "Model name the endpoint serves (the benchmark: "
+                "Llama-3.3-70B-Instruct)."),
+            Arg("judge_api_key_env", ("--judge-api-key-env",), "Environment variable holding the endpoint's API key."),
+            Arg("judge_checkpoint", ("--judge-checkpoint",), "A PerceptionLM used as a text-only judge."),
+            Arg("judge_lenient", ("--judge-lenient",), "Also read a JSON verdict inside a longer judge reply.",
+                switch=True),
+        ), examples=("percli eval plm-videobench --checkpoint /models/Perception-LM-8B --annotations "
+                     "/data/PLM-VideoBench --media-root fgqa=/data/fgqa --media-root sgqa=/data/sgqa --media-root "
+                     "stc=/data/sav_6fps --judge-endpoint http://localhost:8000/v1 --judge-model "
+                     "meta-llama/Llama-3.3-70B-Instruct --run-dir runs/videobench",
+                     "percli eval plm-videobench --checkpoint runs/finetune-plm-X --annotations /data/PLM-VideoBench "
+                     "--media-root fgqa=/data/fgqa --media-root stc=/data/sav_6fps --judge none --limit 200",
+                     "percli eval plm-videobench --run-dir runs/videobench --resume")),
 ]
 
 # --- audio-visual inference jobs (embed, detect events, eval sed) ---

@@ -17,15 +17,16 @@ from typer.testing import CliRunner
 from percli.captioning.scenes import write_scene_folder
 from percli.cli import app
 from percli.jobs import get_job
-from tests import test_caption_command, test_tts_commands
+from tests import test_caption_command, test_plm_chat, test_tts_commands
 from tests.summary_schema import assert_common_schema
 
 runner = CliRunner()
 checkpoint = test_caption_command.checkpoint  # the tiny captioner fixture
 phn2num, weights = test_tts_commands.phn2num, test_tts_commands.weights  # the tiny VoiceCraft fixtures
+plm_checkpoint = test_plm_chat.plm_checkpoint  # the tiny PerceptionLM fixture
 
-JOBS = [("caption", "altogether", "images"), ("eval", "caption", "captions"), ("tts", "edit", "transcript"),
-        ("tts", "synthesize", "prompt_text")]
+JOBS = [("caption", "altogether", "images"), ("caption", "plm", "inputs"), ("eval", "caption", "captions"),
+        ("tts", "edit", "transcript"), ("tts", "synthesize", "prompt_text")]
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +44,10 @@ def job_args(request, scenes, tmp_path):
     folder, preds = scenes
 
     def args(verb: str, method: str) -> list[str]:
+        if (verb, method) == ("caption", "plm"):
+            ckpt = request.getfixturevalue("plm_checkpoint")
+            return [str(folder), "--checkpoint", str(ckpt), "--chunk-size", "2", "--batch-size", "2",
+                    "--max-new-tokens", "4"]
         if verb == "caption":
             ckpt = request.getfixturevalue("checkpoint")
             return ["--images", str(folder), "--checkpoint", str(ckpt), "--chunk-size", "2", "--batch-size", "2"]
@@ -90,7 +95,10 @@ def test_dry_run_prints_the_resolved_config_and_creates_nothing(verb, method, re
     assert result.exit_code == 0, result.output
     cfg = yaml.safe_load(result.stdout)
     assert cfg[required] and not out.exists() and not (tmp_path / "out.wav").exists()
-    if verb == "caption":
+    if method == "plm":  # greedy by default (--max-new-tokens 4 given)
+        assert cfg["chunk_size"] == 2 and cfg["generation"] == {"max_new_tokens": 4, "temperature": 0.0,
+                                                                "top_p": 1.0, "greedy": False, "stop": [], "seed": 0}
+    elif verb == "caption":
         assert cfg["chunk_size"] == 2 and cfg["generation"] == {"strategy": "sample", "temperature": 0.2, "top_p": 0.7,
                                                                 "num_beams": 4, "max_new_tokens": None, "seed": 0}
     elif verb == "eval":

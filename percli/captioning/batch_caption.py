@@ -24,14 +24,18 @@ record of the input in order, unchanged, plus the caption: JSONL field / Parquet
 ``altogether`` (null where the image did not decode or the record was bad), tar member
 ``<key>.altogether.txt`` (none then). JSONL and Parquet ``image`` paths are made absolute so they still
 resolve from ``shards/``. Each shard is written to a temp name and renamed; a resume skips the shards written.
+
+The chunking, resume, parts and shard writing are not Altogether's own: `caption_in_chunks` runs any captioner
+over records that have a ``key`` (`percli caption plm` uses it too), `write_captions` joins the result and
+`write_shards` takes the added field, the record keys and the media fields to make absolute.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -138,30 +142,49 @@ def _batch_keys(path: Path, batch: Batch) -> list[str]:
             for row, cell in zip(batch.index.tolist(), images or [None] * len(batch.index))]
 
 
-def _absolute_images(path: Path, batch: Batch) -> Any:
-    """The batch's records with relative `image` paths made absolute, so they resolve from shards/ too.
+def _absolute_paths(path: Path, batch: Batch, media_fields: Sequence[str] = ("image",)) -> Any:
+    """The batch's records with relative media paths (`media_fields`) made absolute, so they resolve from
+    shards/ too.
 
-    JSONL records are dicts; Parquet rows a pyarrow table whose string `image` column is rewritten (an
-    image given as bytes or a {bytes, path} struct is left as it is). Tar samples carry their images.
+    JSONL records are dicts; Parquet rows a pyarrow table whose string media columns are rewritten (an
+    image given as bytes or a {bytes, path} struct is left as it is). Tar samples carry their media.
     """
     fmt = shard_format(path)
     if fmt == "jsonl":
-        return [{**r, "image": os.path.abspath(resolve_manifest_path(path.parent, r["image"]))}
-                if isinstance(r.get("image"), str) and r["image"] else r for r in batch.items]
+        def absolute(record: dict[str, Any]) -> dict[str, Any]:
+            return {**record, **{f: os.path.abspath(resolve_manifest_path(path.parent, record[f]))
+                                 for f in media_fields if isinstance(record.get(f), str) and record[f]}}
+
+        return [absolute(r) for r in batch.items]
     table = batch.items
-    if fmt != "parquet" or "image" not in table.column_names or str(table.schema.field("image").type) != "string":
+    if fmt != "parquet":
         return table
     import pyarrow as pa
 
-    paths = [os.path.abspath(resolve_manifest_path(path.parent, p)) if p else p
-             for p in table.column("image").to_pylist()]
-    return table.set_column(table.column_names.index("image"), "image", pa.array(paths, type=pa.string()))
+    for name in media_fields:
+        if name not in table.column_names or str(table.schema.field(name).type) != "string":
+            continue
+        paths = [os.path.abspath(resolve_manifest_path(path.parent, p)) if p else p
+                 for p in table.column(name).to_pylist()]
+        table = table.set_column(table.column_names.index(name), name, pa.array(paths, type=pa.string()))
+    return table
 
 
-def write_shards(inputs: list[Path], folder: Path, captions: dict[str, str | None],
-                 log: Callable[[str], None]) -> tuple[list[str], int]:
-    """Every input record plus its caption into `folder/<input name>` (module docstring); returns
-    (shard paths, how many were already written)."""
+def check_shard_names(inputs: list[Path]) -> None:
+    """--write-shards writes one file per input name: refuse inputs that share one."""
+    names = [p.name for p in inputs]
+    clash = next((n for n in names if names.count(n) > 1), None)
+    if clash:
+        raise ValueError(f"--write-shards: several inputs are named {clash}, and shards/ holds one file per input "
+                         "name; rename them or caption them in separate runs")
+
+
+def write_shards(inputs: list[Path], folder: Path, captions: dict[str, Any], log: Callable[[str], None],
+                 added: AddedField = CAPTION_FIELD,
+                 keys_of: Callable[[Path, Batch], list[str]] = _batch_keys,
+                 media_fields: Sequence[str] = ("image",)) -> tuple[list[str], int]:
+    """Every input record plus its caption (`added`, looked up by `keys_of` the record) into
+    `folder/<input name>` (module docstring); returns (shard paths, how many were already written)."""
     folder.mkdir(exist_ok=True)
     written, resumed = [], 0
     for path in inputs:
@@ -170,10 +193,10 @@ def write_shards(inputs: list[Path], folder: Path, captions: dict[str, str | Non
         if target.is_file():
             resumed += 1
             continue
-        with open_writer(target, path, "same", CAPTION_FIELD) as writer:
+        with open_writer(target, path, "same", added) as writer:
             for batch in read_batches(path, None, BadRecords()):
-                keys = _batch_keys(path, batch)
-                batch.items = _absolute_images(path, batch)
+                keys = keys_of(path, batch)
+                batch.items = _absolute_paths(path, batch, media_fields)
                 writer.write(batch, np.arange(len(keys)), [captions.get(k) for k in keys])
             writer.commit()
         log(f"{target} written")
@@ -197,9 +220,108 @@ def load_captioner(checkpoint: str | Path) -> tuple[AltogetherCaptioner, dict[st
     return model.eval(), meta
 
 
-def _chunks(records: list[Record], size: int) -> Iterator[tuple[int, list[Record]]]:
+def _chunks(records: list[Any], size: int) -> Iterator[tuple[int, list[Any]]]:
     for start in range(0, len(records), size):
         yield start // size, records[start:start + size]
+
+
+@dataclass
+class ChunkedRun:
+    """What `caption_in_chunks` did: the rows of every chunk in input order (captions, and ``{key, error}``
+    for the records that could not be captioned), how many chunks (part files) there are and how many of them
+    were resumed / written."""
+
+    captioned: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    chunks: int = 0
+    resumed: int = 0
+    written: int = 0
+
+
+def check_resume_state(out_dir: Path, state: dict[str, Any], resume: bool) -> None:
+    """Refuse a --resume whose settings (`state`: inputs, chunking, generation, ...) differ from the interrupted
+    run's state.json; then record `state` there."""
+    state_path = out_dir / STATE_FILE
+    if resume and state_path.is_file():
+        saved = json.loads(state_path.read_text())
+        changed = sorted(k for k in state if saved.get(k) != state[k])
+        if changed:
+            raise ValueError(f"--resume: {', '.join(changed)} differ from the interrupted run's ({state_path}); "
+                             "pass the same arguments, or start a new --output")
+    write_json_atomic(state_path, state)
+
+
+def chunk_seed(seed: int, shard_index: int, chunk_index: int) -> int:
+    """The sampling seed of one chunk: a resumed run draws what an uninterrupted one drew."""
+    return seed * 1_000_003 + shard_index * 100_003 + chunk_index
+
+
+def caption_in_chunks(inputs: Sequence[Path], out_dir: Path, state: dict[str, Any], resume: bool,
+                      read: Callable[[Path], list[Any]], caption: Callable[[list[Any], torch.Generator], list[dict]],
+                      chunk_size: int, seed: int, log: Callable[[str], None] = lambda _msg: None,
+                      progress: ProgressFactory | None = None) -> ChunkedRun:
+    """Caption every record of the inputs into ``out_dir/parts``, resumably (see the module docstring).
+
+    Args:
+        inputs: The shards (or anything `read` takes), in order.
+        out_dir: The run dir; holds state.json and parts/.
+        state: The run's settings; a --resume with other settings is refused (`check_resume_state`).
+        resume: Skip the chunks whose part file exists.
+        read: One input's records, in order; each has a ``key`` unique over all inputs.
+        caption: Rows of one chunk of records, in their order, given the chunk's seeded generator: the
+            caption rows, and ``{"key", "error"}`` for a record that could not be captioned.
+        chunk_size: Records per part file.
+        seed: The sampling seed, combined with each chunk's position (`chunk_seed`).
+        log / progress: one progress line per chunk through `progress`, else into `log`.
+    """
+    check_resume_state(out_dir, state, resume)
+    parts = out_dir / "parts"
+    parts.mkdir(exist_ok=True)
+    run, files, seen = ChunkedRun(), [], set()
+    with (progress or plain_progress(log))("caption", len(inputs), "shards") as bar:
+        for shard_index, path in enumerate(inputs):
+            records = read(path)
+            for record in records:
+                if record.key in seen:
+                    raise ValueError(f"{path}: key {record.key!r} occurs twice in the inputs; give every record a "
+                                     "unique 'key' (or uuid/id) field")
+                seen.add(record.key)
+            num_chunks = -(-len(records) // chunk_size)
+            if not records:
+                bar.advance(skipped=True)
+            for chunk_index, chunk in _chunks(records, chunk_size):
+                part = parts / f"{shard_index:05d}-{chunk_index:06d}.jsonl"
+                files.append(part)
+                if part.is_file():
+                    run.resumed += 1
+                    bar.advance(1 / num_chunks, skipped=True)
+                    continue
+                generator = torch.Generator().manual_seed(chunk_seed(seed, shard_index, chunk_index))
+                write_jsonl_atomic(part, caption(chunk, generator))
+                run.written += 1
+                bar.advance(1 / num_chunks, records=len(chunk),
+                            note=f"{path.name}: chunk {chunk_index + 1}/{num_chunks} written")
+    for part in files:
+        for _, row, _ in read_records(part, None):
+            (run.errors if "error" in row else run.captioned).append(row)
+    run.chunks = len(files)
+    return run
+
+
+def write_captions(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """The captions as JSON lines, or a Parquet table when `path` ends with .parquet (atomic either way)."""
+    if path.suffix != ".parquet":
+        write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        return path
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    table = pa.Table.from_pylist(rows) if rows else pa.table({})
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table.select(columns) if rows else table, tmp)
+    os.replace(tmp, path)
+    return path
 
 
 def caption_chunk(model: AltogetherCaptioner, records: list[Record], transform: Callable, batch_size: int,
@@ -233,66 +355,27 @@ def caption_shards(model: AltogetherCaptioner, transform: Callable, inputs: list
                    progress: ProgressFactory | None = None) -> dict[str, Any]:
     """Caption every input record into out_dir (and shards/ with `shards`; see the module docstring); one
     progress line per chunk (shards done, records/s, ETA) through `progress`, else into `log`."""
-    names = [p.name for p in inputs]
-    clash = next((n for n in names if names.count(n) > 1), None)
-    if shards and clash:
-        raise ValueError(f"--write-shards: several inputs are named {clash}, and shards/ holds one file per input "
-                         "name; rename them or caption them in separate runs")
+    if shards:
+        check_shard_names(inputs)
     state = {"inputs": [str(p) for p in inputs], "alt_field": alt_field, "chunk_size": chunk_size,
              "generation": asdict(options), **(run_meta or {})}
-    state_path = out_dir / STATE_FILE
-    if resume and state_path.is_file():
-        saved = json.loads(state_path.read_text())
-        changed = sorted(k for k in state if saved.get(k) != state[k])
-        if changed:
-            raise ValueError(f"--resume: {', '.join(changed)} differ from the interrupted run's ({state_path}); "
-                             "pass the same arguments, or start a new --output")
-    write_json_atomic(state_path, state)
-    parts = out_dir / "parts"
-    parts.mkdir(exist_ok=True)
     bad, invalid_alt = BadRecords(), BadRecords()
-    done_chunks, resumed, files, seen = 0, 0, [], set()
-    with (progress or plain_progress(log))("caption", len(inputs), "shards") as bar:
-        for shard_index, path in enumerate(inputs):
-            records = read_shard(path, alt_field, bad, invalid_alt)
-            for record in records:
-                if record.key in seen:
-                    raise ValueError(f"{path}: key {record.key!r} occurs twice in the inputs; give every record a "
-                                     "unique 'key' (or uuid/id) field")
-                seen.add(record.key)
-            num_chunks = -(-len(records) // chunk_size)
-            if not records:
-                bar.advance(skipped=True)
-            for chunk_index, chunk in _chunks(records, chunk_size):
-                part = parts / f"{shard_index:05d}-{chunk_index:06d}.jsonl"
-                files.append(part)
-                if part.is_file():
-                    resumed += 1
-                    bar.advance(1 / num_chunks, skipped=True)
-                    continue
-                generator = torch.Generator().manual_seed(options.seed * 1_000_003 + shard_index * 100_003
-                                                          + chunk_index)
-                rows = caption_chunk(model, chunk, transform, batch_size, options, generator, device, dtype)
-                write_jsonl_atomic(part, rows)
-                done_chunks += 1
-                bar.advance(1 / num_chunks, records=len(chunk),
-                            note=f"{path.name}: chunk {chunk_index + 1}/{num_chunks} written")
-    captioned, errors = [], []
-    for part in files:
-        for _, row, _ in read_records(part, None):
-            (errors if "error" in row else captioned).append(row)
-    write_text_atomic(out_dir / "captions.jsonl",
-                      "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in captioned))
+    run = caption_in_chunks(
+        inputs, out_dir, state, resume, lambda path: read_shard(path, alt_field, bad, invalid_alt),
+        lambda chunk, generator: caption_chunk(model, chunk, transform, batch_size, options, generator, device, dtype),
+        chunk_size, options.seed, log, progress)
+    captioned = run.captioned
+    write_captions(out_dir / "captions.jsonl", captioned)
     shard_paths, shards_resumed = [], 0
     if shards:
         by_key = {r["key"]: r["altogether"] for r in captioned}  # failed images and bad records: None
         shard_paths, shards_resumed = write_shards(inputs, out_dir / "shards", by_key, log)
     return {"method": "caption-altogether", "captioned": len(captioned),
             "without_alt_text": sum(1 for row in captioned if not row["alt_text"].strip()),
-            "bad_images": {"count": len(errors), "examples": errors[:10]},
+            "bad_images": {"count": len(run.errors), "examples": run.errors[:10]},
             "bad_records": {"count": bad.count, "examples": bad.examples},
             "invalid_alt_text": {"count": invalid_alt.count, "examples": invalid_alt.examples},
             "duplicate_keys": bad.duplicate_keys,
-            "chunks": len(files), "chunks_resumed": resumed, "chunks_written": done_chunks,
+            "chunks": run.chunks, "chunks_resumed": run.resumed, "chunks_written": run.written,
             "captions": str(out_dir / "captions.jsonl"), "shards": shard_paths, "shards_resumed": shards_resumed,
             "output_dir": str(out_dir), **state}

@@ -96,8 +96,10 @@ def run_job(job: Job, *, given: dict[str, Any] | None = None, overrides: list[st
             sys.stdout.write(json.dumps(to_dict(cfg), indent=1) + "\n" if json_out else to_yaml(cfg))
             err.print(f"[green]config valid[/] for {job.name} (dry run: nothing was run)")
             return
+        # a job module's `show_result(summary)` is its own human output (`percli chat` prints the answer alone)
+        own = None if json_out else getattr(job.load(), "show_result", None)
         show = (lambda summary: print(json.dumps(summary, indent=1))) if json_out else (
-            lambda summary: report(summary, job.name))
+            own or (lambda summary: report(summary, job.name)))
         execute(job, given=given, overrides=overrides, config_file=config_file, preset=preset, run_dir=run_dir,
                 resume=resume, overwrite=overwrite, show=show)
     except PercliError as e:
@@ -117,14 +119,15 @@ def execute(job: Job, *, given: Mapping[str, Any] | None = None, overrides: list
     the common schema (`normalise`); `show(summary)` runs on rank 0 before a temporary run dir goes.
 
     Nothing is created before the config is known to be valid, and a fresh run dir is removed again
-    when the run fails on its inputs before its first checkpoint. An eval job (not resumable) given no
-    run dir writes into a temporary one, removed at the end: its figures are in the summary.
+    when the run fails on its inputs before its first checkpoint. An eval job (not resumable), or a job
+    that keeps no run dir (`Job.keeps_run_dir`), given no run dir writes into a temporary one, removed at
+    the end: its figures are in the summary.
 
     Raises:
         PercliError: anything anticipated (its message and exit code, as the CLI reports them).
     """
     flag = "--output" if job.output_flag else "--run-dir"
-    temporary = run_dir is None and job.verb == "eval" and not job.resumable
+    temporary = run_dir is None and ((job.verb == "eval" and not job.resumable) or not job.keeps_run_dir)
     chosen = run_dir or (_scratch_dir(job) if temporary else default_run_dir(job.verb, job.method))
     cfg = resolve(job, dict(given or {}), list(overrides), config_file, preset, run_dir, resume, overwrite, flag,
                   check_dir=chosen)
@@ -152,8 +155,9 @@ def execute(job: Job, *, given: Mapping[str, Any] | None = None, overrides: list
 
 
 def _scratch_dir(job: Job) -> Path:
-    """Where an eval job without --run-dir runs: a fresh name under the system's temporary folder."""
-    name = f"percli-{job.verb}-{job.method}-{uuid.uuid4().hex[:12]}".replace(" ", "-")
+    """Where an eval job (or one keeping no run dir) without --run-dir runs: a fresh name under the system's
+    temporary folder."""
+    name = "-".join(part for part in ("percli", job.verb, job.method, uuid.uuid4().hex[:12]) if part).replace(" ", "-")
     return Path(tempfile.gettempdir()) / name
 
 
