@@ -205,6 +205,7 @@ def test_stage1_starts_from_a_llama_checkpoint_and_a_pe_checkpoint(tmp_path, app
     source = create_model("plm_1b", **cfg.model.kwargs)
     llama = tmp_path / "llama"
     llama.mkdir()
+    (llama / "params.json").write_text("{}")  # as a Llama release's original/ folder
     lm = {k: v for k, v in source.state_dict().items() if not k.startswith(("vision_", "output.tied"))}
     torch.save(lm, llama / "consolidated.00.pth")
     pe = {f"visual.{k}": v for k, v in source.vision_model.state_dict().items()}

@@ -300,17 +300,8 @@ def load_official_state(model: nn.Module, state_or_path: Mapping[str, torch.Tens
 
 
 def _consolidated_state(path: Path) -> dict[str, torch.Tensor]:
-    """A Llama ``original/`` folder (consolidated.pth or consolidated.NN.pth parts, weights_only), or one file."""
-    if not path.is_dir():
-        return read_state(path)
-    files = sorted(path.glob("consolidated*.pth")) or sorted(path.glob("consolidated*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{path} has no consolidated*.pth / consolidated*.safetensors (a Llama release's "
-                                "original/ folder has consolidated.00.pth)")
-    state: dict[str, torch.Tensor] = {}
-    for file in files:
-        state.update(read_state(file))
-    return state
+    """A Llama ``original/`` folder (params.json + consolidated.pth or consolidated.NN.pth parts), or one file."""
+    return _read_folder_state(path) if path.is_dir() else read_state(path)
 
 
 def load_towers(model: nn.Module, language_model: str | Path | None = None,
