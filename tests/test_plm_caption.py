@@ -11,6 +11,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -125,10 +126,14 @@ def test_unreadable_media_are_counted_and_listed_and_the_batch_goes_on(plm_check
 
 
 def test_bad_records_and_prompts_longer_than_the_context_are_counted(plm_checkpoint, plm_media, tmp_path):  # noqa: F811
+    from percli.core.data.embedded_plm import write_mp4
+
     manifest = tmp_path / "m.jsonl"
+    long_video = tmp_path / "long.mp4"  # 80 frames: 64 of them x 9 tokens exceed the 512-token context
+    write_mp4(long_video, np.random.default_rng(0).integers(0, 255, (80, 48, 48, 3), np.uint8), 2)
     lines = [{"key": "img", "image": str(plm_media / "test" / FILES[0])},
              {"key": "pair", "image": [str(plm_media / "test" / FILES[1]), str(plm_media / "test" / FILES[2])]},
-             {"key": "vid", "video": str(plm_media / "test" / FILES[3])},
+             {"key": "vid", "video": str(long_video)},
              {"key": "nothing", "text": "no media"},
              {"key": "segment", "video": str(plm_media / "test" / FILES[4]), "start_time": 1.0, "end_time": 2.0}]
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines) + "not json\n")

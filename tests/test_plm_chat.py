@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -204,13 +205,18 @@ def test_bad_inputs_exit_2_with_one_line(case, message, plm_checkpoint, plm_medi
     (tmp_path / "bad.png").write_bytes(b"not a png")
     (tmp_path / "bad.mp4").write_bytes(b"\x00" * 64)
     (tmp_path / "empty").mkdir()
+    if case == "prompt longer than the context":  # 80 frames: 64 of them x 9 tokens exceed the 512-token context
+        from percli.core.data.embedded_plm import write_mp4
+
+        write_mp4(tmp_path / "long.mp4", np.random.default_rng(0).integers(0, 255, (80, 48, 48, 3), np.uint8), 2)
     save_weights(tmp_path / "other.safetensors", {"w": torch.zeros(1)}, {"task": "hiera"})
     image, video, ckpt = media_file(plm_media, "image"), media_file(plm_media, "video"), str(plm_checkpoint)
     args = {
         "corrupt image": ["--image", str(tmp_path / "bad.png"), "--checkpoint", ckpt],
         "corrupt video": ["--video", str(tmp_path / "bad.mp4"), "--checkpoint", ckpt],
         "missing image": ["--image", str(tmp_path / "nope.png"), "--checkpoint", ckpt],
-        "prompt longer than the context": ["--video", video, "--max-frames", "64", "--checkpoint", ckpt],
+        "prompt longer than the context": ["--video", str(tmp_path / "long.mp4"), "--max-frames", "64", "--checkpoint",
+                                           ckpt],
         "missing checkpoint": ["--image", image, "--checkpoint", str(tmp_path / "nope")],
         "not a PLM checkpoint": ["--image", image, "--checkpoint", str(tmp_path / "other.safetensors")],
         "missing tokenizer": ["--image", image, "--checkpoint", ckpt, "--tokenizer", str(tmp_path / "nope")],

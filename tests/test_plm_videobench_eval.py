@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from percli.cli import app
@@ -226,7 +227,7 @@ def test_prompts_equal_the_benchmark_format_on_a_hand_written_example():
 def test_frames_are_spread_as_lmms_eval_samples_them_and_boxes_are_drawn_red():
     assert uniform_indices(40, 8) == [0, 6, 11, 17, 22, 28, 33, 39]
     assert uniform_indices(5, 8) == [0, 1, 2, 3, 4]  # a short video: every frame
-    frames = np.zeros((2, 30, 30, 3), dtype=np.uint8)
+    frames = torch.zeros((2, 3, 30, 30), dtype=torch.uint8)
     boxed, plain = draw_region_boxes(frames, [6, 7], {6: (2.0, 2.0, 20.0, 20.0), 7: None}, "v.mp4")
     pixels = np.asarray(boxed)
     assert tuple(pixels[2, 10]) == (255, 0, 0) and tuple(pixels[5, 10]) == (255, 0, 0)  # 4 px wide edge

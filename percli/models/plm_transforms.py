@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from percli.core.data.images import BadSample, load_rgb
-from percli.core.data.video import read_clip
+from percli.core.data.video import read_frames
 
 VISION_INPUT_TYPES = ("thumb+tile", "vanilla")
 
@@ -198,18 +198,17 @@ def load_images(paths: list[str], size: int) -> torch.Tensor:
 
 
 def load_video(path: str | Path, size: int, max_frames: int = 32, backend: str = "auto") -> torch.Tensor:
-    """Decode `max_frames` frames spread evenly over a video -> [max_frames, 3, size, size].
-
-    percli's video reader picks frames by index without the frame rate, so this is the release's sampling
-    (:func:`plm_frame_indices`) exactly for videos shorter than `max_frames` seconds with at least
-    `max_frames` frames; longer videos get evenly spread frames instead of the release's one-per-second grid
-    (within half a second of it), and shorter ones repeat frames instead of returning fewer chunks.
+    """Decode the frames the release samples from a video (:func:`plm_frame_indices` at its frame rate; spread evenly
+    when the file gives no frame rate) -> [frames, 3, size, size].
 
     Raises:
         BadSample: ``unreadable_video: ...`` when no backend can decode the file.
     """
+    def pick(count: int, fps: float) -> list[int]:
+        return plm_frame_indices(count, fps, max_frames) if fps > 0 else _uniform_picks(count, min(count, max_frames))
+
     try:
-        frames = read_clip(str(path), max_frames, 0, train=False, backend=backend)  # uint8 [T, 3, H, W]
+        frames, _ = read_frames(str(path), pick, backend)  # uint8 [T, 3, H, W]
     except BadSample as bad:
         raise BadSample(path, f"unreadable_video: {bad.reason}") from None
     return video_transform(frames, size)

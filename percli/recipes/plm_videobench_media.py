@@ -18,20 +18,17 @@ PyAV; lmms-eval uses OpenCV, so pixel values can differ by the decoders' roundin
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
 from percli.core.data.images import BadSample
 from percli.core.data.plm_videobench import Box
-from percli.core.data.video import decord_available
+from percli.core.data.video import read_frames
 from percli.models.plm_transforms import plm_frame_indices, squash_image, video_transform
 
-FramePicker = Callable[[int, float], list[int]]
-"""(frames in the video, its frame rate) -> the indices to decode."""
 BOX_COLOR = (255, 0, 0)
 BOX_WIDTH = 4
 
@@ -44,65 +41,19 @@ def uniform_indices(count: int, num_frames: int) -> list[int]:
     return [int(round(i * stride)) for i in range(num_frames)]
 
 
-def _decord_frames(path: str, pick: FramePicker) -> tuple[np.ndarray, list[int]]:
-    import decord
-
-    reader = decord.VideoReader(path, num_threads=1, ctx=decord.cpu(0))
-    if len(reader) == 0:
-        raise ValueError("video has no frames")
-    indices = pick(len(reader), float(reader.get_avg_fps()))
-    return reader.get_batch(indices).asnumpy(), indices
+def _read(path: str, pick, backend: str) -> tuple[torch.Tensor, list[int]]:
+    """`read_frames`, its failure reason prefixed ``unreadable_video:`` (the code the run counts)."""
+    try:
+        return read_frames(path, pick, backend)
+    except BadSample as bad:
+        raise BadSample(path, f"unreadable_video: {bad.reason}") from None
 
 
-def _pyav_frames(path: str, pick: FramePicker) -> tuple[np.ndarray, list[int]]:
-    import av
-
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        fps = float(stream.average_rate or stream.guessed_rate or 0.0)
-        if stream.frames <= 0:  # no count in the header: decode everything, then pick
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-            if not frames:
-                raise ValueError("video has no frames")
-            indices = pick(len(frames), fps)
-            return np.stack([frames[i] for i in indices]), indices
-        indices = pick(stream.frames, fps)
-        wanted, kept, last = set(indices), {}, None
-        for i, frame in enumerate(container.decode(stream)):
-            last = frame
-            if i in wanted:
-                kept[i] = frame.to_ndarray(format="rgb24")
-            if i >= max(indices):
-                break
-        if last is None:
-            raise ValueError("video has no frames")
-        tail = last.to_ndarray(format="rgb24")  # a header that over-counts: the last frame stands in
-        return np.stack([kept.get(i, tail) for i in indices]), indices
-
-
-def read_frames(path: str, pick: FramePicker, backend: str = "auto") -> tuple[np.ndarray, list[int]]:
-    """Decode the frames `pick` chooses -> (uint8 [T, H, W, 3], their indices).
-
-    Raises:
-        BadSample: ``unreadable_video: ...`` when no backend can decode the file.
-    """
-    readers = {"decord": [_decord_frames], "pyav": [_pyav_frames]}.get(backend)
-    if readers is None:
-        readers = [_decord_frames, _pyav_frames] if decord_available() else [_pyav_frames]
-    errors = []
-    for read in readers:
-        try:
-            return read(path, pick)
-        except Exception as e:  # noqa: BLE001 - decoders raise many unrelated types for bad input
-            errors.append(f"{read.__name__.strip('_').split('_')[0]}: {type(e).__name__}: {e}")
-    raise BadSample(path, "unreadable_video: " + "; ".join(errors))
-
-
-def draw_region_boxes(frames: np.ndarray, indices: list[int], boxes: Mapping[int, Box | None],
+def draw_region_boxes(frames: torch.Tensor, indices: list[int], boxes: Mapping[int, Box | None],
                       path: str) -> list[Image.Image]:
-    """The frames as PIL images, the box of each sampled frame index (when it has one) drawn in red."""
+    """The frames (uint8 [T, 3, H, W]) as PIL images, the box of each sampled frame index (if any) drawn in red."""
     images = []
-    for frame, index in zip(frames, indices):
+    for frame, index in zip(frames.permute(0, 2, 3, 1).numpy(), indices):
         image = Image.fromarray(frame)
         box = boxes.get(index)
         if box:
@@ -134,9 +85,8 @@ def load_task_video(task: str, sample: Any, root: str | None, size: int, num_fra
                 raise ValueError("the video has no frame rate")
             return plm_frame_indices(count, fps, max_video_frames)
 
-        frames, _ = read_frames(path, pick, backend)
-        return video_transform(torch.from_numpy(frames).permute(0, 3, 1, 2), size)  # [T, H, W, 3] -> [T, 3, H, W]
-    frames, indices = read_frames(path, lambda count, _fps: uniform_indices(count, num_frames), backend)
+        return video_transform(_read(path, pick, backend)[0], size)
+    frames, indices = _read(path, lambda count, _fps: uniform_indices(count, num_frames), backend)
     images = draw_region_boxes(frames, indices, boxes or {}, path) if task != "sgqa" else \
-        [Image.fromarray(frame) for frame in frames]
+        [Image.fromarray(frame) for frame in frames.permute(0, 2, 3, 1).numpy()]
     return torch.cat([squash_image(image, size) for image in images])

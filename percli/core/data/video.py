@@ -56,25 +56,31 @@ def decord_available() -> bool:
     return importlib.util.find_spec("decord") is not None
 
 
-def _read_decord(path: str, indices_for: Callable[[int], list[int]]) -> np.ndarray:
+FramePicker = Callable[[int, float], list[int]]
+"""(frames in the video, its average frame rate; 0 when unknown) -> the frame indices to decode."""
+
+
+def _read_decord(path: str, pick: FramePicker) -> tuple[np.ndarray, list[int]]:
     import decord
 
     reader = decord.VideoReader(path, num_threads=1, ctx=decord.cpu(0))
     if len(reader) == 0:
         raise ValueError("video has no frames")
-    return reader.get_batch(indices_for(len(reader))).asnumpy()  # [T, H, W, 3] uint8
+    indices = pick(len(reader), float(reader.get_avg_fps() or 0.0))
+    return reader.get_batch(indices).asnumpy(), indices  # [T, H, W, 3] uint8
 
 
-def _read_pyav(path: str, indices_for: Callable[[int], list[int]]) -> np.ndarray:
+def _read_pyav(path: str, pick: FramePicker) -> tuple[np.ndarray, list[int]]:
     import av
 
     with av.open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        fps = float(stream.average_rate or stream.guessed_rate or 0.0)
         # stream.frames comes from the container header and may be 0 (unknown) or slightly off, so
         # with no count we decode everything, and we always pad with the last frame decoded.
         expected = stream.frames
-        wanted = indices_for(expected) if expected > 0 else None
+        wanted = pick(expected, fps) if expected > 0 else None
         wanted_set = set(wanted) if wanted is not None else None
         frames: dict[int, np.ndarray] = {}
         last_frame = None
@@ -82,14 +88,14 @@ def _read_pyav(path: str, indices_for: Callable[[int], list[int]]) -> np.ndarray
             last_frame = frame
             if wanted_set is None or i in wanted_set:
                 frames[i] = frame.to_ndarray(format="rgb24")
-            if wanted is not None and i >= wanted[-1]:
+            if wanted is not None and i >= max(wanted):
                 break
         if last_frame is None:
             raise ValueError("video has no frames")
         if wanted is None:
-            wanted = indices_for(len(frames))
+            wanted = pick(len(frames), fps)
         last = last_frame.to_ndarray(format="rgb24")
-    return np.stack([frames.get(i, last) for i in wanted])  # [T, H, W, 3] uint8
+    return np.stack([frames.get(i, last) for i in wanted]), wanted  # [T, H, W, 3] uint8
 
 
 def _check_backend(backend: str) -> None:
@@ -117,27 +123,36 @@ def read_clip(path: str, num_frames: int, sampling_rate: int, *, train: bool, ba
     Raises:
         BadSample: If no backend can decode the file.
     """
+    return read_frames(path, lambda count, _fps: clip_indices(count, num_frames, sampling_rate, train=train),
+                       backend)[0]
+
+
+def read_frames(path: str, pick: FramePicker, backend: str = "auto") -> tuple[torch.Tensor, list[int]]:
+    """Decode the frames `pick` chooses from the video's frame count and frame rate.
+
+    Returns:
+        (uint8 tensor [T, C, H, W], the indices decoded).
+
+    Raises:
+        BadSample: If no backend can decode the file (the reason names each backend's error).
+    """
     _check_backend(backend)
     readers = {"decord": [_read_decord], "pyav": [_read_pyav]}.get(backend)
     if readers is None:
         readers = [_read_decord, _read_pyav] if decord_available() else [_read_pyav]
-
-    def indices_for(n: int) -> list[int]:
-        return clip_indices(n, num_frames, sampling_rate, train=train)
-
     errors = []
     for read in readers:
-        # Save the RNG so a fallback reader draws the same clip start as the first attempt.
+        # Save the RNG so a fallback reader draws what the first attempt drew (random clip starts).
         rng_state = torch.get_rng_state()
         try:
-            frames = read(path, indices_for)
+            frames, indices = read(path, pick)
             break
         except Exception as e:  # noqa: BLE001 - decoders raise many unrelated types for bad input
             errors.append(f"{read.__name__.removeprefix('_read_')}: {type(e).__name__}: {e}".strip())
             torch.set_rng_state(rng_state)
     else:
         raise BadSample(path, "; ".join(errors))
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # [T,H,W,C] -> [T,C,H,W]
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2), indices  # [T,H,W,C] -> [T,C,H,W]
 
 
 class VideoClipDataset(Dataset):
