@@ -129,3 +129,20 @@ def test_video_text_example_runs_end_to_end(tmp_path):
     for line in ("videoclip ", "support-set-random", "vlm ", "vlm-ft-random ", "mmp-en ",
                  "eval retrieval (written clips)"):
         assert line in done.stdout, line
+
+
+@pytest.mark.slow
+def test_plm_tiny_pipeline_example_runs(tmp_path):
+    """The PerceptionLM tiny pipeline script, shortened (2 steps per run, 40 items): every command in it works."""
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "plm" / "tiny_pipeline.sh"
+    env = {**os.environ, "PERCLI": f"{sys.executable} -m percli.cli", "PYTHON": sys.executable, "STEPS": "2",
+           "CLIP_STEPS": "2", "EXTRA": "data.embedded_size=40 data.val_size=8 train.eval_every=0"}
+    done = subprocess.run(["bash", str(script), str(tmp_path / "work")], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for run in ("plm-pe ", "plm-scratch ", "plm-text ", "plm-init "):
+        assert run in done.stdout, run
