@@ -426,6 +426,24 @@ def parse_sgqa_judge_reply(reply: str, lenient: bool = False) -> SGQAVerdict:
 # Judged tasks
 
 
+def _judge_each(samples: Sequence[Any], predictions: Mapping[Any, str | None], judge: Judge, messages: bool,
+                missing_fields: dict[str, Any], request: Callable[[Any, str], JudgeRequest],
+                judged: Callable[[Any, str, str], dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """One judge call per sample with a prediction: (per-sample records, how many had none). A missing prediction is
+    recorded with `missing_fields` and never sent to the judge; `judged(sample, prediction, reply)` gives the rest."""
+    preds = _predictions(predictions)
+    records, missing = [], 0
+    for sample in samples:
+        text = preds.get(sample.uid)
+        if text is None:
+            missing += 1
+            records.append({"uid": sample.uid, "prediction": None, **missing_fields, "judge_reply": None})
+            continue
+        reply = _ask(judge, request(sample, text), messages)
+        records.append({"uid": sample.uid, "prediction": text, **judged(sample, text, reply), "judge_reply": reply})
+    return records, missing
+
+
 def score_sgqa(samples: Sequence[SGQASample], predictions: Mapping[Any, str | None], judge: Judge,
                prompt: JudgePrompt | None = None, messages: bool = False, lenient: bool = False) -> TaskScore:
     """SGQA: ``accuracy`` (the benchmark figure), ``mean_judge_score`` (0-5, over the replies that gave one;
@@ -438,19 +456,17 @@ def score_sgqa(samples: Sequence[SGQASample], predictions: Mapping[Any, str | No
     """
     _check_samples(samples, SGQASample, "sgqa")
     prompt = _judge_prompt(prompt, "sgqa")
-    preds = _predictions(predictions)
-    records, failures, missing = [], 0, 0
-    for sample in samples:
-        text = preds.get(sample.uid)
-        if text is None:
-            missing += 1
-            records.append({"uid": sample.uid, "prediction": None, "correct": False, "judge_reply": None})
-            continue
-        reply = _ask(judge, prompt.render(question=sample.question, answer=sample.answer, prediction=text), messages)
+    failures = 0
+
+    def judged(sample: SGQASample, text: str, reply: str) -> dict[str, Any]:
+        nonlocal failures
         verdict = parse_sgqa_judge_reply(reply, lenient)
         failures += not verdict.parsed
-        records.append({"uid": sample.uid, "prediction": text, "correct": verdict.correct,
-                        "judge_score": verdict.score, "judge_parsed": verdict.parsed, "judge_reply": reply})
+        return {"correct": verdict.correct, "judge_score": verdict.score, "judge_parsed": verdict.parsed}
+
+    records, missing = _judge_each(
+        samples, predictions, judge, messages, {"correct": False},
+        lambda sample, text: prompt.render(question=sample.question, answer=sample.answer, prediction=text), judged)
     scores = [r["judge_score"] for r in records if r.get("judge_score") is not None]
     summary = {"accuracy": _mean([r["correct"] for r in records]),
                "mean_judge_score": _mean(scores) if scores else None, "judge_parse_failures": failures,
@@ -465,19 +481,17 @@ def score_rcap(samples: Sequence[RegionSample], predictions: Mapping[Any, str | 
     ``missing``, ``instances`` and ``judge_prompt``. Arguments as :func:`score_sgqa` (shipped ``caption`` v1)."""
     _check_samples(samples, RegionSample, "rcap")
     prompt = _judge_prompt(prompt, "caption")
-    preds = _predictions(predictions)
-    records, failures, missing = [], 0, 0
-    for sample in samples:
-        text = preds.get(sample.uid)
-        if text is None:
-            missing += 1
-            records.append({"uid": sample.uid, "prediction": None, "score": 0.0, "judge_reply": None})
-            continue
-        reply = _ask(judge, prompt.render(prediction=text, ground_truth=sample.caption), messages)
+    failures = 0
+
+    def judged(sample: RegionSample, text: str, reply: str) -> dict[str, Any]:
+        nonlocal failures
         score = parse_caption_judge_reply(reply, lenient)
         failures += score is None
-        records.append({"uid": sample.uid, "prediction": text, "score": 0.0 if score is None else score,
-                        "judge_parsed": score is not None, "judge_reply": reply})
+        return {"score": 0.0 if score is None else score, "judge_parsed": score is not None}
+
+    records, missing = _judge_each(
+        samples, predictions, judge, messages, {"score": 0.0},
+        lambda sample, text: prompt.render(prediction=text, ground_truth=sample.caption), judged)
     judged = len(samples) - missing
     summary = {"judge_score": _mean([r["score"] for r in records]),
                "judge_success_rate": (judged - failures) / judged if judged else None,
