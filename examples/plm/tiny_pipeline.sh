@@ -3,13 +3,13 @@
 # pretrained contrastively first (here `percli pretrain clip` with a tiny PE-Core tower on the embedded PLM images
 # and their question+answer texts), then `percli finetune plm` starting its vision tower from it (init.vision_model),
 # against the same model from scratch and a text-only model that never sees the pixels.
-# Run from anywhere: bash examples/plm/tiny_pipeline.sh [WORK_DIR]   (~20 min on 2 CPU cores)
+# Run from anywhere: bash examples/plm/tiny_pipeline.sh [WORK_DIR]   (~45 min on 2 CPU cores)
 set -euo pipefail
 WORK=${1:-runs/plm-tiny-pipeline}
 PERCLI=${PERCLI:-percli}        # or: PERCLI="python -m percli.cli"
 PYTHON=${PYTHON:-python}
 CLIP_STEPS=${CLIP_STEPS:-800}
-STEPS=${STEPS:-600}             # the tiny preset's length
+STEPS=${STEPS:-1200}            # twice the tiny preset's 600: the pretrained-PE run is still improving there
 read -r -a EXTRA <<< "${EXTRA:-}"  # more overrides for every finetune run, e.g. EXTRA="data.embedded_size=40"
 rm -rf "$WORK"
 mkdir -p "$WORK"
