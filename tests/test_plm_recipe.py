@@ -221,6 +221,16 @@ def test_stage1_starts_from_a_llama_checkpoint_and_a_pe_checkpoint(tmp_path, app
     result = _run(app, tmp_path / "run", "stage=stage1", f"init.language_model={llama}",
                   f"init.vision_model={tmp_path / 'pe.pt'}", "train.max_steps=1")
     assert result.exit_code == 0, result.output[-3000:]
+    # over a run's towers: its decoder kept, the vision tower replaced (stage 1 keeps it frozen, so it stays equal)
+    other = {k: v + 0.5 for k, v in pe.items()}
+    torch.save(other, tmp_path / "pe2.pt")
+    result = _run(app, tmp_path / "run2", "stage=stage1", f"model.checkpoint={tmp_path / 'run'}",
+                  f"init.vision_model={tmp_path / 'pe2.pt'}", "train.max_steps=1")
+    assert result.exit_code == 0, result.output[-3000:]
+    weights, _ = read_weights(tmp_path / "run2" / "checkpoints" / "step_0000001")
+    tower = {k.removeprefix("vision_model."): v for k, v in weights.items() if k.startswith("vision_model.")}
+    assert tower and all(torch.equal(v, other[f"visual.{k}"]) for k, v in tower.items())
+    assert torch.equal(weights["norm.weight"], source.state_dict()["norm.weight"])
     del lm["norm.weight"]
     torch.save(lm, llama / "consolidated.00.pth")
     with pytest.raises(RuntimeError, match="norm.weight"):

@@ -102,7 +102,7 @@ class ProcessorSection:
 
 @dataclasses.dataclass
 class InitSection:
-    """The release's stage-1 start from separate towers (used when model.checkpoint is not set)."""
+    """The release's stage-1 start from separate towers; with model.checkpoint, they replace its towers."""
 
     language_model: str | None = None
     """A Llama-3 consolidated checkpoint (the release: Llama-3.2-1B-Instruct/original) for the decoder."""
@@ -249,16 +249,15 @@ class PLMTask:
         else:
             self.name, self.kwargs = cfg.model.name, dict(cfg.model.kwargs)
             model = create_model(self.name, **self.kwargs)
-            if cfg.init.language_model or cfg.init.vision_model:
-                from percli.models.plm_loading import load_towers
-
-                report = load_towers(model, cfg.init.language_model, cfg.init.vision_model)
-                if report.dropped:
-                    print(f"init: {len(report.dropped)} checkpoint tensors not used "
-                          f"({', '.join(sorted({k.rsplit('.', 2)[0] for k in report.dropped})[:6])})",
-                          file=sys.stderr)
         if not hasattr(model, "train_stage"):
             raise ConfigError(f"model.name: {self.name!r} is not a PerceptionLM model; use plm_1b, plm_3b or plm_8b")
+        if cfg.init.language_model or cfg.init.vision_model:  # over model.checkpoint's towers when both are given
+            from percli.models.plm_loading import load_towers
+
+            report = load_towers(model, cfg.init.language_model, cfg.init.vision_model)
+            if report.dropped:
+                print(f"init: {len(report.dropped)} checkpoint tensors not used "
+                      f"({', '.join(sorted({k.rsplit('.', 2)[0] for k in report.dropped})[:6])})", file=sys.stderr)
         model.train_stage(cfg.stage)
         model.set_grad_checkpointing(cfg.model.grad_checkpointing)
         spec = getattr(self, "tokenizer_spec", None) or cfg.tokenizer
@@ -385,9 +384,6 @@ def validate(cfg: Config) -> None:
         value = getattr(cfg.init, key)
         if value and not Path(value).expanduser().exists():
             raise ConfigError(f"init.{key}: {value} does not exist")
-    if cfg.model.checkpoint and (cfg.init.language_model or cfg.init.vision_model):
-        raise ConfigError("init.language_model / init.vision_model: not used with model.checkpoint (which holds "
-                          "every tower); give one or the other")
     if cfg.processor.seq_len is not None and cfg.processor.seq_len < 8:
         raise ConfigError(f"processor.seq_len={cfg.processor.seq_len}: too short for any conversation")
     if not cfg.model.checkpoint and cfg.tokenizer is None:
