@@ -52,7 +52,12 @@ from percli.core.config import ConfigError, OptimConfig, TrainConfig
 from percli.core.context import RunContext
 from percli.core.data.images import BadSample
 from percli.core.data.loader import mix_seed
-from percli.core.data.video_text import OverlapSampling, sample_overlapping_clips, whitespace_token_length
+from percli.core.data.video_text import (
+    OverlapSampling,
+    clip_texts,
+    overlapped_clip_batch,
+    whitespace_token_length,
+)
 from percli.models import create_model, load_initial_weights
 from percli.models.mmp import MMPModel, conditional_query
 from percli.recipes.clip import MAX_LOGIT_SCALE, contrastive_loss
@@ -128,16 +133,9 @@ class MultilingualClips(Dataset):
             raise self._skip(item["id"], "caption_count_mismatch", f"captions per language differ ({counts}): "
                                                                    "the triples cannot be aligned")
         seed = int(torch.randint(0, 2**62, ())) if self.seed is None else mix_seed(self.seed, index)
-        generator = torch.Generator().manual_seed(seed)
-        clips = sample_overlapping_clips(captions[0], features.shape[0], generator, self.sampling, self.token_length)
-        size = self.sampling.max_video_len
-        video = features.new_zeros(len(clips), size, features.shape[1])  # [K, max_video_len, D]
-        mask = torch.zeros(len(clips), size, dtype=torch.bool)
-        for k, clip in enumerate(clips):
-            rows = features[clip.video_start : clip.video_end]
-            video[k, : len(rows)], mask[k, : len(rows)] = rows, True
-        texts = [[" ".join(timed.text[clip.first_caption : clip.last_caption + 1]) for clip in clips]
-                 for timed in captions]
+        clips, video, mask = overlapped_clip_batch(captions[0], features, torch.Generator().manual_seed(seed),
+                                                   self.sampling, self.token_length)
+        texts = [clip_texts(timed, clips) for timed in captions]
         out = {"id": item["id"], "video": video, "video_mask": mask, "text": texts[0], "clips": clips}
         if len(texts) > 1:
             out["text_b"] = texts[1]

@@ -653,16 +653,29 @@ class OverlappedClips(Dataset):
             self.skipped["no_caption"] += 1
             raise bad_feature(item["id"], "no_caption", f"no {self.language!r} caption")
         seed = int(torch.randint(0, 2**62, ())) if self.seed is None else mix_seed(self.seed, index)
-        generator = torch.Generator().manual_seed(seed)
-        clips = sample_overlapping_clips(captions, features.shape[0], generator, self.sampling, self.token_length)
-        size = self.sampling.max_video_len
-        video = features.new_zeros(len(clips), size, features.shape[1])  # [K, max_video_len, D]
-        mask = torch.zeros(len(clips), size, dtype=torch.bool)
-        for k, clip in enumerate(clips):
-            rows = features[clip.video_start : clip.video_end]
-            video[k, : len(rows)], mask[k, : len(rows)] = rows, True
-        text = [" ".join(captions.text[clip.first_caption : clip.last_caption + 1]) for clip in clips]
-        return {"id": item["id"], "video": video, "video_mask": mask, "text": text, "clips": clips}
+        clips, video, mask = overlapped_clip_batch(captions, features, torch.Generator().manual_seed(seed),
+                                                   self.sampling, self.token_length)
+        return {"id": item["id"], "video": video, "video_mask": mask, "text": clip_texts(captions, clips),
+                "clips": clips}
+
+
+def overlapped_clip_batch(captions: TimedCaptions, features: torch.Tensor, generator: torch.Generator,
+                          sampling: OverlapSampling, token_length: Callable[[str], int]
+                          ) -> tuple[list[SampledClip], torch.Tensor, torch.Tensor]:
+    """A video's overlapping clips (`sample_overlapping_clips` on `captions`) and their features, each padded to
+    ``sampling.max_video_len``: (clips, video [K, max_video_len, D], mask [K, max_video_len])."""
+    clips = sample_overlapping_clips(captions, features.shape[0], generator, sampling, token_length)
+    video = features.new_zeros(len(clips), sampling.max_video_len, features.shape[1])
+    mask = torch.zeros(len(clips), sampling.max_video_len, dtype=torch.bool)
+    for k, clip in enumerate(clips):
+        rows = features[clip.video_start : clip.video_end]
+        video[k, : len(rows)], mask[k, : len(rows)] = rows, True
+    return clips, video, mask
+
+
+def clip_texts(captions: TimedCaptions, clips: Sequence[SampledClip]) -> list[str]:
+    """Each clip's text: its captions joined by spaces."""
+    return [" ".join(captions.text[clip.first_caption : clip.last_caption + 1]) for clip in clips]
 
 
 def collate_video_text_clips(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
