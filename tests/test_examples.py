@@ -1,5 +1,9 @@
 """Every shipped example config and preset resolves and validates (a dry run), so docs cannot rot."""
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +13,17 @@ from percli.cli import app
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "configs"
 COMMAND = {"hiera_mae_folder.yaml": ["pretrain", "hiera-mae"], "audio_mae_esc50.yaml": ["finetune", "audio-mae"]}
+
+
+def run_example(script: str, tmp_path: Path, timeout: int, **env: str) -> subprocess.CompletedProcess:
+    """Run examples/<script> into <tmp_path>/work with this interpreter's percli (`env`: the script's knobs,
+    shortening it); it must exit 0."""
+    path = Path(__file__).resolve().parents[1] / "examples" / script
+    done = subprocess.run(["bash", str(path), str(tmp_path / "work")], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PERCLI": f"{sys.executable} -m percli.cli",
+                                                "PYTHON": sys.executable, **env})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
 
 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
@@ -21,17 +36,8 @@ def test_example_config_dry_runs(path):
 
 def test_altogether_shards_example_runs_end_to_end(tmp_path):
     """The captioning example script, shortened (2 steps, 20 scenes): every command in it still works."""
-    import json
-    import os
-    import subprocess
-    import sys
 
-    script = Path(__file__).resolve().parents[1] / "examples" / "captioning" / "altogether_shards.sh"
-    env = {**os.environ, "PERCLI": f"{sys.executable} -m percli.cli", "PYTHON": sys.executable, "STEPS": "2",
-           "SCENES": "20", "TRAIN_SCENES": "64"}
-    done = subprocess.run(["bash", str(script), str(tmp_path / "work")], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_example("captioning/altogether_shards.sh", tmp_path, 300, STEPS="2", SCENES="20", TRAIN_SCENES="64")
     summary = json.loads((tmp_path / "work" / "caption_summary.json").read_text())
     assert summary["captioned"] == 20 and len(summary["shards"]) == 2
     assert (tmp_path / "work" / "round2" / "summary.json").is_file()
@@ -48,34 +54,19 @@ SMALL = "data.embedded_size=48 train.batch_size=8 train.num_workers=0 optim.ref_
 ])
 def test_curation_example_scripts_run_end_to_end(tmp_path, script, env, check):
     """The MoDE and CiT example scripts, shortened: every command in them still works."""
-    import os
-    import subprocess
-    import sys
 
-    path = Path(__file__).resolve().parents[1] / "examples" / "curation" / script
-    done = subprocess.run(["bash", str(path), str(tmp_path / "work")], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PERCLI": f"{sys.executable} -m percli.cli", "PYTHON": sys.executable,
-                               **env})
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_example(f"curation/{script}", tmp_path, 600, **env)
     assert (tmp_path / "work" / check).is_file()
 
 
 def test_flap_llm_captions_example_runs_end_to_end(tmp_path):
     """The FLAP example script, shortened (16 + 8 clips written, 2 steps of a tiny model)."""
-    import json
-    import os
-    import subprocess
-    import sys
 
     from tests.test_flap import TINY
 
-    script = Path(__file__).resolve().parents[1] / "examples" / "audio" / "flap_llm_captions.sh"
     (tmp_path / "tiny.yaml").write_text("model:\n  kwargs: " + TINY[0].split("=", 1)[1] + "\n")
     small = " ".join(["--config", str(tmp_path / "tiny.yaml"), *TINY[1:], "train.batch_size=4"])
-    done = subprocess.run(["bash", str(script), str(tmp_path / "work")], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PERCLI": f"{sys.executable} -m percli.cli", "PYTHON": sys.executable,
-                               "TRAIN": "16", "TEST": "8", "STEPS": "2", "SMALL": small})
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_example("audio/flap_llm_captions.sh", tmp_path, 300, TRAIN="16", TEST="8", STEPS="2", SMALL=small)
     assert "t2a_R@1" in done.stdout
     rows = (tmp_path / "work" / "clips" / "train" / "captions_llm.jsonl").read_text().splitlines()
     assert len(rows) == 16 and "sound events: " in json.loads(rows[0])["llm_captions"][0]
@@ -83,49 +74,27 @@ def test_flap_llm_captions_example_runs_end_to_end(tmp_path):
 
 def test_pe_av_example_runs_end_to_end(tmp_path):
     """The PE-AV / PE-A-Frame example script, shortened (2 training steps): every command in it still works."""
-    import json
-    import os
-    import subprocess
-    import sys
 
-    script = Path(__file__).resolve().parents[1] / "examples" / "audiovisual" / "pe_av_tiny.sh"
-    env = {**os.environ, "PERCLI": f"{sys.executable} -m percli.cli", "PYTHON": sys.executable, "AV_STEPS": "2",
-           "FRAME_STEPS": "2", "CLIPS": "20", "AVS_STEPS": "2"}
-    done = subprocess.run(["bash", str(script), str(tmp_path / "work")], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_example("audiovisual/pe_av_tiny.sh", tmp_path, 600, AV_STEPS="2", FRAME_STEPS="2", CLIPS="20",
+                       AVS_STEPS="2")
     assert "events found:" in done.stdout and "peav-random" in done.stdout
     assert json.loads((tmp_path / "work" / "embeddings" / "summary.json").read_text())["clips_embedded"] == 8
 
 
 def test_mavil_example_runs_end_to_end(tmp_path):
     """The MAViL example script, shortened (2 training steps): every command in it still works."""
-    import os
-    import subprocess
-    import sys
 
-    script = Path(__file__).resolve().parents[1] / "examples" / "audiovisual" / "mavil_tiny.sh"
-    env = {**os.environ, "PERCLI": f"{sys.executable} -m percli.cli", "PYTHON": sys.executable, "STEPS": "2",
-           "FT_STEPS": "2", "CLIPS": "20", "AVS_STEPS": "2", "EXTRA": "train.batch_size=4 train.num_workers=0"}
-    done = subprocess.run(["bash", str(script), str(tmp_path / "work")], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_example("audiovisual/mavil_tiny.sh", tmp_path, 600, STEPS="2", FT_STEPS="2", CLIPS="20", AVS_STEPS="2",
+                       EXTRA="train.batch_size=4 train.num_workers=0")
     for line in ("stage1  a2v R@1", "random  a2v R@1", "stage2  a2v R@1", "finetune from stage2", "AV-SUPERB:"):
         assert line in done.stdout, line
 
 
 def test_video_text_example_runs_end_to_end(tmp_path):
     """The video-language example script, shortened (2 training steps, 20 videos): every command in it works."""
-    import os
-    import subprocess
-    import sys
 
-    script = Path(__file__).resolve().parents[1] / "examples" / "video_text" / "tiny.sh"
-    env = {**os.environ, "PERCLI": f"{sys.executable} -m percli.cli", "PYTHON": sys.executable, "STEPS": "2",
-           "EXTRA": "data.embedded_size=20 train.batch_size=4 optim.ref_batch_size=4"}
-    done = subprocess.run(["bash", str(script), str(tmp_path / "work")], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_example("video_text/tiny.sh", tmp_path, 600, STEPS="2",
+                       EXTRA="data.embedded_size=20 train.batch_size=4 optim.ref_batch_size=4")
     for line in ("videoclip ", "support-set-random", "vlm ", "vlm-ft-random ", "mmp-en ",
                  "eval retrieval (written clips)"):
         assert line in done.stdout, line
@@ -134,15 +103,8 @@ def test_video_text_example_runs_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_plm_tiny_pipeline_example_runs(tmp_path):
     """The PerceptionLM tiny pipeline script, shortened (2 steps per run, 40 items): every command in it works."""
-    import os
-    import subprocess
-    import sys
 
-    script = Path(__file__).resolve().parents[1] / "examples" / "plm" / "tiny_pipeline.sh"
-    env = {**os.environ, "PERCLI": f"{sys.executable} -m percli.cli", "PYTHON": sys.executable, "STEPS": "2",
-           "CLIP_STEPS": "2", "EXTRA": "data.embedded_size=40 data.val_size=8 train.eval_every=0"}
-    done = subprocess.run(["bash", str(script), str(tmp_path / "work")], env=env, capture_output=True, text=True,
-                          timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_example("plm/tiny_pipeline.sh", tmp_path, 900, STEPS="2", CLIP_STEPS="2",
+                       EXTRA="data.embedded_size=40 data.val_size=8 train.eval_every=0")
     for run in ("plm-pe ", "plm-scratch ", "plm-text ", "plm-init "):
         assert run in done.stdout, run
