@@ -65,6 +65,11 @@ class Job:
     examples: tuple[str, ...] = field(default_factory=tuple)
 
     @property
+    def scratch_run_dir(self) -> bool:
+        """Run in a temporary run dir unless one is given: an eval job that cannot resume, or `keeps_run_dir` off."""
+        return (self.verb == "eval" and not self.resumable) or not self.keeps_run_dir
+
+    @property
     def name(self) -> str:
         return f"{self.verb} {self.method}".strip()
 

@@ -118,16 +118,15 @@ def execute(job: Job, *, given: Mapping[str, Any] | None = None, overrides: list
     """Resolve and check the config and the run dir, hand the run to the job, and return its summary in
     the common schema (`normalise`); `show(summary)` runs on rank 0 before a temporary run dir goes.
 
-    Nothing is created before the config is known to be valid, and a fresh run dir is removed again
-    when the run fails on its inputs before its first checkpoint. An eval job (not resumable), or a job
-    that keeps no run dir (`Job.keeps_run_dir`), given no run dir writes into a temporary one, removed at
-    the end: its figures are in the summary.
+    Nothing is created before the config is known to be valid, and a fresh run dir is removed again when the
+    run fails on its inputs before its first checkpoint. Without a run dir, a job that keeps none
+    (`Job.scratch_run_dir`) writes into a temporary one, removed at the end: its figures are in the summary.
 
     Raises:
         PercliError: anything anticipated (its message and exit code, as the CLI reports them).
     """
     flag = "--output" if job.output_flag else "--run-dir"
-    temporary = run_dir is None and ((job.verb == "eval" and not job.resumable) or not job.keeps_run_dir)
+    temporary = run_dir is None and job.scratch_run_dir
     chosen = run_dir or (_scratch_dir(job) if temporary else default_run_dir(job.verb, job.method))
     cfg = resolve(job, dict(given or {}), list(overrides), config_file, preset, run_dir, resume, overwrite, flag,
                   check_dir=chosen)
