@@ -14,6 +14,8 @@ from tests.test_altogether_recipe import TINY as ALTOGETHER
 from tests.test_audio_recipes import CLS as AUDIO_CLS
 from tests.test_audio_recipes import MAE as AUDIO_MAE
 from tests.test_cit_recipe import TINY as CIT
+from tests.test_diffmae import CLS as DIFFMAE_CLS
+from tests.test_diffmae import TINY as DIFFMAE
 from tests.test_dinov2_recipe import SHORT as DINOV2
 from tests.test_flap import TINY as FLAP
 from tests.test_mavil_pretrain import TINY as MAVIL
@@ -35,6 +37,8 @@ DINOV2_FT = ["model.kwargs={img_size: 32, patch_size: 4, embed_dim: 32, depth: 2
 CASES = {
     "pretrain hiera-mae": [*TINY_MAE, *STEPS, "recon_images=2"],
     "finetune hiera": [*TINY_CLS, *STEPS],
+    "pretrain diffmae": [*DIFFMAE, *STEPS],
+    "finetune diffmae": [*DIFFMAE_CLS, *STEPS],
     "pretrain audio-mae": [*AUDIO_MAE, *STEPS, "recon_clips=2"],
     "finetune audio-mae": [*AUDIO_CLS, *STEPS],
     "pretrain voicecraft": [*VOICECRAFT, *STEPS],
