@@ -123,6 +123,15 @@ def _engine(verb: str, method: str, module: str, summary: str, default_preset: s
 _LAYERS = Arg("layers", ("--layers",), "Layer sweep: `all` or block indices (0,4,8,-1); a layer-vs-accuracy "
               "table, and layers.png in the run dir.", metavar="all|K,K")
 
+_INPAINT = (
+    Arg("images", help="Image files and/or folders.", many=True, metavar="IMAGE"),
+    Arg("checkpoint", ("--checkpoint",), "A `percli pretrain diffmae` run dir, checkpoint dir or .safetensors."),
+    Arg("masks", ("--masks",), "A folder of mask PNGs named as the images (white = inpaint), or one PNG."),
+    Arg("mask_ratio", ("--mask-ratio",), "Share of patches inpainted when no --masks are given."),
+    Arg("steps", ("--steps",), "DDIM steps."),
+    Arg("seed", ("--seed",), "Seed of the random masks and of the sampler."),
+)
+
 JOBS: list[Job] = [
     _engine("pretrain", "hiera-mae", "hiera_mae",
             "Hiera masked-autoencoder pretraining, image or video (Ryali et al., ICML 2023)"),
@@ -653,6 +662,15 @@ JOBS += [
             Arg("frames_per_step", ("--frames-per-step",), "Image encoders: frames averaged per row."),
             Arg("batch_size", ("--batch-size",), "Frames or clips per forward."),
         ), examples=("percli extract features /data/msrvtt/videos --checkpoint runs/clip -o feats/msrvtt",)),
+    Job("inpaint", "", "percli.recipes.inpaint",
+        "Inpaint images with a DiffMAE model: sampled completions, a grid PNG, PSNR/SSIM vs the mean-colour fill",
+        output_flag=True, resumable=False, args=_INPAINT, examples=(
+            "percli inpaint photo.jpg --checkpoint runs/pretrain-diffmae-X --mask-ratio 0.75 -o runs/inpainted",
+            "percli inpaint /data/val --masks /data/val_masks --checkpoint runs/pretrain-diffmae-X -o runs/inp")),
+    Job("eval", "inpaint", "percli.recipes.inpaint",
+        "PSNR / SSIM of DiffMAE inpainting on the masked pixels of a folder (with masks), next to the mean-colour "
+        "fill", "default", output_flag=True, resumable=False, args=_INPAINT, examples=(
+            "percli eval inpaint /data/val --masks /data/val_masks --checkpoint runs/pretrain-diffmae-X --json",)),
     Job("embed", "", "percli.recipes.embed",
         "PE-AV audio, video, audio+video and text embeddings of a caption manifest into safetensors parts "
         "(batched, resumable, shard-parallel)", output_flag=True, args=(
@@ -710,6 +728,7 @@ VERB_HELP = {
     "caption": "Write captions for image shards with a trained captioner.",
     "tts": "Speech editing and zero-shot TTS with VoiceCraft (official or percli weights).",
     "embed": "Embed audio, video and captions with PE-AV.",
+    "inpaint": "Inpaint images with a DiffMAE model.",
     "extract": "Extract per-second video features with a frozen encoder (the video-language recipes' input).",
     "detect": "Detect events in audio from text queries (PE-A-Frame).",
     "select": "Active learning: pick the pool points to label next. [bold]percli select --strategy margin --budget 100 "

@@ -133,12 +133,17 @@ def test_classifier_takes_the_pretrained_encoder_and_drops_the_decoder():
                    pretrained.state_dict())
 
 
-def test_pretrain_then_finetune_diffmae_on_the_embedded_set(tmp_path):
-    run = tmp_path / "pre"
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("diffmae") / "pre"
     result = runner.invoke(app, ["pretrain", "diffmae", "--run-dir", str(run), "--json", "train.max_steps=4",
                                  "train.eval_every=2", *TINY])
     assert result.exit_code == 0, result.output[-3000:]
-    summary = json.loads(result.stdout)
+    return run, json.loads(result.stdout)
+
+
+def test_pretrain_then_finetune_diffmae_on_the_embedded_set(tmp_path, pretrained):
+    run, summary = pretrained
     inpainting = summary["inpainting"]
     assert inpainting["images"] == 4 and inpainting["steps"] == 3
     assert 0 < inpainting["psnr"] < 100 and 0 < inpainting["mean_fill_psnr"] < 100
@@ -167,3 +172,52 @@ def test_eval_loss_is_the_same_on_every_evaluation(tmp_path):
 def test_bad_mask_ratio_names_the_key():
     result = runner.invoke(app, ["pretrain", "diffmae", "--dry-run", "mask_ratio=1.5"])
     assert result.exit_code == 2 and "mask_ratio" in result.output
+
+
+def test_inpaint_writes_completions_and_eval_scores_masked_pixels(tmp_path, pretrained):
+    from PIL import Image
+
+    run, _ = pretrained
+    folder, masks = tmp_path / "images", tmp_path / "masks"
+    folder.mkdir()
+    masks.mkdir()
+    rng = torch.Generator().manual_seed(0)
+    for name in ("a", "b"):
+        pixels = (torch.rand(32, 32, 3, generator=rng) * 255).byte().numpy()
+        Image.fromarray(pixels).save(folder / f"{name}.png")
+        mask = torch.zeros(32, 32, dtype=torch.uint8)
+        mask[:16] = 255  # the top half: patch rows 0 and 1
+        Image.fromarray(mask.numpy()).save(masks / f"{name}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["inpaint", str(folder), "--checkpoint", str(run), "--masks", str(masks),
+                                 "--steps", "2", "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output[-3000:]
+    summary = json.loads(result.stdout)
+    assert summary["images"] == 2 and summary["bad_inputs"]["count"] == 1
+    assert "broken.png" in summary["bad_inputs"]["files"][0]["file"]
+    written = torch.tensor(list(Image.open(out / "inpainted" / "a.png").getdata())).view(32, 32, 3)
+    original = torch.tensor(list(Image.open(folder / "a.png").getdata())).view(32, 32, 3)
+    assert (written[16:] - original[16:]).abs().max() <= 1  # visible half kept (up to rounding)
+    assert (written[:16] - original[:16]).abs().float().mean() > 5  # the masked half is sampled
+    rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    assert [r["masked_patches"] for r in rows] == [8, 8]
+    assert (out / "grid.png").is_file()
+    scored = runner.invoke(app, ["eval", "inpaint", str(folder / "a.png"), "--checkpoint", str(run), "--masks",
+                                 str(masks), "--steps", "2", "--json"])
+    assert scored.exit_code == 0, scored.output[-3000:]
+    metrics = json.loads(scored.stdout)["metrics"]
+    assert metrics["psnr"] == pytest.approx(rows[0]["psnr"], abs=1e-4)  # same seed, same sample
+    assert "output" not in json.loads(scored.stdout)
+
+
+def test_inpaint_refuses_a_checkpoint_of_another_method(tmp_path):
+    from tests.conftest import TINY_CLS
+
+    cls = runner.invoke(app, ["finetune", "hiera", "--run-dir", str(tmp_path / "cls"), *TINY_CLS,
+                              "train.max_steps=1"])
+    assert cls.exit_code == 0, cls.output[-2000:]
+    (tmp_path / "x.png").write_bytes(b"")
+    result = runner.invoke(app, ["inpaint", str(tmp_path / "x.png"), "--checkpoint", str(tmp_path / "cls"),
+                                 "-o", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "pretrain diffmae" in result.output

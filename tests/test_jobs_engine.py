@@ -78,6 +78,8 @@ CASES = {
 ELSEWHERE = {"download": "tests/test_hub.py::test_percli_download_prints_where_the_cached_release_is",
              "eval plm-videobench":
                  "tests/test_plm_videobench_eval.py::test_every_task_runs_end_to_end_with_an_http_judge",
+             "inpaint": "tests/test_diffmae.py::test_inpaint_writes_completions_and_eval_scores_masked_pixels",
+             "eval inpaint": "tests/test_diffmae.py::test_inpaint_writes_completions_and_eval_scores_masked_pixels",
              "chat": "tests/test_plm_chat.py::test_chat_prints_the_greedy_answer_of_model_generate"}
 
 
