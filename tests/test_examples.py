@@ -104,7 +104,7 @@ def test_video_text_example_runs_end_to_end(tmp_path):
 def test_plm_tiny_pipeline_example_runs(tmp_path):
     """The PerceptionLM tiny pipeline script, shortened (2 steps per run, 40 items): every command in it works."""
 
-    done = run_example("plm/tiny_pipeline.sh", tmp_path, 900, STEPS="2", CLIP_STEPS="2",
+    done = run_example("plm/tiny_pipeline.sh", tmp_path, 900, STEPS="2", CLIP_STEPS="2", STAGE_STEPS="2",
                        EXTRA="data.embedded_size=40 data.val_size=8 train.eval_every=0")
-    for run in ("plm-pe ", "plm-scratch ", "plm-text ", "plm-init "):
+    for run in ("plm-pe ", "plm-scratch ", "plm-text ", "plm-init ", "plm-stage1 ", "plm-stage3 "):
         assert run in done.stdout, run

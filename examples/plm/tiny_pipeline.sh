@@ -3,13 +3,14 @@
 # pretrained contrastively first (here `percli pretrain clip` with a tiny PE-Core tower on the embedded PLM images
 # and their question+answer texts), then `percli finetune plm` starting its vision tower from it (init.vision_model),
 # against the same model from scratch and a text-only model that never sees the pixels.
-# Run from anywhere: bash examples/plm/tiny_pipeline.sh [WORK_DIR]   (~45 min on 2 CPU cores)
+# Run from anywhere: bash examples/plm/tiny_pipeline.sh [WORK_DIR]   (~60 min on 2 CPU cores)
 set -euo pipefail
 WORK=${1:-runs/plm-tiny-pipeline}
 PERCLI=${PERCLI:-percli}        # or: PERCLI="python -m percli.cli"
 PYTHON=${PYTHON:-python}
 CLIP_STEPS=${CLIP_STEPS:-800}
 STEPS=${STEPS:-1200}            # twice the tiny preset's 600: the pretrained-PE run is still improving there
+STAGE_STEPS=${STAGE_STEPS:-600} # each of the staged runs (stage 1, then stage 3)
 read -r -a EXTRA <<< "${EXTRA:-}"  # more overrides for every finetune run, e.g. EXTRA="data.embedded_size=40"
 rm -rf "$WORK"
 mkdir -p "$WORK"
@@ -38,13 +39,21 @@ $PERCLI finetune plm --run-dir "$WORK/plm-text" data.text_only=true train.max_st
     > "$WORK/plm-text.json"
 $PERCLI finetune plm --run-dir "$WORK/plm-init" train.max_steps=1 optim.lr=1e-12 "${EXTRA[@]}" --json \
     > "$WORK/plm-init.json"
+# 4. the release's staging on the tiny presets: stage 1 (projector only) over the text-only decoder and the
+#    pretrained PE, then stage 3 (everything) from that run
+TEXT=$(ls -d "$WORK"/plm-text/checkpoints/step_* | tail -1)
+$PERCLI finetune plm --preset tiny-stage1 --run-dir "$WORK/plm-stage1" model.checkpoint="$TEXT" \
+    init.vision_model="$PE" train.max_steps="$STAGE_STEPS" "${EXTRA[@]}" --json > "$WORK/plm-stage1.json"
+STAGE1=$(ls -d "$WORK"/plm-stage1/checkpoints/step_* | tail -1)
+$PERCLI finetune plm --run-dir "$WORK/plm-stage3" model.checkpoint="$STAGE1" train.max_steps="$STAGE_STEPS" \
+    "${EXTRA[@]}" --json > "$WORK/plm-stage3.json"
 
 "$PYTHON" - "$WORK" <<'PY'
 import json, sys
 from pathlib import Path
 
 work = Path(sys.argv[1])
-for run in ("plm-pe", "plm-scratch", "plm-text", "plm-init"):
+for run in ("plm-pe", "plm-scratch", "plm-text", "plm-init", "plm-stage1", "plm-stage3"):
     m = json.loads((work / f"{run}.json").read_text())["metrics"]
     print(f"{run:12s} exact-answer accuracy {m['eval/exact_answer_acc']:.3f}  answer loss {m['eval/loss']:.4f}")
 PY
