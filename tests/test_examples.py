@@ -108,3 +108,11 @@ def test_plm_tiny_pipeline_example_runs(tmp_path):
                        EXTRA="data.embedded_size=40 data.val_size=8 train.eval_every=0")
     for run in ("plm-pe ", "plm-scratch ", "plm-text ", "plm-init ", "plm-stage1 ", "plm-stage3 "):
         assert run in done.stdout, run
+
+
+def test_diffmae_tiny_example_runs(tmp_path):
+    """The DiffMAE example script, shortened (a few steps, 4 held-out images): every command in it works."""
+
+    done = run_example("diffmae/tiny.sh", tmp_path, 600, STEPS="2", FT_STEPS="2", IMAGES="4",
+                       EXTRA="data.embedded_size=32 train.batch_size=8 optim.ref_batch_size=8 train.num_workers=0")
+    assert "ft-pretrained " in done.stdout and "inpaint 50 DDIM steps" in done.stdout

@@ -98,9 +98,10 @@ def _save_png(pixels: torch.Tensor, path: Path) -> None:
 
 def validate(cfg: Config) -> None:
     if not cfg.checkpoint:
-        raise ConfigError("checkpoint: give a `percli pretrain diffmae` run (--checkpoint runs/pretrain-diffmae-X)")
+        raise ConfigError("checkpoint: not set; give a `percli pretrain diffmae` run (--checkpoint "
+                          "runs/pretrain-diffmae-X)")
     if not cfg.images:
-        raise ConfigError("images: give image files or folders to inpaint")
+        raise ConfigError("images: not set; give image files or folders to inpaint")
     if not 0 < cfg.mask_ratio < 1:
         raise ConfigError(f"mask_ratio={cfg.mask_ratio}: give a fraction in (0, 1), e.g. --mask-ratio 0.75")
     if cfg.steps < 1:
