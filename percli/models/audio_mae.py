@@ -339,7 +339,7 @@ class AudioMaskedAutoencoderViT(nn.Module):
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
-        self.apply(_xavier_init)
+        self.apply(xavier_init)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> list[str]:
@@ -465,7 +465,8 @@ class AudioMaskedAutoencoderViT(nn.Module):
         return self.forward_loss(imgs, pred, mask), pred, mask
 
 
-def _xavier_init(m: nn.Module) -> None:
+def xavier_init(m: nn.Module) -> None:
+    """MAE's init of linear layers (Xavier uniform, zero bias) and LayerNorms (1, 0), for `module.apply`."""
     if isinstance(m, nn.Linear):
         nn.init.xavier_uniform_(m.weight)
         if m.bias is not None:

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from percli.core import diffusion
 from percli.models import register_loader, register_model
-from percli.models.audio_mae import Attention, Block, sincos_1d, sincos_pos_embed_2d
+from percli.models.audio_mae import Attention, Block, sincos_1d, sincos_pos_embed_2d, xavier_init
 from percli.models.audio_mae_decoder import Mlp
 from percli.models.common import LoadReport, check_fit, plain, read_state
 from percli.models.hiera import IMAGENET_MEAN, IMAGENET_STD
@@ -155,18 +155,8 @@ class ViTEncoder(nn.Module):
         return self.norm(x), kept
 
 
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        nn.init.xavier_uniform_(m.weight)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-
-
 def _init_encoder(encoder: ViTEncoder) -> None:
-    encoder.apply(_init_weights)
+    encoder.apply(xavier_init)
     w = encoder.patch_embed.proj.weight
     nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # MAE: the patch conv as a linear layer
     nn.init.normal_(encoder.cls_token, std=0.02)
@@ -225,7 +215,7 @@ class DiffMAE(nn.Module):
         _init_encoder(self.encoder)
         for module in (self.decoder_embed, self.decoder_input, self.time_embed, self.norm_memory,
                        self.decoder_blocks, self.decoder_norm, self.decoder_pred):
-            module.apply(_init_weights)
+            module.apply(xavier_init)
 
     # aliases the engine and the recipes read
     @property

@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from percli.models import register_loader, register_model
-from percli.models.audio_mae import Block, random_masking, sincos_pos_embed_2d
+from percli.models.audio_mae import Block, random_masking, sincos_pos_embed_2d, xavier_init
 from percli.models.common import LoadReport, check_fit, read_state
 from percli.models.mavil import _SIZES, TUBELET, VisionTransformerMM, sincos_pos_embed_3d
 from percli.models.mavil import load_official_state as load_encoder_state
@@ -131,7 +131,7 @@ class MAViLPretrain(VisionTransformerMM):
         for module in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred,
                        self.decoder_embed_v, self.decoder_blocks_v, self.decoder_norm_v, self.decoder_pred_v,
                        self.audio_proj, self.video_proj):
-            module.apply(_xavier)
+            module.apply(xavier_init)
         nn.init.normal_(self.mask_token, std=0.02)
         nn.init.normal_(self.mask_token_v, std=0.02)
 
@@ -233,16 +233,6 @@ class MAViLPretrain(VisionTransformerMM):
     def raw_targets(self, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Stage-1 reconstruction targets: fbank patches [B, La, p*p] and video tubelets [B, Lv, 2*p*p*3]."""
         return patchify_audio(x, self.patch_size), patchify_video(v[:, :, :self.n_frm], self.patch_size)
-
-
-def _xavier(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        nn.init.xavier_uniform_(m.weight)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
 
 
 def load_official_state(model: nn.Module, state_or_path: Mapping[str, torch.Tensor] | str | Path) -> LoadReport:
