@@ -197,8 +197,8 @@ def test_inpaint_writes_completions_and_eval_scores_masked_pixels(tmp_path, pret
     summary = json.loads(result.stdout)
     assert summary["images"] == 2 and summary["bad_inputs"]["count"] == 1
     assert "broken.png" in summary["bad_inputs"]["files"][0]["file"]
-    written = torch.from_numpy(np.asarray(Image.open(out / "inpainted" / "a.png"))).int()  # [32, 32, 3]
-    original = torch.from_numpy(np.asarray(Image.open(folder / "a.png"))).int()
+    written = torch.from_numpy(np.array(Image.open(out / "inpainted" / "a.png"))).int()  # [32, 32, 3]
+    original = torch.from_numpy(np.array(Image.open(folder / "a.png"))).int()
     assert (written[16:] - original[16:]).abs().max() <= 1  # visible half kept (up to rounding)
     assert (written[:16] - original[:16]).abs().float().mean() > 5  # the masked half is sampled
     rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
