@@ -1,4 +1,4 @@
-"""Helpers every model family shares: config capture, norm layers, checkpoint reading."""
+"""Helpers every model family shares: config capture, norm layers, MAE patches, checkpoint reading."""
 
 from __future__ import annotations
 
@@ -16,6 +16,21 @@ def make_norm(norm_layer: str | Callable[[int], nn.Module]) -> Callable[[int], n
     if isinstance(norm_layer, str):
         return lambda dim: getattr(nn, norm_layer)(dim, eps=1e-6)
     return norm_layer
+
+
+def patchify(images: torch.Tensor, p: int) -> torch.Tensor:
+    """[B, C, H, W] -> [B, (H/p)*(W/p), p*p*C], row-major patches, (p, p, C) inside (MAE's
+    order; the same as a 1-channel spectrogram's time-major patches)."""
+    b, c, h, w = images.shape
+    x = images.reshape(b, c, h // p, p, w // p, p)  # [B, C, h, p, w, p]
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(patches: torch.Tensor, p: int, c: int, h: int, w: int) -> torch.Tensor:
+    """Inverse of `patchify`: [B, N, p*p*C] -> [B, C, H, W]."""
+    b = patches.shape[0]
+    x = patches.reshape(b, h // p, w // p, p, p, c)  # [B, h, w, p, p, C]
+    return x.permute(0, 5, 1, 3, 2, 4).reshape(b, c, h, w)
 
 
 def plain(value: object) -> object:

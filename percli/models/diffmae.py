@@ -37,24 +37,10 @@ from percli.core import diffusion
 from percli.models import register_loader, register_model
 from percli.models.audio_mae import Attention, Block, sincos_1d, sincos_pos_embed_2d, xavier_init
 from percli.models.audio_mae_decoder import Mlp
-from percli.models.common import LoadReport, check_fit, plain, read_state
+from percli.models.common import LoadReport, check_fit, patchify, plain, read_state, unpatchify
 from percli.models.hiera import IMAGENET_MEAN, IMAGENET_STD
 
 DECODER_DESIGNS = ("cross_self", "cross")
-
-
-def patchify(images: torch.Tensor, p: int) -> torch.Tensor:
-    """[B, C, H, W] -> [B, (H/p)*(W/p), p*p*C], row-major patches, (p, p, C) inside (MAE's order)."""
-    b, c, h, w = images.shape
-    x = images.reshape(b, c, h // p, p, w // p, p)  # [B, C, h, p, w, p]
-    return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p * c)
-
-
-def unpatchify(patches: torch.Tensor, p: int, c: int, h: int, w: int) -> torch.Tensor:
-    """Inverse of `patchify`: [B, N, p*p*C] -> [B, C, H, W]."""
-    b = patches.shape[0]
-    x = patches.reshape(b, h // p, w // p, p, p, c)  # [B, h, w, p, p, C]
-    return x.permute(0, 5, 1, 3, 2, 4).reshape(b, c, h, w)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:

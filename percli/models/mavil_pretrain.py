@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from percli.models import register_loader, register_model
 from percli.models.audio_mae import Block, random_masking, sincos_pos_embed_2d, xavier_init
 from percli.models.common import LoadReport, check_fit, read_state
+from percli.models.common import patchify as patchify_audio  # [B, 1, T, F] -> time-major (p, p) patches
 from percli.models.mavil import _SIZES, TUBELET, VisionTransformerMM, sincos_pos_embed_3d
 from percli.models.mavil import load_official_state as load_encoder_state
 
@@ -51,14 +52,6 @@ def patchify_video(v: torch.Tensor, patch_size: int) -> torch.Tensor:
     x = v.reshape(B, C, T // TUBELET, TUBELET, H // p, p, W // p, p)
     x = torch.einsum("bctuhpwq->bthwupqc", x)  # [B, T/2, H/p, W/p, 2, p, p, C]
     return x.reshape(B, -1, TUBELET * p * p * C)
-
-
-def patchify_audio(x: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """[B, 1, T, F] -> [B, (T/p)*(F/p), p*p], patches time-major as `PatchEmbed`'s tokens."""
-    B, C, T, Fq = x.shape
-    p = patch_size
-    x = torch.einsum("bchpwq->bhwpqc", x.reshape(B, C, T // p, p, Fq // p, p))
-    return x.reshape(B, -1, p * p * C)
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, normalize: bool) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from percli.core import chart
 from percli.core.image_metrics import psnr, ssim
-from percli.models.diffmae import unpatchify
+from percli.models.common import unpatchify
 
 GRID_ROWS = ("input", "masked", "sampled", "mean fill")
 
