@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from percli.core.checkpoint import read_meta, run_weights
 from percli.core.config import ConfigError
 from percli.core.context import RunContext
-from percli.core.data import IMAGE_EXTENSIONS
+from percli.core.data import IMAGE_EXTENSIONS, BadSample, list_folder
+from percli.core.data.images import load_rgb, to_float_image
 from percli.models import create_model_for, load_initial_weights
 from percli.recipes.diffmae_inpaint import inpaint_and_score, keep_from_pixel_mask, random_keep, save_grid
 
@@ -36,7 +37,7 @@ from percli.recipes.diffmae_inpaint import inpaint_and_score, keep_from_pixel_ma
 @dataclasses.dataclass
 class Config:
     images: list[str] = dataclasses.field(default_factory=list)
-    """Image files and/or folders (searched recursively)."""
+    """Image files and/or folders (flat, or with sub-folders)."""
     checkpoint: str | None = None
     """A `percli pretrain diffmae` run dir, checkpoint dir or .safetensors file."""
     masks: str | None = None
@@ -52,13 +53,11 @@ class Config:
 
 
 def image_files(inputs: list[str]) -> list[Path]:
+    """The files given and the images of the folders given (flat, or in sub-folders as a dataset's)."""
     files: list[Path] = []
     for item in inputs:
         path = Path(item).expanduser()
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-        else:
-            files.append(path)
+        files += [Path(f) for f, _ in list_folder(path, IMAGE_EXTENSIONS)[0]] if path.is_dir() else [path]
     return files
 
 
@@ -73,12 +72,9 @@ def load_model(checkpoint: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     return model.eval(), meta
 
 
-def _read(path: Path, size: tuple[int, int], mode: str) -> torch.Tensor:
-    """[C, H, W] floats in [0, 1], resized to `size` (H, W)."""
-    with Image.open(path) as image:
-        image = image.convert(mode).resize((size[1], size[0]), Image.BICUBIC)
-        pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-    return pixels.view(size[0], size[1], -1).permute(2, 0, 1).float() / 255
+def _read(path: Path, size: tuple[int, int], mode: str = "RGB") -> torch.Tensor:
+    """[C, H, W] floats in [0, 1], resized to `size` (H, W); BadSample when the file cannot be decoded."""
+    return to_float_image(load_rgb(str(path)).convert(mode).resize((size[1], size[0]), Image.BICUBIC))
 
 
 def _mask_path(masks: str | None, image: Path) -> Path | None:
@@ -128,16 +124,16 @@ def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
     with ctx.progress("inpaint", len(files), "images") as bar:
         for path in files:
             try:
-                image = (_read(path, size, "RGB") - norm_mean) / norm_std
+                image = (_read(path, size) - norm_mean) / norm_std
                 mask_file = _mask_path(cfg.masks, path)
                 if mask_file is not None:
                     keep = keep_from_pixel_mask(_read(mask_file, size, "L")[0][None] > 0.5, model.patch_size)
                 else:
                     keep = random_keep(1, model.encoder.num_patches, cfg.mask_ratio, generator)
                 if bool(keep.all()) or not bool(keep.any()):
-                    raise ValueError("the mask leaves no patch to inpaint or none visible")
-            except (OSError, UnidentifiedImageError, ValueError) as err:
-                bad.append({"file": str(path), "reason": f"{type(err).__name__}: {err}"})
+                    raise BadSample(mask_file or path, "the mask leaves no patch to inpaint or none visible")
+            except BadSample as err:
+                bad.append({"file": err.path, "reason": err.reason})
                 bar.advance(1)
                 continue
             result = inpaint_and_score(model, image[None].to(device), keep, mean, std, steps=cfg.steps,
