@@ -123,7 +123,7 @@ class DiffMAETask:
         was_training = model.training
         model.eval()
         generator = torch.Generator().manual_seed(self.cfg.inpaint.seed)
-        keep = random_keep(len(images), model.encoder.num_patches, self.mask_ratio, generator)
+        keep = random_keep(model, len(images), self.mask_ratio, generator)
         result = inpaint_and_score(model, images.to(accelerator.device), keep, mean, std,
                                    steps=self.cfg.inpaint.steps, generator=generator)
         model.train(was_training)

@@ -17,13 +17,10 @@ from percli.models.common import unpatchify
 GRID_ROWS = ("input", "masked", "sampled", "mean fill")
 
 
-def random_keep(batch: int, num_patches: int, mask_ratio: float, generator: torch.Generator) -> torch.Tensor:
-    """[B, N] bool, True = visible: the same number of masked patches per image, seeded."""
-    masked = min(num_patches - 1, max(1, round(num_patches * mask_ratio)))
-    order = torch.rand(batch, num_patches, generator=generator).argsort(dim=1)
-    keep = torch.ones(batch, num_patches, dtype=torch.bool)
-    keep.scatter_(1, order[:, :masked], False)
-    return keep
+def random_keep(model: nn.Module, batch: int, mask_ratio: float, generator: torch.Generator) -> torch.Tensor:
+    """[B, N] bool, True = visible: the model's own seeded random split (the same count masked per image)."""
+    ids_keep, _ = model.random_split(batch, mask_ratio, torch.device("cpu"), generator)
+    return torch.zeros(batch, model.encoder.num_patches, dtype=torch.bool).scatter_(1, ids_keep, True)
 
 
 def keep_from_pixel_mask(mask: torch.Tensor, patch: int, threshold: float = 0.5) -> torch.Tensor:

@@ -129,7 +129,7 @@ def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
                 if mask_file is not None:
                     keep = keep_from_pixel_mask(_read(mask_file, size, "L")[0][None] > 0.5, model.patch_size)
                 else:
-                    keep = random_keep(1, model.encoder.num_patches, cfg.mask_ratio, generator)
+                    keep = random_keep(model, 1, cfg.mask_ratio, generator)
                 if bool(keep.all()) or not bool(keep.any()):
                     raise BadSample(mask_file or path, "the mask leaves no patch to inpaint or none visible")
             except BadSample as err:
