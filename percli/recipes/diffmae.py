@@ -33,6 +33,7 @@ from percli.core.context import RunContext
 from percli.core.data import finetune_transform, mae_transform
 from percli.models import create_model, load_initial_weights
 from percli.recipes.common import DataSection, TrainedModelSection, make_dataset, normalisation
+from percli.recipes.common import validate as validate_data
 from percli.recipes.diffmae_inpaint import inpaint_and_score, random_keep, save_grid
 from percli.recipes.reconstruction import first_samples
 
@@ -136,8 +137,6 @@ class DiffMAETask:
 
 
 def validate(cfg: Config) -> None:
-    from percli.recipes.common import validate as validate_data
-
     validate_data(cfg)
     if cfg.mask_ratio is not None and not 0 < cfg.mask_ratio < 1:
         raise ConfigError(f"mask_ratio={cfg.mask_ratio}: give a fraction in (0, 1), e.g. mask_ratio=0.75")
