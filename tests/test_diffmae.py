@@ -222,3 +222,16 @@ def test_inpaint_refuses_a_checkpoint_of_another_method(tmp_path):
     result = runner.invoke(app, ["inpaint", str(tmp_path / "x.png"), "--checkpoint", str(tmp_path / "cls"),
                                  "-o", str(tmp_path / "o")])
     assert result.exit_code == 2 and "pretrain diffmae" in result.output
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_inpaint_on_cuda_with_a_cpu_generator_matches_the_cpu_draws():
+    torch.manual_seed(0)
+    model = small().eval()
+    x = torch.randn(1, 3, 32, 32)
+    keep = torch.zeros(1, 16, dtype=torch.bool)
+    keep[0, :4] = True
+    cpu = model.inpaint(x, keep, steps=3, generator=torch.Generator().manual_seed(0))
+    cuda = model.cuda().inpaint(x.cuda(), keep, steps=3, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(cuda.cpu(), cpu, atol=1e-4)

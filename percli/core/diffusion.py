@@ -195,6 +195,13 @@ def q_posterior(x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
     return mean, _at(schedule.posterior_variance, t, x_t)
 
 
+def _randn(shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None, device: torch.device | str,
+           dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Gaussian noise drawn on the generator's device (a CPU generator may drive CUDA sampling), then moved."""
+    drawn_on = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=drawn_on, dtype=dtype).to(device)
+
+
 def _clip(x0: torch.Tensor, clip_x0: float | None) -> torch.Tensor:
     return x0 if clip_x0 is None else x0.clamp(-clip_x0, clip_x0)
 
@@ -215,7 +222,7 @@ def ddpm_step(model_out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, sched
     """
     x0 = _clip(predict_x0(model_out, x_t, t, schedule, parameterization), clip_x0)
     mean, variance = q_posterior(x0, x_t, t, schedule)
-    noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+    noise = _randn(x_t.shape, generator, x_t.device, x_t.dtype)
     # The posterior variance at t = 0 is exactly 0 (abar_{-1} = 1), so the last step returns the mean.
     return mean + variance.sqrt() * noise
 
@@ -226,7 +233,7 @@ def _ddim_step(x0: torch.Tensor, eps: torch.Tensor, abar: float, abar_prev: floa
     sigma = eta * math.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
     x_prev = math.sqrt(abar_prev) * x0 + math.sqrt(max(1 - abar_prev - sigma**2, 0.0)) * eps
     if sigma > 0:
-        x_prev = x_prev + sigma * torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        x_prev = x_prev + sigma * _randn(x0.shape, generator, x0.device, x0.dtype)
     return x_prev
 
 
@@ -286,14 +293,14 @@ def sample(denoise_fn: DenoiseFn, shape: tuple[int, ...], schedule: NoiseSchedul
         x = x_T if device is None else x_T.to(device)
     else:
         device = device or (generator.device if generator is not None else "cpu")
-        x = torch.randn(shape, generator=generator, device=device)
+        x = _randn(shape, generator, device)
     if known is not None:
         values, mask = known[0].to(x), known[1].to(x.device).bool()
     abar = schedule.alphas_cumprod.double().tolist()
     for i, t in enumerate(timesteps):
         t_batch = torch.full((shape[0],), t, dtype=torch.long, device=x.device)
         if known is not None:
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            noise = _randn(x.shape, generator, x.device, x.dtype)
             x = torch.where(mask, q_sample(values, t_batch, noise, schedule), x)
         out = denoise_fn(x, t_batch)
         if guidance_scale != 1.0:
