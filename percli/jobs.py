@@ -141,6 +141,11 @@ JOBS: list[Job] = [
             "DiffMAE: masked autoencoder with a diffusion decoder on the masked patches (Wei et al., ICCV 2023)"),
     _engine("finetune", "diffmae", "diffmae_classify",
             "DiffMAE encoder classification (MAE's fine-tuning ViT) from a pretrain-diffmae run or from scratch"),
+    _engine("pretrain", "soundscape", "soundscape",
+            "Audio-visual soundscape stylization: mel VAE + latent diffusion on self-supervised clip pairs "
+            "(Li et al., ECCV 2024)"),
+    _engine("pretrain", "vocoder", "vocoder",
+            "HiFi-GAN generator for the soundscape log-mels (Kong et al., NeurIPS 2020; GAN-free losses)"),
     _engine("pretrain", "audio-mae", "audio_mae",
             "Audio-MAE pretraining on fbank spectrograms (Huang et al., NeurIPS 2022)"),
     _engine("finetune", "audio-mae", "audio_classify",
@@ -667,6 +672,41 @@ JOBS += [
         output_flag=True, resumable=False, args=_INPAINT, examples=(
             "percli inpaint photo.jpg --checkpoint runs/pretrain-diffmae-X --mask-ratio 0.75 -o runs/inpainted",
             "percli inpaint /data/val --masks /data/val_masks --checkpoint runs/pretrain-diffmae-X -o runs/inp")),
+    Job("tts", "stylize", "percli.tts.stylize_job",
+        "Re-record speech as if in the scene of a hint clip: its reverberation and background (soundscape "
+        "stylization, Li et al., ECCV 2024)", resumable=False, args=(
+            Arg("speech", help="The speech to re-record (any sample rate; resampled).", metavar="SPEECH"),
+            Arg("hint", ("--hint",), "The scene: a video with sound (audio + middle frame) or an audio file."),
+            Arg("hint_image", ("--hint-image",), "The scene's picture, for an audio hint."),
+            Arg("checkpoint", ("--checkpoint",), "A `percli pretrain soundscape` run dir, checkpoint dir or "
+                ".safetensors."),
+            Arg("output", ("--output", "-o"), "Output WAV/FLAC (default <run dir>/<SPEECH stem>_stylized.wav; a PNG "
+                "spectrogram beside it); --overwrite replaces an existing file."),
+            Arg("steps", ("--steps",), "DDIM steps."),
+            Arg("guidance_scale", ("--guidance",), "Classifier-free guidance on the hint (1 = off)."),
+            Arg("vocoder", ("--vocoder",), "A `percli pretrain vocoder` run (default: Griffin-Lim)."),
+            Arg("enhance", ("--enhance",), "Input enhancement: spectral, none, external:<module>:<function> "
+                "(default: the run's)."),
+            Arg("seed", ("--seed",), "Seed of the sampler and of Griffin-Lim's phases."),
+            Arg("device", ("--device",), "cuda or cpu (default: cuda when available)."),
+        ), examples=("percli tts stylize talk.wav --hint street.mp4 --checkpoint runs/pretrain-soundscape-X "
+                     "-o talk_street.wav",
+                     "percli tts stylize talk.wav --hint hall.wav --hint-image hall.png --checkpoint "
+                     "runs/pretrain-soundscape-X --guidance 5")),
+    Job("eval", "stylize", "percli.recipes.stylize_eval",
+        "Soundscape stylization on held-out generated scenes: RT60 error (input / stylized / hint zeroed), mel "
+        "distance, hint match", None, resumable=False, args=(
+            Arg("checkpoint", ("--checkpoint",), "A `percli pretrain soundscape` run dir, checkpoint dir or "
+                ".safetensors."),
+            Arg("stylize.items", ("--items",), "Held-out cross-scene items."),
+            Arg("stylize.steps", ("--steps",), "DDIM steps."),
+            Arg("stylize.guidance_scale", ("--guidance",), "Classifier-free guidance on the hint (1 = off)."),
+            Arg("stylize.estimator", ("--estimator",), "An rt60_estimator.safetensors to reuse (default: train "
+                "one on the run's training utterances)."),
+            Arg("stylize.vocoder", ("--vocoder",), "A `percli pretrain vocoder` run (default: Griffin-Lim)."),
+            Arg("stylize.seed", ("--seed",), "Seed of the sampler."),
+            Arg("device", ("--device",), "cuda or cpu (default: cuda when available)."),
+        ), examples=("percli eval stylize --checkpoint runs/pretrain-soundscape-X --json",)),
     Job("eval", "inpaint", "percli.recipes.inpaint",
         "PSNR / SSIM of DiffMAE inpainting on the masked pixels of a folder (with masks), next to the mean-colour "
         "fill", "default", output_flag=True, resumable=False, args=_INPAINT, examples=(

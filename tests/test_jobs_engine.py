@@ -80,7 +80,11 @@ ELSEWHERE = {"download": "tests/test_hub.py::test_percli_download_prints_where_t
                  "tests/test_plm_videobench_eval.py::test_every_task_runs_end_to_end_with_an_http_judge",
              "inpaint": "tests/test_diffmae.py::test_inpaint_writes_completions_and_eval_scores_masked_pixels",
              "eval inpaint": "tests/test_diffmae.py::test_inpaint_writes_completions_and_eval_scores_masked_pixels",
-             "chat": "tests/test_plm_chat.py::test_chat_prints_the_greedy_answer_of_model_generate"}
+             "chat": "tests/test_plm_chat.py::test_chat_prints_the_greedy_answer_of_model_generate",
+             "pretrain soundscape": "tests/test_soundscape_jobs.py::test_two_stages_train_and_score",
+             "tts stylize": "tests/test_soundscape_jobs.py::test_stylize_a_recording_with_a_video_hint",
+             "eval stylize": "tests/test_soundscape_jobs.py::test_eval_stylize_scores_the_run",
+             "pretrain vocoder": "tests/test_soundscape_jobs.py::test_vocoder_trains_and_stylize_uses_it"}
 
 
 def test_every_job_of_the_registry_has_a_case_in_one_group():

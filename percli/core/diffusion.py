@@ -125,6 +125,23 @@ def make_schedule(name: str, num_steps: int = 1000, **opts: float) -> NoiseSched
     return NoiseSchedule.from_betas((1 - abar[1:] / abar[:-1]).clamp(max=0.999))
 
 
+class ScheduleCache:
+    """A model's schedule, built from (name, steps, options) and kept per device on first use: derived tensors,
+    not weights, so they stay out of the state dict and a model builds on the meta device."""
+
+    def __init__(self, name: str, num_steps: int, opts: dict[str, float] | None = None):
+        self.args = (name, num_steps, dict(opts or {}))
+        check_schedule(*self.args)
+        self._by_device: dict[torch.device, NoiseSchedule] = {}
+
+    def on(self, device: torch.device) -> NoiseSchedule:
+        if device not in self._by_device:
+            schedule = make_schedule(self.args[0], self.args[1], **self.args[2])
+            self._by_device[device] = NoiseSchedule(
+                **{f: getattr(schedule, f).to(device) for f in schedule.__dataclass_fields__})
+        return self._by_device[device]
+
+
 def _at(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """values[t] on like's device and dtype, shaped to broadcast over like's trailing dims."""
     picked = values.to(device=like.device, dtype=like.dtype)[t.to(like.device)]

@@ -26,7 +26,8 @@ _FAMILY_MODULES = ("percli.models.hiera", "percli.models.audio_mae", "percli.mod
                   "percli.models.voicecraft", "percli.models.pe", "percli.models.dinov2",
                   "percli.models.mavil", "percli.models.mavil_pretrain", "percli.models.pe_av",
                   "percli.models.flap", "percli.models.support_set", "percli.models.mmpt", "percli.models.vlm",
-                  "percli.models.mmp", "percli.models.plm", "percli.models.diffmae")
+                  "percli.models.mmp", "percli.models.plm", "percli.models.diffmae",
+                  "percli.models.soundscape", "percli.models.hifigan")
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:

@@ -195,9 +195,7 @@ class DiffMAE(nn.Module):
                                                          mlp_ratio) for _ in range(decoder_depth))
         self.decoder_norm = nn.LayerNorm(decoder_embed_dim)
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_dim)
-        self._schedule_args = (schedule, num_timesteps, dict(schedule_opts or {}))
-        diffusion.check_schedule(*self._schedule_args)
-        self._schedules: dict[torch.device, diffusion.NoiseSchedule] = {}
+        self._schedules = diffusion.ScheduleCache(schedule, num_timesteps, schedule_opts)
         _init_encoder(self.encoder)
         for module in (self.decoder_embed, self.decoder_input, self.time_embed, self.norm_memory,
                        self.decoder_blocks, self.decoder_norm, self.decoder_pred):
@@ -214,12 +212,7 @@ class DiffMAE(nn.Module):
 
     def noise_schedule(self, device: torch.device) -> diffusion.NoiseSchedule:
         """The diffusion schedule's tensors on `device`, computed on first use (not weights: derived)."""
-        if device not in self._schedules:
-            schedule = diffusion.make_schedule(self._schedule_args[0], self._schedule_args[1],
-                                               **self._schedule_args[2])
-            self._schedules[device] = diffusion.NoiseSchedule(
-                **{f: getattr(schedule, f).to(device) for f in schedule.__dataclass_fields__})
-        return self._schedules[device]
+        return self._schedules.on(device)
 
     def random_split(self, batch: int, mask_ratio: float, device: torch.device,
                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:

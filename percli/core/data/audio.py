@@ -58,6 +58,8 @@ def _decode_av(path: str) -> tuple[np.ndarray, int]:
     import av
 
     with av.open(path) as container:
+        if not container.streams.audio:
+            raise ValueError("no audio track")
         stream = container.streams.audio[0]
         resampler = av.AudioResampler(format="fltp")  # planar float32: to_ndarray() gives [C, n]
         chunks = []
