@@ -116,3 +116,16 @@ def test_diffmae_tiny_example_runs(tmp_path):
     done = run_example("diffmae/tiny.sh", tmp_path, 600, STEPS="2", FT_STEPS="2", IMAGES="4",
                        EXTRA="data.embedded_size=32 train.batch_size=8 optim.ref_batch_size=8 train.num_workers=0")
     assert "ft-pretrained " in done.stdout and "inpaint 50 DDIM steps" in done.stdout
+
+
+def test_soundscape_tiny_example_runs(tmp_path):
+    """The soundscape example script, shortened (micro model, two steps per stage): every command in it works."""
+    micro = ("data.embedded_size=12 data.heldout_utterances=4 data.train_scenes=3 data.heldout_scenes=2 "
+             "data.train_items=8 data.val_items=2 data.clip_s=1.0 stylize.items=4 stylize.steps=2 "
+             "stylize.estimator_clips=8 stylize.estimator_steps=2 vae_train.max_steps=2 vae_train.batch_size=2 "
+             "vae_train.num_workers=0 train.batch_size=2 train.num_workers=0 model.kwargs.width=32 "
+             "model.kwargs.depth=1 model.kwargs.num_heads=2 model.kwargs.vae.channels=8")
+    done = run_example("soundscape/tiny.sh", tmp_path, 600, STEPS="2", EXTRA=micro)
+    lines = done.stdout.splitlines()
+    assert [line.split()[:2] for line in lines[:2]] == [["guidance", "3"], ["guidance", "1"]], done.stdout
+    assert "RT60 error" in lines[1] and lines[2].startswith("stylized 1.00 s"), done.stdout

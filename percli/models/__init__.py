@@ -89,6 +89,21 @@ def load_initial_weights(model: nn.Module, path: str | Path) -> Any:
     return report
 
 
+def load_run_model(path: str | Path, task: str, command: str) -> tuple[nn.Module, dict[str, Any]]:
+    """The model of a percli run dir / checkpoint dir / .safetensors whose metadata says ``task``, built from that
+    metadata and loaded (eval mode), and the metadata; another task raises ConfigError naming ``command``."""
+    from percli.core.checkpoint import read_meta, run_weights
+    from percli.core.config import ConfigError
+
+    weights = run_weights(path)
+    meta = read_meta(weights)
+    if meta.get("task") != task:
+        raise ConfigError(f"{weights} is a {meta.get('task', 'non-percli')} checkpoint; give a `{command}` run")
+    model = create_model_for(meta["name"], meta.get("kwargs") or {}, weights)
+    load_initial_weights(model, weights)
+    return model.eval(), meta
+
+
 def list_models() -> list[str]:
     """Names of every registered model, sorted."""
     _load_families()

@@ -25,12 +25,11 @@ from typing import Any
 import torch
 from PIL import Image
 
-from percli.core.checkpoint import read_meta, run_weights
 from percli.core.config import ConfigError
 from percli.core.context import RunContext
 from percli.core.data import IMAGE_EXTENSIONS, BadSample, list_folder
 from percli.core.data.images import load_rgb, to_float_image
-from percli.models import create_model_for, load_initial_weights
+from percli.models import load_run_model
 from percli.recipes.diffmae_inpaint import inpaint_and_score, keep_from_pixel_mask, random_keep, save_grid
 
 
@@ -59,17 +58,6 @@ def image_files(inputs: list[str]) -> list[Path]:
         path = Path(item).expanduser()
         files += [Path(f) for f, _ in list_folder(path, IMAGE_EXTENSIONS)[0]] if path.is_dir() else [path]
     return files
-
-
-def load_model(checkpoint: str) -> tuple[torch.nn.Module, dict[str, Any]]:
-    weights = run_weights(checkpoint)
-    meta = read_meta(weights)
-    if meta.get("task") != "diffmae":
-        raise ConfigError(f"checkpoint: {weights} is a {meta.get('task', 'non-percli')} checkpoint; give a "
-                          "`percli pretrain diffmae` run")
-    model = create_model_for(meta["name"], meta.get("kwargs") or {}, weights)
-    load_initial_weights(model, weights)
-    return model.eval(), meta
 
 
 def _read(path: Path, size: tuple[int, int], mode: str = "RGB") -> torch.Tensor:
@@ -108,7 +96,7 @@ def validate(cfg: Config) -> None:
 
 def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, meta = load_model(cfg.checkpoint)
+    model, meta = load_run_model(cfg.checkpoint, "diffmae", "percli pretrain diffmae")
     model.to(device)
     size = tuple(meta["input_size"])
     mean, std = meta["mean"], meta["std"]

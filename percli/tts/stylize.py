@@ -35,20 +35,10 @@ def vocode(mels: torch.Tensor, vocoder: nn.Module | None, mel_cfg: MelConfig, se
 
 
 def load_vocoder(path: str | None) -> nn.Module | None:
-    """A `percli pretrain vocoder` run's generator (eval mode, on the CPU), or None (Griffin-Lim)."""
-    if not path:
-        return None
-    from percli.core.checkpoint import read_meta, run_weights
-    from percli.models import create_model_for, load_initial_weights
+    """A `percli pretrain vocoder` run's generator (eval mode), or None (Griffin-Lim)."""
+    from percli.models import load_run_model
 
-    weights = run_weights(path)
-    meta = read_meta(weights)
-    if meta.get("task") != "vocoder":
-        raise ValueError(f"vocoder: {weights} is a {meta.get('task', 'non-percli')} checkpoint; give a "
-                         "`percli pretrain vocoder` run")
-    model = create_model_for(meta["name"], meta.get("kwargs") or {}, weights)
-    load_initial_weights(model, weights)
-    return model.eval()
+    return load_run_model(path, "vocoder", "percli pretrain vocoder")[0] if path else None
 
 
 def hint_inputs(batch: Mapping[str, Any], device: torch.device) -> dict[str, torch.Tensor]:

@@ -70,17 +70,9 @@ def validate(cfg: Config) -> None:
 
 
 def load_model(checkpoint: str) -> tuple[torch.nn.Module, dict[str, Any]]:
-    from percli.core.checkpoint import read_meta, run_weights
-    from percli.models import create_model_for, load_initial_weights
+    from percli.models import load_run_model
 
-    weights = run_weights(checkpoint)
-    meta = read_meta(weights)
-    if meta.get("task") != "soundscape":
-        raise ConfigError(f"checkpoint: {weights} is a {meta.get('task', 'non-percli')} checkpoint; give a "
-                          "`percli pretrain soundscape` run")
-    model = create_model_for(meta["name"], meta.get("kwargs") or {}, weights)
-    load_initial_weights(model, weights)
-    return model.eval(), meta
+    return load_run_model(checkpoint, "soundscape", "percli pretrain soundscape")
 
 
 def read_audio(path: str, sample_rate: int, what: str) -> tuple[torch.Tensor, int | None]:
@@ -146,7 +138,7 @@ def run(cfg: Config, ctx: RunContext) -> dict:
     from percli.core.mel import MelConfig, log_mel
     from percli.core.speech_enhance import is_silent
     from percli.tts.inference import write_audio_atomic
-    from percli.tts.scenes import IMAGE_SIZE, enhanced
+    from percli.tts.scenes import IMAGE_SIZE, enhanced, fit_length
     from percli.tts.stylize import load_vocoder, spectrogram_png, vocode
 
     output = steps.output_path(cfg.output, ctx, cfg.speech, "_stylized")
@@ -185,7 +177,8 @@ def run(cfg: Config, ctx: RunContext) -> dict:
     generator = torch.Generator().manual_seed(cfg.seed)
     styled = model.stylize(mels_in.to(device), {k: v.expand(chunks, *v.shape[1:]) for k, v in hint.items()},
                            steps=cfg.steps, guidance_scale=cfg.guidance_scale, generator=generator).float().cpu()
-    wave = vocode(styled.transpose(0, 1).flatten(1)[None], vocoder, mel_cfg, cfg.seed)[0][: speech.numel()]
+    wave = vocode(styled.transpose(0, 1).flatten(1)[None], vocoder, mel_cfg, cfg.seed)[0]
+    wave = fit_length(wave, speech.numel())  # Griffin-Lim gives (frames - 1) * hop samples: pad the last hop
     write_audio_atomic(output, wave.clamp(-1, 1).numpy(), sr)
     picture = spectrogram_png({"input": mels_in.transpose(0, 1).flatten(1)[None],
                                "stylized": styled.transpose(0, 1).flatten(1)[None],
