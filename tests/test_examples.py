@@ -125,7 +125,7 @@ def test_soundscape_tiny_example_runs(tmp_path):
              "stylize.estimator_clips=8 stylize.estimator_steps=2 vae_train.max_steps=2 vae_train.batch_size=2 "
              "vae_train.num_workers=0 train.batch_size=2 train.num_workers=0 model.kwargs.width=32 "
              "model.kwargs.depth=1 model.kwargs.num_heads=2 model.kwargs.vae.channels=8")
-    done = run_example("soundscape/tiny.sh", tmp_path, 600, STEPS="2", EXTRA=micro)
+    done = run_example("soundscape/tiny.sh", tmp_path, 600, STEPS="2", ITEMS="4", EXTRA=micro)
     lines = done.stdout.splitlines()
     assert [line.split()[:2] for line in lines[:2]] == [["guidance", "3"], ["guidance", "1"]], done.stdout
     assert "RT60 error" in lines[1] and lines[2].startswith("stylized 1.00 s"), done.stdout

@@ -164,3 +164,42 @@ def test_vocoder_trains_and_stylize_uses_it(trained, tmp_path):
     wrong = runner.invoke(app, ["tts", "stylize", str(speech), "--hint", str(run / "samples" / "hint_0.mp4"),
                                 "--checkpoint", str(run), "--vocoder", str(run), "-o", str(tmp_path / "x.wav")])
     assert wrong.exit_code != 0 and "pretrain vocoder" in wrong.output
+
+
+def _tower(path, name, kwargs):
+    import torch
+
+    from percli.core.checkpoint import save_weights
+    from percli.models import create_model
+
+    torch.manual_seed(0)
+    save_weights(path, create_model(name, **kwargs).state_dict(), {"name": name, "kwargs": kwargs})
+    return str(path)
+
+
+def test_frozen_clip_and_audio_mae_towers_embed_the_hint(trained, tmp_path):
+    """The paper's CLAP / CLIP role: frozen percli towers embed the hint in training, stylize and eval."""
+    clip = _tower(tmp_path / "clip.safetensors", "clip_vit_b32_quickgelu",
+                  {"embed_dim": 16, "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 16, "layers": 1,
+                                                   "head_width": 8},
+                   "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}})
+    audio = _tower(tmp_path / "amae.safetensors", "audiomae_vit_small_patch16",
+                   {"img_size": [208, 64], "embed_dim": 32, "depth": 1, "num_heads": 2, "num_classes": 0})
+    run = tmp_path / "run"
+    micro = [m for m in MICRO if not m.startswith(("vae_train", "model.kwargs.vae"))]
+    result = runner.invoke(app, ["pretrain", "soundscape", "--run-dir", str(run), "--json", *micro,
+                                 f"vae={trained[0] / 'vae'}", "model.kwargs.vae.channels=8",
+                                 f"hint.audio_tower={audio}", f"hint.image_tower={clip}"])
+    assert result.exit_code == 0, result.output[-3000:]
+    from percli.core.checkpoint import read_meta, run_weights
+
+    meta = read_meta(run_weights(run))
+    assert meta["kwargs"]["audio_hint"] == "embedding" and meta["kwargs"]["audio_embed_dim"] == 32
+    assert meta["kwargs"]["image_hint"] == "embedding" and meta["kwargs"]["image_embed_dim"] == 16
+    assert json.loads(result.stdout)["stylize"]["items"] == 4
+    speech = _write_wav(tmp_path / "talk.wav", 1.0, 16000)
+    styled = runner.invoke(app, ["tts", "stylize", str(speech), "--hint", str(trained[0] / "samples" / "hint_0.mp4"),
+                                 "--checkpoint", str(run), "-o", str(tmp_path / "s.wav"), "--steps", "2"])
+    assert styled.exit_code == 0, styled.output[-3000:]
+    bad = runner.invoke(app, ["pretrain", "soundscape", "--dry-run", "hint.image_tower=clip@/nowhere.pt"])
+    assert bad.exit_code != 0 and "hint.image_tower" in bad.output

@@ -9,6 +9,7 @@ PERCLI=${PERCLI:-percli}        # or: PERCLI="python -m percli.cli"
 PYTHON=${PYTHON:-python}
 STEPS=${STEPS:-1500}            # latent diffusion steps (the VAE stage is vae_train.max_steps, 600)
 VOCODER_STEPS=${VOCODER_STEPS:-0}
+ITEMS=${ITEMS:-128}             # held-out cross-scene items scored by `eval stylize`
 read -r -a EXTRA <<< "${EXTRA:-}"  # more overrides for the training runs
 rm -rf "$WORK"
 mkdir -p "$WORK"
@@ -24,7 +25,7 @@ $PERCLI pretrain soundscape --run-dir "$WORK/run" train.max_steps="$STEPS" "${EX
 $PERCLI tts stylize "$WORK/run/samples/input_0.wav" --hint "$WORK/run/samples/hint_1.mp4" --checkpoint "$WORK/run" \
     "${VOCODER[@]}" -o "$WORK/input0_in_scene_of_hint1.wav" --json > "$WORK/stylize.json"
 $PERCLI eval stylize --checkpoint "$WORK/run" --estimator "$WORK/run/rt60_estimator.safetensors" --guidance 1 \
-    "${VOCODER[@]}" --json > "$WORK/eval-guidance1.json"
+    --items "$ITEMS" --steps 25 "${VOCODER[@]}" --json > "$WORK/eval-guidance1.json"
 
 "$PYTHON" - "$WORK" <<'PY'
 import json, sys

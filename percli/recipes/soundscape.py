@@ -18,6 +18,7 @@ Examples:
   percli pretrain soundscape                                  # tiny preset, embedded scenes, CPU
   percli pretrain soundscape model.vae=runs/pretrain-soundscape-X/vae train.max_steps=4000
   percli pretrain soundscape data.enhance=oracle               # dry speech as input (enhancement upper bound)
+  percli pretrain soundscape hint.audio_tower=runs/pretrain-flap-X hint.image_tower=runs/pretrain-clip-Y  # frozen
   accelerate launch --multi_gpu --num_processes 8 -m percli.cli pretrain soundscape --preset base \\
       data.source=/data/speech/manifest.jsonl
 """
@@ -94,12 +95,23 @@ class StylizeSection:
 
 
 @dataclasses.dataclass
+class HintSection:
+    audio_tower: str | None = None
+    """A frozen audio encoder for the hint's sound, the paper's CLAP role: a percli FLAP / Audio-MAE run, or
+    NAME@WEIGHTS. Null: a conv tower on the hint's log-mel, trained with the model."""
+    image_tower: str | None = None
+    """A frozen image encoder for the hint's picture, the paper's CLIP role: a percli CLIP / PE run, or
+    NAME@WEIGHTS. Null: a conv tower trained with the model."""
+
+
+@dataclasses.dataclass
 class Config:
     model: TrainedModelSection = dataclasses.field(
         default_factory=lambda: TrainedModelSection(name="soundscape_ldm"))
     vae: str | None = None
     """A trained VAE (a `<run>/vae` dir, checkpoint or .safetensors); null trains it first in <run>/vae."""
     data: SceneDataSection = dataclasses.field(default_factory=SceneDataSection)
+    hint: HintSection = dataclasses.field(default_factory=HintSection)
     stylize: StylizeSection = dataclasses.field(default_factory=StylizeSection)
     vae_train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(max_steps=20000, batch_size=32))
     vae_optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(
@@ -211,9 +223,10 @@ class LDMTask:
     def __init__(self, cfg: Config, scene_data: SceneData, vae_weights: Path | str):
         self.cfg, self.scene_data, self.vae_weights = cfg, scene_data, vae_weights
         self._eval_batches = 0
+        self.towers, self.kwargs = make_towers(cfg.hint, dict(cfg.model.kwargs))
 
     def build_model(self) -> nn.Module:
-        model = create_model(self.cfg.model.name, **self.cfg.model.kwargs)
+        model = create_model(self.cfg.model.name, **self.kwargs)
         if self.cfg.model.checkpoint:
             load_initial_weights(model, self.cfg.model.checkpoint)
         else:
@@ -224,19 +237,25 @@ class LDMTask:
         return model
 
     def model_meta(self) -> dict[str, Any]:
-        return {"name": self.cfg.model.name, "kwargs": dict(self.cfg.model.kwargs), "task": "soundscape",
+        return {"name": self.cfg.model.name, "kwargs": self.kwargs, "task": "soundscape",
                 "mel": dataclasses.asdict(self.scene_data.mel), "clip_s": self.cfg.data.clip_s,
-                "enhance": self.cfg.data.enhance}
+                "enhance": self.cfg.data.enhance, "hint_towers": dataclasses.asdict(self.cfg.hint)}
 
     def train_dataset(self) -> Dataset:
-        return pairs(self.cfg.data, self.scene_data, "train", self.cfg.data.train_items)
+        return pairs(self.cfg.data, self.scene_data, "train", self.cfg.data.train_items,
+                     waves=self.cfg.hint.audio_tower is not None)
 
     def eval_dataset(self) -> Dataset:
-        return pairs(self.cfg.data, self.scene_data, "val", self.cfg.data.val_items)
+        return pairs(self.cfg.data, self.scene_data, "val", self.cfg.data.val_items,
+                     waves=self.cfg.hint.audio_tower is not None)
 
-    @staticmethod
-    def _hint(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        return {"mel": batch["hint"], "image": batch["image"]}
+    def _hint(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        from percli.tts.stylize import hint_inputs
+
+        device = batch["hint"].device
+        if self.towers is not None:
+            self.towers.to(device)  # frozen, outside the engine's model: follows the batches (once)
+        return hint_inputs(batch, device, self.towers)
 
     def loss_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         loss, _ = model(batch["target"], batch["speech"], self._hint(batch))
@@ -262,7 +281,22 @@ class LDMTask:
         dataset = pairs(self.cfg.data, self.scene_data, "val", s.items, cross=True)
         return {"stylize": score_and_save(model, dataset, estimator, run_dir, steps=s.steps,
                                           guidance_scale=s.guidance_scale, seed=s.seed, device=accelerator.device,
-                                          vocoder=load_vocoder(s.vocoder))}
+                                          vocoder=load_vocoder(s.vocoder), towers=self.towers)}
+
+
+def make_towers(hint: HintSection | dict, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The frozen hint towers (None when neither is set) and the model kwargs that read their embeddings."""
+    hint = hint if isinstance(hint, HintSection) else HintSection(**hint)
+    if not hint.audio_tower and not hint.image_tower:
+        return None, kwargs
+    from percli.tts.hint_towers import HintTowers
+
+    towers = HintTowers(hint.audio_tower, hint.image_tower)
+    if hint.audio_tower:
+        kwargs.update(audio_hint="embedding", audio_embed_dim=towers.audio_dim)
+    if hint.image_tower:
+        kwargs.update(image_hint="embedding", image_embed_dim=towers.image_dim)
+    return towers, kwargs
 
 
 def estimator_for(s: StylizeSection, scene_data: SceneData, run_dir: Path) -> nn.Module:
@@ -302,6 +336,11 @@ def validate(cfg: Config) -> None:
     base = cfg.data.enhance.split(":")[0]
     if cfg.data.enhance not in ("spectral", "oracle", "none") and base != "external":
         raise ConfigError(f"data.enhance={cfg.data.enhance!r}: choose {ENHANCE_HELP}")
+    for key in ("audio_tower", "image_tower"):
+        spec = getattr(cfg.hint, key)
+        path = spec.split("@", 1)[1] if spec and "@" in spec else spec
+        if path and not Path(path).expanduser().exists():
+            raise ConfigError(f"hint.{key}={spec}: {path} does not exist; give a percli run or NAME@WEIGHTS")
     if cfg.data.videos and not Path(cfg.data.videos).expanduser().exists():
         raise ConfigError(f"data.videos={cfg.data.videos}: no such folder or manifest")
     if cfg.data.vad not in ("energy", "silero"):

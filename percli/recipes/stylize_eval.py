@@ -73,9 +73,9 @@ def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
     import torch
 
     from percli.tts.stylize import load_vocoder, score_and_save
-    from percli.tts.stylize_job import load_model
+    from percli.tts.stylize_job import load_model, run_towers
 
-    model, _ = load_model(cfg.checkpoint)
+    model, meta = load_model(cfg.checkpoint)
     data, run_dir = run_data_section(cfg.checkpoint)
     scene_data = prepare_scenes(data, ctx.run_dir, None)
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -84,6 +84,6 @@ def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
     ctx.log(f"stylizing {s.items} held-out cross-scene items ({s.steps} DDIM steps, guidance {s.guidance_scale:g})")
     figures = score_and_save(model.to(device), pairs(data, scene_data, "val", s.items, cross=True), estimator,
                              ctx.run_dir, steps=s.steps, guidance_scale=s.guidance_scale, seed=s.seed, device=device,
-                             vocoder=load_vocoder(s.vocoder))
+                             vocoder=load_vocoder(s.vocoder), towers=run_towers(meta))
     return {"status": "completed", "checkpoint": cfg.checkpoint, "training_run": str(run_dir) if run_dir else None,
             **figures}

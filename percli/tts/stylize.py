@@ -41,11 +41,13 @@ def load_vocoder(path: str | None) -> nn.Module | None:
     return load_run_model(path, "vocoder", "percli pretrain vocoder")[0] if path else None
 
 
-def hint_inputs(batch: Mapping[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+def hint_inputs(batch: Mapping[str, Any], device: torch.device, towers: nn.Module | None = None
+                ) -> dict[str, torch.Tensor]:
+    """The model's hint: the hint's log-mel and picture, plus the frozen towers' embeddings when it has towers."""
     out = {"mel": batch["hint"].to(device), "image": batch["image"].to(device)}
-    for key in ("audio_embedding", "image_embedding"):
-        if key in batch:
-            out[key] = batch[key].to(device)
+    if towers is not None:
+        wave = batch.get("hint_wave")
+        out.update({k: v.to(device) for k, v in towers.embed(wave, batch["image"]).items()})
     return out
 
 
@@ -64,7 +66,7 @@ def hint_match(estimator: nn.Module, outputs: torch.Tensor, hints: torch.Tensor,
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: torch.utils.data.Dataset, estimator: nn.Module, *, steps: int = 50,
              guidance_scale: float = 3.0, seed: int = 0, batch_size: int = 16, vocoder: nn.Module | None = None,
-             device: torch.device | str = "cpu") -> dict[str, Any]:
+             device: torch.device | str = "cpu", towers: nn.Module | None = None) -> dict[str, Any]:
     """Figures of ``model`` on every item of ``dataset`` (see the module doc) and the first clips for pictures."""
     from torch.utils.data import DataLoader
 
@@ -78,9 +80,12 @@ def evaluate(model: nn.Module, dataset: torch.utils.data.Dataset, estimator: nn.
     wave_mels: dict[str, list[torch.Tensor]] = {k: [] for k in ("styled", "zeroed")}
     rt60, scenes, waves = [], [], []
     generator = torch.Generator().manual_seed(seed)
-    for batch in DataLoader(dataset, batch_size=batch_size):
+    was, dataset.waves = dataset.waves, towers is not None and towers.audio is not None
+    batches = list(DataLoader(dataset, batch_size=batch_size))
+    dataset.waves = was
+    for batch in batches:
         speech = batch["speech"].to(device)
-        styled = model.stylize(speech, hint_inputs(batch, torch.device(device)), steps=steps,
+        styled = model.stylize(speech, hint_inputs(batch, torch.device(device), towers), steps=steps,
                                guidance_scale=guidance_scale, generator=generator).float().cpu()
         zeroed = model.stylize(speech, None, steps=steps, generator=generator).float().cpu()
         frames = styled.shape[-1]
@@ -131,12 +136,13 @@ def spectrogram_png(rows: Mapping[str, torch.Tensor], path: Path, title: str, me
 
 def score_and_save(model: nn.Module, dataset: torch.utils.data.Dataset, estimator: nn.Module, out_dir: Path, *,
                    steps: int, guidance_scale: float, seed: int, vocoder: nn.Module | None = None,
-                   device: torch.device | str = "cpu", wavs: int = 4) -> dict[str, Any]:
+                   device: torch.device | str = "cpu", wavs: int = 4, towers: nn.Module | None = None
+                   ) -> dict[str, Any]:
     """`evaluate`, then ``stylize.png`` (input / stylized / hint-zeroed / target / hint spectrograms) and the first
     ``wavs`` stylized clips as ``samples/stylized_<i>.wav`` in ``out_dir``; returns the figures."""
 
     result = evaluate(model, dataset, estimator, steps=steps, guidance_scale=guidance_scale, seed=seed,
-                      vocoder=vocoder, device=device)
+                      vocoder=vocoder, device=device, towers=towers)
     mels, mel_cfg = result["mels"], dataset.mel
     picture = spectrogram_png({"input": mels["speech"], "stylized": mels["styled"], "hint zeroed": mels["zeroed"],
                                "target": mels["target"], "hint": mels["hint"]}, Path(out_dir) / "stylize.png",

@@ -75,6 +75,16 @@ def load_model(checkpoint: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     return load_run_model(checkpoint, "soundscape", "percli pretrain soundscape")
 
 
+def run_towers(meta: dict[str, Any]) -> torch.nn.Module | None:
+    """The frozen hint towers a run was trained with (its metadata names them), or None."""
+    specs = meta.get("hint_towers") or {}
+    if not specs.get("audio_tower") and not specs.get("image_tower"):
+        return None
+    from percli.tts.hint_towers import HintTowers
+
+    return HintTowers(specs.get("audio_tower"), specs.get("image_tower"))
+
+
 def read_audio(path: str, sample_rate: int, what: str) -> tuple[torch.Tensor, int | None]:
     """Mono [T] at ``sample_rate`` and the file's own rate when it differed (resampled)."""
     from percli.core.data.audio import load_audio
@@ -171,6 +181,10 @@ def run(cfg: Config, ctx: RunContext) -> dict:
     hint = {"mel": hint_mel[None].to(device)}
     if image is not None:
         hint["image"] = image[None].to(device)
+    towers = run_towers(meta)
+    if towers is not None:
+        clip_wave = fit_length(hint_wave, clip)[None]
+        hint.update({k: v.to(device) for k, v in towers.embed(clip_wave, hint.get("image")).items()})
     chunks = math.ceil(speech.numel() / clip)
     padded = torch.nn.functional.pad(speech, (0, chunks * clip - speech.numel()))
     mels_in = torch.stack([log_mel(c, mel_cfg)[:, :frames] for c in padded.split(clip)])  # [chunks, M, frames]
