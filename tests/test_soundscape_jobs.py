@@ -40,6 +40,9 @@ def test_two_stages_train_and_score(trained):
     assert set(figures["rt60_error"]) >= {"input", "stylized", "hint_zeroed", "target"}
     assert all(v >= 0 for v in figures["rt60_error"].values())
     assert 0 <= figures["hint_match_r1"]["stylized"] <= 1
+    gain = figures["hint_gain_s"]
+    assert abs(gain["mean"] - (figures["rt60_error"]["hint_zeroed"] - figures["rt60_error"]["stylized"])) < 1e-5
+    assert 0 <= gain["items_better"] <= 1 and gain["stderr"] >= 0
     assert (run / "stylize.png").stat().st_size > 1000 and (run / "rt60_estimator.safetensors").is_file()
     for name in ("stylized_0.wav", "input_0.wav", "target_0.wav", "hint_0.mp4"):
         assert (run / "samples" / name).stat().st_size > 100, name

@@ -5,7 +5,8 @@ Scores on held-out cross-scene items (`percli.tts.scenes.CrossScenePairs`), each
 * RT60 error: |estimated RT60 - the hint scene's true RT60| for the input speech, the stylized speech and the
   same model with the hint zeroed (its null hint, the unconditional branch of classifier-free guidance), each
   measured by the trained estimator (`percli.tts.rt60_estimator`) on the waveform the user gets (vocoded, then
-  its log-mel again) and, for the generated clips, on the generated log-mel directly;
+  its log-mel again) and, for the generated clips, on the generated log-mel directly; ``hint_gain_s`` is the
+  per-item paired difference (hint zeroed - stylized): its mean, standard error and the share of items it helped;
 * mel distance: mean |log-mel difference| to the target recording (the input utterance in the hint scene);
 * hint match: the paper checks that outputs match their hints; percli scores it as retrieval: each output's
   nearest hint (cosine of the RT60 estimator's pooled features, an acoustic embedding) among the items' hints
@@ -104,14 +105,20 @@ def evaluate(model: nn.Module, dataset: torch.utils.data.Dataset, estimator: nn.
     true = torch.cat(rt60)
     scene_ids = torch.cat(scenes)
 
-    def error(m: torch.Tensor) -> float:
-        return float((estimate(estimator, m) - true).abs().mean())
+    def errors(m: torch.Tensor) -> torch.Tensor:
+        return (estimate(estimator, m) - true).abs()
 
+    def error(m: torch.Tensor) -> float:
+        return float(errors(m).mean())
+
+    gain = errors(cat_wave["zeroed"]) - errors(cat_wave["styled"])  # per item: what the hint took off the error
     result = {
         "items": len(true),
         "rt60_error": {"input": error(cat["speech"]), "stylized": error(cat_wave["styled"]),
                        "hint_zeroed": error(cat_wave["zeroed"]), "target": error(cat["target"]),
                        "stylized_mel": error(cat["styled"]), "hint_zeroed_mel": error(cat["zeroed"])},
+        "hint_gain_s": {"mean": float(gain.mean()), "stderr": float(gain.std() / max(len(gain), 1) ** 0.5),
+                        "items_better": float((gain > 0).float().mean())},
         "mel_distance": {name: float((cat[name] - cat["target"]).abs().mean())
                          for name in ("speech", "styled", "zeroed")},
         "hint_match_r1": {name: hint_match(estimator, cat[key], cat["hint"], scene_ids)
