@@ -28,14 +28,6 @@ class MelConfig:
     f_min: float = 0.0
     f_max: float = 8000.0
 
-    @property
-    def log_floor(self) -> float:
-        return math.log(LOG_FLOOR)
-
-    def frames(self, samples: int) -> int:
-        """Frames :func:`log_mel` gives for ``samples`` samples (centred STFT)."""
-        return samples // self.hop_length + 1
-
 
 @functools.lru_cache(maxsize=8)
 def _filterbank(cfg: MelConfig) -> torch.Tensor:

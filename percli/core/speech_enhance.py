@@ -71,21 +71,24 @@ def spectral_gate(wave: torch.Tensor, sample_rate: int, *, n_fft: int = 512, hop
 
 
 def suppress_late_reverb(wave: torch.Tensor, sample_rate: int, *, rt60: float | None = None,
-                         late_start_s: float = 0.05, n_fft: int = 512, hop: int = 128,
-                         floor_db: float = -20.0) -> torch.Tensor:
+                         fallback_rt60: float | None = None, late_start_s: float = 0.05, n_fft: int = 512,
+                         hop: int = 128, floor_db: float = -20.0) -> torch.Tensor:
     """Late-reverberation suppression by spectral subtraction.
 
     With decay rate ``delta = 3 ln 10 / rt60``, the late reverberant power of a frame is the power ``T_l`` earlier
     scaled by ``exp(-2 delta T_l)``, where ``T_l`` is ``late_start_s`` rounded to whole hops (at least one). The
     power gain ``max(1 - late / power, 10^(floor_db / 10))`` is applied as its square root to the STFT. Without
-    ``rt60`` it is estimated blindly, which needs offsets followed by pauses (see ``blind_rt60``).
+    ``rt60`` it is estimated blindly, which needs offsets followed by pauses (see ``blind_rt60``); when that finds
+    no decay, ``fallback_rt60`` is used, or a ValueError says to pass ``rt60``.
     """
     signal = _check_wave(wave, n_fft)
     if rt60 is None:
         try:
             rt60 = blind_rt60(signal, sample_rate)
         except ValueError as err:
-            raise ValueError(f"cannot estimate rt60 blindly ({err}); pass rt60= explicitly") from err
+            if fallback_rt60 is None:
+                raise ValueError(f"cannot estimate rt60 blindly ({err}); pass rt60= explicitly") from err
+            rt60 = fallback_rt60
     if rt60 <= 0:
         raise ValueError(f"rt60 must be positive, got {rt60}")
     spectrum = _stft(signal, n_fft, hop)
@@ -99,17 +102,19 @@ def suppress_late_reverb(wave: torch.Tensor, sample_rate: int, *, rt60: float | 
 
 
 def enhance(wave: torch.Tensor, sample_rate: int, method: str = "spectral", *,
-            rt60: float | None = None) -> torch.Tensor:
+            rt60: float | None = None, fallback_rt60: float | None = None) -> torch.Tensor:
     """The builder's "enhanced" input for ``wave`` [T], same length.
 
-    ``method`` is "none" (``wave`` itself), "spectral" (:func:`suppress_late_reverb` with ``rt60``, then
+    ``method`` is "none" (``wave`` itself), "spectral" (:func:`suppress_late_reverb` with ``rt60`` /
+    ``fallback_rt60``, then
     :func:`spectral_gate`) or "external:<module>:<function>": ``function`` imported from ``module`` and called as
     ``function(wave, sample_rate)``, which must return a wave of the same shape.
     """
     if method == "none":
         return wave
     if method == "spectral":
-        return spectral_gate(suppress_late_reverb(wave, sample_rate, rt60=rt60), sample_rate)
+        return spectral_gate(suppress_late_reverb(wave, sample_rate, rt60=rt60, fallback_rt60=fallback_rt60),
+                             sample_rate)
     kind, _, target = method.partition(":")
     module_name, _, function_name = target.partition(":")
     if kind != "external" or not module_name or not function_name:

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from percli.core import diffusion
 from percli.models import register_loader, register_model
-from percli.models.common import LoadReport, load_percli_state, plain
+from percli.models.audio_mae import xavier_init
+from percli.models.common import LoadReport, load_percli_state, plain, read_state
 from percli.models.diffmae import DecoderBlock, timestep_embedding
 
 HINTS_AUDIO = ("mel", "embedding")
@@ -170,7 +171,7 @@ class SoundscapeLDM(nn.Module):
         self.out = nn.Linear(width, self.token_dim)
         self._schedules = diffusion.ScheduleCache(schedule, num_timesteps, schedule_opts)
         for module in (self.input_proj, self.time_embed, self.blocks, self.out):
-            module.apply(_init_linear)
+            module.apply(xavier_init)  # LayerNorms are at (1, 0) already
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.hint_type, std=0.02)
         nn.init.trunc_normal_(self.null_hint, std=0.02)
@@ -252,18 +253,9 @@ class SoundscapeLDM(nn.Module):
         return self.mel_from_tokens(tokens)
 
 
-def _init_linear(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        nn.init.xavier_uniform_(module.weight)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-
-
 def load_state(model: nn.Module, state_or_path: Mapping[str, torch.Tensor] | str | Path) -> LoadReport:
     """A percli soundscape VAE / LDM state (no official release). An LDM also takes a VAE checkpoint: only its
     ``vae.`` weights are set (the stage-2 start)."""
-    from percli.models.common import read_state
-
     state = read_state(state_or_path)
     if isinstance(model, SoundscapeLDM) and not any(k.startswith("vae.") for k in state):
         report = load_percli_state(model.vae, state, "soundscape VAE")
@@ -278,13 +270,6 @@ register_loader(__name__)(load_state)
 @register_model
 def soundscape_vae(**kwargs) -> MelVAE:
     return MelVAE(**kwargs)
-
-
-@register_model
-def soundscape_vae_tiny(**kwargs) -> MelVAE:
-    model = MelVAE(**{"channels": 16, **kwargs})
-    model.arch = "soundscape_vae_tiny"
-    return model
 
 
 @register_model

@@ -1,7 +1,7 @@
 """Self-supervised audio-visual soundscape stylization (Li et al., ECCV 2024): `percli pretrain soundscape`.
 
 Two stages, as the paper's latent diffusion pipeline: (1) the mel VAE (`percli.models.soundscape.MelVAE`),
-trained in ``<run>/vae`` unless ``model.vae`` names a trained one; (2) the latent diffusion model, trained on
+trained in ``<run>/vae`` unless ``vae`` names a trained one; (2) the latent diffusion model, trained on
 self-supervised pairs (target clip, its enhanced speech, a hint clip of the same video with its picture) with the
 VAE frozen inside it. Both stages run on the one engine, so each checkpoints and resumes; a resumed run skips a
 finished VAE stage. The latents are scaled to unit variance (AudioLDM's scale factor), measured once on 256
@@ -16,7 +16,7 @@ or a manifest of clean speech (``{"audio": path}`` lines) recorded in the same g
 
 Examples:
   percli pretrain soundscape                                  # tiny preset, embedded scenes, CPU
-  percli pretrain soundscape model.vae=runs/pretrain-soundscape-X/vae train.max_steps=4000
+  percli pretrain soundscape vae=runs/pretrain-soundscape-X/vae train.max_steps=4000
   percli pretrain soundscape data.enhance=oracle               # dry speech as input (enhancement upper bound)
   percli pretrain soundscape hint.audio_tower=runs/pretrain-flap-X hint.image_tower=runs/pretrain-clip-Y  # frozen
   accelerate launch --multi_gpu --num_processes 8 -m percli.cli pretrain soundscape --preset base \\
@@ -173,7 +173,7 @@ def pairs(data: SceneDataSection, scene_data: SceneData, split: str, size: int, 
         from percli.tts.video_pairs import VideoPairs
 
         return VideoPairs(scene_data.videos[split], size, clip_s=data.clip_s, mel=scene_data.mel,
-                          enhance=data.enhance, seed=seed)
+                          enhance=data.enhance, seed=seed, waves=waves)
     cls = scenes.CrossScenePairs if cross else scenes.StylizationPairs
     return cls(scene_data.splits[split], size, clip_s=data.clip_s, mel=scene_data.mel, enhance=data.enhance,
                seed=seed, waves=waves)
@@ -185,14 +185,14 @@ class VAETask:
     def __init__(self, cfg: Config, scene_data: SceneData):
         self.cfg, self.scene_data = cfg, scene_data
         self._eval_batches = 0
+        with torch.device("meta"):  # the VAE the diffusion model's variant and kwargs will hold, fully spelled out
+            self.vae_kwargs = dict(create_model(cfg.model.name, **cfg.model.kwargs).vae.config)
 
     def build_model(self) -> nn.Module:
-        ldm = create_model(self.cfg.model.name, **self.cfg.model.kwargs)
-        return ldm.vae.requires_grad_(True)
+        return create_model("soundscape_vae", **self.vae_kwargs)
 
     def model_meta(self) -> dict[str, Any]:
-        vae = dict(create_model(self.cfg.model.name, **self.cfg.model.kwargs).config["vae"])
-        return {"name": "soundscape_vae", "kwargs": vae, "task": "soundscape-vae"}
+        return {"name": "soundscape_vae", "kwargs": self.vae_kwargs, "task": "soundscape-vae"}
 
     def train_dataset(self) -> Dataset:
         return pairs(self.cfg.data, self.scene_data, "train", self.cfg.data.train_items)
@@ -232,8 +232,7 @@ class LDMTask:
         else:
             load_initial_weights(model, self.vae_weights)
             targets = torch.stack([self.train_dataset()[i]["target"] for i in range(256)])
-            model.latent_scale.fill_(1.0)
-            model.latent_scale.fill_(1.0 / float(model.latent(targets).std()))
+            model.latent_scale.fill_(1.0 / float(model.latent(targets).std()))  # latent() scales by 1 until now
         return model
 
     def model_meta(self) -> dict[str, Any]:
@@ -284,9 +283,8 @@ class LDMTask:
                                           vocoder=load_vocoder(s.vocoder), towers=self.towers)}
 
 
-def make_towers(hint: HintSection | dict, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+def make_towers(hint: HintSection, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """The frozen hint towers (None when neither is set) and the model kwargs that read their embeddings."""
-    hint = hint if isinstance(hint, HintSection) else HintSection(**hint)
     if not hint.audio_tower and not hint.image_tower:
         return None, kwargs
     from percli.tts.hint_towers import HintTowers

@@ -40,10 +40,13 @@ class RT60Estimator(nn.Module):
         self.convs = nn.Sequential(*layers)
         self.head = nn.Linear(2 * cin, 1)
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+    def features(self, mel: torch.Tensor) -> torch.Tensor:
+        """Mean- and max-pooled conv features [B, 2C]: an acoustic embedding (the hint-match score uses it)."""
         x = self.convs(((mel - self.mel_mean) / self.mel_std)[:, None]).flatten(2)  # [B, C, M/16 * T/16]
-        x = torch.cat([x.mean(-1), x.amax(-1)], dim=1)
-        return self.head(x)[:, 0].exp()
+        return torch.cat([x.mean(-1), x.amax(-1)], dim=1)
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(mel))[:, 0].exp()
 
 
 def random_scene(rng: np.random.Generator, index: int) -> Scene:

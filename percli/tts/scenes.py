@@ -98,8 +98,8 @@ def scene_image(scene: Scene, size: int = IMAGE_SIZE) -> np.ndarray:
 def render(dry: torch.Tensor, scene: Scene, samples: int, sample_rate: int, rng: np.random.Generator) -> torch.Tensor:
     """``dry`` speech spoken in ``scene``: reverberated, cut to ``samples`` from its start, noise bed added at the
     scene SNR, peak-limited to 0.95."""
-    wet = reverberate(dry[:samples], room_response(scene, sample_rate))[:samples]  # later input cannot reach it
-    wet = torch.nn.functional.pad(wet, (0, samples - wet.numel()))
+    # speech after the first ``samples`` cannot reach them: convolve only those
+    wet = fit_length(reverberate(dry[:samples], room_response(scene, sample_rate)), samples)
     speech_rms = float(wet.square().mean().sqrt()) + 1e-12
     bed = torch.from_numpy(noise_bed(scene, samples, sample_rate, rng)) * speech_rms * 10 ** (-scene.snr_db / 20)
     mix = wet + bed
@@ -107,20 +107,26 @@ def render(dry: torch.Tensor, scene: Scene, samples: int, sample_rate: int, rng:
 
 
 def enhanced(wave: torch.Tensor, sample_rate: int, method: str) -> torch.Tensor:
-    """`percli.core.speech_enhance.enhance`; the dereverberation uses a blind RT60 estimate, or
-    ``FALLBACK_RT60`` when the clip has no free decay to measure it on."""
+    """`percli.core.speech_enhance.enhance` with ``FALLBACK_RT60`` for clips whose RT60 cannot be measured blindly
+    (no free decay); ``oracle`` and ``none`` leave the wave as it is."""
     from percli.core.speech_enhance import enhance
 
-    try:
-        return enhance(wave, sample_rate, method)
-    except ValueError as err:
-        if "rt60" not in str(err):
-            raise
-        return enhance(wave, sample_rate, method, rt60=FALLBACK_RT60)
+    return wave if method in ("oracle", "none") else enhance(wave, sample_rate, method, fallback_rt60=FALLBACK_RT60)
 
 
 def fit_length(wave: torch.Tensor, samples: int) -> torch.Tensor:
     return torch.nn.functional.pad(wave[:samples], (0, max(0, samples - wave.numel())))
+
+
+def pair_item(mel: MelConfig, frames: int, target: torch.Tensor, speech: torch.Tensor, hint: torch.Tensor,
+              image: torch.Tensor, waves: bool, **extra: Any) -> dict[str, Any]:
+    """One training / evaluation item: the three clips' log-mels (first ``frames``), the hint picture, ``extra``
+    fields, and with ``waves`` the waveforms too."""
+    item = {"target": log_mel(target, mel)[:, :frames], "speech": log_mel(speech, mel)[:, :frames],
+            "hint": log_mel(hint, mel)[:, :frames], "image": image, **extra}
+    if waves:
+        item.update(target_wave=target, speech_wave=speech, hint_wave=hint)
+    return item
 
 
 @dataclasses.dataclass
@@ -166,20 +172,19 @@ class StylizationPairs(Dataset):
         target, hint = rng.choice(len(self.split.utterances), 2, replace=False)
         return scene, int(target), int(hint), rng
 
-    def mel_of(self, wave: torch.Tensor) -> torch.Tensor:
-        return log_mel(wave, self.mel)[:, : self.frames]
+    def speech_from(self, dry: torch.Tensor, recorded: torch.Tensor) -> torch.Tensor:
+        """The model's input: ``recorded`` enhanced, or for ``oracle`` the dry utterance it was recorded from."""
+        if self.enhance == "oracle":
+            return fit_length(dry, self.samples)
+        return enhanced(recorded, self.mel.sample_rate, self.enhance)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         scene, target_id, hint_id, rng = self.draw(index)
         target = render(self.split.utterances[target_id], scene, self.samples, self.mel.sample_rate, rng)
         hint = render(self.split.utterances[hint_id], scene, self.samples, self.mel.sample_rate, rng)
-        speech = (fit_length(self.split.utterances[target_id], self.samples) if self.enhance == "oracle"
-                  else enhanced(target, self.mel.sample_rate, self.enhance))
-        item = {"target": self.mel_of(target), "speech": self.mel_of(speech), "hint": self.mel_of(hint),
-                "image": torch.from_numpy(scene_image(scene)), "scene": scene.index, "rt60": scene.rt60}
-        if self.waves:
-            item.update(target_wave=target, speech_wave=speech, hint_wave=hint)
-        return item
+        speech = self.speech_from(self.split.utterances[target_id], target)
+        return pair_item(self.mel, self.frames, target, speech, hint, torch.from_numpy(scene_image(scene)),
+                         self.waves, scene=scene.index, rt60=scene.rt60)
 
 
 def load_speech(manifest: str | Path, sample_rate: int) -> list[torch.Tensor]:
@@ -209,14 +214,9 @@ class CrossScenePairs(StylizationPairs):
     def __getitem__(self, index: int) -> dict[str, Any]:
         scene_in, scene, u, h, rng = self.draw_cross(index)
         dry = self.split.utterances[u]
-        recorded = render(dry, scene_in, self.samples, self.mel.sample_rate, rng)
-        speech = fit_length(dry, self.samples) if self.enhance == "oracle" else enhanced(
-            recorded, self.mel.sample_rate, self.enhance)
+        speech = self.speech_from(dry, render(dry, scene_in, self.samples, self.mel.sample_rate, rng))
         target = render(dry, scene, self.samples, self.mel.sample_rate, rng)
         hint = render(self.split.utterances[h], scene, self.samples, self.mel.sample_rate, rng)
-        item = {"target": self.mel_of(target), "speech": self.mel_of(speech), "hint": self.mel_of(hint),
-                "image": torch.from_numpy(scene_image(scene)), "scene": scene.index, "rt60": scene.rt60,
-                "input_scene": scene_in.index, "input_rt60": scene_in.rt60}
-        if self.waves:
-            item.update(target_wave=target, speech_wave=speech, hint_wave=hint)
-        return item
+        return pair_item(self.mel, self.frames, target, speech, hint, torch.from_numpy(scene_image(scene)),
+                         self.waves, scene=scene.index, rt60=scene.rt60, input_scene=scene_in.index,
+                         input_rt60=scene_in.rt60)

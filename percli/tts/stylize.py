@@ -52,15 +52,11 @@ def hint_inputs(batch: Mapping[str, Any], device: torch.device, towers: nn.Modul
     return out
 
 
-def _features(estimator: nn.Module, mels: torch.Tensor) -> torch.Tensor:
-    x = estimator.convs(((mels - estimator.mel_mean) / estimator.mel_std)[:, None]).flatten(2)
-    return torch.nn.functional.normalize(torch.cat([x.mean(-1), x.amax(-1)], dim=1), dim=1)
-
-
 def hint_match(estimator: nn.Module, outputs: torch.Tensor, hints: torch.Tensor, scenes: torch.Tensor) -> float:
     """Share of outputs whose nearest hint (acoustic embedding cosine) was recorded in the output's scene."""
     with torch.no_grad():
-        sim = _features(estimator, outputs) @ _features(estimator, hints).T  # [N, N]
+        embed = lambda m: torch.nn.functional.normalize(estimator.features(m), dim=1)  # noqa: E731
+        sim = embed(outputs) @ embed(hints).T  # [N, N]
     return float((scenes[sim.argmax(dim=1)] == scenes).float().mean())
 
 
@@ -119,17 +115,15 @@ def evaluate(model: nn.Module, dataset: torch.utils.data.Dataset, estimator: nn.
                        "stylized_mel": error(cat["styled"]), "hint_zeroed_mel": error(cat["zeroed"])},
         "hint_gain_s": {"mean": float(gain.mean()), "stderr": float(gain.std() / max(len(gain), 1) ** 0.5),
                         "items_better": float((gain > 0).float().mean())},
-        "mel_distance": {name: float((cat[name] - cat["target"]).abs().mean())
-                         for name in ("speech", "styled", "zeroed")},
+        "mel_distance": {name: float((cat[key] - cat["target"]).abs().mean())
+                         for name, key in (("input", "speech"), ("stylized", "styled"), ("hint_zeroed", "zeroed"))},
         "hint_match_r1": {name: hint_match(estimator, cat[key], cat["hint"], scene_ids)
                           for name, key in (("stylized", "styled"), ("hint_zeroed", "zeroed"), ("input", "speech"),
                                             ("target", "target"))},
-        "hint_match_chance": float(np.mean([(scene_ids == s).float().mean() for s in scene_ids])),
+        "hint_match_chance": float((scene_ids[:, None] == scene_ids[None]).float().mean()),
         "steps": steps, "guidance_scale": guidance_scale,
         "vocoder": "griffin-lim" if vocoder is None else "trained",
     }
-    result["mel_distance"] = {{"speech": "input", "styled": "stylized", "zeroed": "hint_zeroed"}[k]: v
-                              for k, v in result["mel_distance"].items()}
     return {"metrics": result, "mels": cat, "waves": torch.cat(waves)}
 
 

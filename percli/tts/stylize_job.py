@@ -94,7 +94,10 @@ def read_audio(path: str, sample_rate: int, what: str) -> tuple[torch.Tensor, in
     try:
         wave = load_audio(path, sample_rate)[0]
     except BadSample as err:
-        if "no audio samples" in str(err) or "silent" in str(err):
+        if "no audio track" in err.reason:
+            raise ValueError(f"{what} {path} has no audio track: the stylizer hears the scene; give a video with "
+                             "sound, or its audio as --hint with the picture as --hint-image") from None
+        if "no audio samples" in err.reason or "silent" in err.reason:
             raise ValueError(f"{what} {path} has no audible sound ({err.reason})") from None
         raise ValueError(f"{what} {path} cannot be read: {err}") from None
     return wave, native if native and native != sample_rate else None
@@ -115,16 +118,6 @@ def native_rate(path: str) -> int | None:
                 return int(container.streams.audio[0].rate)
         except Exception:  # noqa: BLE001
             return None
-
-
-def has_audio_track(path: str) -> bool:
-    import av
-
-    try:
-        with av.open(path) as container:
-            return bool(container.streams.audio)
-    except Exception:  # noqa: BLE001 - unreadable: load_audio reports it
-        return True
 
 
 def hint_picture(cfg: Config, size: int) -> torch.Tensor | None:
@@ -156,9 +149,6 @@ def run(cfg: Config, ctx: RunContext) -> dict:
     vocoder = load_vocoder(cfg.vocoder)
     mel_cfg = MelConfig(**meta.get("mel", {}))
     sr = mel_cfg.sample_rate
-    if Path(cfg.hint).suffix.lower() in VIDEO_SUFFIXES and not has_audio_track(cfg.hint):
-        raise ValueError(f"hint {cfg.hint} has no audio track: the stylizer hears the scene; give a video with "
-                         "sound, or its audio as --hint with the picture as --hint-image")
     speech, speech_rate = read_audio(cfg.speech, sr, "speech")
     if is_silent(speech):
         raise ValueError(f"speech {cfg.speech} is silent: nothing to stylize")
@@ -170,21 +160,19 @@ def run(cfg: Config, ctx: RunContext) -> dict:
         if rate:
             ctx.log(f"{path}: resampled from {rate} Hz to {sr} Hz")
     method = cfg.enhance or meta.get("enhance", "spectral")
-    if method not in ("oracle", "none"):
-        speech = enhanced(speech, sr, method)
+    speech = enhanced(speech, sr, method)  # a run trained on dry speech (oracle) takes the input as it is
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
     clip = round(float(meta.get("clip_s", 2.0)) * sr)
     frames = clip // mel_cfg.hop_length
-    hint_mel = log_mel(torch.nn.functional.pad(hint_wave[:clip], (0, max(0, clip - hint_wave.numel()))),
-                       mel_cfg)[:, :frames]
+    hint_clip = fit_length(hint_wave, clip)  # the hint's first training-clip length
+    hint_mel = log_mel(hint_clip, mel_cfg)[:, :frames]
     hint = {"mel": hint_mel[None].to(device)}
     if image is not None:
         hint["image"] = image[None].to(device)
     towers = run_towers(meta)
     if towers is not None:
-        clip_wave = fit_length(hint_wave, clip)[None]
-        hint.update({k: v.to(device) for k, v in towers.embed(clip_wave, hint.get("image")).items()})
+        hint.update({k: v.to(device) for k, v in towers.embed(hint_clip[None], hint.get("image")).items()})
     chunks = math.ceil(speech.numel() / clip)
     padded = torch.nn.functional.pad(speech, (0, chunks * clip - speech.numel()))
     mels_in = torch.stack([log_mel(c, mel_cfg)[:, :frames] for c in padded.split(clip)])  # [chunks, M, frames]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from percli.core.mel import MelConfig, log_mel
+from percli.core.mel import MelConfig
 
 INDEX = "index.jsonl"
 
@@ -109,12 +109,12 @@ class VideoPairs(Dataset):
     and ``scene`` are unknown: NaN and the video's number)."""
 
     def __init__(self, records: list[dict[str, Any]], size: int, *, clip_s: float = 2.0, mel: MelConfig = MelConfig(),
-                 enhance: str = "spectral", seed: int = 0, image_size: int = 64):
+                 enhance: str = "spectral", seed: int = 0, image_size: int = 64, waves: bool = False):
         if not records:
             raise ValueError("no usable video: every one was skipped (see the run's summary)")
         self.records, self.size, self.mel, self.enhance, self.seed = records, size, mel, enhance, seed
         self.samples = round(clip_s * mel.sample_rate)
-        self.frames, self.image_size, self.waves = self.samples // mel.hop_length, image_size, False
+        self.frames, self.image_size, self.waves = self.samples // mel.hop_length, image_size, waves
 
     def __len__(self) -> int:
         return self.size
@@ -151,16 +151,11 @@ class VideoPairs(Dataset):
         return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from percli.tts.scenes import enhanced
+        from percli.tts.scenes import enhanced, pair_item
 
         v, start_a, start_b = self.draw(index)
         record = self.records[v]
         target, hint = self._segment(record, start_a), self._segment(record, start_b)
-        speech = target if self.enhance in ("none", "oracle") else enhanced(target, self.mel.sample_rate,
-                                                                               self.enhance)
-        mels = {key: log_mel(wave, self.mel)[:, : self.frames]
-                for key, wave in (("target", target), ("speech", speech), ("hint", hint))}
-        item = {**mels, "image": self._frame(record, start_b), "scene": v, "rt60": float("nan")}
-        if self.waves:
-            item.update(target_wave=target, speech_wave=speech, hint_wave=hint)
-        return item
+        speech = enhanced(target, self.mel.sample_rate, self.enhance)  # oracle: no dry speech here, none as well
+        return pair_item(self.mel, self.frames, target, speech, hint, self._frame(record, start_b), self.waves,
+                         scene=v, rt60=float("nan"))
