@@ -244,5 +244,7 @@ def test_video_pairs_index_skips_bad_videos_and_draws_disjoint_clips(tmp_path):
         assert a + SR <= b or b + SR <= a  # clips A and B do not overlap
         assert any(s0 <= a + SR // 2 and a <= s1 for s0, s1 in usable[v]["spans"])  # A holds speech
     item = data[0]
-    assert item["target"].shape == (64, 100) and item["image"].shape == (3, 64, 64)
+    assert item["target"].shape == (64, 100) and item["image"].shape == (3, 64, 64) and "hint_wave" not in item
+    waves = VideoPairs(usable, 6, clip_s=1.0, enhance="none", waves=True)[0]  # what frozen audio towers read
+    assert waves["hint_wave"].shape == (SR,) and torch.equal(waves["hint"], item["hint"])
     assert abs(float(item["image"].mean()) - 60 * (data.draw(0)[0] + 1) / 255) < 0.05  # the video's own frame

@@ -72,6 +72,8 @@ def test_suppress_late_reverb_needs_decays_without_rt60():
     with pytest.raises(ValueError, match="pass rt60="):
         suppress_late_reverb(steady, SR)
     assert suppress_late_reverb(steady, SR, rt60=0.5).shape == steady.shape
+    # a fallback RT60 is used only when the blind estimate fails: the same result as passing it
+    assert torch.equal(suppress_late_reverb(steady, SR, fallback_rt60=0.5), suppress_late_reverb(steady, SR, rt60=0.5))
 
 
 def halve(wave: torch.Tensor, sample_rate: int) -> torch.Tensor:
