@@ -124,9 +124,11 @@ _LAYERS = Arg("layers", ("--layers",), "Layer sweep: `all` or block indices (0,4
               "table, and layers.png in the run dir.", metavar="all|K,K")
 
 _INPAINT = (
-    Arg("images", help="Image files and/or folders.", many=True, metavar="IMAGE"),
+    Arg("images", help="Image files and/or folders (video files for a video DiffMAE run).", many=True,
+        metavar="IMAGE"),
     Arg("checkpoint", ("--checkpoint",), "A `percli pretrain diffmae` run dir, checkpoint dir or .safetensors."),
-    Arg("masks", ("--masks",), "A folder of mask PNGs named as the images (white = inpaint), or one PNG."),
+    Arg("masks", ("--masks",), "A folder of mask PNGs named as the images (white = inpaint), or one PNG; a "
+        "video's mask applies to every frame."),
     Arg("mask_ratio", ("--mask-ratio",), "Share of patches inpainted when no --masks are given."),
     Arg("steps", ("--steps",), "DDIM steps."),
     Arg("seed", ("--seed",), "Seed of the random masks and of the sampler."),
@@ -668,10 +670,12 @@ JOBS += [
             Arg("batch_size", ("--batch-size",), "Frames or clips per forward."),
         ), examples=("percli extract features /data/msrvtt/videos --checkpoint runs/clip -o feats/msrvtt",)),
     Job("inpaint", "", "percli.recipes.inpaint",
-        "Inpaint images with a DiffMAE model: sampled completions, a grid PNG, PSNR/SSIM vs the mean-colour fill",
+        "Inpaint images or videos with a DiffMAE model: sampled completions, a grid PNG, PSNR/SSIM vs the "
+        "mean-colour fill",
         output_flag=True, resumable=False, args=_INPAINT, examples=(
             "percli inpaint photo.jpg --checkpoint runs/pretrain-diffmae-X --mask-ratio 0.75 -o runs/inpainted",
-            "percli inpaint /data/val --masks /data/val_masks --checkpoint runs/pretrain-diffmae-X -o runs/inp")),
+            "percli inpaint /data/val --masks /data/val_masks --checkpoint runs/pretrain-diffmae-X -o runs/inp",
+            "percli inpaint clips/ --checkpoint runs/pretrain-diffmae-video-X --mask-ratio 0.9 -o runs/inp-video")),
     Job("tts", "stylize", "percli.tts.stylize_job",
         "Re-record speech as if in the scene of a hint clip: its reverberation and background (soundscape "
         "stylization, Li et al., ECCV 2024)", resumable=False, args=(
@@ -768,7 +772,7 @@ VERB_HELP = {
     "caption": "Write captions for image shards with a trained captioner.",
     "tts": "Speech editing and zero-shot TTS with VoiceCraft (official or percli weights).",
     "embed": "Embed audio, video and captions with PE-AV.",
-    "inpaint": "Inpaint images with a DiffMAE model.",
+    "inpaint": "Inpaint images or videos with a DiffMAE model.",
     "extract": "Extract per-second video features with a frozen encoder (the video-language recipes' input).",
     "detect": "Detect events in audio from text queries (PE-A-Frame).",
     "select": "Active learning: pick the pool points to label next. [bold]percli select --strategy margin --budget 100 "

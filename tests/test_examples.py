@@ -110,12 +110,15 @@ def test_plm_tiny_pipeline_example_runs(tmp_path):
         assert run in done.stdout, run
 
 
-def test_diffmae_tiny_example_runs(tmp_path):
-    """The DiffMAE example script, shortened (a few steps, 4 held-out images): every command in it works."""
+@pytest.mark.parametrize("preset", ["tiny", "tiny-video"])
+def test_diffmae_tiny_example_runs(tmp_path, preset):
+    """The DiffMAE example script, shortened (a few steps, 4 held-out images or clips): every command in it works."""
 
-    done = run_example("diffmae/tiny.sh", tmp_path, 600, STEPS="2", FT_STEPS="2", IMAGES="4",
+    done = run_example("diffmae/tiny.sh", tmp_path, 600, PRESET=preset, STEPS="2", FT_STEPS="2", IMAGES="4",
                        EXTRA="data.embedded_size=32 train.batch_size=8 optim.ref_batch_size=8 train.num_workers=0")
     assert "ft-pretrained " in done.stdout and "inpaint 50 DDIM steps" in done.stdout
+    held_out = sorted(p.suffix for p in (tmp_path / "work" / "heldout").iterdir())
+    assert held_out == [".mp4" if preset == "tiny-video" else ".png"] * 4
 
 
 def test_soundscape_tiny_example_runs(tmp_path):

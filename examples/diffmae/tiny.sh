@@ -1,27 +1,30 @@
 #!/bin/bash
-# DiffMAE on the embedded shapes: pretrain, fine-tune its encoder against the same classifier from random weights,
-# and score inpainting of held-out images (a sampled completion and the one-step x0 estimate) against the
-# mean-colour fill. Run from anywhere: bash examples/diffmae/tiny.sh [WORK_DIR]   (~12 min on 2 CPU cores)
+# DiffMAE on embedded data: pretrain, fine-tune its encoder against the same classifier from random weights, and
+# score inpainting of held-out data (a sampled completion and the one-step x0 estimate) against the mean-colour
+# fill. PRESET=tiny: images (the shapes, ~12 min on 2 CPU cores); PRESET=tiny-video: video (moving-shape clips,
+# the class is the motion; ~20 min). Run from anywhere: bash examples/diffmae/tiny.sh [WORK_DIR]
 set -euo pipefail
-WORK=${1:-runs/diffmae-tiny}
+PRESET=${PRESET:-tiny}          # tiny | tiny-video
+WORK=${1:-runs/diffmae-$PRESET}
 PERCLI=${PERCLI:-percli}        # or: PERCLI="python -m percli.cli"
 PYTHON=${PYTHON:-python}
-STEPS=${STEPS:-5000}            # pretraining steps (the tiny preset's 600 is a smoke run)
+STEPS=${STEPS:-5000}            # pretraining steps (the presets' 600 is a smoke run)
 FT_STEPS=${FT_STEPS:-1000}
-IMAGES=${IMAGES:-64}            # held-out images inpainted
+IMAGES=${IMAGES:-64}            # held-out images (clips) inpainted
 read -r -a EXTRA <<< "${EXTRA:-}"  # more overrides for every training run
 rm -rf "$WORK"
 mkdir -p "$WORK/heldout"
 
-$PERCLI pretrain diffmae --run-dir "$WORK/pretrain" train.max_steps="$STEPS" "${EXTRA[@]}" --json \
-    > "$WORK/pretrain.json"
-$PERCLI finetune diffmae --run-dir "$WORK/ft-pretrained" model.checkpoint="$WORK/pretrain" \
+$PERCLI pretrain diffmae --preset "$PRESET" --run-dir "$WORK/pretrain" train.max_steps="$STEPS" "${EXTRA[@]}" \
+    --json > "$WORK/pretrain.json"
+$PERCLI finetune diffmae --preset "$PRESET" --run-dir "$WORK/ft-pretrained" model.checkpoint="$WORK/pretrain" \
     train.max_steps="$FT_STEPS" "${EXTRA[@]}" --json > "$WORK/ft-pretrained.json"
-$PERCLI finetune diffmae --run-dir "$WORK/ft-scratch" train.max_steps="$FT_STEPS" "${EXTRA[@]}" --json \
-    > "$WORK/ft-scratch.json"
+$PERCLI finetune diffmae --preset "$PRESET" --run-dir "$WORK/ft-scratch" train.max_steps="$FT_STEPS" \
+    "${EXTRA[@]}" --json > "$WORK/ft-scratch.json"
 
-# held-out embedded images as PNG files, then `percli eval inpaint` on them (random 75 % patch masks, seed 0)
-"$PYTHON" - "$WORK/heldout" "$IMAGES" <<'PY'
+# held-out embedded data as files (PNG images or MP4 clips at the run's input size), then `percli eval inpaint`
+# on them (random patch masks at the run's mask ratio, seed 0)
+"$PYTHON" - "$WORK/heldout" "$IMAGES" "$WORK/pretrain" <<'PY'
 import sys
 from pathlib import Path
 
@@ -29,15 +32,26 @@ import torch
 from torchvision.transforms.functional import to_pil_image
 
 from percli.core.data import build_dataset
+from percli.core.data.embedded_plm import write_mp4
+from percli.models import load_run_model
 
-out, n = Path(sys.argv[1]), int(sys.argv[2])
-images = build_dataset("embedded", kind="image", transform=None, split="val", num_images=n, image_size=64)
+out, n, run = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+size = load_run_model(run, "diffmae", "percli pretrain diffmae")[1]["input_size"]
+video = len(size) == 3
+kw = dict(num_clips=n, num_frames=size[0]) if video else dict(num_images=n)
+items = build_dataset("embedded", kind="video" if video else "image", transform=None, split="val",
+                      image_size=size[-1], **kw)
 for i in range(n):
-    to_pil_image(torch.as_tensor(images[i]["image"])).save(out / f"{i:03d}.png")
+    if video:
+        write_mp4(out / f"{i:03d}.mp4", items.render(i), fps=8)
+    else:
+        to_pil_image(torch.as_tensor(items[i]["image"])).save(out / f"{i:03d}.png")
 PY
+RATIO=$("$PYTHON" -c "import json,sys; print(json.load(open(sys.argv[1]))['inpainting']['mask_ratio'])" \
+    "$WORK/pretrain.json")
 for steps in 1 50; do
-    $PERCLI eval inpaint "$WORK/heldout" --checkpoint "$WORK/pretrain" --steps "$steps" --json \
-        > "$WORK/inpaint-$steps.json"
+    $PERCLI eval inpaint "$WORK/heldout" --checkpoint "$WORK/pretrain" --mask-ratio "$RATIO" --steps "$steps" \
+        --json > "$WORK/inpaint-$steps.json"
 done
 
 "$PYTHON" - "$WORK" <<'PY'

@@ -33,6 +33,22 @@ def unpatchify(patches: torch.Tensor, p: int, c: int, h: int, w: int) -> torch.T
     return x.permute(0, 5, 1, 3, 2, 4).reshape(b, c, h, w)
 
 
+def patchify_video(clips: torch.Tensor, p: int, pt: int) -> torch.Tensor:
+    """[B, C, T, H, W] -> [B, (T/pt)*(H/p)*(W/p), pt*p*p*C]: tubelets in (time, row, column) raster order
+    (a Conv3d patch embedding's token order), (pt, p, p, C) inside (MAE-ST's order)."""
+    b, c, t, h, w = clips.shape
+    x = clips.reshape(b, c, t // pt, pt, h // p, p, w // p, p)  # [B, C, t, pt, h, p, w, p]
+    x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)  # [B, t, h, w, pt, p, p, C]
+    return x.reshape(b, (t // pt) * (h // p) * (w // p), pt * p * p * c)
+
+
+def unpatchify_video(patches: torch.Tensor, p: int, pt: int, c: int, t: int, h: int, w: int) -> torch.Tensor:
+    """Inverse of `patchify_video`: [B, N, pt*p*p*C] -> [B, C, T, H, W]."""
+    b = patches.shape[0]
+    x = patches.reshape(b, t // pt, h // p, w // p, pt, p, p, c)  # [B, t, h, w, pt, p, p, C]
+    return x.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, c, t, h, w)
+
+
 def plain(value: object) -> object:
     """JSON-ready form of a constructor argument (tuples become lists, callables their name)."""
     if isinstance(value, Mapping):

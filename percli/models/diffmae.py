@@ -15,6 +15,9 @@ No official code is public; choices where the paper is silent (each an option):
 * the time step enters as a sinusoidal embedding through a 2-layer MLP, added to every noisy token;
 * the encoder tokens a decoder block reads pass that block's LayerNorm (``norm_memory``; the last one also
   the encoder's ``norm``), then the shared ``decoder_embed`` projection and the decoder position embedding;
+* video (the paper's Kinetics setting, ``*_video`` variants): MAE-ST's layout, 2 x 16 x 16 tubelets of 16
+  frames, 90 % of them masked at random (no tube masking), fixed sin-cos positions whose last quarter of
+  channels encodes the frame (`sincos_pos_embed_3d`); everything after the patch embedding is the image model;
 * pixels are predicted in the normalised image space (no per-patch normalisation: a sampled completion
   must be an image), with the schedule of `percli.core.diffusion` (``schedule``, ``schedule_opts``).
 
@@ -25,6 +28,7 @@ timm ViT weights initialise it, and `DiffMAEClassifier` (MAE's fine-tuning ViT: 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
@@ -34,10 +38,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from percli.core import diffusion
+from percli.core.data.transforms import HIERA_VIDEO_STD
 from percli.models import register_loader, register_model
 from percli.models.audio_mae import Attention, Block, sincos_1d, sincos_pos_embed_2d, xavier_init
 from percli.models.audio_mae_decoder import Mlp
-from percli.models.common import LoadReport, check_fit, patchify, plain, read_state, unpatchify
+from percli.models.common import (
+    LoadReport,
+    check_fit,
+    patchify,
+    patchify_video,
+    plain,
+    read_state,
+    unpatchify,
+    unpatchify_video,
+)
 from percli.models.hiera import IMAGENET_MEAN, IMAGENET_STD
 
 DECODER_DESIGNS = ("cross_self", "cross")
@@ -100,29 +114,78 @@ class DecoderBlock(nn.Module):
 
 # --------------------------------------------------------------------------- encoder
 
+def sincos_pos_embed_3d(dim: int, grid: Sequence[int]) -> torch.Tensor:
+    """Fixed sin-cos embedding over a ``(frames, rows, cols)`` token grid, [1, 1 + t*h*w, dim], cls slot zeros.
+
+    Token ``(i, r, c)`` (raster order, time slowest) gets ``[2-D sincos(r, c), sincos(i)]``: the first
+    ``dim - dim // 4`` channels are the image embedding of its position in the frame, the last quarter its
+    time step, so a video model's spatial channels match the image model's layout.
+    """
+    temporal = (dim // 4) // 2 * 2
+    frames, rows, cols = grid
+    spatial = sincos_pos_embed_2d(dim - temporal, (rows, cols), cls_token=False)[0]  # [h*w, dim - temporal]
+    steps = sincos_1d(temporal, torch.arange(frames)).float()  # [t, temporal]
+    emb = torch.cat([spatial[None].expand(frames, -1, -1), steps[:, None].expand(-1, rows * cols, -1)], dim=2)
+    return torch.cat([emb.new_zeros(1, dim), emb.reshape(frames * rows * cols, dim)]).unsqueeze(0)
+
+
+def pos_embed(dim: int, grid: Sequence[int]) -> torch.Tensor:
+    """The fixed position embedding of an image (2-D) or video (3-D) token grid, cls slot first."""
+    return sincos_pos_embed_2d(dim, grid) if len(grid) == 2 else sincos_pos_embed_3d(dim, grid)
+
+
 class ViTEncoder(nn.Module):
-    """MAE's ViT: conv patches, a cls token, fixed 2-D sin-cos positions, pre-norm blocks, final norm."""
+    """MAE's ViT: conv patches, a cls token, fixed sin-cos positions, pre-norm blocks, final norm.
+
+    Images: ``input_size`` [H, W], ``patch_size`` squares. Video (MAE-ST's layout): ``input_size`` [T, H, W],
+    ``t_patch_size`` x ``patch_size`` x ``patch_size`` tubelets through a Conv3d ``patch_embed.proj``, tokens in
+    (time, row, column) raster order, positions from `sincos_pos_embed_3d`.
+    """
 
     def __init__(self, input_size: Sequence[int], patch_size: int, in_chans: int, embed_dim: int, depth: int,
-                 num_heads: int, mlp_ratio: float, drop_path_rate: float):
+                 num_heads: int, mlp_ratio: float, drop_path_rate: float, t_patch_size: int = 2):
         super().__init__()
-        if len(input_size) != 2 or any(s % patch_size for s in input_size):
-            raise ValueError(f"input_size={list(input_size)}: give [height, width], multiples of patch_size="
-                             f"{patch_size}")
-        self.patch_size, self.in_chans = patch_size, in_chans
-        self.grid = (input_size[0] // patch_size, input_size[1] // patch_size)
-        self.num_patches = self.grid[0] * self.grid[1]
+        video = len(input_size) == 3
+        kernel = (t_patch_size, patch_size, patch_size) if video else (patch_size, patch_size)
+        if len(input_size) not in (2, 3) or any(s % k for s, k in zip(input_size, kernel, strict=True)):
+            raise ValueError(f"input_size={list(input_size)}: give [height, width] (image) or [frames, height, "
+                             f"width] (video), multiples of patch_size={patch_size} (and t_patch_size="
+                             f"{t_patch_size} for frames)")
+        if video and embed_dim % 8:
+            raise ValueError(f"embed_dim={embed_dim}: a video ViT's position embedding needs a multiple of 8")
+        self.patch_size, self.t_patch_size, self.in_chans = patch_size, t_patch_size if video else 1, in_chans
+        self.input_size = tuple(input_size)
+        self.grid = tuple(s // k for s, k in zip(input_size, kernel, strict=True))
+        self.num_patches = math.prod(self.grid)
+        self.patch_dim = math.prod(kernel) * in_chans
         self.patch_embed = nn.Module()
-        self.patch_embed.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        conv = nn.Conv3d if video else nn.Conv2d
+        self.patch_embed.proj = conv(in_chans, embed_dim, kernel_size=kernel, stride=kernel)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(sincos_pos_embed_2d(embed_dim, self.grid), requires_grad=False)
+        self.pos_embed = nn.Parameter(pos_embed(embed_dim, self.grid), requires_grad=False)
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # no tensor: builds on meta too
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, drop_path=r) for r in rates)
         self.norm = nn.LayerNorm(embed_dim)
 
+    @property
+    def video(self) -> bool:
+        return len(self.grid) == 3
+
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] or [B, C, T, H, W] -> [B, N, patch_dim], in the token order of `tokens`."""
+        if self.video:
+            return patchify_video(x, self.patch_size, self.t_patch_size)
+        return patchify(x, self.patch_size)
+
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        """Inverse of `patchify` at the model's input size."""
+        if self.video:
+            return unpatchify_video(patches, self.patch_size, self.t_patch_size, self.in_chans, *self.input_size)
+        return unpatchify(patches, self.patch_size, self.in_chans, *self.input_size)
+
     def tokens(self, x: torch.Tensor, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
         """Patch tokens with positions, the kept ones only when `ids_keep` [B, K] is given, cls first."""
-        x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)  # [B, C, h, w] -> [B, h*w, C]
+        x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)  # [B, C, (t,) h, w] -> [B, N, C]
         x = x + self.pos_embed[:, 1:]
         if ids_keep is not None:
             x = torch.gather(x, 1, ids_keep[..., None].expand(-1, -1, x.shape[-1]))  # [B, K, C]
@@ -149,7 +212,8 @@ def _init_encoder(encoder: ViTEncoder) -> None:
 
 
 def _preprocess(input_size: Sequence[int]) -> dict:
-    return {"input_size": [3, *input_size], "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+    std = HIERA_VIDEO_STD if len(input_size) == 3 else IMAGENET_STD  # video: MAE-ST / Hiera's 0.225
+    return {"input_size": [3, *input_size], "mean": list(IMAGENET_MEAN), "std": list(std),
             "interpolation": "bicubic", "crop_pct": 1.0}
 
 
@@ -169,7 +233,8 @@ class DiffMAE(nn.Module):
                  decoder_depth: int = 8, decoder_num_heads: int = 16, mlp_ratio: float = 4.0,
                  decoder_design: Literal["cross_self", "cross"] = "cross_self", top_down: bool = True,
                  mask_ratio: float = 0.75, schedule: str = "diffmae", num_timesteps: int = 1000,
-                 schedule_opts: Mapping[str, float] | None = None, drop_path_rate: float = 0.0):
+                 schedule_opts: Mapping[str, float] | None = None, drop_path_rate: float = 0.0,
+                 t_patch_size: int = 2):
         args = dict(locals())
         super().__init__()
         self.config = {k: plain(v) for k, v in args.items() if k not in ("self", "__class__")}
@@ -181,13 +246,12 @@ class DiffMAE(nn.Module):
         self.preprocess = _preprocess(input_size)
         self.default_mask_ratio = mask_ratio
         self.encoder = ViTEncoder(input_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio,
-                                  drop_path_rate)
+                                  drop_path_rate, t_patch_size)
         self.memory_depths = memory_depths(depth, decoder_depth, top_down)
-        patch_dim = patch_size * patch_size * in_chans
+        patch_dim = self.encoder.patch_dim
         self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
         self.decoder_input = nn.Linear(patch_dim, decoder_embed_dim)
-        self.decoder_pos_embed = nn.Parameter(sincos_pos_embed_2d(decoder_embed_dim, self.encoder.grid),
-                                              requires_grad=False)
+        self.decoder_pos_embed = nn.Parameter(pos_embed(decoder_embed_dim, self.encoder.grid), requires_grad=False)
         self.time_embed = nn.Sequential(nn.Linear(decoder_embed_dim, decoder_embed_dim), nn.SiLU(),
                                         nn.Linear(decoder_embed_dim, decoder_embed_dim))
         self.norm_memory = nn.ModuleList(nn.LayerNorm(embed_dim) for _ in range(decoder_depth))
@@ -252,7 +316,7 @@ class DiffMAE(nn.Module):
         ratio = self.default_mask_ratio if mask_ratio is None else mask_ratio
         B = x.shape[0]
         ids_keep, ids_masked = self.random_split(B, ratio, x.device, generator)
-        target = torch.gather(patchify(x, self.patch_size), 1,
+        target = torch.gather(self.encoder.patchify(x), 1,
                               ids_masked[..., None].expand(-1, -1, self.decoder_pred.out_features))
         schedule = self.noise_schedule(x.device)
         gen_device = generator.device if generator is not None else x.device
@@ -268,8 +332,8 @@ class DiffMAE(nn.Module):
     @torch.no_grad()
     def inpaint(self, x: torch.Tensor, keep: torch.Tensor, *, steps: int | None = 50, sampler: str = "ddim",
                 eta: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Sample the masked patches of `x` [B, C, H, W] given the visible ones; `keep` [B, N] bool (True =
-        visible, the same count per row). Returns images [B, C, H, W] with the visible patches unchanged."""
+        """Sample the masked patches of `x` [B, C, H, W] (video: [B, C, T, H, W]) given the visible ones; `keep`
+        [B, N] bool (True = visible, the same count per row). Returns `x`'s shape, visible patches unchanged."""
         keep = keep.to(x.device, torch.bool)
         counts = keep.sum(1)
         if keep.shape[1] != self.encoder.num_patches or not bool((counts == counts[0]).all()):
@@ -281,13 +345,13 @@ class DiffMAE(nn.Module):
         k = int(counts[0])
         ids_keep, ids_masked = order[:, :k], order[:, k:]
         memories = self.memories(x, ids_keep)
-        patches = patchify(x, self.patch_size)
+        patches = self.encoder.patchify(x)
         shape = (x.shape[0], ids_masked.shape[1], patches.shape[-1])
         sampled = diffusion.sample(lambda x_t, t: self.forward_decoder(x_t, t, ids_masked, memories), shape,
                                    self.noise_schedule(x.device), steps=steps, sampler=sampler, eta=eta,
                                    generator=generator, parameterization="x0", device=x.device)
         patches = patches.scatter(1, ids_masked[..., None].expand(-1, -1, patches.shape[-1]), sampled.to(x.dtype))
-        return unpatchify(patches, self.patch_size, x.shape[1], x.shape[2], x.shape[3])
+        return self.encoder.unpatchify(patches)
 
 
 # --------------------------------------------------------------------------- fine-tuning model
@@ -297,14 +361,14 @@ class DiffMAEClassifier(nn.Module):
 
     def __init__(self, input_size: Sequence[int] = (224, 224), patch_size: int = 16, in_chans: int = 3,
                  embed_dim: int = 1024, depth: int = 24, num_heads: int = 16, mlp_ratio: float = 4.0,
-                 num_classes: int = 1000, drop_path_rate: float = 0.1):
+                 num_classes: int = 1000, drop_path_rate: float = 0.1, t_patch_size: int = 2):
         args = dict(locals())
         super().__init__()
         self.config = {k: plain(v) for k, v in args.items() if k not in ("self", "__class__")}
         self.arch = type(self).__name__
         self.preprocess = _preprocess(input_size)
         self.encoder = ViTEncoder(input_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio,
-                                  drop_path_rate)
+                                  drop_path_rate, t_patch_size)
         self.encoder.norm = nn.Identity()  # MAE's global-pool head normalises the pooled tokens instead
         self.fc_norm = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes)
@@ -356,8 +420,13 @@ _SIZES = {"base": dict(embed_dim=768, depth=12, num_heads=12, patch_size=16),
           "huge": dict(embed_dim=1280, depth=32, num_heads=16, patch_size=14)}
 
 
-def _build(cls: Callable[..., nn.Module], name: str, size: str, overrides: dict) -> nn.Module:
-    model = cls(**{**_SIZES[size], **overrides})
+# the paper's video setting (MAE-ST's): 16 frames of 224 px in 2 x 16 x 16 tubelets, 90 % masked, Kinetics-400
+_VIDEO = dict(input_size=(16, 224, 224), t_patch_size=2)
+
+
+def _build(cls: Callable[..., nn.Module], name: str, size: str, overrides: dict, video: bool = False) -> nn.Module:
+    defaults = {**_VIDEO, **({"mask_ratio": 0.9} if cls is DiffMAE else {"num_classes": 400})} if video else {}
+    model = cls(**{**_SIZES[size], **defaults, **overrides})
     model.arch = name
     return model
 
@@ -390,3 +459,23 @@ def diffmae_vit_large_patch16_cls(**kwargs) -> DiffMAEClassifier:
 @register_model
 def diffmae_vit_huge_patch14_cls(**kwargs) -> DiffMAEClassifier:
     return _build(DiffMAEClassifier, "diffmae_vit_huge_patch14_cls", "huge", kwargs)
+
+
+@register_model
+def diffmae_vit_base_patch16_video(**kwargs) -> DiffMAE:
+    return _build(DiffMAE, "diffmae_vit_base_patch16_video", "base", kwargs, video=True)
+
+
+@register_model
+def diffmae_vit_large_patch16_video(**kwargs) -> DiffMAE:
+    return _build(DiffMAE, "diffmae_vit_large_patch16_video", "large", kwargs, video=True)
+
+
+@register_model
+def diffmae_vit_base_patch16_video_cls(**kwargs) -> DiffMAEClassifier:
+    return _build(DiffMAEClassifier, "diffmae_vit_base_patch16_video_cls", "base", kwargs, video=True)
+
+
+@register_model
+def diffmae_vit_large_patch16_video_cls(**kwargs) -> DiffMAEClassifier:
+    return _build(DiffMAEClassifier, "diffmae_vit_large_patch16_video_cls", "large", kwargs, video=True)

@@ -70,13 +70,16 @@ def make_dataset(data: DataSection, source: str, split: str, train: bool, transf
                  image_size: int, **labels: Any) -> Dataset:
     """The dataset `source` names; the embedded set renders at the model's input size. `labels`
     (``classes``, ``require_labels``) go to folder and manifest readers (see `read_manifest`)."""
+    if source == "embedded":
+        size = data.embedded_size if split == "train" else max(data.embedded_size // 4, 1)
+        if video:  # moving shapes, the class is the motion
+            return build_dataset(source, kind="video", transform=transform, split=split, num_clips=size,
+                                 num_frames=data.num_frames, image_size=image_size)
+        return build_dataset(source, kind="image", transform=transform, split=split, num_images=size,
+                             image_size=image_size)
     if video:
         return build_dataset(source, kind="video", transform=transform, num_frames=data.num_frames,
                              sampling_rate=data.sampling_rate, train=train, **labels)
-    if source == "embedded":
-        size = data.embedded_size if split == "train" else max(data.embedded_size // 4, 1)
-        return build_dataset(source, kind="image", transform=transform, split=split, num_images=size,
-                             image_size=image_size)
     return build_dataset(source, kind="image", transform=transform, **labels)
 
 

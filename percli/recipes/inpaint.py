@@ -1,4 +1,4 @@
-"""Inpaint images with a DiffMAE model, and score the completions (`percli inpaint`, `percli eval inpaint`).
+"""Inpaint images or videos with a DiffMAE model, and score the completions (`percli inpaint`, `percli eval inpaint`).
 
 Each image is resized to the model's input size (bicubic, no crop) and normalised as the run was; its masked
 patches are sampled from noise with DDIM (``steps``; ``eta`` 0: deterministic given ``seed``), the visible
@@ -9,10 +9,17 @@ seeded random ``mask_ratio`` of the patches. Every image is scored on the inpain
 ``summary.json``. `percli inpaint` also writes ``inpainted/<name>.png`` and ``grid.png`` (input / masked /
 sampled / mean fill of the first 8). Unreadable images or masks are reported and skipped (``bad_inputs``).
 
+A video DiffMAE run inpaints videos: one clip per file, ``num_frames`` frames at the run's ``sampling_rate``
+from the middle of the video, resized on the short side and centre-cropped; a mask PNG applies to every
+frame. It writes ``inpainted/<name>.mp4`` (the sampled clip, 8 fps) and ``inpainted/<name>.png`` (input /
+masked / sampled / mean-fill rows, one column per frame); PSNR is over the clip's inpainted pixels, SSIM the
+mean over its frames.
+
 Examples:
   percli inpaint photo.jpg --checkpoint runs/pretrain-diffmae-X --mask-ratio 0.75 -o runs/inpainted
   percli inpaint /data/val --masks /data/val_masks --checkpoint runs/pretrain-diffmae-X --steps 100 -o runs/inp
   percli eval inpaint /data/val --masks /data/val_masks --checkpoint runs/pretrain-diffmae-X --json
+  percli inpaint clips/ --checkpoint runs/pretrain-diffmae-video-X --mask-ratio 0.9 -o runs/inpainted-video
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ from PIL import Image
 
 from percli.core.config import ConfigError
 from percli.core.context import RunContext
-from percli.core.data import IMAGE_EXTENSIONS, BadSample, list_folder
+from percli.core.data import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, BadSample, list_folder, read_clip, video_transform
+from percli.core.data.embedded_plm import write_mp4
 from percli.core.data.images import load_rgb, to_float_image
 from percli.models import load_run_model
 from percli.recipes.diffmae_inpaint import inpaint_and_score, keep_from_pixel_mask, random_keep, save_grid
@@ -36,7 +44,7 @@ from percli.recipes.diffmae_inpaint import inpaint_and_score, keep_from_pixel_ma
 @dataclasses.dataclass
 class Config:
     images: list[str] = dataclasses.field(default_factory=list)
-    """Image files and/or folders (flat, or with sub-folders)."""
+    """Image (video, for a video model) files and/or folders (flat, or with sub-folders)."""
     checkpoint: str | None = None
     """A `percli pretrain diffmae` run dir, checkpoint dir or .safetensors file."""
     masks: str | None = None
@@ -51,18 +59,33 @@ class Config:
     """Write the completions (inpainted/<name>.png) and grid.png; `percli eval inpaint` only scores."""
 
 
-def image_files(inputs: list[str]) -> list[Path]:
-    """The files given and the images of the folders given (flat, or in sub-folders as a dataset's)."""
+def media_files(inputs: list[str], extensions: tuple[str, ...]) -> list[Path]:
+    """The files given and the media files of the folders given (flat, or in sub-folders as a dataset's)."""
     files: list[Path] = []
     for item in inputs:
         path = Path(item).expanduser()
-        files += [Path(f) for f, _ in list_folder(path, IMAGE_EXTENSIONS)[0]] if path.is_dir() else [path]
+        files += [Path(f) for f, _ in list_folder(path, extensions)[0]] if path.is_dir() else [path]
     return files
 
 
 def _read(path: Path, size: tuple[int, int], mode: str = "RGB") -> torch.Tensor:
     """[C, H, W] floats in [0, 1], resized to `size` (H, W); BadSample when the file cannot be decoded."""
     return to_float_image(load_rgb(str(path)).convert(mode).resize((size[1], size[0]), Image.BICUBIC))
+
+
+def _read_clip(path: Path, meta: dict) -> torch.Tensor:
+    """The run's clip of a video file, normalised: [C, T, H, W]; BadSample when it cannot be decoded."""
+    frames = read_clip(str(path), meta["num_frames"], meta["sampling_rate"], train=False)  # uint8 [T, C, H, W]
+    clip = video_transform(meta["input_size"][-1], meta["mean"], meta["std"], train=False)(frames)
+    return clip.permute(1, 0, 2, 3)
+
+
+def _save_mp4(pixels: torch.Tensor, path: Path) -> None:
+    """[C, T, H, W] in [0, 1] -> MP4 at 8 fps, written under a temporary name and renamed."""
+    frames = (pixels.clamp(0, 1) * 255).round().byte().permute(1, 2, 3, 0).cpu().numpy()  # [T, H, W, C]
+    tmp = path.with_name(f".{path.stem}.tmp.mp4")
+    write_mp4(tmp, frames, fps=8)
+    tmp.replace(path)
 
 
 def _mask_path(masks: str | None, image: Path) -> Path | None:
@@ -99,10 +122,11 @@ def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
     model, meta = load_run_model(cfg.checkpoint, "diffmae", "percli pretrain diffmae")
     model.to(device)
     size = tuple(meta["input_size"])
+    video = len(size) == 3
     mean, std = meta["mean"], meta["std"]
-    files = image_files(cfg.images)
+    files = media_files(cfg.images, VIDEO_EXTENSIONS if video else IMAGE_EXTENSIONS)
     if not files:
-        raise ConfigError(f"images: no image file in {cfg.images}")
+        raise ConfigError(f"images: no {'video' if video else 'image'} file in {cfg.images}")
     out = ctx.run_dir / "inpainted"
     if cfg.write_images:
         out.mkdir(parents=True, exist_ok=True)
@@ -112,10 +136,10 @@ def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
     with ctx.progress("inpaint", len(files), "images") as bar:
         for path in files:
             try:
-                image = (_read(path, size) - norm_mean) / norm_std
+                image = _read_clip(path, meta) if video else (_read(path, size) - norm_mean) / norm_std
                 mask_file = _mask_path(cfg.masks, path)
                 if mask_file is not None:
-                    keep = keep_from_pixel_mask(_read(mask_file, size, "L")[0][None] > 0.5, model.patch_size)
+                    keep = keep_from_pixel_mask(_read(mask_file, size[-2:], "L")[0][None] > 0.5, model)
                 else:
                     keep = random_keep(model, 1, cfg.mask_ratio, generator)
                 if bool(keep.all()) or not bool(keep.any()):
@@ -126,10 +150,14 @@ def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
                 continue
             result = inpaint_and_score(model, image[None].to(device), keep, mean, std, steps=cfg.steps,
                                        generator=generator)
-            rows.append({"image": str(path), "masked_patches": int((~keep).sum()),
+            rows.append({"video" if video else "image": str(path), "masked_patches": int((~keep).sum()),
                          **{k: float(result[k][0]) for k in ("psnr", "ssim", "fill_psnr", "fill_ssim")}})
-            if cfg.write_images:
+            if cfg.write_images and video:
+                _save_mp4(result["sampled"][0], out / f"{path.stem}.mp4")
+                save_grid(result, out / f"{path.stem}.png", f"{path.name}: DiffMAE inpainting ({cfg.steps} DDIM steps)")
+            elif cfg.write_images:
                 _save_png(result["sampled"][0], out / f"{path.stem}.png")
+            if cfg.write_images:
                 if len(grid) < 8:
                     grid.append(result)
             bar.advance(1)
@@ -138,7 +166,7 @@ def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tmp.replace(scores)
     summary: dict[str, Any] = {"status": "completed" if rows else "failed", "checkpoint": cfg.checkpoint,
-                               "images": len(rows), "steps": cfg.steps, "scores": str(scores),
+                               "videos" if video else "images": len(rows), "steps": cfg.steps, "scores": str(scores),
                                "bad_inputs": {"count": len(bad), "files": bad}}
     if rows:
         keys = ("psnr", "ssim", "fill_psnr", "fill_ssim")

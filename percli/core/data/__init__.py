@@ -32,6 +32,7 @@ from percli.core.data.audio import (
 )
 from percli.core.data.embedded import EmbeddedShapesDataset
 from percli.core.data.embedded_audio import EmbeddedAudioDataset
+from percli.core.data.embedded_motion import EmbeddedMotionClips
 from percli.core.data.images import (
     IMAGE_EXTENSIONS,
     BadSample,
@@ -66,6 +67,7 @@ __all__ = [
     "AudioDataset",
     "BadSample",
     "EmbeddedAudioDataset",
+    "EmbeddedMotionClips",
     "EmbeddedShapesDataset",
     "ImageFolderDataset",
     "JsonlImageDataset",
@@ -101,15 +103,16 @@ def build_dataset(
     """Build the dataset a config's data source names.
 
     Args:
-        source: ``"embedded"`` (the built-in shapes set for images, the synthesised sound set for
-            audio), a folder (class sub-folders, or a flat folder = unlabeled), a ``.jsonl`` manifest,
-            or (audio only) an AST-style ``.json`` data list.
+        source: ``"embedded"`` (the built-in shapes set for images, moving shapes for video, the
+            synthesised sound set for audio), a folder (class sub-folders, or a flat folder =
+            unlabeled), a ``.jsonl`` manifest, or (audio only) an AST-style ``.json`` data list.
         kind: ``"image"``, ``"video"`` or ``"audio"``.
         transform: Per-sample transform handed to the dataset (for audio: applied to the fbank).
         **kw: Extra dataset arguments, e.g. ``split``/``num_images``/``image_size``/``seed`` for the
-            embedded set, ``num_frames``/``sampling_rate``/``train`` for video, ``classes`` for a
-            manifest; for audio the :class:`AudioDataset` / :class:`EmbeddedAudioDataset` arguments
-            (``num_clips``, ``target_length``, ``train``, ``freqm``, ``mixup``, ``label_csv``, ...).
+            embedded set (``num_clips``/``num_frames`` for embedded video), ``num_frames``/``sampling_rate``/
+            ``train`` for video, ``classes`` for a manifest; for audio the :class:`AudioDataset` /
+            :class:`EmbeddedAudioDataset` arguments (``num_clips``, ``target_length``, ``train``, ``freqm``,
+            ``mixup``, ``label_csv``, ...).
 
     Returns:
         The dataset.
@@ -120,14 +123,14 @@ def build_dataset(
     if kind not in _KINDS:
         raise ValueError(f"data kind must be one of {', '.join(_KINDS)}, got {kind!r}")
     expected = (
-        f"expected {EMBEDDED!r} (images only), a folder of {kind}s (class sub-folders, or flat for "
+        f"expected {EMBEDDED!r}, a folder of {kind}s (class sub-folders, or flat for "
         'unlabeled data) or a .jsonl manifest of {"path": ..., "label": ...} lines'
     )
     if kind == "audio":
         return _build_audio(source, transform, **kw)
     if str(source) == EMBEDDED:
-        if kind != "image":
-            raise ValueError(f"there is no embedded {kind} dataset: {expected}")
+        if kind == "video":
+            return EmbeddedMotionClips(transform=transform, **kw)
         return EmbeddedShapesDataset(transform=transform, **kw)
     path = Path(source).expanduser()
     if not path.exists():

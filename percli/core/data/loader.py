@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, default_collate
 
-from percli.core.data import BadSample
+from percli.core.data.images import BadSample
 
 
 def mix_seed(*parts: int) -> int:
