@@ -148,6 +148,8 @@ JOBS: list[Job] = [
             "(Li et al., ECCV 2024)"),
     _engine("pretrain", "vocoder", "vocoder",
             "HiFi-GAN generator for the soundscape log-mels (Kong et al., NeurIPS 2020; GAN-free losses)"),
+    _engine("pretrain", "mha-vse", "mha_vse",
+            "Multilingual visual-semantic embedding with diverse attention heads (Huang et al., EMNLP 2019)"),
     _engine("pretrain", "audio-mae", "audio_mae",
             "Audio-MAE pretraining on fbank spectrograms (Huang et al., NeurIPS 2022)"),
     _engine("finetune", "audio-mae", "audio_classify",

@@ -84,7 +84,8 @@ ELSEWHERE = {"download": "tests/test_hub.py::test_percli_download_prints_where_t
              "pretrain soundscape": "tests/test_soundscape_jobs.py::test_two_stages_train_and_score",
              "tts stylize": "tests/test_soundscape_jobs.py::test_stylize_a_recording_with_a_video_hint",
              "eval stylize": "tests/test_soundscape_jobs.py::test_eval_stylize_scores_the_run",
-             "pretrain vocoder": "tests/test_soundscape_jobs.py::test_vocoder_trains_and_stylize_uses_it"}
+             "pretrain vocoder": "tests/test_soundscape_jobs.py::test_vocoder_trains_and_stylize_uses_it",
+             "pretrain mha-vse": "tests/test_mha_vse.py::test_pretrain_scores_retrieval_per_language_and_sts"}
 
 
 def test_every_job_of_the_registry_has_a_case_in_one_group():

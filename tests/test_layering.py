@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "percli"
-METHOD_PACKAGES = ("curation", "captioning", "tts", "avsuperb", "nas", "graph", "active")
+METHOD_PACKAGES = ("curation", "captioning", "tts", "avsuperb", "nas", "graph", "active", "grounding")
 # What each layer may import from percli (a module may always import its own package).
 ALLOWED = {
     "core": {"core"},

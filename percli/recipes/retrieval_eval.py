@@ -31,6 +31,8 @@ Examples:
       data.source=/data/msrvtt/MSRVTT_JSFUSION_test.csv data.features=/data/msrvtt/s3d   # MSR-VTT 1k-A
   percli eval retrieval model.checkpoint=runs/pretrain-mmp-.../checkpoints/step_0000600 \\
       data.source=/data/vatex/vatex_val.json data.features=/data/vatex/s3d data.languages=[en,zh]
+  percli eval retrieval model.checkpoint=runs/pretrain-mha-vse-X data.source=/data/multi30k data.split=test \
+      data.features=/data/multi30k/bottom_up                # MHA-VSE: image <-> text per language, and STS
   accelerate launch --num_processes 4 -m percli.cli eval retrieval model.checkpoint=/models/pe-av-large \\
       data.source=/data/valor/test.jsonl
 """
@@ -47,7 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from accelerate.utils import gather_object
 
-from percli.core.checkpoint import read_meta
+from percli.core.checkpoint import read_meta, run_weights
 from percli.core.config import ConfigError, TrainConfig
 from percli.core.context import RunContext
 from percli.core.data.av_clips import MANIFEST_NAME, READ_REASONS, AVClipDataset, skipped_by_reason
@@ -77,6 +79,8 @@ class RetrievalData(AVDataSection):
     languages: list[str] = dataclasses.field(default_factory=list)
     """video-text: caption languages, each scored on its own (prefix <lang>_ when several); empty: the language the
     checkpoint trained on (VATEX: en, zh; embedded: en, de)."""
+    split: str = "test"
+    """mha-vse: the Multi30K split scored (<split>.<lang> captions); embedded: the run's own scenes."""
     max_video_len: int | None = None
     """video-text: seconds of features per segment (a longer one keeps its first); null: 8 (the recipes' default
     held-out clips) for embedded, the model's limit for a manifest."""
@@ -84,10 +88,11 @@ class RetrievalData(AVDataSection):
 
 @dataclasses.dataclass
 class Config:
-    family: Literal["auto", "pe-av", "clip", "mavil", "flap", "video-text"] = "auto"
+    family: Literal["auto", "pe-av", "clip", "mavil", "flap", "video-text", "mha-vse"] = "auto"
     """pe-av (audio, video, audio+video, text), clip (a CLIP / PE image-text model: video = its frames' mean
     embedding, text <-> video only), mavil (audio <-> video only), flap (text <-> audio), video-text (videoclip,
-    support-set, mmp on per-second features, text <-> video); auto: from the checkpoint."""
+    support-set, mmp on per-second features, text <-> video), mha-vse (image <-> text per language on a
+    Multi30K folder, and STS); auto: from the checkpoint."""
     model: PEAVModelSection = dataclasses.field(default_factory=PEAVModelSection)
     data: RetrievalData = dataclasses.field(default_factory=lambda: RetrievalData(embedded_size=400))
     similarity: Literal["dot", "cosine"] = "dot"
@@ -184,9 +189,11 @@ def family_of(cfg: Config) -> str:
     path = Path(cfg.model.checkpoint).expanduser()
     if path.is_dir() and (path / "config.json").is_file():
         return "pe-av"
-    meta = read_meta(path) if path.is_dir() or path.suffix == ".safetensors" else {}
+    meta = read_meta(run_weights(path)) if path.is_dir() or path.suffix == ".safetensors" else {}
     if meta.get("task") in VIDEO_TEXT_TASKS:
         return "video-text"
+    if meta.get("task") == "mha-vse":
+        return "mha-vse"
     name = str(meta.get("name", ""))
     if name.startswith("mavil"):
         return "mavil"
@@ -293,7 +300,13 @@ def skipped(dataset: Any, bad_files: list[dict[str, str]]) -> dict[str, int]:
 def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
     accelerator = ctx.accelerator
     family = family_of(cfg)
-    if family == "video-text":
+    counts: dict[str, Any] = {}
+    if family == "mha-vse":
+        from percli.recipes.mha_vse import load_grounding
+
+        model, evaluator, dataset = load_grounding(cfg.model.checkpoint, cfg.model.kwargs, cfg.data.source,
+                                                   cfg.data.features, cfg.data.split, list(cfg.data.languages))
+    elif family == "video-text":
         model, evaluator, dataset, counts = load_video_text(cfg.model.checkpoint, cfg.model.kwargs, cfg.data,
                                                             normalize=cfg.similarity == "cosine")
     else:
@@ -315,6 +328,9 @@ def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
     inner = getattr(dataset, "dataset", dataset)
     clips = getattr(inner, "bad_records", None)
     left_out = inner.skipped(bad.files) if family == "video-text" else skipped(inner, bad.files)
+    if family == "mha-vse":
+        sts = evaluator.sts(accelerator.device)
+        counts = {**counts, **({"sts": sts} if sts else {})}
     summary = {"status": "completed", "checkpoint": cfg.model.checkpoint, "family": family, "data": cfg.data.source,
                "similarity": cfg.similarity, "metrics": metrics, "run_dir": str(ctx.run_dir),
                "bad_inputs": {"count": len(bad.files), "files": bad.files},
@@ -330,7 +346,7 @@ def validate(cfg: Config) -> None:
     if not cfg.model.checkpoint:
         raise ConfigError("model.checkpoint: not set; give a PE-AV release folder (config.json + model.safetensors "
                           "+ tokenizer.json), or a percli checkpoint of PE-AV, CLIP / PE, MAViL, FLAP, videoclip, "
-                          "support-set or mmp")
+                          "support-set, mmp or mha-vse")
     cfg.model.check()
     if cfg.data.source != "embedded" and not Path(cfg.data.source).expanduser().exists():
         raise ConfigError(f"data.source: {cfg.data.source} does not exist")
