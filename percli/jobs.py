@@ -150,6 +150,9 @@ JOBS: list[Job] = [
             "HiFi-GAN generator for the soundscape log-mels (Kong et al., NeurIPS 2020; GAN-free losses)"),
     _engine("pretrain", "mha-vse", "mha_vse",
             "Multilingual visual-semantic embedding with diverse attention heads (Huang et al., EMNLP 2019)"),
+    _engine("pretrain", "ummt", "ummt",
+            "Unsupervised multimodal MT from monolingual image captions, with pseudo visual pivoting (Huang et al., "
+            "ACL 2020)"),
     _engine("pretrain", "audio-mae", "audio_mae",
             "Audio-MAE pretraining on fbank spectrograms (Huang et al., NeurIPS 2022)"),
     _engine("finetune", "audio-mae", "audio_classify",
@@ -713,6 +716,29 @@ JOBS += [
             Arg("stylize.seed", ("--seed",), "Seed of the sampler."),
             Arg("device", ("--device",), "cuda or cpu (default: cuda when available)."),
         ), examples=("percli eval stylize --checkpoint runs/pretrain-soundscape-X --json",)),
+    Job("translate", "", "percli.recipes.translate",
+        "Translate sentences with a UMMT run, with or without the image they describe", resumable=False,
+        keeps_run_dir=False, args=(
+            Arg("texts", help="Sentences to translate.", many=True, metavar="TEXT"),
+            Arg("input", ("--input",), "A text file, one sentence per line."),
+            Arg("checkpoint", ("--checkpoint",), "A `percli pretrain ummt` run dir, checkpoint dir or .safetensors."),
+            Arg("source", ("--from",), "Language of the sentences (en, de, ...)."),
+            Arg("target", ("--to",), "Language to translate into."),
+            Arg("image", ("--image",), "Features of the image they describe: a .npy [R, D] as the training data's."),
+            Arg("beam", ("--beam",), "Beam size (1 = greedy)."),
+        ), examples=('percli translate "a small red circle on the left" --checkpoint runs/pretrain-ummt-X --from en '
+                     "--to de",
+                     "percli translate --input captions.en --checkpoint runs/pretrain-ummt-X --from en --to de "
+                     "--beam 4 --json")),
+    Job("eval", "translation", "percli.recipes.translation_eval",
+        "BLEU / chrF of a UMMT run on a parallel split, every direction with and without images, next to the "
+        "word-by-word baseline", output_flag=True, resumable=False, args=(
+            Arg("checkpoint", ("--checkpoint",), "A `percli pretrain ummt` run dir, checkpoint dir or .safetensors."),
+            Arg("split", ("--split",), "The parallel split translated (<split>.<lang> captions)."),
+            Arg("beam", ("--beam",), "Beam size (1 = greedy)."),
+        ), examples=("percli eval translation --checkpoint runs/pretrain-ummt-X --json",
+                     "percli eval translation --checkpoint runs/pretrain-ummt-X --beam 4 source=/data/multi30k "
+                     "--split test_2016")),
     Job("eval", "inpaint", "percli.recipes.inpaint",
         "PSNR / SSIM of DiffMAE inpainting on the masked pixels of a folder (with masks), next to the mean-colour "
         "fill", "default", output_flag=True, resumable=False, args=_INPAINT, examples=(
@@ -775,6 +801,7 @@ VERB_HELP = {
     "tts": "Speech editing and zero-shot TTS with VoiceCraft (official or percli weights).",
     "embed": "Embed audio, video and captions with PE-AV.",
     "inpaint": "Inpaint images or videos with a DiffMAE model.",
+    "translate": "Translate sentences with a UMMT run (with or without an image).",
     "extract": "Extract per-second video features with a frozen encoder (the video-language recipes' input).",
     "detect": "Detect events in audio from text queries (PE-A-Frame).",
     "select": "Active learning: pick the pool points to label next. [bold]percli select --strategy margin --budget 100 "

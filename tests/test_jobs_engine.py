@@ -85,7 +85,10 @@ ELSEWHERE = {"download": "tests/test_hub.py::test_percli_download_prints_where_t
              "tts stylize": "tests/test_soundscape_jobs.py::test_stylize_a_recording_with_a_video_hint",
              "eval stylize": "tests/test_soundscape_jobs.py::test_eval_stylize_scores_the_run",
              "pretrain vocoder": "tests/test_soundscape_jobs.py::test_vocoder_trains_and_stylize_uses_it",
-             "pretrain mha-vse": "tests/test_mha_vse.py::test_pretrain_scores_retrieval_per_language_and_sts"}
+             "pretrain mha-vse": "tests/test_mha_vse.py::test_pretrain_scores_retrieval_per_language_and_sts",
+             "pretrain ummt": "tests/test_ummt.py::test_pretrain_trains_both_stages_and_scores_every_direction",
+             "translate": "tests/test_ummt.py::test_translate_and_eval_translation_read_the_run",
+             "eval translation": "tests/test_ummt.py::test_translate_and_eval_translation_read_the_run"}
 
 
 def test_every_job_of_the_registry_has_a_case_in_one_group():

@@ -86,22 +86,41 @@ def grounding_report(totals: dict[str, Any], languages: Sequence[str]) -> dict[s
 
 
 @torch.no_grad()
-def sts_scores(model: MHAVSE, tokenizer: SubwordTokenizer, pairs: Sequence[tuple[float, str, str]], language: str,
-               max_len: int, device: torch.device, batch_size: int = 256) -> dict[str, float]:
-    """Cosine of the two sentences' embeddings against the gold scores: Pearson and Spearman (x 100, as STS
-    tables), over `pairs` of (score, sentence 1, sentence 2)."""
+def embed_texts(model: MHAVSE, tokenizer: SubwordTokenizer, texts: Sequence[str], language: str, max_len: int,
+                device: torch.device, batch_size: int = 256) -> torch.Tensor:
+    """Unit embeddings [N, D] of `texts` through `language`'s encoder (eval mode)."""
     was_training = model.training
     model.eval()
-    cosines = []
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        sides = []
-        for column in (1, 2):
-            ids, mask = tokenizer.batch([p[column] for p in chunk], max_len)
-            sides.append(model.encode_text(ids.to(device), mask.to(device), language)[0])
-        cosines.append((sides[0] * sides[1]).sum(dim=1).float().cpu())
+    out = []
+    for start in range(0, len(texts), batch_size):
+        ids, mask = tokenizer.batch(list(texts[start:start + batch_size]), max_len)
+        out.append(model.encode_text(ids.to(device), mask.to(device), language)[0].float().cpu())
     model.train(was_training)
-    predicted = torch.cat(cosines).numpy()
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+@torch.no_grad()
+def embed_images(model: MHAVSE, images: Dataset, device: torch.device, batch_size: int = 256) -> torch.Tensor:
+    """Unit embeddings [N, D] of the images of a `GroundedCaptions`-style dataset, in order (eval mode)."""
+    from percli.grounding.multi30k import collate_regions
+
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):  # type: ignore[arg-type]
+        regions, mask = collate_regions([images[i] for i in range(start, min(start + batch_size, len(images)))])
+        out.append(model.encode_image(regions.to(device), mask.to(device))[0].float().cpu())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def sts_scores(model: MHAVSE, tokenizer: SubwordTokenizer, pairs: Sequence[tuple[float, str, str]], language: str,
+               max_len: int, device: torch.device) -> dict[str, float]:
+    """Cosine of the two sentences' embeddings against the gold scores: Pearson and Spearman (x 100, as STS
+    tables), over `pairs` of (score, sentence 1, sentence 2)."""
+    first = embed_texts(model, tokenizer, [p[1] for p in pairs], language, max_len, device)
+    second = embed_texts(model, tokenizer, [p[2] for p in pairs], language, max_len, device)
+    predicted = (first * second).sum(dim=1).numpy()
     gold = [p[0] for p in pairs]
     return {"pearson": 100 * float(pearsonr(predicted, gold)[0]),
             "spearman": 100 * float(spearmanr(predicted, gold)[0]), "pairs": len(pairs)}

@@ -171,3 +171,17 @@ def load_tokenizer(path: str | Path) -> SubwordTokenizer:
         return _from_backend(Tokenizer.from_file(str(path / TOKENIZER_FILE)), path / TOKENIZER_FILE)
     raise ValueError(f"{path}: no {TOKENIZER_FILE} file or Hugging Face tokenizer folder (tokenizer_config.json) "
                      "there; train one with train_tokenizer")
+
+
+def run_tokenizer(meta: dict, checkpoint: str | Path) -> SubwordTokenizer:
+    """The tokenizer of a percli run: the path its metadata records (``tokenizer``), else the tokenizer.json of
+    the run dir (found from a checkpoint inside it: the run may have moved)."""
+    checkpoint = Path(checkpoint).expanduser().resolve()
+    recorded = Path(meta.get("tokenizer", "")).expanduser()
+    candidates = [recorded] if str(meta.get("tokenizer", "")) and recorded.exists() else []
+    candidates += [p / TOKENIZER_FILE for p in (checkpoint, *list(checkpoint.parents)[:3])]
+    for candidate in candidates:
+        if candidate.exists():
+            return load_tokenizer(candidate)
+    raise ValueError(f"{checkpoint}: its tokenizer ({meta.get('tokenizer')}) is gone and no {TOKENIZER_FILE} is in "
+                     "the run dir")

@@ -50,7 +50,7 @@ from percli.core.config import ConfigError, OptimConfig, TrainConfig
 from percli.core.context import RunContext
 from percli.grounding.data import GroundingData, grounding_dataset, training_texts
 from percli.grounding.evaluation import RetrievalItems, grounding_report, sts_scores
-from percli.grounding.tokenizer import SubwordTokenizer, load_tokenizer, train_tokenizer
+from percli.grounding.tokenizer import SubwordTokenizer, load_tokenizer, run_tokenizer, train_tokenizer
 from percli.models import create_model, load_initial_weights
 from percli.models.mha_vse import DIVERSITY_FORMS, MHAVSE, diversity_loss, triplet_ranking
 from percli.recipes.common import TrainedModelSection
@@ -220,6 +220,8 @@ def validate(cfg: Config) -> None:
 
 
 def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
+    with ctx.accelerator.main_process_first():  # one process writes the embedded scenes, the others reuse them
+        cfg.data.root()
     return engine.train(MHAVSETask(cfg, ctx.run_dir), cfg.train, cfg.optim, ctx.run_dir, ctx.accelerator,
                         resume=ctx.resume)
 
@@ -250,18 +252,6 @@ class GroundingEvaluator:
         return sts_scores(self.model, self.tokenizer, pairs, "en", self.data.max_len, device)
 
 
-def _run_tokenizer(meta: dict[str, Any], checkpoint: Path) -> SubwordTokenizer:
-    """The run's tokenizer: the path it recorded, else tokenizer.json in the run dir (the run may have moved)."""
-    recorded = Path(meta.get("tokenizer", "")).expanduser()
-    candidates = [recorded] if recorded.is_file() else []
-    candidates += [p / "tokenizer.json" for p in (checkpoint, *list(checkpoint.parents)[:3])]
-    for candidate in candidates:
-        if candidate.is_file():
-            return load_tokenizer(candidate)
-    raise ConfigError(f"model.checkpoint={checkpoint}: its tokenizer ({meta.get('tokenizer')}) is gone and no "
-                      "tokenizer.json is in the run dir")
-
-
 def load_grounding(checkpoint: str, kwargs: dict[str, Any], source: str, features: str | None, split: str,
                    languages: list[str]) -> tuple[MHAVSE, GroundingEvaluator, RetrievalItems]:
     """(model, evaluator, dataset) of an MHA-VSE run on `split` of a Multi30K folder (embedded: the run's own)."""
@@ -277,6 +267,6 @@ def load_grounding(checkpoint: str, kwargs: dict[str, Any], source: str, feature
     data = GroundingData(source=str(root) if root else "embedded", features=features,
                          languages=list(languages or meta.get("languages") or model.languages),
                          max_len=int(meta.get("max_len", GroundingData.max_len)))
-    tokenizer = _run_tokenizer(meta, Path(checkpoint).expanduser().resolve())
+    tokenizer = run_tokenizer(meta, Path(checkpoint).expanduser().resolve())
     dataset = RetrievalItems(grounding_dataset(data, split), data.languages)
     return model, GroundingEvaluator(model, tokenizer, data), dataset

@@ -56,6 +56,9 @@ def build_once(root: str | Path, wanted: Mapping[str, Any], write: Callable[[Pat
     tmp.mkdir(parents=True)
     write(tmp)
     (tmp / COMPLETE_MARKER).write_text(json.dumps(dict(wanted)))
+    if marker.is_file() and json.loads(marker.read_text()) == dict(wanted):  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+        return root
     shutil.rmtree(root, ignore_errors=True)  # empty, or an older build of ours (checked above)
     tmp.rename(root)
     return root
