@@ -132,3 +132,15 @@ def test_soundscape_tiny_example_runs(tmp_path):
     lines = done.stdout.splitlines()
     assert [line.split()[:2] for line in lines[:2]] == [["guidance", "3"], ["guidance", "1"]], done.stdout
     assert "RT60 error" in lines[1] and lines[2].startswith("stylized 1.00 s"), done.stdout
+
+
+def test_grounding_tiny_example_runs(tmp_path):
+    """The grounding example script, shortened (micro models, a few steps): every command in it works."""
+
+    small = ("data.embedded_train=32 data.embedded_mono=48 data.embedded_val=10 data.embedded_test=10 "
+             "data.vocab_size=200 train.batch_size=8 optim.ref_batch_size=8")
+    done = run_example("grounding/tiny.sh", tmp_path, 600, VSE_STEPS="2", MT_STEPS="2",
+                       EXTRA=f"{small} data.cache_dir={tmp_path / 'cache'} model.kwargs.embed_dim=16",
+                       MT_EXTRA=f"{small} data.cache_dir={tmp_path / 'cache'} model.kwargs.d_model=32 "
+                                "vse_train.max_steps=2 vse_train.batch_size=8 loss.pivot_start=1 eval.max_len=6")
+    assert "vse-plain " in done.stdout and "ummt-no-pivot  de-en BLEU" in done.stdout

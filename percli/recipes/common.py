@@ -9,7 +9,16 @@ from typing import Any
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from percli.core.data import HIERA_VIDEO_MEAN, HIERA_VIDEO_STD, IMAGENET_MEAN, IMAGENET_STD, build_dataset
+from percli.core.data import (
+    HIERA_VIDEO_MEAN,
+    HIERA_VIDEO_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_dataset,
+    finetune_transform,
+    mae_transform,
+    video_transform,
+)
 
 
 @dataclasses.dataclass
@@ -64,6 +73,20 @@ def normalisation(data: DataSection, video: bool) -> tuple[tuple[float, ...], tu
     mean = tuple(data.mean) if data.mean else (HIERA_VIDEO_MEAN if video else IMAGENET_MEAN)
     std = tuple(data.std) if data.std else (HIERA_VIDEO_STD if video else IMAGENET_STD)
     return mean, std
+
+
+def masked_pretraining_dataset(data: DataSection, source: str, split: str, train: bool, video: bool,
+                               image_size: int) -> Dataset:
+    """The data of a masked-autoencoder recipe: clips with one crop and flip per clip, or images with MAE's
+    RandomResizedCrop 0.2-1 + flip (train) / a bicubic resize (held out), normalised as `normalisation` says."""
+    mean, std = normalisation(data, video)
+    if video:
+        transform = video_transform(image_size, mean, std, train=train)
+    elif train:
+        transform = mae_transform(image_size, mean, std)
+    else:
+        transform = finetune_transform(image_size, mean, std, train=False, crop_pct=1.0)
+    return make_dataset(data, source, split, train, transform, video, image_size)
 
 
 def make_dataset(data: DataSection, source: str, split: str, train: bool, transform: Any, video: bool,

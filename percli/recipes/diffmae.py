@@ -37,9 +37,14 @@ from torch.utils.data import Dataset
 from percli.core import engine
 from percli.core.config import ConfigError, OptimConfig, TrainConfig
 from percli.core.context import RunContext
-from percli.core.data import finetune_transform, mae_transform, video_transform
 from percli.models import create_model, load_initial_weights
-from percli.recipes.common import DataSection, TrainedModelSection, is_video, make_dataset, normalisation
+from percli.recipes.common import (
+    DataSection,
+    TrainedModelSection,
+    is_video,
+    masked_pretraining_dataset,
+    normalisation,
+)
 from percli.recipes.common import validate as validate_data
 from percli.recipes.diffmae_inpaint import inpaint_and_score, random_keep, save_grid
 from percli.recipes.reconstruction import first_samples
@@ -96,16 +101,8 @@ class DiffMAETask:
         return meta
 
     def _dataset(self, split: str, train: bool) -> Dataset:
-        mean, std = normalisation(self.cfg.data, self.video)
-        size = self.input_size[-1]
-        if self.video:
-            transform = video_transform(size, mean, std, train=train)
-        elif train:
-            transform = mae_transform(size, mean, std)
-        else:
-            transform = finetune_transform(size, mean, std, train=False, crop_pct=1.0)
         source = self.cfg.data.source if train else (self.cfg.data.val_source or self.cfg.data.source)
-        return make_dataset(self.cfg.data, source, split, train, transform, self.video, size)
+        return masked_pretraining_dataset(self.cfg.data, source, split, train, self.video, self.input_size[-1])
 
     def train_dataset(self) -> Dataset:
         return self._dataset("train", train=True)

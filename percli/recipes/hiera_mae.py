@@ -22,13 +22,12 @@ from torch.utils.data import Dataset
 from percli.core import engine
 from percli.core.config import OptimConfig, TrainConfig
 from percli.core.context import RunContext
-from percli.core.data import finetune_transform, mae_transform, video_transform
 from percli.models import create_model, load_initial_weights
 from percli.recipes.common import (
     DataSection,
     TrainedModelSection,
     is_video,
-    make_dataset,
+    masked_pretraining_dataset,
     normalisation,
     official_drop_path,
     validate,  # noqa: F401  the command runs it before anything is built
@@ -78,15 +77,7 @@ class HieraMAETask:
                 "mask_ratio": self.mask_ratio}
 
     def _dataset(self, source: str, split: str, train: bool) -> Dataset:
-        mean, std = normalisation(self.cfg.data, self.video)
-        size = self.input_size[-1]
-        if self.video:
-            transform = video_transform(size, mean, std, train=train)
-        elif train:
-            transform = mae_transform(size, mean, std)
-        else:
-            transform = finetune_transform(size, mean, std, train=False, crop_pct=1.0)
-        return make_dataset(self.cfg.data, source, split, train, transform, self.video, size)
+        return masked_pretraining_dataset(self.cfg.data, source, split, train, self.video, self.input_size[-1])
 
     def train_dataset(self) -> Dataset:
         return self._dataset(self.cfg.data.source, "train", train=True)
