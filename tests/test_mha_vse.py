@@ -3,6 +3,7 @@
 
 import json
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from percli.cli import app
 from percli.grounding.evaluation import language_retrieval
 from percli.models import create_model
 from percli.models.mha_vse import diversity_loss, head_similarity, triplet_ranking
+from tests.conftest import PYTHON, free_port, subprocess_env
 
 runner = CliRunner()
 S = torch.tensor([[0.5, 0.6, 0.1],
@@ -149,3 +151,18 @@ def test_bad_config_names_the_key():
     assert result.exit_code == 2 and "loss.diversity" in result.output
     result = runner.invoke(app, ["pretrain", "mha-vse", "--dry-run", "data.languages=[en,xx]"])
     assert result.exit_code == 2 and "data.languages" in result.output
+
+
+def test_two_processes_build_the_scenes_once_and_train(tmp_path):
+    env = subprocess_env()
+    env["ACCELERATE_USE_CPU"] = "true"
+    cmd = [PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+           "-m", "percli.cli", "pretrain", "mha-vse", "--run-dir", str(tmp_path / "run"), "--json", *TINY,
+           f"data.cache_dir={tmp_path / 'cache'}"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["world_size"] == 2 and summary["step"] == 4
+    assert summary["metrics"]["eval/en_t2i_queries"] == 20  # every held-out caption once, over both processes
+    assert len([p for p in (tmp_path / "cache").iterdir()]) == 1  # one corpus, no leftover partial build
