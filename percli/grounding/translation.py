@@ -10,9 +10,9 @@ through a shared visual-semantic embedding; and the word-by-word baseline built 
   gradient, so the model learns to map its own outputs back, never to change what it generated.
 * Pivoted captioning: the model captions x's image in b from the image alone (no gradient); (caption) -> x
   is a pseudo-parallel pair.
-* Retrieval pairs: the captions of the two languages are embedded by a multilingual VSE trained on the same
-  monolingual image-caption data (images are the only bridge); mutual nearest neighbours above ``threshold``
-  become pseudo-parallel pairs, trained in both directions.
+* Retrieval pairs: a multilingual VSE trained on the same monolingual image-caption data (images are the only
+  bridge) embeds the images (or the captions) of both languages; the captions of mutual nearest neighbours
+  above a threshold become pseudo-parallel pairs, trained in both directions.
 """
 
 from __future__ import annotations
@@ -112,6 +112,11 @@ def pivot_caption_loss(model: UMMT, x: torch.Tensor, x_mask: torch.Tensor, other
     (text only: the image would give x away)."""
     c, c_mask = generate_as_source(model, None, None, other_lang_id, regions, region_mask, max_len)
     return seq2seq_loss(model, c, c_mask, x, x_mask)
+
+
+def centred(embeddings: torch.Tensor) -> torch.Tensor:
+    """Rows minus their mean, renormalised: the pool's shared direction removed, so cosines rank content."""
+    return F.normalize(embeddings - embeddings.mean(dim=0), dim=1)
 
 
 def mutual_pairs(a: torch.Tensor, b: torch.Tensor, threshold: float) -> list[tuple[int, int, float]]:

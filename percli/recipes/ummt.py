@@ -13,9 +13,12 @@ Two stages, one engine:
    * multimodal back-translation, ``loss.back_translation``: the model translates x to b (no gradient), then
      (that translation, v) -> x;
    * pivoted captioning, ``loss.pivot_caption``: the model captions v in b (no gradient), then caption -> x;
-   * cross-lingual retrieval pairs, ``loss.retrieval``: captions of the two languages that are mutual nearest
-     neighbours in the VSE with cosine >= ``loss.retrieval_threshold``, mined once before training, translated
-     both ways (``loss.retrieval_pairs`` pairs a step).
+   * cross-lingual retrieval pairs, ``loss.retrieval``: mined once before training through the VSE, translated
+     both ways (``loss.retrieval_pairs`` pairs a step): the captions of a language-a image and a language-b image
+     that are mutual nearest neighbours in the VSE's image space (``loss.retrieval_by=image``), or captions that
+     are mutual nearest neighbours across languages (``text``), with cosine >= ``loss.retrieval_threshold``
+     after centring each pool (its mean direction removed: an embedding space's hubs would otherwise pair
+     everything with a few captions).
    The image of a DAE / back-translation input is dropped with ``loss.image_dropout`` (per language and step),
    so the model translates with or without an image. ``loss.pivot_caption=0 loss.retrieval=0`` is the UNMT
    baseline without visual pivoting.
@@ -53,12 +56,13 @@ from percli.core import engine
 from percli.core.config import ConfigError, OptimConfig, TrainConfig
 from percli.core.context import RunContext
 from percli.grounding.data import GroundingData, grounding_dataset, training_texts
-from percli.grounding.evaluation import embed_texts
+from percli.grounding.evaluation import embed_images, embed_texts
 from percli.grounding.multi30k import collate_regions
 from percli.grounding.tokenizer import SubwordTokenizer, load_tokenizer, train_tokenizer
 from percli.grounding.translation import (
     add_noise,
     back_translation_loss,
+    centred,
     language_batch,
     mutual_pairs,
     pivot_caption_loss,
@@ -85,8 +89,11 @@ class LossSection:
     noise_drop: float = 0.1
     noise_shuffle: int = 3
     noise_blank: float = 0.1
-    retrieval_threshold: float = 0.5
-    """Least VSE cosine of a mined pair."""
+    retrieval_by: str = "image"
+    """image: pair the captions of images that are mutual nearest neighbours in the VSE (the image as pivot);
+    text: pair captions that are mutual nearest neighbours across languages in the VSE."""
+    retrieval_threshold: float = 0.95
+    """Least cosine of a mined pair (after centring each pool)."""
     retrieval_pairs: int = 16
     """Mined pairs trained per step (each in both directions)."""
     label_smoothing: float = 0.1
@@ -156,21 +163,30 @@ def vse_config(cfg: Config) -> mha_vse.Config:
                           train=cfg.vse_train, optim=cfg.vse_optim)
 
 
-def mine_pairs(vse_run: str | Path, data: GroundingData, texts: dict[str, list[str]], threshold: float,
+def mine_pairs(vse_run: str | Path, data: GroundingData, images: Dataset, by: str, threshold: float,
                device: torch.device) -> list[tuple[str, str, str, str, float]]:
-    """(language a, caption a, language b, caption b, cosine) for the mutual nearest neighbours of every language
-    pair in the VSE's text space."""
+    """(language a, caption a, language b, caption b, cosine) of every language pair: the first captions of the
+    images whose embeddings (``by="image"``: the images are the pivot) or whose captions' embeddings
+    (``by="text"``) are mutual nearest neighbours in the VSE, each pool centred first (`centred`)."""
     model, evaluator, _ = mha_vse.load_grounding(str(vse_run), {}, data.source, data.features, data.train_split,
                                                  list(data.languages))
     model.to(device)
-    embedded = {lang: embed_texts(model, evaluator.tokenizer, rows, lang, data.max_len, device)
-                for lang, rows in texts.items()}
+    image_embeds = embed_images(model, images, device) if by == "image" else None
+    pools: dict[str, tuple[list[str], torch.Tensor]] = {}
+    for lang in data.languages:
+        rows = [i for i in range(len(images)) if images.captions_of(i).get(lang)]  # type: ignore[arg-type]
+        texts = [images.captions_of(i)[lang][0] for i in rows]
+        if not texts:
+            continue
+        embeds = image_embeds[rows] if image_embeds is not None else \
+            embed_texts(model, evaluator.tokenizer, texts, lang, data.max_len, device)
+        pools[lang] = (texts, centred(embeds))
     pairs = []
-    langs = sorted(texts)
+    langs = sorted(pools)
     for i, a in enumerate(langs):
         for b in langs[i + 1:]:
-            for ia, ib, score in mutual_pairs(embedded[a], embedded[b], threshold):
-                pairs.append((a, texts[a][ia], b, texts[b][ib], score))
+            for ia, ib, score in mutual_pairs(pools[a][1], pools[b][1], threshold):
+                pairs.append((a, pools[a][0][ia], b, pools[b][0][ib], score))
     return pairs
 
 
@@ -203,11 +219,9 @@ class UMMTTask:
         self.train_set = MonoCaptions(self.images, list(d.languages))
         self.pairs = []
         if self.cfg.loss.retrieval > 0:
-            texts = {lang: [] for lang in d.languages}
-            for _, pos, text in self.train_set.index:
-                texts[d.languages[pos]].append(text)
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            self.pairs = mine_pairs(self.vse_run, d, texts, self.cfg.loss.retrieval_threshold, device)
+            self.pairs = mine_pairs(self.vse_run, d, self.images, self.cfg.loss.retrieval_by,
+                                    self.cfg.loss.retrieval_threshold, device)
         return model
 
     def model_meta(self) -> dict[str, Any]:
@@ -332,6 +346,8 @@ def validate(cfg: Config) -> None:
     weights = dataclasses.asdict(cfg.loss)
     if any(weights[k] < 0 for k in ("dae", "caption", "back_translation", "pivot_caption", "retrieval")):
         raise ConfigError("loss.dae / caption / back_translation / pivot_caption / retrieval: weights must be >= 0")
+    if cfg.loss.retrieval_by not in ("image", "text"):
+        raise ConfigError(f"loss.retrieval_by={cfg.loss.retrieval_by!r}: choose image or text")
     if not 0 <= cfg.loss.image_dropout <= 1 or cfg.eval.beam < 1:
         raise ConfigError(f"loss.image_dropout={cfg.loss.image_dropout}, eval.beam={cfg.eval.beam}: need a "
                           "probability and a beam of at least 1")
