@@ -124,12 +124,12 @@ def test_word_by_word_lexicon_from_images_alone():
     e = torch.eye(4)
     captions = {"en": [("a red circle", e[0] + e[2]), ("a red square", e[0] + e[3]), ("a blue circle", e[1] + e[2]),
                        ("a blue square", e[1] + e[3])],
-                "de": [("ein roter kreis", e[0] + e[2]), ("ein blaues quadrat", e[1] + e[3]),
-                       ("ein roter quadrat", e[0] + e[3]), ("ein blaues kreis", e[1] + e[2])]}
+                "de": [("Ein roter Kreis", e[0] + e[2]), ("Ein blaues Quadrat", e[1] + e[3]),
+                       ("Ein roter Quadrat", e[0] + e[3]), ("Ein blaues Kreis", e[1] + e[2])]}
     baseline = WordByWord(captions, min_count=1)
     table = baseline.lexicon("en", "de")
     assert table["red"] == "roter" and table["blue"] == "blaues" and table["circle"] == "kreis"
-    assert baseline.translate(["a blue square."], "en", "de") == ["ein blaues quadrat ."]
+    assert baseline.translate(["a blue square."], "en", "de") == ["Ein blaues Quadrat."]  # nouns keep capitals
 
 
 TINY = ["model.kwargs={d_model: 32, heads: 2, ff_dim: 64}", "data.embedded_mono=60", "data.embedded_val=10",

@@ -137,13 +137,23 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
+def detokenize(tokens: Sequence[str]) -> str:
+    """Tokens joined with spaces, none before a punctuation mark; the first letter upper-cased."""
+    text = ""
+    for token in tokens:
+        text += token if (not text or not token[0].isalnum()) else " " + token
+    return text[:1].upper() + text[1:]
+
+
 class WordByWord:
     """A word-by-word translator built from monolingual image-caption data: each word is the mean of the image
     embeddings of the captions it occurs in, minus the mean over all images (so what every picture shares
     cancels), and translates to the word of the other language with the nearest vector. A word whose vector is
     nearly zero (it occurs with every kind of image: "a", "the", "and") carries no visual signal and is matched
     by frequency instead (the target word whose share of captions is closest). Punctuation, and words seen fewer
-    than `min_count` times, are copied.
+    than `min_count` times, are copied; the output takes each target word's usual spelling in the target
+    captions (German nouns capitalised), a capital first letter and no space before punctuation, so BLEU
+    compares it as it compares the model's output.
 
     Args:
         captions: Language -> list of (caption, image embedding [D]) of that language's monolingual data.
@@ -156,10 +166,14 @@ class WordByWord:
         everything = torch.stack([e for rows in captions.values() for _, e in rows]).mean(dim=0)
         self.ungrounded = ungrounded
         self.vectors: dict[str, tuple[list[str], torch.Tensor, torch.Tensor]] = {}
+        # lower-cased word -> its spellings inside sentences (German nouns keep their capital)
+        self.surface: dict[str, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
         for lang, rows in captions.items():
             sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros_like(everything))
             counts: Counter[str] = Counter()
             for text, embedding in rows:
+                for surface in _WORD.findall(text)[1:]:  # a sentence's first word is capitalised anyway
+                    self.surface[lang][surface.lower()][surface] += 1
                 for w in set(words(text)):
                     if w.isalnum():
                         sums[w] += embedding
@@ -181,5 +195,12 @@ class WordByWord:
         return {w: tgt_words[int(j)] for w, j in zip(src_words, chosen, strict=True)}
 
     def translate(self, texts: Sequence[str], source: str, target: str) -> list[str]:
+        """Each text word by word, in the target words' usual spelling, detokenised (`detokenize`)."""
         table = self.lexicon(source, target)
-        return [" ".join(table.get(w, w) for w in words(t)) for t in texts]
+        spelling = self.surface[target]
+
+        def spell(word: str) -> str:
+            forms = spelling.get(word)
+            return forms.most_common(1)[0][0] if forms else word
+
+        return [detokenize([spell(table.get(w, w)) for w in words(t)]) for t in texts]
