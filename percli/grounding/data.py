@@ -12,6 +12,7 @@ from percli.core.config import ConfigError
 from percli.core.data.shards import BadRecords
 from percli.grounding.multi30k import GroundedCaptions, read_captions
 from percli.grounding.scenes import LANGUAGES, write_multi30k
+from percli.grounding.tokenizer import TOKENIZER_FILE, SubwordTokenizer, load_tokenizer, train_tokenizer
 
 EMBEDDED = "embedded"
 
@@ -58,6 +59,18 @@ class GroundingData:
                 f"{self.embedded_test}")
         return write_multi30k(cache / name, seed=self.embedded_seed, num_train=self.embedded_train,
                               num_mono=self.embedded_mono, num_val=self.embedded_val, num_test=self.embedded_test)
+
+    def tokenizer_path(self, run_dir: Path) -> Path:
+        """Where the run's tokenizer is: `tokenizer`, or the run's own tokenizer.json."""
+        return Path(self.tokenizer).expanduser().resolve() if self.tokenizer else run_dir / TOKENIZER_FILE
+
+    def run_tokenizer(self, run_dir: Path) -> SubwordTokenizer:
+        """`tokenizer`; else the run's tokenizer.json (--resume); else BPE trained on the training captions of
+        every language and saved there."""
+        path = self.tokenizer_path(run_dir)
+        if self.tokenizer or path.is_file():
+            return load_tokenizer(path)
+        return train_tokenizer(training_texts(self, self.languages), self.vocab_size, path)
 
     def feature_dir(self, root: Path | None = None) -> Path:
         return Path(self.features).expanduser() if self.features else (root or self.root()) / "features"

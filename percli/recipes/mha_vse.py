@@ -48,9 +48,9 @@ from torch.utils.data import Dataset
 from percli.core import engine
 from percli.core.config import ConfigError, OptimConfig, TrainConfig
 from percli.core.context import RunContext
-from percli.grounding.data import GroundingData, grounding_dataset, training_texts
+from percli.grounding.data import GroundingData, grounding_dataset
 from percli.grounding.evaluation import RetrievalItems, grounding_report, sts_scores
-from percli.grounding.tokenizer import SubwordTokenizer, load_tokenizer, run_tokenizer, train_tokenizer
+from percli.grounding.tokenizer import SubwordTokenizer, run_tokenizer
 from percli.models import create_model, load_initial_weights
 from percli.models.mha_vse import DIVERSITY_FORMS, MHAVSE, diversity_loss, triplet_ranking
 from percli.recipes.common import TrainedModelSection
@@ -140,19 +140,10 @@ class MHAVSETask:
     def __init__(self, cfg: Config, run_dir: Path):
         self.cfg, self.run_dir = cfg, run_dir
 
-    def _tokenizer(self) -> SubwordTokenizer:
-        d = self.cfg.data
-        saved = self.run_dir / "tokenizer.json"
-        if d.tokenizer:
-            return load_tokenizer(d.tokenizer)
-        if saved.is_file():  # --resume: the run's own vocabulary
-            return load_tokenizer(saved)
-        return train_tokenizer(training_texts(d, d.languages), d.vocab_size, saved)
-
     def build_model(self) -> nn.Module:
         d = self.cfg.data
         self.images = grounding_dataset(d, d.train_split)
-        self.tokenizer = self._tokenizer()
+        self.tokenizer = d.run_tokenizer(self.run_dir)
         kwargs = {"vocab_size": self.tokenizer.vocab_size, "languages": list(d.languages),
                   "region_dim": self.images.feature_dim, "pad_id": self.tokenizer.pad_id, **self.cfg.model.kwargs}
         model = create_model(self.cfg.model.name, **kwargs)
@@ -167,8 +158,8 @@ class MHAVSETask:
     def model_meta(self) -> dict[str, Any]:
         d = self.cfg.data
         return {"name": self.cfg.model.name, "kwargs": self.kwargs, "task": "mha-vse", "languages": list(d.languages),
-                "tokenizer": str(Path(d.tokenizer).expanduser().resolve()) if d.tokenizer
-                else str(self.run_dir / "tokenizer.json"), "max_len": d.max_len, "data_root": str(d.root().resolve())}
+                "tokenizer": str(d.tokenizer_path(self.run_dir)), "max_len": d.max_len,
+                "data_root": str(d.root().resolve())}
 
     def train_dataset(self) -> Dataset:
         return CaptionPicks(self.images, list(self.cfg.data.languages), train=True)

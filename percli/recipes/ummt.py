@@ -55,10 +55,9 @@ from torch.utils.data import Dataset
 from percli.core import engine
 from percli.core.config import ConfigError, OptimConfig, TrainConfig
 from percli.core.context import RunContext
-from percli.grounding.data import GroundingData, grounding_dataset, training_texts
+from percli.grounding.data import GroundingData, grounding_dataset
 from percli.grounding.evaluation import embed_images, embed_texts
 from percli.grounding.multi30k import collate_regions
-from percli.grounding.tokenizer import SubwordTokenizer, load_tokenizer, train_tokenizer
 from percli.grounding.translation import (
     add_noise,
     back_translation_loss,
@@ -195,19 +194,10 @@ class UMMTTask:
         self.cfg, self.run_dir, self.vse_run = cfg, run_dir, vse_run
         self.generator = torch.Generator()
 
-    def _tokenizer(self) -> SubwordTokenizer:
-        d = self.cfg.data
-        saved = self.run_dir / "tokenizer.json"
-        if d.tokenizer:
-            return load_tokenizer(d.tokenizer)
-        if saved.is_file():
-            return load_tokenizer(saved)
-        return train_tokenizer(training_texts(d, d.languages), d.vocab_size, saved)
-
     def build_model(self) -> nn.Module:
         d = self.cfg.data
         self.images = grounding_dataset(d, d.train_split)
-        self.tokenizer = self._tokenizer()
+        self.tokenizer = d.run_tokenizer(self.run_dir)
         kwargs = {"vocab_size": self.tokenizer.vocab_size, "region_dim": self.images.feature_dim,
                   "pad_id": self.tokenizer.pad_id, "eos_id": self.tokenizer.eos_id, **self.cfg.model.kwargs}
         model = create_model(self.cfg.model.name, **kwargs)
@@ -227,8 +217,7 @@ class UMMTTask:
     def model_meta(self) -> dict[str, Any]:
         d = self.cfg.data
         return {"name": self.cfg.model.name, "kwargs": self.kwargs, "task": "ummt", "languages": list(d.languages),
-                "tokenizer": str(Path(d.tokenizer).expanduser().resolve()) if d.tokenizer
-                else str(self.run_dir / "tokenizer.json"), "max_len": d.max_len,
+                "tokenizer": str(d.tokenizer_path(self.run_dir)), "max_len": d.max_len,
                 "data_root": str(d.root().resolve()), "train_split": d.train_split,
                 "vse": str(Path(self.vse_run).resolve()),
                 "mined_pairs": len(self.pairs)}
