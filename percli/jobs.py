@@ -674,6 +674,16 @@ JOBS += [
             Arg("frames_per_step", ("--frames-per-step",), "Image encoders: frames averaged per row."),
             Arg("batch_size", ("--batch-size",), "Frames or clips per forward."),
         ), examples=("percli extract features /data/msrvtt/videos --checkpoint runs/clip -o feats/msrvtt",)),
+    Job("extract", "regions", "percli.recipes.extract_regions",
+        "Grid region features of images with a frozen image encoder, one .npy per image (resumable, "
+        "shard-parallel): the grounding recipes' input", output_flag=True, args=(
+            Arg("inputs", help="Image files or folders.", many=True, metavar="IMAGES"),
+            Arg("checkpoint", ("--checkpoint",), "The frozen encoder: a percli run dir, checkpoint or .safetensors of "
+                "a ViT image model (CLIP / PE, DINOv2)."),
+            Arg("grid", ("--grid",), "Cells per side of the pooled grid (0: the model's own patch grid)."),
+            Arg("layer", ("--layer",), "Block whose tokens are read (-1: the last)."),
+            Arg("batch_size", ("--batch-size",), "Images per forward."),
+        ), examples=("percli extract regions /data/flickr30k-images --checkpoint runs/pe-core -o /data/multi30k",)),
     Job("inpaint", "", "percli.recipes.inpaint",
         "Inpaint images or videos with a DiffMAE model: sampled completions, a grid PNG, PSNR/SSIM vs the "
         "mean-colour fill",
