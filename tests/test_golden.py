@@ -594,6 +594,39 @@ def run_pe_audio_frame(case: Case) -> dict[str, torch.Tensor]:
               **{k: v for k, v in _PE_AUDIO_PINS.items() if k in case.config["calls"]}})
 
 
+@torch.no_grad()
+def run_stmt(case: Case) -> dict[str, torch.Tensor]:
+    from percli.models.stmt import STMT
+
+    kwargs = case.config["constructor_kwargs"]  # the official opt and the width shim's widths
+    widths, opt = kwargs["widths"], kwargs["opt"]
+    assert 16 * widths["c1"] == kwargs["feature_dim_D"]
+    model = STMT(num_classes=opt["Num_Class"], framenum=opt["framenum"], **widths)
+    model.load_state_dict(case.state(), strict=True)
+    model.eval()
+    book = _book(case, model)
+    inputs = book.inputs
+
+    def forward(_: dict) -> dict[str, torch.Tensor]:  # every stage of the one call, the saved FPS draws passed in
+        return model(inputs["points4DV_T"], inputs["geodist"], fps_start_level1=inputs["fps_start_level1"],
+                     fps_start_level2=inputs["fps_start_level2"], return_intermediates=True)
+
+    return book.replay_all(
+        custom={"logits": (("model(points4DV_T, geodist)", "saved as inputs fps_start_level1 / fps_start_level2 "
+                                                           "and a reimplementation should take them as arguments"),
+                           forward)},
+        pins={"fps_idx_level1 / fps_idx_level2": ("util.farthest_point_sample results",),
+              "geo_knn_idx_level1_sorted / geo_knn_idx_level2_sorted": ("the 8 smallest GEODESIC distances",
+                                                                         "sorted along the last dim here"),
+              "spa_knn_idx_level1_sorted / spa_knn_idx_level2_sorted": ("for the SAME centres as geo", "sorted"),
+              "geo_global_feature, geo_pt_last, geo_new_xyz_1, geo_new_xyz_2, geo_new_feature_1, geo_new_feature_2":
+                  ("the 6 outputs of model.geo (GeodesicModel.forward)",),
+              "spa_global_feature, spa_pt_last": ("the 2 outputs of model.spa (SpatialModel.forward)",),
+              "channel_attention": ("model.ca_T1 output [B, D, 1, 1]",),
+              "transformer_input / transformer_output": ("tokens into / out of model.transformer",),
+              "pooled_max": ("input of mlp_head = max over tokens of transformer_output",)})
+
+
 _PE_AUDIO_FILE = ("core/audio_visual_encoder/pe.py (+ transformer.py, patcher.py, aligner.py, audio_codec.py, "
                   "config.py; {vision}text tower = transformers ModernBertModel; codec = transformers DacEncoder)")
 
@@ -613,6 +646,7 @@ RUNNERS: dict[tuple[str, str], Runner] = {
      "util/pos_embed.py)", "VisionTransformerMM"): run_mavil,
     (_PE_AUDIO_FILE.format(vision="vision tower core/vision_encoder/pe.py; "), "PEAudioVisual"): run_pe_audio_visual,
     (_PE_AUDIO_FILE.format(vision=""), "PEAudioFrame"): run_pe_audio_frame,
+    ("src/model/stmt_model.py", "STMT"): run_stmt,
     **MMPT_RUNNERS,
     **PLM_RUNNERS,
 }

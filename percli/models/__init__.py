@@ -27,7 +27,8 @@ _FAMILY_MODULES = ("percli.models.hiera", "percli.models.audio_mae", "percli.mod
                   "percli.models.mavil", "percli.models.mavil_pretrain", "percli.models.pe_av",
                   "percli.models.flap", "percli.models.support_set", "percli.models.mmpt", "percli.models.vlm",
                   "percli.models.mmp", "percli.models.plm", "percli.models.diffmae",
-                  "percli.models.soundscape", "percli.models.hifigan")
+                  "percli.models.soundscape", "percli.models.hifigan", "percli.models.mha_vse",
+                  "percli.models.ummt", "percli.models.stmt")
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
