@@ -153,6 +153,8 @@ JOBS: list[Job] = [
     _engine("pretrain", "ummt", "ummt",
             "Unsupervised multimodal MT from monolingual image captions, with pseudo visual pivoting (Huang et al., "
             "ACL 2020)"),
+    _engine("finetune", "stmt", "stmt",
+            "STMT: spatial-temporal mesh transformer for MoCap action recognition (Zhu, Huang et al., CVPR 2023)"),
     _engine("pretrain", "audio-mae", "audio_mae",
             "Audio-MAE pretraining on fbank spectrograms (Huang et al., NeurIPS 2022)"),
     _engine("finetune", "audio-mae", "audio_classify",

@@ -89,7 +89,8 @@ ELSEWHERE = {"download": "tests/test_hub.py::test_percli_download_prints_where_t
              "pretrain ummt": "tests/test_ummt.py::test_pretrain_trains_both_stages_and_scores_every_direction",
              "translate": "tests/test_ummt.py::test_translate_and_eval_translation_read_the_run",
              "eval translation": "tests/test_ummt.py::test_translate_and_eval_translation_read_the_run",
-             "extract regions": "tests/test_extract_regions.py::test_extract_regions_writes_files_the_reader_loads"}
+             "extract regions": "tests/test_extract_regions.py::test_extract_regions_writes_files_the_reader_loads",
+             "finetune stmt": "tests/test_stmt_recipe.py::test_finetune_stmt_on_the_embedded_figures"}
 
 
 def test_every_job_of_the_registry_has_a_case_in_one_group():
