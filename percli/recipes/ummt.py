@@ -56,7 +56,7 @@ from percli.core import engine
 from percli.core.config import ConfigError, OptimConfig, TrainConfig
 from percli.core.context import RunContext
 from percli.grounding.data import GroundingData, grounding_dataset
-from percli.grounding.evaluation import embed_images, embed_texts
+from percli.grounding.evaluation import RetrievalItems, embed_images, embed_texts
 from percli.grounding.multi30k import collate_regions
 from percli.grounding.translation import (
     add_noise,
@@ -126,23 +126,6 @@ class Config:
         lr=1e-4, ref_batch_size=64, weight_decay=0.0, betas=(0.9, 0.98), warmup_fraction=0.05))
 
 
-class MonoCaptions(Dataset):
-    """Every caption of a split, one item each: ``{"regions", "text", "language": position}``."""
-
-    def __init__(self, images: Dataset, languages: list[str]):
-        self.images, self.languages = images, languages
-        self.bad_records = getattr(images, "bad_records", None)
-        self.index = [(i, pos, text) for i in range(len(images))  # type: ignore[arg-type]
-                      for pos, lang in enumerate(languages) for text in images.captions_of(i).get(lang, [])]
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        image, language, text = self.index[index]
-        return {"regions": self.images[image]["regions"], "text": text, "language": language}
-
-
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     regions, mask = collate_regions(items)
     batch: dict[str, Any] = {"regions": regions, "region_mask": mask}
@@ -206,7 +189,7 @@ class UMMTTask:
         if self.cfg.model.checkpoint:
             load_initial_weights(model, self.cfg.model.checkpoint)
         self.kwargs = kwargs
-        self.train_set = MonoCaptions(self.images, list(d.languages))
+        self.train_set = RetrievalItems(self.images, list(d.languages))  # every caption, one item each
         self.pairs = []
         if self.cfg.loss.retrieval > 0:
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
