@@ -155,6 +155,22 @@ JOBS: list[Job] = [
             "ACL 2020)"),
     _engine("finetune", "stmt", "stmt",
             "STMT: spatial-temporal mesh transformer for MoCap action recognition (Zhu, Huang et al., CVPR 2023)"),
+    _engine("finetune", "yt8m", "yt8m",
+            "YouTube-8M multi-label video classification: MoE / residual-hypercolumn / temporal-segment models and "
+            "latent concept mining on first-stage scores (Huang et al., CMU Informedia 2017)"),
+    _engine("eval", "gap", "gap_eval",
+            "GAP@20, hit@1 and PERR of finetune-yt8m runs, and their weighted ensemble fit on the validate split",
+            None, (Arg("runs", help="Finished `percli finetune yt8m` runs (run dirs, checkpoint dirs or "
+                       ".safetensors).", many=True, metavar="RUN"),)),
+    _engine("finetune", "av-fusion", "av_fusion",
+            "Audio-visual event classifier with early, middle or late fusion (the victims of Li et al., ICASSP 2021)"),
+    _engine("eval", "adversarial", "adversarial_eval",
+            "FGSM/PGD (L-inf, L2, L1; per-example or universal) on the audio, video or both inputs of a classifier: "
+            "metric-vs-eps curve (Li et al., ICASSP 2021)", None),
+    _engine("finetune", "amvc", "amvc",
+            "AMVC: unsupervised video domain adaptation by adversarially masked consistency (Zhu, Huang et al., 2024)"),
+    _engine("pretrain", "stmt", "stmt_pretrain",
+            "STMT masked vertex modelling + future frame prediction on unlabelled mesh sequences (CVPR 2023)"),
     _engine("pretrain", "audio-mae", "audio_mae",
             "Audio-MAE pretraining on fbank spectrograms (Huang et al., NeurIPS 2022)"),
     _engine("finetune", "audio-mae", "audio_classify",

@@ -90,7 +90,13 @@ ELSEWHERE = {"download": "tests/test_hub.py::test_percli_download_prints_where_t
              "translate": "tests/test_ummt.py::test_translate_and_eval_translation_read_the_run",
              "eval translation": "tests/test_ummt.py::test_translate_and_eval_translation_read_the_run",
              "extract regions": "tests/test_extract_regions.py::test_extract_regions_writes_files_the_reader_loads",
-             "finetune stmt": "tests/test_stmt_recipe.py::test_finetune_stmt_on_the_embedded_figures"}
+             "finetune stmt": "tests/test_stmt_recipe.py::test_finetune_stmt_on_the_embedded_figures",
+             "pretrain stmt": "tests/test_stmt_recipe.py::test_pretrain_stmt_then_finetune_from_it",
+             "finetune amvc": "tests/test_amvc.py::test_finetune_amvc_adapts_and_the_source_only_baseline_runs",
+             "finetune yt8m": "tests/test_yt8m_recipe.py::test_finetune_yt8m_trains_on_embedded_tfrecords",
+             "eval gap": "tests/test_yt8m_recipe.py::test_eval_gap_scores_each_run_and_their_ensemble",
+             "finetune av-fusion": "tests/test_av_fusion.py::test_finetune_av_fusion_on_the_embedded_one_event_clips",
+             "eval adversarial": "tests/test_adversarial.py::test_eval_adversarial_writes_the_curve_and_summary"}
 
 
 def test_every_job_of_the_registry_has_a_case_in_one_group():

@@ -28,7 +28,8 @@ _FAMILY_MODULES = ("percli.models.hiera", "percli.models.audio_mae", "percli.mod
                   "percli.models.flap", "percli.models.support_set", "percli.models.mmpt", "percli.models.vlm",
                   "percli.models.mmp", "percli.models.plm", "percli.models.diffmae",
                   "percli.models.soundscape", "percli.models.hifigan", "percli.models.mha_vse",
-                  "percli.models.ummt", "percli.models.stmt")
+                  "percli.models.ummt", "percli.models.stmt", "percli.models.amvc", "percli.models.av_fusion",
+                  "percli.models.yt8m")
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:

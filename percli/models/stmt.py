@@ -8,7 +8,7 @@ Per frame, two point branches read the mesh's vertices [N, 3]:
   frame), each level grouped (neighbour feature minus centre, and the centre) and max-pooled by ``Local_op``;
   then ``pt_last``: offset self-attention (``SA_Layer``: shared query/key weights, softmax over keys then
   normalised over queries, ``x + relu(bn(trans(x - attention(x))))``) with a learned position code of the
-  centres, and ``conv_fuse`` with a global max (computed, unused by STMT, kept for parity);
+  centres, and ``conv_fuse`` with a global max (unused by STMT: computed only for the golden stages);
 * ``spa`` (extrinsic neighbourhoods): its own stem, grouped around geo's centres by *Euclidean* kNN; its
   second level groups around geo's level-1 centre features viewed as pairs (``cen1.view(BT, 32, 1, 2 c1)``:
   rows 2s and 2s+1 side by side), exactly as the official code does.
@@ -170,11 +170,6 @@ class PointBranch(nn.Module):
         """[BT, 3, N] -> per-point features [BT, N, c1]."""
         return F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))).transpose(1, 2)
 
-    def head(self, feature_1: torch.Tensor, xyz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """pt_last [BT, 8 c1, S] and the fused global max [BT, c4]."""
-        pt = self.pt_last(feature_1, xyz)
-        return pt, self.conv_fuse(torch.cat([pt, feature_1], dim=1)).amax(dim=-1)
-
 
 class STMT(nn.Module):
     """The model of the module docstring. ``forward(points [B, T, N, 3], geodist [B, T, N, N])`` -> logits; with
@@ -202,16 +197,38 @@ class STMT(nn.Module):
     def checkpoint_meta(self) -> dict:
         return {"name": self.arch, "class": type(self).__name__, "config": dict(self.config)}
 
-    def forward(self, points4DV_T: torch.Tensor, geodist: torch.Tensor,  # noqa: N803  the official names
-                fps_start_level1: torch.Tensor | None = None, fps_start_level2: torch.Tensor | None = None,
-                return_intermediates: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
+    def unused_parameters(self) -> list[nn.Parameter]:
+        """The parameters no loss reaches: the branches' dead classification heads, ``conv_fuse`` (its output is
+        unused) and ``sa3`` / ``sa4`` (run for their BN statistics, output dropped). Freezing them lets DDP run
+        without ``find_unused_parameters``."""
+        dead = [getattr(branch, name) for branch in (self.geo, self.spa)
+                for name in ("linear1", "bn6", "linear2", "bn7", "linear3", "conv_fuse")]
+        dead += [getattr(branch.pt_last, name) for branch in (self.geo, self.spa) for name in ("sa3", "sa4")]
+        return [p for module in dead for p in module.parameters()]
+
+    def frame_tokens(self, points4DV_T: torch.Tensor, geodist: torch.Tensor,  # noqa: N803  the official names
+                     fps_start_level1: torch.Tensor | None = None, fps_start_level2: torch.Tensor | None = None,
+                     patch_mask: torch.Tensor | None = None, mask_features: tuple[torch.Tensor, torch.Tensor] | None
+                     = None, causal: bool = False, intermediates: bool = False) -> dict[str, torch.Tensor]:
+        """The per-frame point branches and the frame attention: ``tokens`` [B, T x level2, D] in frame-major order,
+        with the sampling that made them (``fps_idx_level1`` [BT, level1] vertex ids, ``fps_idx_level2`` [BT,
+        level2] level-1 ids, ``geo_knn_idx_level2`` [BT, level2, k] level-1 ids of each patch, the centres
+        ``geo_new_xyz_1`` / ``geo_new_xyz_2``). ``patch_mask`` [BT, level2] (True = hidden) replaces the hidden
+        patches' grouped features in each branch by ``mask_features`` (geo, spa) before the offset attention, so
+        a hidden patch keeps only its centre's position code (masked vertex modelling). ``causal``: frame t's
+        channel attention from frames <= t alone (future frame prediction)."""
         b, t, n, _ = points4DV_T.shape
         if t != self.framenum:
             raise ValueError(f"{t} frames per sequence, but the model was built for framenum={self.framenum}")
         xyz = points4DV_T.reshape(b * t, n, 3)
         x = xyz.transpose(1, 2)
         geo, spa, k = self.geo, self.spa, self.k
-        out: dict[str, torch.Tensor] = {}
+
+        def hide(features: torch.Tensor, which: int) -> torch.Tensor:  # [BT, C, level2]
+            if patch_mask is None or mask_features is None:
+                return features
+            return torch.where(patch_mask[:, None], mask_features[which][None, :, None].to(features.dtype), features)
+
         # geodesic branch
         g0 = geo.stem(x)
         fps1 = farthest_point_sample(xyz, self.level1, fps_start_level1)
@@ -221,32 +238,136 @@ class STMT(nn.Module):
         fps2 = farthest_point_sample(xyz1, self.level2, fps_start_level2)
         xyz2, cen2 = index_points(xyz1, fps2), index_points(feature, fps2)
         idx2, _ = knn_geodesic(k, geodist1, fps2)
-        geo_1 = geo.gather_local_1(group(feature, idx2, cen2[:, :, None]))
-        geo_pt, geo_global = geo.head(geo_1, xyz2)
+        geo_1 = hide(geo.gather_local_1(group(feature, idx2, cen2[:, :, None])), 0)
+        geo_pt = geo.pt_last(geo_1, xyz2)
         # spatial branch, around the geodesic branch's centres
         s0 = spa.stem(x)
         sidx1 = knn_euclidean(k, xyz, xyz1)
         feature = spa.gather_local_0(group(s0, sidx1, cen1[:, :, None])).transpose(1, 2)
         sidx2 = knn_euclidean(k, xyz1, xyz2)
         paired = cen1.reshape(b * t, self.level2, 1, -1)  # the official view: level-1 centres side by side
-        spa_pt, spa_global = spa.head(spa.gather_local_1(group(feature, sidx2, paired)), xyz2)
+        spa_1 = hide(spa.gather_local_1(group(feature, sidx2, paired)), 1)
+        spa_pt = spa.pt_last(spa_1, xyz2)
         # frames -> tokens
         both = torch.cat([geo_pt, spa_pt], dim=1)  # [BT, D, level2]
         frames = both.reshape(b, t, both.shape[1], -1).permute(0, 2, 1, 3)  # [B, D, T, level2]
-        attention = self.ca_T1(frames)
+        attention = self.ca_T1(frames, causal)
         tokens = (attention * frames).permute(0, 2, 3, 1).reshape(b, t * frames.shape[3], -1)
-        encoded = self.transformer(tokens)
+        out = {"tokens": tokens, "fps_idx_level1": fps1, "fps_idx_level2": fps2, "geo_knn_idx_level2": idx2,
+               "geo_new_xyz_1": xyz1, "geo_new_xyz_2": xyz2}
+        if intermediates:  # the golden case's stages (conv_fuse's global max is computed for them alone)
+            out.update(geo_global_feature=geo.conv_fuse(torch.cat([geo_pt, geo_1], dim=1)).amax(dim=-1),
+                       spa_global_feature=spa.conv_fuse(torch.cat([spa_pt, spa_1], dim=1)).amax(dim=-1),
+                       geo_pt_last=geo_pt, spa_pt_last=spa_pt, geo_new_feature_1=cen1, geo_new_feature_2=cen2,
+                       channel_attention=attention, transformer_input=tokens,
+                       geo_knn_idx_level1_sorted=idx1.sort(-1)[0], geo_knn_idx_level2_sorted=idx2.sort(-1)[0],
+                       spa_knn_idx_level1_sorted=sidx1.sort(-1)[0], spa_knn_idx_level2_sorted=sidx2.sort(-1)[0])
+        return out
+
+    def forward(self, points4DV_T: torch.Tensor, geodist: torch.Tensor,  # noqa: N803  the official names
+                fps_start_level1: torch.Tensor | None = None, fps_start_level2: torch.Tensor | None = None,
+                return_intermediates: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
+        out = self.frame_tokens(points4DV_T, geodist, fps_start_level1, fps_start_level2,
+                                intermediates=return_intermediates)
+        encoded = self.transformer(out["tokens"])
         pooled = encoded.amax(dim=1)
         logits = self.mlp_head(pooled)
         if not return_intermediates:
             return logits
-        out.update(logits=logits, geo_global_feature=geo_global, geo_pt_last=geo_pt, geo_new_xyz_1=xyz1,
-                   geo_new_xyz_2=xyz2, geo_new_feature_1=cen1, geo_new_feature_2=cen2, spa_global_feature=spa_global,
-                   spa_pt_last=spa_pt, channel_attention=attention, transformer_input=tokens,
-                   transformer_output=encoded, pooled_max=pooled, fps_idx_level1=fps1, fps_idx_level2=fps2,
-                   geo_knn_idx_level1_sorted=idx1.sort(-1)[0], geo_knn_idx_level2_sorted=idx2.sort(-1)[0],
-                   spa_knn_idx_level1_sorted=sidx1.sort(-1)[0], spa_knn_idx_level2_sorted=sidx2.sort(-1)[0])
+        out.pop("tokens")
+        out.pop("geo_knn_idx_level2")
+        out.update(logits=logits, transformer_output=encoded, pooled_max=pooled)
         return out
+
+
+class PatchHead(nn.Module):
+    """A token's prediction of its patch's ``k`` vertices, relative to the patch centre: [.., D] -> [.., k, 3]."""
+
+    def __init__(self, dim: int, k: int):
+        super().__init__()
+        self.k = k
+        self.net = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 3 * k))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).unflatten(-1, (self.k, 3))
+
+
+def chamfer(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Squared-L2 Chamfer distance of point sets [M, k, 3] (both directions, as Point-MAE), mean over M."""
+    d = torch.cdist(pred.float(), target.float()) ** 2
+    return d.min(-1)[0].mean() + d.min(-2)[0].mean()
+
+
+class STMTPretrainer(nn.Module):
+    """STMT's two self-supervised pretext tasks (paper, Sec. 3; the release has no pretraining code, so the
+    details are percli's reading). The backbone is ``feat``, the name the official fine-tuning copy renames.
+
+    A patch is a level-2 centre and its ``k`` geodesic neighbours among the level-1 centres (each a mesh vertex);
+    its target is those vertices' positions relative to the centre, compared by Chamfer distance.
+
+    * Masked vertex modelling (bidirectional attention): ``mask_ratio`` of each frame's patches are hidden (their
+      grouped features replaced by a learned vector per branch, before the intra-frame offset attention, so only
+      the centre's position code remains); the tokens of hidden patches predict their vertices.
+    * Future frame prediction (frame-causal: a token attends to its own and earlier frames, and the channel
+      attention of frame t reads frames <= t): every token of frame t predicts where its patch's vertices are in
+      frame t+1 (the same vertex ids: mesh vertices correspond across frames), relative to the centre in frame t.
+
+    ``forward`` returns ``{"mvm": loss, "ffp": loss}`` for the tasks asked. The backbone's classifier head and its
+    dead official layers get no loss and are frozen (so DDP needs no ``find_unused_parameters``).
+    """
+
+    def __init__(self, backbone: STMT, mask_ratio: float = 0.5):
+        super().__init__()
+        if not 0.0 < mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio={mask_ratio}: give a fraction in (0, 1)")
+        self.feat = backbone
+        self.mask_ratio = mask_ratio
+        self.config = {**backbone.config, "mask_ratio": mask_ratio}
+        self.arch = f"{backbone.arch}_pretrain"
+        c1 = backbone.config["c1"]
+        self.mask_geo = nn.Parameter(torch.zeros(4 * c1))
+        self.mask_spa = nn.Parameter(torch.zeros(4 * c1))
+        nn.init.trunc_normal_(self.mask_geo, std=0.02)
+        nn.init.trunc_normal_(self.mask_spa, std=0.02)
+        self.mvm_head = PatchHead(16 * c1, backbone.k)
+        self.ffp_head = PatchHead(16 * c1, backbone.k)
+        for p in backbone.unused_parameters() + list(backbone.mlp_head.parameters()):
+            p.requires_grad_(False)
+
+    def checkpoint_meta(self) -> dict:
+        return {"name": self.arch, "class": type(self).__name__, "config": dict(self.config)}
+
+    def patch_targets(self, points: torch.Tensor, out: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each patch's vertices in its own frame and in the next frame, relative to its centre: [B, T, S, k, 3]
+        twice (the last frame's "next" is meaningless; callers drop it)."""
+        b, t, n, _ = points.shape
+        ids = index_points(out["fps_idx_level1"][..., None], out["geo_knn_idx_level2"])[..., 0]  # [BT, S, k]
+        centre = out["geo_new_xyz_2"][:, :, None]
+        now = index_points(points.reshape(b * t, n, 3), ids) - centre
+        later = index_points(points.roll(-1, dims=1).reshape(b * t, n, 3), ids) - centre
+        return now.unflatten(0, (b, t)), later.unflatten(0, (b, t))
+
+    def forward(self, points: torch.Tensor, geodist: torch.Tensor, mvm: bool = True,
+                ffp: bool = True) -> dict[str, torch.Tensor]:
+        b, t = points.shape[:2]
+        s, losses = self.feat.level2, {}
+        if mvm:
+            hidden = max(1, round(self.mask_ratio * s))
+            order = torch.rand(b * t, s, device=points.device).argsort(dim=1)
+            patch_mask = torch.zeros(b * t, s, dtype=torch.bool, device=points.device)
+            patch_mask.scatter_(1, order[:, :hidden], True)
+            out = self.feat.frame_tokens(points, geodist, patch_mask=patch_mask,
+                                         mask_features=(self.mask_geo, self.mask_spa))
+            pred = self.mvm_head(self.feat.transformer(out["tokens"])).reshape(b * t, s, -1, 3)
+            now, _ = self.patch_targets(points, out)
+            losses["mvm"] = chamfer(pred[patch_mask], now.flatten(0, 1)[patch_mask])
+        if ffp:
+            out = self.feat.frame_tokens(points, geodist, causal=True)
+            causal = frame_causal_mask(t, s, points.device)
+            pred = self.ffp_head(self.feat.transformer(out["tokens"], mask=causal)).reshape(b, t, s, -1, 3)
+            _, later = self.patch_targets(points, out)
+            losses["ffp"] = chamfer(pred[:, :-1].flatten(0, 2), later[:, :-1].flatten(0, 2))
+        return losses
 
 
 # --------------------------------------------------------------------------- frame attention and transformer
@@ -260,10 +381,15 @@ class ChannelAttention(nn.Module):
         self.fc1 = nn.Conv2d(in_planes, in_planes // 16, 1, bias=False)
         self.fc2 = nn.Conv2d(in_planes // 16, in_planes, 1, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        avg = self.fc2(F.relu(self.fc1(x.mean(dim=(2, 3), keepdim=True))))
-        peak = self.fc2(F.relu(self.fc1(x.amax(dim=(2, 3), keepdim=True))))
-        return torch.sigmoid(avg + peak)
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        """[B, C, 1, 1]; ``causal``: [B, C, T, 1], frame t's weights from the statistics of frames <= t."""
+        if causal:
+            frames = torch.arange(1, x.shape[2] + 1, device=x.device, dtype=x.dtype).view(1, 1, -1, 1)
+            mean = x.mean(dim=3, keepdim=True).cumsum(dim=2) / frames
+            peak = x.amax(dim=3, keepdim=True).cummax(dim=2)[0]
+        else:
+            mean, peak = x.mean(dim=(2, 3), keepdim=True), x.amax(dim=(2, 3), keepdim=True)
+        return torch.sigmoid(self.fc2(F.relu(self.fc1(mean))) + self.fc2(F.relu(self.fc1(peak))))
 
 
 class _Residual(nn.Module):
@@ -271,8 +397,8 @@ class _Residual(nn.Module):
         super().__init__()
         self.fn = fn
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x) + x
+    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.fn(x, **kwargs) + x
 
 
 class _PreNorm(nn.Module):
@@ -281,8 +407,8 @@ class _PreNorm(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.fn = fn
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(self.norm(x))
+    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.fn(self.norm(x), **kwargs)
 
 
 class _Attention(nn.Module):
@@ -292,10 +418,13 @@ class _Attention(nn.Module):
         self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
         self.to_out = nn.Sequential(nn.Linear(heads * dim_head, dim), nn.GELU(), nn.Dropout(0.0))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         b, n, _ = x.shape
         q, k, v = (t.reshape(b, n, self.heads, -1).transpose(1, 2) for t in self.to_qkv(x).chunk(3, dim=-1))
-        attention = ((q @ k.transpose(-1, -2)) * self.scale).softmax(dim=-1)
+        energy = (q @ k.transpose(-1, -2)) * self.scale
+        if mask is not None:  # [N, N], True = may attend
+            energy = energy.masked_fill(~mask, float("-inf"))
+        attention = energy.softmax(dim=-1)
         return self.to_out((attention @ v).transpose(1, 2).reshape(b, n, -1))
 
 
@@ -318,24 +447,52 @@ class Transformer(nn.Module):
                                                    _Residual(_PreNorm(dim, _FeedForward(dim, mlp_dim)))])
                                     for _ in range(depth))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`mask` [N, N] (True = may attend): e.g. `frame_causal_mask` for future-frame prediction."""
         for attention, feed_forward in self.layers:
-            x = feed_forward(attention(x))
+            x = feed_forward(attention(x, mask=mask))
         return x
+
+
+def frame_causal_mask(frames: int, tokens_per_frame: int, device: torch.device | None = None) -> torch.Tensor:
+    """[T S, T S] bool for frame-major tokens: a token sees every token of its own and earlier frames."""
+    frame = torch.arange(frames, device=device).repeat_interleave(tokens_per_frame)
+    return frame[None, :] <= frame[:, None]
 
 
 # --------------------------------------------------------------------------- loading and variants
 
 
-def load_state(model: STMT, state_or_path: Mapping[str, torch.Tensor] | str | Path) -> LoadReport:
+_PRETEXT = ("mask_geo", "mask_spa", "mvm_head", "ffp_head")
+
+
+def load_state(model: STMT | STMTPretrainer, state_or_path: Mapping[str, torch.Tensor] | str | Path) -> LoadReport:
     """An official STMT checkpoint (``stmt_<epoch>.pth``'s ``state_dict``, a ``module.`` or ``feat.`` prefix
-    stripped) or a percli state, strictly."""
+    stripped) or a percli state, strictly. Into an ``STMT``, a pretraining state gives its backbone: the pretext
+    heads are dropped and the classifier head (never trained in pretraining) stays at init. Into an
+    ``STMTPretrainer``, a pretraining state loads whole and a bare STMT state gives the backbone."""
     state = read_state(state_or_path)
+    pretext = {k: v for k, v in state.items() if k.split(".")[0] in _PRETEXT}
     prefixes = ("module.", "feat.")
-    state = {next((k[len(p):] for p in prefixes if k.startswith(p)), k): v for k, v in state.items()}
-    check_fit(model, state, model.arch, hint="build the STMT size the checkpoint was trained as")
-    model.load_state_dict(state)
-    return LoadReport(source_format="official")
+    backbone = {next((k[len(p):] for p in prefixes if k.startswith(p)), k): v for k, v in state.items()
+                if k not in pretext}
+    target = model.feat if isinstance(model, STMTPretrainer) else model
+    dropped, missing = [], []
+    if pretext and target is model:
+        dropped = sorted(pretext)
+    if dropped or target is not model:  # a pretraining head never trains; a pretrainer never uses its head
+        dropped += sorted(k for k in backbone if k.startswith("mlp_head."))
+        backbone = {k: v for k, v in backbone.items() if not k.startswith("mlp_head.")}
+    tolerated = ("mlp_head.",) if dropped or target is not model else ()
+    missing = check_fit(target, backbone, target.arch, tolerated=tolerated,
+                        hint="build the STMT size the checkpoint was trained as")
+    target.load_state_dict(backbone, strict=False)
+    if target is not model:
+        if pretext:
+            model.load_state_dict(pretext, strict=False)
+        missing = sorted(set(k for k in model.state_dict() if k.split(".")[0] in _PRETEXT) - set(pretext))
+    return LoadReport(source_format="percli" if pretext else "official", dropped=dropped, missing=missing,
+                      head_reset=bool(dropped) and target is model)
 
 
 register_loader(__name__)(load_state)
@@ -356,3 +513,15 @@ def stmt_tiny(**kwargs) -> STMT:
     model = STMT(**{**args, **kwargs})
     model.arch = "stmt_tiny"
     return model
+
+
+@register_model
+def stmt_pretrain(mask_ratio: float = 0.5, **kwargs) -> STMTPretrainer:
+    """The official STMT size with the two pretext heads (``STMTPretrainer``)."""
+    return STMTPretrainer(stmt(**kwargs), mask_ratio)
+
+
+@register_model
+def stmt_tiny_pretrain(mask_ratio: float = 0.5, **kwargs) -> STMTPretrainer:
+    """``stmt_tiny`` with the two pretext heads."""
+    return STMTPretrainer(stmt_tiny(**kwargs), mask_ratio)

@@ -1,17 +1,23 @@
 """Supervised STMT for MoCap action recognition (Zhu, Huang et al., CVPR 2023): `percli finetune stmt`.
 
-Data: ``embedded`` (animated figures, 8 motions, `percli.core.data.embedded_mocap`) or a JSONL manifest of the
-official preprocessed tensors, one sequence per line ``{"points": "x.npy", "geodist": "x_geodist.npz", "label":
-3}`` (paths relative to the manifest): ``points`` [T, >= N, 3] with its farthest-point-sampled prefix first, as
-the official ``04_prepare_dataloader.py`` writes it, and ``geodist`` [T, >= N, >= N] (key ``arr_0``). Each
-sequence keeps its first ``data.points`` points and their geodesics, and is normalised as the official loader
-does (centred on the bounding box, divided by its height). Training augmentation is the official one: jitter
-(sigma 0.007, clipped to 0.04) and a rotation about the vertical (+-0.7 rad) then the side axis (+-pi/18).
-Unreadable or ill-shaped files are skipped and counted.
+Data: ``embedded`` (animated figures, 8 motions, `percli.core.data.embedded_mocap`) or a JSONL manifest, one
+sequence per line (paths relative to the manifest), either
+
+- the official preprocessed tensors, ``{"points": "x.npy", "geodist": "x_geodist.npz", "label": 3}``:
+  ``points`` [T, >= N, 3] with its farthest-point-sampled prefix first, as the official
+  ``04_prepare_dataloader.py`` writes it, and ``geodist`` [T, >= N, >= N] (key ``arr_0``); each sequence keeps
+  its first ``data.points`` points and their geodesics; or
+- a mesh sequence, ``{"mesh": "x.npz", "label": 3}``: an ``.npz`` of ``vertices`` [T, V, 3] and ``faces`` or a
+  folder of one ``.off`` / ``.obj`` per frame, sampled and given geodesics by
+  `percli.core.data.mesh_sequences` (a frame whose vertex count or faces differ is reported and skipped).
+
+Sequences are normalised as the official loader does (centred on the bounding box, divided by its height).
+Training augmentation is the official one: jitter (sigma 0.007, clipped to 0.04) and a rotation about the
+vertical (+-0.7 rad) then the side axis (+-pi/18). Unreadable or ill-shaped files are skipped and counted.
 
 Recipe (official ``src/main.py``): Adam, lr 1e-4, weight decay 1e-4 (percli's AdamW decouples it), batch 32,
 150 epochs, cross-entropy. The official run starts from its masked-vertex pretraining checkpoint
-(``model.checkpoint``); the pretraining itself is not in the release.
+(``model.checkpoint``: an official one, or a `percli pretrain stmt` run, whose pretext heads are dropped).
 
 Examples:
   percli finetune stmt                                        # tiny preset, embedded figures, CPU
@@ -37,6 +43,7 @@ from percli.core.config import ConfigError, OptimConfig, TrainConfig
 from percli.core.context import RunContext
 from percli.core.data.embedded_mocap import EmbeddedMocap
 from percli.core.data.images import BadSample
+from percli.core.data.mesh_sequences import read_mesh_sequence, sample_with_geodesics
 from percli.models import create_model, load_initial_weights
 from percli.models.stmt import STMT
 from percli.recipes.classification import classification_metrics, classification_sums
@@ -54,7 +61,9 @@ class MocapData:
     points: int = 128
     """Points per frame (the official 128, a farthest-point-sampled prefix)."""
     embedded_size: int = 800
-    """Embedded: training sequences (a quarter as many held out)."""
+    """Embedded: training sequences."""
+    embedded_val_size: int | None = None
+    """Embedded: held-out sequences (default a quarter of embedded_size)."""
     augment: bool = True
     """The official jitter and rotation in training."""
 
@@ -75,21 +84,23 @@ def normalise(points: np.ndarray) -> np.ndarray:
 
 
 class MocapManifest(Dataset):
-    """The official preprocessed sequences of a JSONL manifest (module docstring)."""
+    """The sequences of a JSONL manifest: official preprocessed tensors or mesh sequences (module docstring)."""
 
-    def __init__(self, path: str | Path, frames: int, points: int):
+    def __init__(self, path: str | Path, frames: int, points: int, labelled: bool = True):
         self.path, self.frames, self.points = Path(path).expanduser(), frames, points
-        self.rows = []
+        self.rows: list[tuple[str, str | None, int]] = []  # (points or mesh, geodist or None, label)
         for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
-                self.rows.append((row["points"], row["geodist"], int(row["label"])))
+                label = int(row["label"]) if labelled else int(row.get("label", -1))
+                self.rows.append((row["mesh"], None, label) if "mesh" in row else
+                                 (row["points"], row["geodist"], label))
             except (ValueError, KeyError, TypeError) as e:
                 raise ValueError(f"{self.path}:{number}: {e}; expected {{\"points\": \"x.npy\", \"geodist\": "
-                                 "\"x_geodist.npz\", \"label\": 0}") from None
-        self.classes = sorted({label for _, _, label in self.rows})
+                                 '"x_geodist.npz", "label": 0} or {"mesh": "x.npz", "label": 0}') from None
+        self.classes = sorted({label for _, _, label in self.rows if label >= 0})
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -98,8 +109,28 @@ class MocapManifest(Dataset):
         path = Path(name)
         return path if path.is_absolute() else self.path.parent / path
 
+    def _mesh(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        path = self._file(name)
+        try:
+            vertices, faces = read_mesh_sequence(path)
+            if len(vertices) < self.frames:
+                raise ValueError(f"{len(vertices)} frames, need >= {self.frames}")
+            points, geodist = sample_with_geodesics(vertices[:self.frames], faces, self.points)
+        except (OSError, ValueError, KeyError) as e:
+            raise BadSample(path, f"unreadable mesh sequence: {e}") from None
+        return points, np.broadcast_to(geodist, (self.frames, *geodist.shape))
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         points_file, geo_file, label = self.rows[index]
+        if geo_file is None:
+            points, geodist = self._mesh(points_file)
+        else:
+            points, geodist = self._tensors(points_file, geo_file)
+        points = normalise(points[:self.frames, :self.points].astype(np.float32))
+        return {"points": torch.from_numpy(points), "geodist": torch.from_numpy(
+            np.ascontiguousarray(geodist[:self.frames, :self.points, :self.points], dtype=np.float32)), "label": label}
+
+    def _tensors(self, points_file: str, geo_file: str) -> tuple[np.ndarray, np.ndarray]:
         path = self._file(points_file)
         try:
             points = np.load(path, allow_pickle=False)
@@ -113,9 +144,7 @@ class MocapManifest(Dataset):
             raise BadSample(self._file(points_file), f"points {list(points.shape)}: need [>= {t}, >= {n}, 3]")
         if geodist.ndim != 3 or geodist.shape[0] < t or min(geodist.shape[1:]) < n:
             raise BadSample(self._file(geo_file), f"geodist {list(geodist.shape)}: need [>= {t}, >= {n}, >= {n}]")
-        points = normalise(points[:t, :n].astype(np.float32))
-        return {"points": torch.from_numpy(points), "geodist": torch.from_numpy(
-            np.ascontiguousarray(geodist[:t, :n, :n], dtype=np.float32)), "label": label}
+        return points, geodist
 
 
 class Augmented(Dataset):
@@ -140,24 +169,26 @@ class Augmented(Dataset):
         return item
 
 
+def mocap_dataset(d: MocapData, train: bool, labelled: bool = True) -> Dataset | None:
+    """The training or held-out sequences of a data section (None: no held-out manifest given), augmented in
+    training when ``d.augment``; ``labelled=False`` accepts manifest lines without a label (pretraining)."""
+    if d.source == "embedded":
+        size = d.embedded_size if train else d.embedded_val_size or max(d.embedded_size // 4, 1)
+        data: Dataset = EmbeddedMocap("train" if train else "val", size, d.frames, d.points)
+    else:
+        source = d.source if train else d.val_source
+        if not source:
+            return None
+        data = MocapManifest(source, d.frames, d.points, labelled)
+    return Augmented(data) if train and d.augment else data
+
+
 class STMTTask:
     def __init__(self, cfg: Config):
         self.cfg = cfg
 
-    def _data(self, train: bool) -> Dataset | None:
-        d = self.cfg.data
-        if d.source == "embedded":
-            size = d.embedded_size if train else max(d.embedded_size // 4, 1)
-            data: Dataset = EmbeddedMocap("train" if train else "val", size, d.frames, d.points)
-        else:
-            source = d.source if train else d.val_source
-            if not source:
-                return None
-            data = MocapManifest(source, d.frames, d.points)
-        return Augmented(data) if train and d.augment else data
-
     def build_model(self) -> nn.Module:
-        self.train_set = self._data(train=True)
+        self.train_set = mocap_dataset(self.cfg.data, train=True)
         classes = self.train_set.classes
         kwargs = {"num_classes": len(classes) if self.cfg.data.source == "embedded" else max(classes) + 1,
                   "framenum": self.cfg.data.frames, **self.cfg.model.kwargs}
@@ -166,6 +197,8 @@ class STMTTask:
             raise ConfigError(f"model.name={self.cfg.model.name!r} is not an STMT model; use stmt or stmt_tiny")
         if self.cfg.model.checkpoint:
             load_initial_weights(model, self.cfg.model.checkpoint)
+        for p in model.unused_parameters():  # no loss reaches them: frozen, so DDP needs no find_unused_parameters
+            p.requires_grad_(False)
         self.kwargs = kwargs
         return model
 
@@ -177,7 +210,7 @@ class STMTTask:
         return self.train_set
 
     def eval_dataset(self) -> Dataset | None:
-        return self._data(train=False)
+        return mocap_dataset(self.cfg.data, train=False)
 
     def loss_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         return {"loss": F.cross_entropy(model(batch["points"], batch["geodist"]).float(), batch["label"])}
