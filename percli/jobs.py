@@ -242,7 +242,9 @@ JOBS += [
     Job("pretrain", "rwr-gae", "percli.graph.job",
         "GAE, VGAE and their random-walk-regularised versions RWR-GAE/RWR-VGAE (Vaibhav et al., arXiv 1908.04003)",
         resumable=False, args=(
-            Arg("graph", ("--graph",), "cora, a .npz in the cora layout, or an edge-list text file."),
+            Arg("graphs", ("--graph",), "cora, a .npz in the cora layout, Planetoid files (ind.<name>.*) or an "
+                "edge-list text file; repeat for several graphs, each trained and scored on its own.", many=True,
+                metavar="GRAPH"),
             Arg("features", ("--features",), "Node features for an edge list (.npz)."),
             Arg("labels", ("--labels",), "Classes for the clustering metrics: one integer per line."),
             Arg("model", ("--model",), "gae | vgae | rwr-gae | rwr-vgae | all."),

@@ -176,19 +176,24 @@ def test_cli_planted_communities(tmp_path):
         "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert set(summary["models"]) == {"rwr-gae"} and summary["status"] == "completed"
-    scores = summary["models"]["rwr-gae"]
+    assert set(summary["graphs"]) == {"g"} and summary["status"] == "completed"
+    assert set(summary["graphs"]["g"]["models"]) == {"rwr-gae"} and summary["graphs"]["g"]["nodes"] == 40
+    scores = summary["graphs"]["g"]["models"]["rwr-gae"]
     assert set(scores) == {"auc", "ap", "acc", "nmi", "f1", "ari", "std", "seeds"} and scores["seeds"] == [42, 43]
     assert scores["acc"] > 0.9 and scores["auc"] > 0.7
+    assert summary["metrics"]["g/rwr-gae/auc"] == scores["auc"]  # the headline figures, flattened
     assert "skipped 2 malformed" in result.stderr
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["model"], r["seed"]) for r in rows] == [("rwr-gae", 42), ("rwr-gae", 43)]
+    assert [(r["graph"], r["model"], r["seed"]) for r in rows] == [("g", "rwr-gae", 42), ("g", "rwr-gae", 43)]
     assert json.loads((run_dir / "summary.json").read_text()) == summary
-    assert (run_dir / "embeddings" / "rwr-gae-seed43.safetensors").is_file()
+    assert (run_dir / "embeddings" / "g" / "rwr-gae-seed43.safetensors").is_file()
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--graph", "cora"], "cora.npz does not exist"),
+    (["--graph", "cora"], "cora/ind.cora.x exists"),
+    (["--graph", "{tmp}/tiny.txt", "--graph", "{tmp}/tiny.txt"], "names a graph twice"),
+    (["--graph", "{tmp}/tiny.txt", "--graph", "cora", "--labels", "{tmp}/tiny.txt"], "give a single --graph"),
+    (["--graph", "{tmp}/tiny.txt", "loss.zeros_per_one=0"], "loss.zeros_per_one: got 0"),
     (["--graph", "cora", "--model", "gcn"], "model (--model): got 'gcn'"),
     (["--graph", "{tmp}/bad.npz"], "is not a readable .npz archive"),
     (["--graph", "{tmp}/tiny.txt"], "the split needs at least 20 edges"),

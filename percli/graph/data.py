@@ -1,7 +1,8 @@
-"""Graphs for the graph autoencoders: loading (cora.npz layout or an edge list) and GAE's edge split.
+"""Graphs for the graph autoencoders: loading (cora.npz layout, Planetoid files or an edge list) and GAE's edge split.
 
 A graph is an undirected, unweighted, self-loop-free adjacency matrix plus node features (identity
-features when none are given, as GAE's `--features 0`) and optional class labels for clustering.
+features when none are given, as GAE's `--features 0`) and optional class labels for clustering
+(-1 for a node without a class, as Citeseer's isolated test nodes).
 The split follows GAE's `mask_test_edges`: 10% of the edges for test and 5% for validation, each
 with as many sampled non-edges; training sees only the remaining 85%.
 """
@@ -16,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 import torch
+
+from percli.graph.planetoid import planetoid_prefix, read_planetoid
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,23 +76,43 @@ def data_dir() -> Path:
 
 
 def resolve_graph(spec: str) -> Path:
-    """A dataset name (cora -> <data dir>/cora/cora.npz) or a path; FileNotFoundError says how to fix it."""
+    """A dataset name or a path; FileNotFoundError says how to fix it.
+
+    A name (cora) is <data dir>/cora/cora.npz, else the Planetoid files <data dir>/cora/ind.cora.*. A
+    path is a .npz, an edge list, or Planetoid files (a folder holding them, their prefix dir/ind.cora,
+    or one of them); Planetoid files resolve to their prefix.
+    """
     path = Path(spec)
     if path.suffix or path.exists():
+        prefix = planetoid_prefix(path)
+        if prefix is not None:
+            return prefix
         if not path.is_file():
-            raise FileNotFoundError(f"--graph {spec}: no such file; pass cora, a .npz in the cora layout or an "
-                                    "edge-list text file with one 'u v' pair per line")
+            raise FileNotFoundError(f"--graph {spec}: no such file; pass cora, a .npz in the cora layout, Planetoid "
+                                    "files (ind.<name>.*) or an edge-list text file with one 'u v' pair per line")
         return path
-    named = data_dir() / spec / f"{spec}.npz"
-    if not named.is_file():
-        raise FileNotFoundError(f"--graph {spec}: {named} does not exist; set PERCLI_DATA_DIR to the folder holding "
-                                f"{spec}/{spec}.npz (see shared/data/cora/README.md) or pass a file path")
-    return named
+    folder = data_dir() / spec
+    named = folder / f"{spec}.npz"
+    if named.is_file():
+        return named
+    prefix = planetoid_prefix(folder / f"ind.{spec}")
+    if prefix is None:
+        raise FileNotFoundError(f"--graph {spec}: neither {named} nor {folder}/ind.{spec}.x exists; set "
+                                f"PERCLI_DATA_DIR to the folder holding {spec}/{spec}.npz or {spec}/ind.{spec}.* "
+                                "(see shared/data/cora/README.md) or pass a path")
+    return prefix
 
 
 def load_graph(path: Path, features: Path | None = None, labels: Path | None = None) -> Graph:
-    """Load a .npz in the cora layout, or an edge-list text file with optional features (.npz) and labels."""
-    if path.suffix == ".npz":
+    """Load a .npz in the cora layout, Planetoid files (`path` = their prefix dir/ind.<name>) or an edge-list
+    text file, with optional features (.npz) and labels replacing the graph's own."""
+    graph_name = path.stem
+    prefix = planetoid_prefix(path)
+    if prefix is not None:
+        edges, csr, node_labels = read_planetoid(prefix)
+        x = torch.as_tensor(csr.toarray(), dtype=torch.float32)
+        graph_name, skipped = prefix.name.removeprefix("ind."), 0
+    elif path.suffix == ".npz":
         with _open_npz(path) as arrays:
             if "edge_index" not in arrays:
                 raise ValueError(f"{path}: no 'edge_index' array; expected the cora.npz layout "
@@ -118,7 +141,7 @@ def load_graph(path: Path, features: Path | None = None, labels: Path | None = N
     adj = adjacency_from_edges(edges, num_nodes)
     if adj.nnz == 0:
         raise ValueError(f"{path}: the graph has no edges (besides self-loops)")
-    return Graph(path.stem, adj, x, node_labels, skipped)
+    return Graph(graph_name, adj, x, node_labels, skipped)
 
 
 def read_edge_list(path: Path) -> tuple[np.ndarray, int]:

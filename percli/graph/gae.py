@@ -2,7 +2,8 @@
 
 GAE encodes Z = GCN(X, Â); VGAE encodes a Gaussian per node (mu, log sigma) and samples Z from it.
 Both reconstruct the adjacency as sigma(Z Zᵀ) and are trained with a class-balanced binary cross
-entropy over all N² pairs (VGAE adds the KL term), with Â = D^-½ (A + I) D^-½.
+entropy over all N² pairs (VGAE adds the KL term), with Â = D^-½ (A + I) D^-½. sparse_loss.py
+estimates the same loss from sampled pairs for graphs whose N x N logits do not fit.
 """
 
 from __future__ import annotations
@@ -53,11 +54,17 @@ class GraphAutoEncoder(nn.Module):
         hidden = F.relu(self.gc1(x, adj_norm))
         return self.gc_mu(hidden, adj_norm), self.gc_logstd(hidden, adj_norm) if self.variational else None
 
-    def forward(self, x: torch.Tensor, adj_norm: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Reconstruction logits Z Zᵀ [N, N], mu and log sigma; Z is sampled only for a training VGAE."""
+    def forward_latent(self, x: torch.Tensor, adj_norm: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Z [N, hidden2], mu and log sigma; Z is sampled only for a training VGAE (else Z = mu)."""
         mu, logstd = self.forward_encoder(x, adj_norm)
         z = mu + torch.randn_like(mu) * logstd.exp() if self.variational and self.training else mu
+        return z, mu, logstd
+
+    def forward(self, x: torch.Tensor, adj_norm: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Reconstruction logits Z Zᵀ [N, N], mu and log sigma."""
+        z, mu, logstd = self.forward_latent(x, adj_norm)
         return forward_decoder(z), mu, logstd
 
 
@@ -83,7 +90,9 @@ def forward_loss(logits: torch.Tensor, positives: torch.Tensor, mu: torch.Tensor
     x_pos = logits[positives[0], positives[1]]
     bce = (F.softplus(logits).sum() + (pos_weight * F.softplus(-x_pos) - F.softplus(x_pos)).sum()) / logits.numel()
     loss = norm * bce
-    if logstd is not None:
-        kl = -0.5 / mu.shape[0] * torch.mean(torch.sum(1 + 2 * logstd - mu.pow(2) - logstd.exp().pow(2), dim=1))
-        loss = loss + kl
-    return loss
+    return loss if logstd is None else loss + kl_divergence(mu, logstd)
+
+
+def kl_divergence(mu: torch.Tensor, logstd: torch.Tensor) -> torch.Tensor:
+    """VGAE's KL term -(0.5/N) mean_i Σ_d (1 + 2 log σ - μ² - σ²) (GAE's 1/N scaling of the per-node mean)."""
+    return -0.5 / mu.shape[0] * torch.mean(torch.sum(1 + 2 * logstd - mu.pow(2) - logstd.exp().pow(2), dim=1))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -20,6 +21,7 @@ from percli.core.metrics import average_precision, clustering_metrics, roc_auc
 from percli.graph.data import EdgeSplit, Graph, split_edges
 from percli.graph.gae import GraphAutoEncoder, forward_loss, normalize_adjacency, reconstruction_weights
 from percli.graph.random_walk import SkipGramContext, WalkStarts, random_walks, skipgram_pairs, walk_gradient
+from percli.graph.sparse_loss import ZeroEntrySampler, forward_loss_sparse
 
 MODELS = ("gae", "vgae", "rwr-gae", "rwr-vgae")
 METRICS = ("auc", "ap", "acc", "nmi", "f1", "ari")
@@ -41,9 +43,21 @@ class TrainConfig:
     walk_weight: float = 1.0  # scales the summed walk gradient (1: the paper's plain sum; 0: GAE's gradients)
 
 
-def train_one(graph: Graph, model_name: str, cfg: TrainConfig, seed: int,
+@dataclass
+class LossConfig:
+    """GAE's reconstruction loss over all N² entries (dense, the official code) or a sampled estimate of it."""
+
+    reconstruction: Literal["dense", "sparse"] = "dense"
+    """dense: every entry of Z Zᵀ (O(N²) memory); sparse: the ones of A + I and sampled zeros, the same
+    pos_weight/norm weighting (an unbiased estimate; Pubmed-size graphs in a few GB)."""
+    zeros_per_one: float = 1.0
+    """sparse: zero entries drawn per one of A + I at each step."""
+
+
+def train_one(graph: Graph, model_name: str, cfg: TrainConfig, seed: int, loss_cfg: LossConfig | None = None,
               log: Callable[[str], None] = lambda _msg: None) -> tuple[torch.Tensor, dict[str, float]]:
     """Split, train and evaluate one model with one seed; returns mu [N, hidden2] and its metrics."""
+    loss_cfg = loss_cfg or LossConfig()
     if model_name not in MODELS:
         raise ValueError(f"unknown model {model_name!r}; choose one of {', '.join(MODELS)}")
     torch.manual_seed(seed)
@@ -56,6 +70,9 @@ def train_one(graph: Graph, model_name: str, cfg: TrainConfig, seed: int,
     ones = sp.coo_matrix(train_adj + sp.eye(n, dtype=np.float32))
     positives = torch.as_tensor(np.stack([ones.row, ones.col]), dtype=torch.int64)  # the ones of A + I, [2, P]
     pos_weight, norm = reconstruction_weights(train_adj)
+    if loss_cfg.reconstruction == "sparse":
+        zero_entries = ZeroEntrySampler(positives, n)
+        zeros_per_step = max(1, round(loss_cfg.zeros_per_one * positives.shape[1]))
 
     model = GraphAutoEncoder(graph.features.shape[1], cfg.hidden1, cfg.hidden2, variational=model_name.endswith("vgae"))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -66,8 +83,13 @@ def train_one(graph: Graph, model_name: str, cfg: TrainConfig, seed: int,
 
     for epoch in range(1, cfg.epochs + 1):
         model.train()
-        logits, mu, logstd = model(graph.features, adj_norm)
-        loss = forward_loss(logits, positives, mu, logstd, pos_weight, norm)
+        if loss_cfg.reconstruction == "sparse":
+            z, mu, logstd = model.forward_latent(graph.features, adj_norm)
+            loss = forward_loss_sparse(z, positives, zero_entries(zeros_per_step, generator), zero_entries.num_zeros,
+                                       mu, logstd, pos_weight, norm)
+        else:
+            logits, mu, logstd = model(graph.features, adj_norm)
+            loss = forward_loss(logits, positives, mu, logstd, pos_weight, norm)
         optimizer.zero_grad()
         if model_name.startswith("rwr"):  # the summed walk gradient joins the GAE loss's before the encoder's step
             walks = random_walks(train_adj, walk_starts(epoch - 1), cfg.walk_length, rng)
@@ -111,9 +133,10 @@ def evaluate(mu: torch.Tensor, split: EdgeSplit, labels: np.ndarray | None, seed
     metrics = {"auc": auc, "ap": ap, "val_auc": val_auc, "val_ap": val_ap}
     if labels is None:
         return metrics | {name: float("nan") for name in ("acc", "nmi", "f1", "ari")}
-    k = len(np.unique(labels))
+    known = labels >= 0  # nodes without a class (-1) are clustered but not scored
+    k = len(np.unique(labels[known]))
     clusters = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(mu.double().numpy())
-    return metrics | clustering_metrics(labels, clusters)
+    return metrics | clustering_metrics(labels[known], clusters[known])
 
 
 def summarize(rows: list[dict]) -> dict[str, dict]:

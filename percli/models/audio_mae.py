@@ -247,6 +247,13 @@ class AudioMaskedAutoencoderViT(nn.Module):
     are time-major, so token ``k`` is encoded as row ``k // (T/p)``, column ``k % (T/p)``. Released
     checkpoints carry that table; `AudioViT` (fine-tuning) loads it from them.
 
+    ``use_custom_patch`` (official, AST-style): overlapping 16x16 patches at ``stride`` 10 (``PatchEmbed_new``):
+    a (101, 12) grid for 1024 x 128, time-major, with the sin-cos table on that (time, freq) grid as it is (the
+    quirk above belongs to ``PatchEmbed_org``). Reconstruction targets are the overlapping patches
+    (``unfold``); `unpatchify` averages where patches overlap. The local decoder then uses the official constants
+    for this grid: 6x6 windows, shift (2, 0), the time axis padded to a multiple of 6 by repeating its last row
+    (101 -> 102), the padding dropped from the prediction.
+
     Calling conventions:
         ``loss, pred, mask = model(imgs, mask_ratio=0.8)`` (``mask_2d=True`` for time/freq masking;
         ``noise``/``noise_t``/``noise_f``/``generator`` pin the randomness).
@@ -275,6 +282,7 @@ class AudioMaskedAutoencoderViT(nn.Module):
         mask_f_prob: float = 0.5,
         mask_2d: bool = False,
         use_custom_patch: bool = False,
+        stride: int = 10,
         pos_trainable: bool = False,
         local_decoder_depth: int = 16,
         local_decoder_heads: int = 16,
@@ -287,11 +295,9 @@ class AudioMaskedAutoencoderViT(nn.Module):
         self.arch = type(self).__name__
         if not audio_exp:
             raise ValueError("audio_exp=False is the image MAE; percli's Audio-MAE models spectrograms only")
-        if use_custom_patch:
-            raise NotImplementedError("overlapping (stride-10) patches are not supported; use use_custom_patch=False")
         if decoder_mode not in (0, 1):
             raise ValueError(f"decoder_mode must be 0 (global) or 1 (local Swin), got {decoder_mode}")
-        if any(s % patch_size for s in img_size):
+        if not use_custom_patch and any(s % patch_size for s in img_size):
             raise ValueError(f"img_size {list(img_size)} must be a multiple of patch_size {patch_size}")
         norm = make_norm(norm_layer)
         self.img_size = tuple(img_size)
@@ -300,8 +306,10 @@ class AudioMaskedAutoencoderViT(nn.Module):
         self.norm_pix_loss = norm_pix_loss
         self.mask_t_prob, self.mask_f_prob, self.mask_2d = mask_t_prob, mask_f_prob, mask_2d
         self.preprocess = default_preprocess(img_size)
+        self.stride = stride if use_custom_patch else patch_size
+        self.use_custom_patch = use_custom_patch
 
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, stride=self.stride)
         self.grid = self.patch_embed.grid  # (time, freq) tokens
         L = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -312,10 +320,14 @@ class AudioMaskedAutoencoderViT(nn.Module):
         self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         self.decoder_pos_embed = nn.Parameter(torch.zeros(1, L + 1, decoder_embed_dim), requires_grad=pos_trainable)
+        if use_custom_patch:  # the official constants of the overlapping grid's local decoder
+            local_window = (6, 6)
+        rows = -(-self.grid[0] // local_window[0]) * local_window[0] if use_custom_patch else self.grid[0]
+        self.decoder_grid = (rows, self.grid[1])
         if decoder_mode == 1:
             self.decoder_blocks = nn.ModuleList([
-                SwinDecoderBlock(decoder_embed_dim, local_decoder_heads, self.grid, local_window,
-                                 shift=(0, 0) if (i % 2 == 0 or no_shift) else (local_window[0] // 2, 0),
+                SwinDecoderBlock(decoder_embed_dim, local_decoder_heads, self.decoder_grid, local_window,
+                                 shift=(0, 0) if (i % 2 == 0 or no_shift) else (2, 0),
                                  mlp_ratio=mlp_ratio, norm_layer=norm)
                 for i in range(local_decoder_depth)])
         else:
@@ -326,8 +338,9 @@ class AudioMaskedAutoencoderViT(nn.Module):
         self.initialize_weights()
 
     def official_pos_grid(self) -> tuple[int, int]:
-        """The (rows, cols) grid of the official pretraining sin-cos table: (F/p, T/p), see class doc."""
-        return self.grid[1], self.grid[0]
+        """The (rows, cols) grid of the official pretraining sin-cos table: (F/p, T/p), or with overlapping
+        patches the token grid itself (see class doc)."""
+        return self.grid if self.use_custom_patch else (self.grid[1], self.grid[0])
 
     def initialize_weights(self) -> None:
         """Official init: fixed sin-cos tables, xavier-uniform linears and patch conv, N(0, 0.02) tokens."""
@@ -353,17 +366,28 @@ class AudioMaskedAutoencoderViT(nn.Module):
 
     # -- geometry
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
-        """[N, C, T, F] -> [N, (T/p)*(F/p), p*p*C], patches time-major, pixels (row, col, chan)."""
+        """[N, C, T, F] -> [N, (T/p)*(F/p), p*p*C], patches time-major, pixels (row, col, chan); with overlapping
+        patches [N, rows*cols, p*p] (one channel, as the official ``unfold``)."""
         N, C = imgs.shape[:2]
         p = self.patch_size
+        if self.use_custom_patch:
+            x = imgs.unfold(2, p, self.stride).unfold(3, p, self.stride)  # [N, C, rows, cols, p, p]
+            return x.permute(0, 2, 3, 4, 5, 1).reshape(N, self.grid[0] * self.grid[1], p * p * C)
         h, w = imgs.shape[2] // p, imgs.shape[3] // p
         x = imgs.reshape(N, C, h, p, w, p)  # [N, C, h, p, w, p]
         x = torch.einsum("nchpwq->nhwpqc", x)  # [N, h, w, p, p, C]
         return x.reshape(N, h * w, p * p * C)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, L, p*p*C] -> [N, C, T, F] on the model's grid."""
+        """[N, L, p*p*C] -> [N, C, T, F] on the model's grid (overlapping patches averaged where they overlap;
+        pixels no patch covers are 0)."""
         p, (h, w), C = self.patch_size, self.grid, self.in_chans
+        if self.use_custom_patch:
+            cols = x.reshape(x.shape[0], h * w, p, p, C).permute(0, 4, 2, 3, 1).reshape(x.shape[0], C * p * p, h * w)
+            size, kw = self.img_size, {"kernel_size": p, "stride": self.stride}
+            summed = F.fold(cols, size, **kw)
+            count = F.fold(torch.ones_like(cols[:1]), size, **kw)
+            return summed / count.clamp(min=1)
         x = x.reshape(x.shape[0], h, w, p, p, C)
         x = torch.einsum("nhwpqc->nchpwq", x)  # [N, C, h, p, w, p]
         return x.reshape(x.shape[0], C, h * p, w * p)
@@ -432,10 +456,16 @@ class AudioMaskedAutoencoderViT(nn.Module):
         x = torch.cat([x[:, :1], tokens], dim=1) + self.decoder_pos_embed
         if self.decoder_mode != 0:
             x = x[:, 1:]  # the local decoder works on the token grid only: the cls slot is dropped
+            pad = self.decoder_grid[0] - self.grid[0]
+            if pad:  # overlapping patches: repeat the last time row up to the window multiple (official)
+                x = x.reshape(N, *self.grid, D)
+                x = torch.cat([x, x[:, -1:].expand(-1, pad, -1, -1)], dim=1).reshape(N, -1, D)
         for blk in self.decoder_blocks:
             x = blk(x)
         pred = self.decoder_pred(self.decoder_norm(x))
-        return pred if self.decoder_mode != 0 else pred[:, 1:]
+        if self.decoder_mode == 0:
+            return pred[:, 1:]
+        return pred[:, :L]  # the padded rows come last in time-major order
 
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
                      norm_pix_loss: bool | None = None) -> torch.Tensor:
@@ -488,6 +518,9 @@ class AudioViT(nn.Module):
     ``mask_2d`` selects fine-tune masking: time/freq (official; its ``if self.random_masking_2d``
     always takes this path) or, when False, unstructured masking with ratio ``mask_t_prob``.
 
+    ``use_custom_patch``: overlapping 16x16 patches at ``stride`` 10, the (101, 12) grid of the official
+    fine-tuning's ``PatchEmbed_new`` (its 1213-row position table comes from the pretrained checkpoint).
+
     Calling conventions:
         ``model(x)`` logits; ``model(x, mask_t_prob=0.2, mask_f_prob=0.2)`` with time/freq masking
         (``noise_t``/``noise_f``/``generator`` pin it); ``forward_features`` pooled features;
@@ -510,20 +543,21 @@ class AudioViT(nn.Module):
         global_pool: bool = True,
         mask_2d: bool = True,
         use_custom_patch: bool = False,
+        stride: int = 10,
     ):
         args = dict(locals())
         super().__init__()
         self.config = {k: plain(v) for k, v in args.items() if k not in ("self", "__class__")}
         self.arch = type(self).__name__
-        if use_custom_patch:
-            raise NotImplementedError("overlapping (stride-10) patches are not supported; use use_custom_patch=False")
         norm = make_norm(norm_layer)
         self.img_size, self.patch_size = tuple(img_size), patch_size
         self.global_pool, self.mask_2d = global_pool, mask_2d
         self.num_features = embed_dim
         self.preprocess = default_preprocess(img_size)
 
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        # use_custom_patch: the official fine-tuning's overlapping PatchEmbed_new (16x16 at stride 10: (101, 12))
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim,
+                                      stride=stride if use_custom_patch else None)
         self.grid = self.patch_embed.grid
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         # fine-tuning replaces pos_embed by a frozen table (normally the pretrained checkpoint's)

@@ -40,20 +40,23 @@ def classification_metrics(sums: dict[str, float]) -> dict[str, float]:
 def classification_dataset(source: str, split: str, train: bool, data: DataSection, input_size: tuple[int, ...],
                            video: bool, *, rand_augment: str = "", reprob: float = 0.0,
                            crop_pct: float = 0.875, classes: list[str] | None = None,
-                           preprocess: ImagePreprocess | None = None) -> Dataset:
+                           preprocess: ImagePreprocess | None = None, views: tuple[int, int] = (1, 1)) -> Dataset:
     """Train (augmented) or eval dataset for a classifier: every sample labelled, with `classes` (the
     training set's or a checkpoint's) when given. Images are evaluated with `preprocess` (a model's own,
-    see `eval_preprocess`), else resized to input_size / crop_pct and centre-cropped."""
+    see `eval_preprocess`), else resized to input_size / crop_pct and centre-cropped. Held-out video files
+    can give several ``views`` (spatial, temporal) per clip: items then hold ``video`` [views, C, T, H, W]."""
     mean, std = normalisation(data, video)
     size = input_size[-1]
+    multi_view = {"views_temporal": views[1]} if views[1] > 1 else {}
     if video:
-        transform = video_transform(size, mean, std, train=train)
+        transform = video_transform(size, mean, std, train=train, spatial_views=views[0])
     elif preprocess is not None and not train:
         transform = preprocess.eval_transform()
     else:
         transform = finetune_transform(size, mean, std, train=train, rand_augment=rand_augment or None,
                                        re_prob=reprob, crop_pct=crop_pct)
-    return make_dataset(data, source, split, train, transform, video, size, classes=classes, require_labels=True)
+    return make_dataset(data, source, split, train, transform, video, size, classes=classes, require_labels=True,
+                        **multi_view)
 
 
 def eval_preprocess(preprocess: Mapping[str, Any], data: DataSection,

@@ -9,6 +9,12 @@ Examples:
   percli eval classify checkpoint=runs/finetune-hiera-X/checkpoints/step_0000600
   percli eval classify checkpoint=hiera_base_224.pth model.name=hiera_base_224 data.source=/data/imagenet/val --json
   percli eval classify checkpoint=runs/finetune-audio-mae-X/checkpoints/step_0000600 data.source=/data/esc50/val
+  percli eval classify checkpoint=runs/finetune-hiera-k400 data.source=/data/k400/val.jsonl \
+      eval.views_spatial=3 eval.views_temporal=5        # Hiera's K400 protocol: 3 x 5 views, softmax averaged
+
+Multi-view testing (video files): each clip is read as ``eval.views_temporal`` clips with evenly spaced starts,
+each resized on its short side and cropped ``eval.views_spatial`` times along its long side (3: both ends and the
+centre); the class probabilities of the views are averaged (SlowFast's protocol, used by MAE-ST and Hiera).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import torch.nn as nn
 from accelerate.utils import gather_object
 
 from percli.core import checkpoint as ckpt
-from percli.core.config import TrainConfig
+from percli.core.config import ConfigError, TrainConfig
 from percli.core.context import RunContext
 from percli.core.engine import BadInputLog, evaluate
 from percli.core.rundir import write_json_atomic
@@ -43,15 +49,26 @@ from percli.recipes.common import (
 
 
 @dataclasses.dataclass
+class ViewsSection:
+    views_spatial: int = 1
+    """Video: crops per clip along the long side (Hiera / MAE-ST on K400: 3)."""
+    views_temporal: int = 1
+    """Video: clips per video, evenly spaced (Hiera on K400: 5; MAE-ST: 7)."""
+
+
+@dataclasses.dataclass
 class Config:
     checkpoint: str = ""
-    """percli checkpoint dir / model .safetensors, or an official .pth (then set model.name)."""
+    """percli run dir (its latest checkpoint) / checkpoint dir / model .safetensors, or an official .pth (then set
+    model.name)."""
     model: ModelSection = dataclasses.field(default_factory=lambda: ModelSection(name=""))
     data: DataSection = dataclasses.field(default_factory=DataSection)
     label_csv: str | None = None
     """Audio: label CSV for AST-style JSON data."""
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(batch_size=64))
     """Only batch_size, num_workers, mixed_precision, cpu and seed are used."""
+    eval: ViewsSection = dataclasses.field(default_factory=ViewsSection)
+    """Multi-view testing of video files (module docstring)."""
 
 
 class _EvalTask:
@@ -59,8 +76,11 @@ class _EvalTask:
         self.video = video
 
     def eval_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, float]:
-        return classification_sums(model(batch["video" if self.video else "image"]),
-                                   batch["label"])
+        x = batch["video" if self.video else "image"]
+        if self.video and x.dim() == 6:  # [B, views, C, T, H, W]: the views' class probabilities averaged
+            probs = model(x.flatten(0, 1)).float().softmax(dim=-1).unflatten(0, x.shape[:2]).mean(dim=1)
+            return classification_sums(probs.clamp(min=1e-12).log(), batch["label"])
+        return classification_sums(model(x), batch["label"])
 
     def eval_reduce(self, sums: dict[str, float]) -> dict[str, float]:
         return classification_metrics(sums)
@@ -73,6 +93,8 @@ def _load_model(cfg: Config) -> tuple[nn.Module, dict[str, Any]]:
     if not path.exists():
         raise FileNotFoundError(f"checkpoint={path}: no such file or directory")
     meta: dict[str, Any] = {}
+    if path.is_dir() and (path / "checkpoints").is_dir():  # a run dir: its latest checkpoint
+        path = ckpt.run_weights(path)
     if path.is_dir() or path.suffix == ".safetensors":
         meta = ckpt.read_meta(path)
         if meta.get("task") not in ("classify", "audio-classify") and not cfg.model.name:
@@ -111,9 +133,17 @@ def _image_setup(cfg: Config, meta: dict[str, Any], model: nn.Module, source: st
     data = cfg.data
     if data.mean is None and meta.get("mean"):
         data = dataclasses.replace(data, mean=tuple(meta["mean"]), std=tuple(meta["std"]))
+    if video:  # the clip length the model was built for
+        data = dataclasses.replace(data, num_frames=input_size[-3])
     pre = None if video else eval_preprocess(model.preprocess, cfg.data, meta)
+    views = (cfg.eval.views_spatial, cfg.eval.views_temporal)
+    if min(views) < 1:
+        raise ConfigError(f"eval.views_spatial / eval.views_temporal = {views}: give at least 1 view each")
+    if views != (1, 1) and (not video or source == "embedded"):
+        raise ConfigError(f"eval.views_spatial / eval.views_temporal = {views}: multi-view testing reads video files; "
+                          "give a video folder or manifest (data.source) of a video classifier, or 1 / 1")
     dataset = classification_dataset(source, "val", False, data, input_size, video, classes=meta.get("classes"),
-                                     preprocess=pre)
+                                     preprocess=pre, views=views)
     return dataset, _EvalTask(video)
 
 

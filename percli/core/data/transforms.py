@@ -309,11 +309,14 @@ def video_transform(
     *,
     train: bool,
     scale: tuple[float, float] = (0.5, 1.0),
+    spatial_views: int = 1,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Clip transform: one crop and flip shared by all frames, then normalisation.
 
     Train: RandomResizedCrop(``scale``, bicubic) + flip (MAE-ST uses a relative scale jitter of
-    0.5-1); eval: bicubic resize of the short side to ``input_size`` and centre crop.
+    0.5-1); eval: bicubic resize of the short side to ``input_size`` and centre crop, or with
+    ``spatial_views`` > 1 that many crops spread evenly along the long side (3: left / centre / right or
+    top / centre / bottom, SlowFast's multi-view testing), stacked first: [views, T, C, size, size].
 
     Args:
         input_size: Side of the square output.
@@ -331,10 +334,31 @@ def video_transform(
             v2.RandomResizedCrop(input_size, scale=scale, interpolation=_BICUBIC),
             v2.RandomHorizontalFlip(),
         ]
+    elif spatial_views > 1:
+        normalise = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+        return _SpatialViews(input_size, spatial_views, _VideoTransform(normalise))
     else:
         spatial = [v2.Resize(input_size, interpolation=_BICUBIC), v2.CenterCrop(input_size)]
     compose = v2.Compose([*spatial, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
     return _VideoTransform(compose)
+
+
+class _SpatialViews:
+    """Short side resized to ``size``, then ``views`` square crops spread evenly along the long side."""
+
+    def __init__(self, size: int, views: int, normalise: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.size, self.views, self.normalise = size, views, normalise
+        self.resize = _VideoTransform(v2.Resize(size, interpolation=_BICUBIC))
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        frames = self.resize(frames)
+        h, w = frames.shape[-2:]
+        crops = []
+        for i in range(self.views):
+            top = round((h - self.size) * i / (self.views - 1)) if h > w else (h - self.size) // 2
+            left = round((w - self.size) * i / (self.views - 1)) if w >= h else (w - self.size) // 2
+            crops.append(self.normalise(frames[..., top:top + self.size, left:left + self.size]))
+        return torch.stack(crops)
 
 
 class _VideoTransform:

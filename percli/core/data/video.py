@@ -24,7 +24,8 @@ VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".
 BACKENDS = ("auto", "decord", "pyav")
 
 
-def clip_indices(num_video_frames: int, num_frames: int, sampling_rate: int, *, train: bool) -> list[int]:
+def clip_indices(num_video_frames: int, num_frames: int, sampling_rate: int, *, train: bool, view: int = 0,
+                 views: int = 1) -> list[int]:
     """Frame indices of one clip.
 
     Args:
@@ -33,6 +34,8 @@ def clip_indices(num_video_frames: int, num_frames: int, sampling_rate: int, *, 
         sampling_rate: Temporal stride between clip frames; 0 spreads the frames evenly over the whole
             video (first to last frame, as the Perception Encoder's video inputs are sampled).
         train: Random start (torch global RNG) if True, centred clip otherwise.
+        view, views: Held-out multi-view testing: clip ``view`` of ``views`` starts evenly spaced from the first
+            possible start to the last (SlowFast's temporal views; one view is the centred clip).
 
     Returns:
         ``num_frames`` indices; those past the end of a short video repeat its last frame.
@@ -46,6 +49,8 @@ def clip_indices(num_video_frames: int, num_frames: int, sampling_rate: int, *, 
         start = 0
     elif train:
         start = int(torch.randint(slack + 1, ()))
+    elif views > 1:
+        start = round(slack * view / (views - 1))
     else:
         start = slack // 2
     return [min(start + i * sampling_rate, num_video_frames - 1) for i in range(num_frames)]
@@ -171,6 +176,9 @@ class VideoClipDataset(Dataset):
         classes: Class names in label order (inferred when omitted).
         extensions: Video suffixes recognised in a folder.
         require_labels: Refuse unlabeled clips (classification data).
+        views_temporal: Held-out multi-view testing: clips per video, evenly spaced (`clip_indices`); items
+            then hold ``video`` [views, C, T, H, W] (temporal-major when the transform also returns spatial
+            views).
     """
 
     def __init__(
@@ -185,7 +193,11 @@ class VideoClipDataset(Dataset):
         classes: Sequence[str] | None = None,
         extensions: Iterable[str] = VIDEO_EXTENSIONS,
         require_labels: bool = False,
+        views_temporal: int = 1,
     ) -> None:
+        if views_temporal < 1 or (views_temporal > 1 and train):
+            raise ValueError(f"views_temporal={views_temporal}: give >= 1, and views only for held-out data")
+        self.views_temporal = views_temporal
         if num_frames < 1 or sampling_rate < 0:
             raise ValueError(f"num_frames must be >= 1 and sampling_rate >= 0 (0: spread over the video), got "
                              f"{num_frames}, {sampling_rate}")
@@ -212,9 +224,19 @@ class VideoClipDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         path, label = self.samples[index]
-        frames = read_clip(path, self.num_frames, self.sampling_rate, train=self.train, backend=self.backend)
-        if self.transform is not None:
-            clip = self.transform(frames)
-        else:
-            clip = frames.float() / 255.0
-        return {"video": clip.permute(1, 0, 2, 3), "label": label, "path": path}  # [T,C,H,W] -> [C,T,H,W]
+        if self.views_temporal == 1:
+            frames = read_clip(path, self.num_frames, self.sampling_rate, train=self.train, backend=self.backend)
+            return {"video": self._clip(frames), "label": label, "path": path}
+        n, views = self.num_frames, self.views_temporal
+
+        def every_view(count: int, _fps: float) -> list[int]:
+            return [i for v in range(views) for i in clip_indices(count, n, self.sampling_rate, train=False,
+                                                                  view=v, views=views)]
+        frames = read_frames(path, every_view, self.backend)[0]
+        clips = [self._clip(frames[v * n:(v + 1) * n]) for v in range(views)]
+        return {"video": torch.cat([c if c.dim() == 5 else c[None] for c in clips]), "label": label, "path": path}
+
+    def _clip(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 [T, C, H, W] -> float [C, T, H, W], or [views, C, T, H, W] for a multi-crop transform."""
+        clip = self.transform(frames) if self.transform is not None else frames.float() / 255.0
+        return clip.transpose(-4, -3)  # [.., T, C, H, W] -> [.., C, T, H, W]
