@@ -39,13 +39,13 @@ from percli.core.config import ConfigError, OptimConfig, TrainConfig
 from percli.core.context import RunContext
 from percli.core.data.av_clips import MODALITIES
 from percli.core.data.av_events import AVEventsSpec, EmbeddedAVEvents
-from percli.core.data.labelled_av import LabelledAVClips, LabelSet, detect_format
+from percli.core.data.labelled_av import LabelledAVClips, LabelSet
 from percli.models import create_model, load_initial_weights
 from percli.models.av_fusion import AVFusionClassifier
 from percli.recipes.audio_classify import audio_eval_reduce
 from percli.recipes.classification import classification_sums
 from percli.recipes.common import TrainedModelSection
-from percli.recipes.mavil_classify import EmbeddedEventClips, MAViLDataSection, MAViLItems
+from percli.recipes.mavil_classify import EmbeddedEventClips, MAViLDataSection, MAViLItems, validate_av_data
 
 EMBEDDED_SPEC = AVEventsSpec(duration_s=2.0, fps=4, size=32, max_events=1)
 """The embedded clips: 2 s, one event, 32 px frames at 4 fps (the model reads 4 of them at 2 fps)."""
@@ -174,18 +174,7 @@ class AVFusionTask:
 def validate(cfg: Config) -> None:
     if "fusion" in cfg.model.kwargs:
         raise ConfigError("model.kwargs.fusion: set model.fusion instead")
-    d = cfg.data
-    for key, path in (("data.source", d.source), ("data.val_source", d.val_source)):
-        if path is not None and path != "embedded" and not Path(path).expanduser().is_file():
-            raise ConfigError(f"{key}: {path} is not a file; give `embedded`, a .jsonl/.csv manifest, an AudioSet "
-                              "segments CSV or a VGGSound CSV")
-    if d.val_source == "embedded" and d.source != "embedded":
-        raise ConfigError("data.val_source: `embedded` evaluates the embedded classes only; give a held-out file")
-    if d.source != "embedded" and d.format == "auto":
-        try:
-            detect_format(Path(d.source).expanduser())
-        except ValueError as e:
-            raise ConfigError(f"data.source: {e}; or set data.format") from None
+    validate_av_data(cfg.data)
 
 
 def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:

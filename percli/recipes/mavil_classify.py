@@ -248,7 +248,11 @@ def validate(cfg: Config) -> None:
     if fusion is not None and bool(fusion) != (cfg.modality == "av"):
         raise ConfigError(f"model.kwargs.av_fusion: {fusion} does not fit modality={cfg.modality} (av: the fusion "
                           "layout; audio / video: one tower, no fusion); drop it from model.kwargs")
-    d = cfg.data
+    validate_av_data(cfg.data)
+
+
+def validate_av_data(d: MAViLDataSection) -> None:
+    """The checks of a labelled audio-video data section a dry run can make (files exist, the layout is known)."""
     for key, path in (("data.source", d.source), ("data.val_source", d.val_source)):
         if path is not None and path != "embedded" and not Path(path).expanduser().is_file():
             raise ConfigError(f"{key}: {path} is not a file; give `embedded`, a .jsonl/.csv manifest, an AudioSet "
