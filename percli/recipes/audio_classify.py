@@ -9,6 +9,10 @@ Examples:
   percli finetune audio-mae                                   # tiny preset on the embedded sounds
   percli finetune audio-mae --preset as20k model.checkpoint=audiomae_pretrained.pth \\
       data.source=/data/as20k/train.json data.val_source=/data/as20k/eval.json data.label_csv=labels.csv
+  percli finetune audio-mae --preset esc50 model.checkpoint=audiomae_pretrained.pth \\
+      data.source=/data/ESC-50-master data.fold=1          # folds 2-5 train, fold 1 evaluates
+  percli finetune audio-mae --preset spc2 model.checkpoint=audiomae_pretrained.pth \\
+      data.source=/data/speech_commands_v0.02 data.eval_split=testing
 """
 
 from __future__ import annotations
@@ -32,13 +36,13 @@ from percli.models import create_model, load_initial_weights
 from percli.recipes.audio_common import (
     AudioDataSection,
     audio_dataset,
+    check_layout,
+    eval_source,
     model_kwargs,
 )
 from percli.recipes.classification import classification_metrics, topk_counts
-from percli.recipes.common import (
-    TrainedModelSection,
-    validate,  # noqa: F401  the command runs it before anything is built
-)
+from percli.recipes.common import TrainedModelSection
+from percli.recipes.common import validate as validate_model_and_paths
 
 
 @dataclasses.dataclass
@@ -101,9 +105,8 @@ class AudioClassifyTask:
         return self._train
 
     def eval_dataset(self) -> Dataset | None:
-        d = self.cfg.data
-        source = d.val_source or ("embedded" if d.source == "embedded" else None)
-        return audio_dataset(d, source, "val", train=False) if source else None
+        source = eval_source(self.cfg.data)
+        return audio_dataset(self.cfg.data, source, "val", train=False) if source else None
 
     def loss_step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         logits = model(batch["fbank"], self.cfg.mask_t_prob, self.cfg.mask_f_prob).float()
@@ -123,7 +126,7 @@ class AudioClassifyTask:
         return audio_eval_reduce(totals, self.multilabel)
 
     def finish(self, model: nn.Module, run_dir: Path, accelerator: Accelerator) -> dict[str, Any]:
-        return {"classes": self.classes, "multilabel": self.multilabel}
+        return {"classes": self.classes, "multilabel": self.multilabel, "train_clips": len(self._train)}
 
 
 def audio_eval_step(model: nn.Module, batch: dict[str, Any], multilabel: bool) -> dict[str, Any]:
@@ -140,6 +143,13 @@ def audio_eval_reduce(totals: dict[str, Any], multilabel: bool) -> dict[str, flo
     if multilabel:
         return multilabel_metrics(totals["scores"], totals["targets"]) if "scores" in totals else {}
     return classification_metrics(totals)
+
+
+def validate(cfg: Config) -> None:
+    """Checks a dry run makes before anything is built: model, data paths, and the ESC-50 fold / Speech Commands
+    list the data keys pick."""
+    validate_model_and_paths(cfg)
+    check_layout(cfg.data)
 
 
 def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn as nn
@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from percli.core import chart
 from percli.core.config import ConfigError
 from percli.core.data import AUDIOSET_MEAN, AUDIOSET_STD, build_dataset
+from percli.core.data.audio_layouts import ESC50_CSV, SPEECH_COMMANDS_LISTS, esc50_csv, esc50_folds, is_speech_commands
 from percli.recipes.reconstruction import ROWS, denormalize_patches, first_samples
 
 if TYPE_CHECKING:
@@ -25,9 +26,18 @@ FRAME_SHIFT_S = 0.010  # the fbank's frame shift (Kaldi fbank, 10 ms): frame k s
 class AudioDataSection:
     source: str = "embedded"
     """`embedded` (built-in synthesised sounds), a folder of class sub-folders, a .jsonl manifest
-    ({"path": ..., "labels": [...]}) or an AST-style .json (with label_csv)."""
+    ({"path": ..., "labels": [...]}), an AST-style .json (with label_csv), or the official tree of ESC-50
+    (the folder holding meta/esc50.csv and audio/) or Speech Commands (word folders, validation_list.txt,
+    testing_list.txt)."""
     val_source: str | None = None
-    """Evaluation data; for `embedded` the held-out split is used when this is unset."""
+    """Evaluation data; when unset, `embedded` evaluates on its held-out split, ESC-50 on data.fold and Speech
+    Commands on data.eval_split."""
+    fold: int | None = None
+    """ESC-50: the held-out fold (1-5). Training reads the other four folds, evaluation this one; 5-fold
+    cross-validation is one run per fold and the mean of their top-1. null = every fold (no held-out clips)."""
+    eval_split: Literal["validation", "testing"] = "validation"
+    """Speech Commands: the list evaluation reads (validation_list.txt or testing_list.txt); training reads
+    every clip in neither list, from the word folders (SPC-2's 35 classes; _background_noise_ is none)."""
     label_csv: str | None = None
     """AudioSet class_labels_indices.csv (index,mid,display_name) for AST-style JSON data."""
     sample_rate: int = 16000
@@ -48,7 +58,7 @@ class AudioDataSection:
 
 
 def audio_dataset(data: AudioDataSection, source: str, split: str, train: bool) -> Dataset:
-    """Fbank dataset for `source`; augmentations only when `train`."""
+    """Fbank dataset for the `split` ("train" or "val") of `source`; augmentations only when `train`."""
     features = dict(sample_rate=data.sample_rate, num_mel_bins=data.num_mel_bins, target_length=data.target_length,
                     mean=data.mean, std=data.std, train=train)
     if train:
@@ -56,7 +66,38 @@ def audio_dataset(data: AudioDataSection, source: str, split: str, train: bool) 
     if source == "embedded":
         size = data.embedded_size if split == "train" else max(data.embedded_size // 4, 1)
         return build_dataset(source, kind="audio", split=split, num_clips=size, **features)
-    return build_dataset(source, kind="audio", label_csv=data.label_csv, **features)
+    return build_dataset(source, kind="audio", label_csv=data.label_csv, fold=data.fold,
+                         split="train" if split == "train" else data.eval_split, **features)
+
+
+def eval_source(data: AudioDataSection) -> str | None:
+    """The evaluation data: data.val_source, else data.source when it holds clips of its own to evaluate on
+    (the embedded val split, ESC-50's data.fold, Speech Commands' data.eval_split list); None when there is none."""
+    if data.val_source:
+        return data.val_source
+    own = data.source == "embedded" or (data.fold is not None and esc50_csv(data.source)) \
+        or is_speech_commands(data.source)
+    return data.source if own else None
+
+
+def check_layout(data: AudioDataSection) -> None:
+    """ConfigError naming the key when data.fold or data.eval_split does not fit the data (checked by dry runs)."""
+    if data.fold is not None:
+        meta = esc50_csv(data.source)
+        if meta is None:
+            raise ConfigError(f"data.fold: data.source={data.source} has no {ESC50_CSV.as_posix()}; data.fold picks "
+                              "an ESC-50 fold: give the ESC-50 root (ESC-50-master, holding meta/ and audio/) as "
+                              "data.source, or set data.fold=null")
+        folds = esc50_folds(meta)
+        if data.fold not in folds:
+            raise ConfigError(f"data.fold: {data.fold} is not a fold of {meta}; its folds are "
+                              f"{', '.join(map(str, folds))}")
+    source = eval_source(data)
+    if source and is_speech_commands(source):
+        listed = Path(source).expanduser() / SPEECH_COMMANDS_LISTS[data.eval_split]
+        if not listed.is_file():
+            raise ConfigError(f"data.eval_split: {listed} does not exist; set data.eval_split to the list this "
+                              f"Speech Commands tree has ({', '.join(SPEECH_COMMANDS_LISTS)})")
 
 
 def eval_audio_section(model: nn.Module, meta: dict[str, Any], source: str, label_csv: str | None,

@@ -32,6 +32,7 @@ import torch
 import torchaudio
 from torch.utils.data import Dataset
 
+from percli.core.data.audio_layouts import esc50_csv, is_speech_commands, read_esc50, read_speech_commands
 from percli.core.data.images import BadSample, inferred_classes, list_folder
 from percli.core.data.paths import resolve_manifest_path
 from percli.core.data.shards import BadRecords, read_records
@@ -451,15 +452,21 @@ def read_ast_json(
 
 
 class AudioDataset(FbankDataset):
-    """Audio clips from a folder, a JSONL manifest or an AST-style JSON list, as Audio-MAE fbanks.
+    """Audio clips from a folder, a JSONL manifest, an AST-style JSON list or an ESC-50 / Speech Commands tree,
+    as Audio-MAE fbanks.
 
     Args:
         source: A folder of class sub-folders of audio files (or a flat folder = unlabeled), a
-            ``.jsonl`` manifest of ``{"path": ..., "labels": [...]}`` lines, or an AST-style ``.json``
-            list (with ``label_csv``).
+            ``.jsonl`` manifest of ``{"path": ..., "labels": [...]}`` lines, an AST-style ``.json``
+            list (with ``label_csv``), an ESC-50 root (holding ``meta/esc50.csv``) or a Speech Commands root
+            (holding ``validation_list.txt`` / ``testing_list.txt``); see :mod:`percli.core.data.audio_layouts`.
         label_csv: ``index,mid,display_name`` CSV for an AST-style list.
         multilabel: Force the task type; by default True when any item has more than one label.
         classes: Class names in index order (for a manifest whose labels are names or ints).
+        split: For the two benchmark trees: ``"train"`` reads ESC-50's folds other than `fold` / Speech
+            Commands' clips in neither list; ``"validation"`` or ``"testing"`` reads ESC-50's `fold` / the
+            clips of that Speech Commands list. Other sources ignore it.
+        fold: ESC-50's held-out cross-validation fold; None reads every fold whatever the split.
         **features: :class:`FbankDataset` arguments (``sample_rate``, ``num_mel_bins``,
             ``target_length``, ``mean``, ``std``, ``train``, ``freqm``, ``timem``, ``roll_mag_aug``,
             ``mixup``, ``transform``).
@@ -477,12 +484,18 @@ class AudioDataset(FbankDataset):
         label_csv: str | Path | None = None,
         multilabel: bool | None = None,
         classes: list[str] | None = None,
+        split: str = "train",
+        fold: int | None = None,
         **features: Any,
     ) -> None:
         super().__init__(**features)
         path = Path(source).expanduser()
         self.bad_records = BadRecords()
-        if path.is_dir():
+        if (meta := esc50_csv(path)) is not None:
+            self.items, self.classes = read_esc50(meta, fold, split != "train", self.bad_records)
+        elif is_speech_commands(path):
+            self.items, self.classes = read_speech_commands(path, split, AUDIO_EXTENSIONS, self.bad_records)
+        elif path.is_dir():
             samples, self.classes = list_folder(path, AUDIO_EXTENSIONS)
             self.items = [(p, [lab] if lab >= 0 else []) for p, lab in samples]
         elif path.is_file() and path.suffix == ".jsonl":
