@@ -32,7 +32,7 @@ import torch
 import torchaudio
 from torch.utils.data import Dataset
 
-from percli.core.data.audio_layouts import esc50_csv, is_speech_commands, read_esc50, read_speech_commands
+from percli.core.data.audio_layouts import AudioItem, esc50_csv, is_speech_commands, read_esc50, read_speech_commands
 from percli.core.data.images import BadSample, inferred_classes, list_folder
 from percli.core.data.paths import resolve_manifest_path
 from percli.core.data.shards import BadRecords, read_records
@@ -325,8 +325,6 @@ class FbankDataset(Dataset):
         labels = self.labels_of(index)
         return {"fbank": fbank, "label": labels[0] if labels else -1, "target": target, "path": self.path_of(index)}
 
-
-AudioItem = tuple[str, list[int]]
 
 
 def _index_names(

@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import soundfile
 
 from percli.core.data.shards import BadRecords
 
-if TYPE_CHECKING:
-    from percli.core.data.audio import AudioItem, FbankDataset
+AudioItem = tuple[str, list[int]]
+"""(audio path, class indices): the item `percli.core.data.audio.AudioDataset` reads."""
 
 ESC50_CSV = Path("meta", "esc50.csv")
 ESC50_HEADER = ("filename", "fold", "target", "category", "esc10", "src_file", "take")
@@ -113,7 +113,7 @@ def read_esc50(meta: str | Path, fold: int | None = None, held_out: bool = False
     return items, [names[t] for t in sorted(names)]
 
 
-def write_esc50_layout(root: str | Path, clips: FbankDataset, folds: int = 5) -> Path:
+def write_esc50_layout(root: str | Path, clips: Any, folds: int = 5) -> Path:
     """Write a single-label audio dataset as an ESC-50 tree: ``root/meta/esc50.csv`` and ``root/audio/*.wav``.
 
     The k-th clip of each class goes to fold ``k % folds + 1``, so every fold holds about the same share of
@@ -212,7 +212,7 @@ def read_speech_commands(root: str | Path, split: str = "train", extensions: tup
     return items, classes
 
 
-def write_speech_commands_layout(root: str | Path, clips: FbankDataset, seed: int = 0) -> Path:
+def write_speech_commands_layout(root: str | Path, clips: Any, seed: int = 0) -> Path:
     """Write a single-label audio dataset as a Speech Commands tree: ``root/<class>/<id>_nohash_0.wav``, the two
     list files and ``_background_noise_/white_noise.wav`` (5 s of noise, which no split reads).
 
