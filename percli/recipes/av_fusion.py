@@ -45,7 +45,13 @@ from percli.models.av_fusion import AVFusionClassifier
 from percli.recipes.audio_classify import audio_eval_reduce
 from percli.recipes.classification import classification_sums
 from percli.recipes.common import TrainedModelSection
-from percli.recipes.mavil_classify import EmbeddedEventClips, MAViLDataSection, MAViLItems, validate_av_data
+from percli.recipes.mavil_classify import (
+    EmbeddedEventClips,
+    MAViLDataSection,
+    MAViLItems,
+    held_out_source,
+    validate_av_data,
+)
 
 EMBEDDED_SPEC = AVEventsSpec(duration_s=2.0, fps=4, size=32, max_events=1)
 """The embedded clips: 2 s, one event, 32 px frames at 4 fps (the model reads 4 of them at 2 fps)."""
@@ -148,9 +154,7 @@ class AVFusionTask:
 
     def eval_dataset(self) -> Dataset | None:
         d = self.cfg.data
-        source = d.val_source
-        if source is None and (d.source == "embedded" or "test" in getattr(self.train_clips, "splits", ())):
-            source = d.source  # the embedded held-out split; a VGGSound CSV's test rows
+        source = held_out_source(d, self.train_clips)
         if source is None:
             return None
         return av_items(av_clips(d, source, "test", self.train_clips.labels, self.multilabel), self.model)

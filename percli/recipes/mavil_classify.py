@@ -203,10 +203,7 @@ class MAViLClassifyTask:
         return self._items(self.train_clips)
 
     def eval_dataset(self) -> Dataset | None:
-        d = self.cfg.data
-        source = d.val_source
-        if source is None and (d.source == "embedded" or "test" in getattr(self.train_clips, "splits", ())):
-            source = d.source  # the embedded held-out split; a VGGSound CSV's test rows
+        source = held_out_source(self.cfg.data, self.train_clips)
         if source is None:
             return None
         self.eval_clips = self._clips(source, "test", self.train_clips.labels, self.multilabel)
@@ -249,6 +246,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.kwargs.av_fusion: {fusion} does not fit modality={cfg.modality} (av: the fusion "
                           "layout; audio / video: one tower, no fusion); drop it from model.kwargs")
     validate_av_data(cfg.data)
+
+
+def held_out_source(d: MAViLDataSection, train_clips: Dataset) -> str | None:
+    """The held-out data of a labelled audio-video section: ``val_source``, else the embedded held-out split or a
+    VGGSound CSV's test rows (the training source again), else none."""
+    if d.val_source is None and (d.source == "embedded" or "test" in getattr(train_clips, "splits", ())):
+        return d.source
+    return d.val_source
 
 
 def validate_av_data(d: MAViLDataSection) -> None:
