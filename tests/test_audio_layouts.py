@@ -69,10 +69,43 @@ def test_speech_commands_splits_follow_the_lists_and_ignore_background_noise(spe
     assert splits["testing"].bad_records.count == 2 and splits["validation"].bad_records.count == 0
 
 
+def test_keyword_spotting_adds_silence_windows_and_a_tenth_of_unknown_words(speech_commands):
+    keywords = list(CLASSES[:3])
+    train = AudioDataset(speech_commands, split="train", keywords=keywords)
+    assert train.classes == sorted([*keywords, "_silence_", "_unknown_"])
+    labels = [train.classes[item[1][0]] for item in train.items]
+    # 8 training clips per keyword; unknown and silence are each a tenth of the 24 keyword clips
+    assert {name: labels.count(name) for name in set(labels)} == {**{k: 8 for k in keywords}, "_unknown_": 2,
+                                                                  "_silence_": 2}
+    silence = [i for i, name in enumerate(labels) if name == "_silence_"]
+    assert set(train.starts) == set(silence)
+    assert all(train.waveform(i).shape == (1, train.sample_rate) for i in silence)
+    assert all("_background_noise_" in train.items[i][0] for i in silence)
+    again = AudioDataset(speech_commands, split="train", keywords=keywords)
+    assert again.items == train.items and again.starts == train.starts  # the same draw in every process
+    testing = AudioDataset(speech_commands, split="testing", keywords=keywords)
+    assert testing.classes == train.classes and not {p for p, _ in testing.items if "noise" not in p} & {
+        p for p, _ in train.items if "noise" not in p}
+
+
+def test_an_esc50_csv_is_a_source_as_its_root_is(esc50):
+    root = AudioDataset(esc50, split="validation", fold=1)
+    csv_file = AudioDataset(esc50 / "meta" / "esc50.csv", split="validation", fold=1)
+    assert csv_file.items == root.items and csv_file.classes == root.classes
+    lines = (esc50 / "meta" / "esc50.csv").read_text().splitlines()
+    subset = esc50 / "esc10.csv"  # a subset of the rows kept in the root folder, beside audio/
+    subset.write_text("\n".join([lines[0], *(line for line in lines[1:] if line.startswith("1-"))]) + "\n")
+    held_out = AudioDataset(subset, split="validation", fold=1)
+    assert held_out.items == root.items
+
+
 @pytest.mark.parametrize(("layout", "overrides", "message"), [
     ("esc50", ["data.fold=7"], "data.fold: 7 is not a fold"),
     ("speech_commands", ["data.fold=1"], "meta/esc50.csv"),
     ("speech_commands", ["data.eval_split=testing"], "data.eval_split"),
+    ("speech_commands", ["data.keywords=[tone]"], "data.keywords: tone not word folder(s)"),
+    ("speech_commands", ["data.keywords=[yes]"], "quote the word"),
+    ("esc50", ["data.keywords=[tone]"], "data.keywords: data.source="),
 ])
 def test_layout_keys_that_do_not_fit_the_data_are_config_errors(layout, overrides, message, request):
     root = request.getfixturevalue(layout)

@@ -210,7 +210,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{key}: got {value!r}; expected a string")
+        # YAML reads yes/no/on/off as booleans: the words of a keyword list must be quoted.
+        hint = " (YAML reads yes/no/on/off as true/false: quote the word, as 'yes')" if isinstance(value, bool) else ""
+        raise ConfigError(f"{key}: got {value!r}; expected a string{hint}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a section (mapping), got {value!r}")

@@ -38,6 +38,10 @@ class AudioDataSection:
     eval_split: Literal["validation", "testing"] = "validation"
     """Speech Commands: the list evaluation reads (validation_list.txt or testing_list.txt); training reads
     every clip in neither list, from the word folders (SPC-2's 35 classes; _background_noise_ is none)."""
+    keywords: list[str] = dataclasses.field(default_factory=list)
+    """Speech Commands as keyword spotting (SPC-1, `--preset spc1`): these words are classes, with `_silence_`
+    (1 s windows of _background_noise_) and `_unknown_` (the other words), each about a tenth of a split, drawn
+    with a fixed seed. Empty = every word folder is a class (SPC-2)."""
     label_csv: str | None = None
     """AudioSet class_labels_indices.csv (index,mid,display_name) for AST-style JSON data."""
     sample_rate: int = 16000
@@ -66,7 +70,7 @@ def audio_dataset(data: AudioDataSection, source: str, split: str, train: bool) 
     if source == "embedded":
         size = data.embedded_size if split == "train" else max(data.embedded_size // 4, 1)
         return build_dataset(source, kind="audio", split=split, num_clips=size, **features)
-    return build_dataset(source, kind="audio", label_csv=data.label_csv, fold=data.fold,
+    return build_dataset(source, kind="audio", label_csv=data.label_csv, fold=data.fold, keywords=data.keywords,
                          split="train" if split == "train" else data.eval_split, **features)
 
 
@@ -92,6 +96,17 @@ def check_layout(data: AudioDataSection) -> None:
         if data.fold not in folds:
             raise ConfigError(f"data.fold: {data.fold} is not a fold of {meta}; its folds are "
                               f"{', '.join(map(str, folds))}")
+    if data.keywords:
+        if not is_speech_commands(data.source):
+            raise ConfigError(f"data.keywords: data.source={data.source} is not a Speech Commands tree (word folders "
+                              "and validation_list.txt / testing_list.txt); keyword spotting relabels one: give its "
+                              "root, or set data.keywords=[]")
+        root = Path(data.source).expanduser()
+        missing = [word for word in data.keywords if not (root / word).is_dir()]
+        if missing:
+            words = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(("_", ".")))
+            raise ConfigError(f"data.keywords: {', '.join(missing)} not word folder(s) of {root}; its words are "
+                              f"{', '.join(words)}")
     source = eval_source(data)
     if source and is_speech_commands(source):
         listed = Path(source).expanduser() / SPEECH_COMMANDS_LISTS[data.eval_split]

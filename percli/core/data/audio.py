@@ -32,7 +32,14 @@ import torch
 import torchaudio
 from torch.utils.data import Dataset
 
-from percli.core.data.audio_layouts import AudioItem, esc50_csv, is_speech_commands, read_esc50, read_speech_commands
+from percli.core.data.audio_layouts import (
+    SILENCE,
+    AudioItem,
+    esc50_csv,
+    is_speech_commands,
+    read_esc50,
+    read_speech_commands,
+)
 from percli.core.data.images import BadSample, inferred_classes, list_folder
 from percli.core.data.paths import resolve_manifest_path
 from percli.core.data.shards import BadRecords, read_records
@@ -465,6 +472,7 @@ class AudioDataset(FbankDataset):
             Commands' clips in neither list; ``"validation"`` or ``"testing"`` reads ESC-50's `fold` / the
             clips of that Speech Commands list. Other sources ignore it.
         fold: ESC-50's held-out cross-validation fold; None reads every fold whatever the split.
+        keywords: Speech Commands as keyword spotting (SPC-1): these words, ``_silence_`` and ``_unknown_``.
         **features: :class:`FbankDataset` arguments (``sample_rate``, ``num_mel_bins``,
             ``target_length``, ``mean``, ``std``, ``train``, ``freqm``, ``timem``, ``roll_mag_aug``,
             ``mixup``, ``transform``).
@@ -484,15 +492,23 @@ class AudioDataset(FbankDataset):
         classes: list[str] | None = None,
         split: str = "train",
         fold: int | None = None,
+        keywords: tuple[str, ...] | list[str] = (),
         **features: Any,
     ) -> None:
         super().__init__(**features)
         path = Path(source).expanduser()
         self.bad_records = BadRecords()
+        self.starts: dict[int, float] = {}
+        """Items that are a 1 s window of a longer file (keyword spotting's silence): index -> start seconds."""
         if (meta := esc50_csv(path)) is not None:
             self.items, self.classes = read_esc50(meta, fold, split != "train", self.bad_records)
         elif is_speech_commands(path):
-            self.items, self.classes = read_speech_commands(path, split, AUDIO_EXTENSIONS, self.bad_records)
+            self.items, self.classes, silence = read_speech_commands(path, split, AUDIO_EXTENSIONS, self.bad_records,
+                                                                     tuple(keywords))
+            if silence:
+                label = [self.classes.index(SILENCE)]
+                self.starts = {len(self.items) + k: start for k, (_, start) in enumerate(silence)}
+                self.items += [(noise, label) for noise, _ in silence]
         elif path.is_dir():
             samples, self.classes = list_folder(path, AUDIO_EXTENSIONS)
             self.items = [(p, [lab] if lab >= 0 else []) for p, lab in samples]
@@ -513,7 +529,11 @@ class AudioDataset(FbankDataset):
         return len(self.items)
 
     def waveform(self, index: int) -> torch.Tensor:
-        return load_audio(self.items[index][0], self.sample_rate)
+        wave = load_audio(self.items[index][0], self.sample_rate)
+        if index in self.starts:
+            start = round(self.starts[index] * self.sample_rate)
+            wave = wave[:, start:start + self.sample_rate]
+        return wave
 
     def labels_of(self, index: int) -> list[int]:
         return self.items[index][1]

@@ -7,7 +7,9 @@ test on the fifth, and average the five test accuracies.
 
 Speech Commands v0.02 (Warden, 2018): one folder of 1 s 16 kHz WAVs per word, ``_background_noise_/`` (long
 noise recordings, no class), and ``validation_list.txt`` / ``testing_list.txt`` naming clips as
-``word/file.wav``; the training set is every clip in neither list. Its 35 words are SPC-2's classes.
+``word/file.wav``; the training set is every clip in neither list. Its 35 words are SPC-2's classes. SPC-1 is the
+keyword-spotting task of v0.01 (Warden's TensorFlow tutorial, SUPERB's KS): 10 keywords, ``_unknown_`` (every other
+word) and ``_silence_`` (1 s cut from the background noise), with silence and unknown each about a tenth of a split.
 
 The writers put the clips of a single-label audio dataset (the embedded synthesised sounds, for tests and examples
 that need no download) into these layouts at the dataset's sample rate and clip lengths.
@@ -32,14 +34,25 @@ ESC50_HEADER = ("filename", "fold", "target", "category", "esc10", "src_file", "
 SPEECH_COMMANDS_LISTS = {"validation": "validation_list.txt", "testing": "testing_list.txt"}
 SPEECH_COMMANDS_SPLITS = ("train", *SPEECH_COMMANDS_LISTS)
 BACKGROUND_NOISE = "_background_noise_"
+SPC1_KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
+SILENCE, UNKNOWN = "_silence_", "_unknown_"
+SILENCE_SHARE = UNKNOWN_SHARE = 0.1
+"""The tutorial's defaults (silence_percentage / unknown_percentage 10 %): each a tenth of the split's clips."""
 
 
 # ---------------------------------------------------------------------------------------------- ESC-50
 
 
 def esc50_csv(source: str | Path) -> Path | None:
-    """``<source>/meta/esc50.csv`` when `source` is an ESC-50 root folder, else None."""
-    meta = Path(source).expanduser() / ESC50_CSV
+    """The ESC-50 meta CSV of `source`: ``<source>/meta/esc50.csv`` for an ESC-50 root folder, or `source` itself
+    when it is a CSV with ESC-50's columns (``meta/esc50.csv``, or a copy holding some of its rows, such as the
+    ESC-10 subset, kept in the root folder beside ``audio/``); else None."""
+    source = Path(source).expanduser()
+    if source.is_file() and source.suffix.lower() == ".csv":
+        with open(source, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+        return source if set(ESC50_HEADER[:4]) <= set(header) else None
+    meta = source / ESC50_CSV
     return meta if meta.is_file() else None
 
 
@@ -75,7 +88,7 @@ def read_esc50(meta: str | Path, fold: int | None = None, held_out: bool = False
     """Clips of an ESC-50 tree: the held-out `fold`, or every other fold.
 
     Args:
-        meta: ``meta/esc50.csv``; clips are read from ``../audio/`` beside its folder.
+        meta: ``meta/esc50.csv``; clips are read from ``audio/`` beside it or beside its folder.
         fold: The cross-validation fold held out; None takes every fold.
         held_out: Read `fold` itself (evaluation) instead of the other folds (training).
         bad: Counts malformed rows and listed files that do not exist (both are skipped).
@@ -98,7 +111,7 @@ def read_esc50(meta: str | Path, fold: int | None = None, held_out: bool = False
         if names.setdefault(target, category) != category:
             raise ValueError(f"{meta}: target {target} is both {names[target]!r} and {category!r} ({filename})")
     index = {target: i for i, target in enumerate(sorted(names))}
-    audio = meta.parent.parent / "audio"
+    audio = meta.parent / "audio" if (meta.parent / "audio").is_dir() else meta.parent.parent / "audio"
     items: list[AudioItem] = []
     for row, filename, row_fold, target, _ in rows:
         if fold is not None and (row_fold == fold) != held_out:
@@ -154,6 +167,34 @@ def is_speech_commands(source: str | Path) -> bool:
     return any((root / name).is_file() for name in SPEECH_COMMANDS_LISTS.values())
 
 
+def keyword_classes(keywords: tuple[str, ...] | list[str]) -> list[str]:
+    """The classes of a keyword-spotting task, sorted as a folder listing sorts them (so the official v0.01 test
+    set's class folders, ``_silence_`` and ``_unknown_`` included, index classes alike)."""
+    return sorted({*keywords, SILENCE, UNKNOWN})
+
+
+def _keyword_items(root: Path, split: str, words: list[str], items: list[AudioItem], keywords: tuple[str, ...],
+                   seed: int) -> tuple[list[AudioItem], list[str], list[tuple[str, float]]]:
+    """Relabel word clips for keyword spotting: the keywords keep their class, a random `UNKNOWN_SHARE` of the
+    split is drawn from the other words (as ``_unknown_``), and `SILENCE_SHARE` are ``_silence_`` segments: 1 s
+    windows of the background-noise files, as ``(path, start seconds)``, appended after the items."""
+    classes = keyword_classes(keywords)
+    index = {word: i for i, word in enumerate(classes)}
+    known = [(path, [index[words[labels[0]]]]) for path, labels in items if words[labels[0]] in index]
+    others = [(path, [index[UNKNOWN]]) for path, labels in items if words[labels[0]] not in index]
+    # A seed per split, so the draw is the same in every process and run.
+    rng = np.random.default_rng([seed, SPEECH_COMMANDS_SPLITS.index(split)])
+    share = max(1, round(len(known) * UNKNOWN_SHARE))
+    unknown = [others[i] for i in sorted(rng.permutation(len(others))[:share])]
+    noises = sorted(p for p in (root / BACKGROUND_NOISE).glob("*") if p.suffix.lower() == ".wav")
+    segments: list[tuple[str, float]] = []
+    for k in range(max(1, round(len(known) * SILENCE_SHARE)) if noises else 0):
+        noise = noises[k % len(noises)]
+        seconds = soundfile.info(str(noise)).duration
+        segments.append((str(noise), float(rng.uniform(0.0, max(seconds - 1.0, 0.0)))))
+    return known + unknown, classes, segments
+
+
 def _listed(list_file: Path) -> list[tuple[int, str]]:
     """``(line number, "word/file.wav")`` of each non-blank line; none when the list does not exist."""
     if not list_file.is_file():
@@ -163,7 +204,8 @@ def _listed(list_file: Path) -> list[tuple[int, str]]:
 
 
 def read_speech_commands(root: str | Path, split: str = "train", extensions: tuple[str, ...] = (".wav",),
-                         bad: BadRecords | None = None) -> tuple[list[AudioItem], list[str]]:
+                         bad: BadRecords | None = None, keywords: tuple[str, ...] = (), seed: int = 0,
+                         ) -> tuple[list[AudioItem], list[str], list[tuple[str, float]]]:
     """Clips of one split of a Speech Commands tree.
 
     Args:
@@ -172,10 +214,14 @@ def read_speech_commands(root: str | Path, split: str = "train", extensions: tup
             names).
         extensions: Audio file suffixes (lower case) a training clip may have.
         bad: Counts list lines naming a missing file or a folder that is not a word (both are skipped).
+        keywords: Keyword spotting (SPC-1: `SPC1_KEYWORDS`): classes are the keywords, ``_silence_`` and
+            ``_unknown_`` (see `_keyword_items`); empty = every word is a class (SPC-2).
+        seed: Seed of keyword spotting's draws of unknown words and silence windows.
 
     Returns:
-        ``(items, classes)`` with the word folders, sorted, as classes (``_background_noise_`` and other
-        folders starting with ``_`` or ``.`` are none).
+        ``(items, classes, silence)``: the clips, the word folders, sorted, as classes (``_background_noise_``
+        and other folders starting with ``_`` or ``.`` are none) or `keyword_classes`, and the ``_silence_``
+        windows ``(noise file, start seconds)`` of keyword spotting (their class follows the items').
 
     Raises:
         ValueError: If `split` is unknown, its list file is missing, or it has no clip.
@@ -209,7 +255,9 @@ def read_speech_commands(root: str | Path, split: str = "train", extensions: tup
     if not items:
         raise ValueError(f"{root}: the {split} split of this Speech Commands tree has no clip ({bad.count} listed "
                          "file(s) missing)")
-    return items, classes
+    if keywords:
+        return _keyword_items(root, split, classes, items, tuple(keywords), seed)
+    return items, classes, []
 
 
 def write_speech_commands_layout(root: str | Path, clips: Any, seed: int = 0) -> Path:
