@@ -23,25 +23,34 @@ The convention a runner relies on (keep ../shared/golden/README.md in step with 
 * A runner may add keyword arguments that are the case's saved RNG draws replacing the official code's draws
   (``noise=inputs["noise"]``), or that select the official output where percli's default differs (Hiera's
   eval-mode softmax: ``return_probs=True``); they can never override a recorded argument.
+* A *structured* entry (a dict, as ``voicecraft_infer_tiny_cfg`` records them) is one call: ``function``
+  (``"VoiceCraft.inference_tts"``: the method after the last ``.``, or a runner's alias, is called on the percli
+  model), ``positional_inputs`` (names resolved as above; a non-string is a literal), ``kwargs`` (recorded
+  literals, passed as they are) and, if present, ``seed``: Python's, NumPy's and torch's global generators are
+  seeded with it right before the call (the official scripts' ``seed_everything``). ``observed`` is a note; any
+  other field raises, as the replay would not honour it. The outputs are ``<entry>_<name>`` for every item of a
+  dict result (a runner's ``extra``, keyed by the recorded ``function``, may ask percli for that form, e.g. a
+  per-step trace), or ``<entry>`` for a single tensor. A calls key beginning with ``_`` (``_outputs_per_call``)
+  documents the other entries and is not an entry.
 * An entry a runner cannot replay (prose only, ``...``-elided arguments, intermediates of another call) is
   *pinned*: the runner names verbatim fragments of the text it implements by hand, and a changed fragment fails.
+  A structured entry has no text to pin: it is replayed, or a runner's handler implements it.
 * Every entry of a case must be replayed or pinned. Anything else -- an unknown entry without a replayable
-  call, an unknown name, a method or argument percli lacks, an elided argument -- raises `GoldenReplayError`
-  naming the case, the entry and the call.
-
-Structured entries (a dict with ``function`` / ``positional_inputs`` / ``kwargs``, as ``voicecraft_infer_tiny_cfg``)
-are not replayed here: no built runner takes them, and replaying one raises.
+  call, an unknown name, a method or argument percli lacks, an elided argument, an unknown field of a
+  structured entry -- raises `GoldenReplayError` naming the case, the entry and the call.
 """
 
 from __future__ import annotations
 
 import ast
 import inspect
+import random
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 MODE_METHODS = frozenset({"eval", "train"})
@@ -182,7 +191,8 @@ class CallBook:
         self.case, self.model, self.inputs = case, model, dict(inputs)
         self.receivers = tuple(receivers)
         self.names, self.functions, self.aliases = dict(names or {}), dict(functions or {}), dict(aliases or {})
-        self.entries: dict[str, Any] = dict(config.get("calls") or {})
+        # keys beginning with "_" document the entries (the voicecraft inference case's "_outputs_per_call")
+        self.entries: dict[str, Any] = {k: v for k, v in (config.get("calls") or {}).items() if not k.startswith("_")}
         if not self.entries:
             raise GoldenReplayError(f"golden case {case}: config.json records no calls")
         self.scalars = {k: v for k, v in config.items() if isinstance(v, int | float) and not isinstance(v, bool)}
@@ -204,7 +214,8 @@ class CallBook:
                                     f"the case records {sorted(self.entries)}")
         text = self.entries[key]
         if not isinstance(text, str):
-            raise self.error(key, "a structured call record, which this runner does not replay")
+            raise self.error(key, "a structured call record (function / positional_inputs / kwargs) has no text "
+                                  "to pin or parse; replay it (`replay_structured`)")
         return text
 
     # ----------------------------------------------------------------------- pinning
@@ -448,6 +459,54 @@ class CallBook:
                                    fields))
         return out
 
+    def replay_structured(self, key: str, *, extra: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+        """Replay the structured entry `key` (see the module docstring) and name its outputs.
+
+        Args:
+            extra: per callee as recorded in ``function``, keyword arguments the runner adds (never over a recorded
+                one), e.g. asking percli for the per-step trace the case saves.
+        """
+        entry = self.entries.get(key)
+        if not isinstance(entry, Mapping):
+            raise GoldenReplayError(f"golden case {self.case}: calls[{key!r}] is not a structured call record")
+        record = RecordedCall(f"{entry.get('function', '?')}(*{entry.get('positional_inputs', [])}, "
+                              f"**{entry.get('kwargs', {})})")
+        function = entry.get("function")
+        if not isinstance(function, str) or not function:
+            raise self.error(key, "records no `function` to call", record)
+        unknown = sorted(set(entry) - {"function", "positional_inputs", "kwargs", "seed", "observed"})
+        if unknown:
+            raise self.error(key, f"records fields {unknown} this replay does not know how to honour", record)
+        method = function.rsplit(".", 1)[-1]
+        target = self._attribute(key, record, [self.receivers[0], method], method=True)
+        names = entry.get("positional_inputs") or []
+        args = [self._lookup(key, record, n, {}) if isinstance(n, str) else n for n in names]
+        kwargs = dict(entry.get("kwargs") or {})
+        added = dict((extra or {}).get(function, {}))
+        clash = sorted(set(added) & set(kwargs))
+        if clash:
+            raise self.error(key, f"the runner's arguments {clash} would override recorded ones", record)
+        kwargs.update(added)
+        try:
+            inspect.signature(target).bind(*args, **kwargs)
+        except TypeError as err:
+            raise self.error(key, f"percli's {type(self.model).__name__}.{self.aliases.get(method, method)} cannot "
+                                  f"take the recorded arguments: {err}", record) from None
+        if "seed" in entry:
+            seed = int(entry["seed"])
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+        self.log.append(ReplayedCall(key, method, tuple(args), dict(kwargs)))
+        result = target(*args, **kwargs)
+        self.handled.add(key)
+        if isinstance(result, Mapping):
+            return {f"{key}_{name}": value for name, value in result.items() if value is not None}
+        if isinstance(result, torch.Tensor):
+            return {key: result}
+        raise self.error(key, f"percli returns a {type(result).__name__}: the runner must ask for a dict (its items "
+                              f"are the outputs {key}_<name>)", record)
+
     def replay_all(self, *, custom: Mapping[str, tuple[tuple[str, ...], Callable[[dict], dict]]] | None = None,
                    pins: Mapping[str, tuple[str, ...]] | None = None, loops: Mapping[str, Mapping] | None = None,
                    fields: Mapping[str, Mapping[str, str]] | None = None,
@@ -471,6 +530,10 @@ class CallBook:
                     raise self.error(key, "the runner's handler neither replayed nor pinned this entry")
             elif key in pins:
                 self.pin(key, *pins[key])
+            elif isinstance(self.entries[key], Mapping):
+                if key in loops or key in fields:
+                    raise self.error(key, "a structured call record takes no loop or field mapping")
+                self.outputs.update(self.replay_structured(key, extra=extra.get(key)))
             else:
                 self.outputs.update(self.replay(key, loop=loops.get(key), fields=fields.get(key),
                                                 extra=extra.get(key)))

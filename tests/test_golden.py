@@ -8,7 +8,8 @@ runner that builds the percli model, replays the case's "calls" and returns ever
 
 Runners replay what the case records, not a fixed copy of the public cases: a `CallBook`
 (tests/golden_replay.py, whose docstring is the convention) parses every recorded call with `ast` and calls
-the percli method with the recorded positional and keyword arguments; an entry it cannot replay is
+the percli method with the recorded positional and keyword arguments (a structured record -- function, positional
+inputs, kwargs, seed -- is called as recorded after the official seeding); an entry it cannot replay is
 implemented by hand only if pinned to the verbatim text it implements, and anything else fails, naming the
 case, the entry and the call.
 """
@@ -212,6 +213,81 @@ def run_voicecraft(case: Case) -> dict[str, torch.Tensor]:
               "logits_BKSC": ("stack of predict_layer[k](decoder_out_y) -> [B, K, T, card]",),
               "logits_final_KTC / targets_KT": ("after remove_mask + revert_pattern",),
               "ce_loss_codebook_k": ("F.cross_entropy(logits_final_KTC[k], targets_KT[k]) (mean)",)})
+
+
+@torch.no_grad()
+def run_voicecraft_inference(case: Case) -> dict[str, torch.Tensor]:
+    from percli.models.voicecraft import VoiceCraft, kwargs_from_official_args
+
+    args = case.config["model_args_after_init"]
+    model = VoiceCraft(**kwargs_from_official_args(args))
+    model.load_state_dict(case.state(), strict=True)
+    model.eval()
+    # every entry is a structured call (function, positional inputs, kwargs, seed), replayed as recorded after the
+    # official seeding; percli's official entry points return, asked for it, the per-step trace the case saves as
+    # <call>_<name> (logits before/after the edits, raw draws, fed-back tokens, context length) beside res / gen.
+    # The TTS variants stop and ban EOS by the codec rate (args.encodec_sr); editing's limit is the official literal.
+    extra = {}
+    for key, entry in case.config["calls"].items():
+        if isinstance(entry, dict) and not key.startswith("_"):  # "_outputs_per_call" documents the others
+            function = str(entry.get("function"))
+            tts = function.rsplit(".", 1)[-1].startswith("inference_tts")
+            extra[key] = {function: {"return_trace": True, **({"codec_rate": int(args["encodec_sr"])} if tts else {})}}
+    return _book(case, model).replay_all(extra=extra)
+
+
+@torch.no_grad()
+def run_encodec(case: Case) -> dict[str, torch.Tensor]:
+    from percli.models.encodec import EncodecModel, kwargs_from_audiocraft_config
+
+    model = EncodecModel(**kwargs_from_audiocraft_config(case.config["config"]))
+    model.load_state_dict(case.state(), strict=True)
+    model.eval()
+    assert model.frame_rate == case.config["frame_rate"] and model.hop_length == case.config["hop_length"]
+    inputs = case.inputs()
+    # codes flip under ~1e-6 residual errors (the case's codebook_distance_margins): encode is checked against the
+    # saved codes exactly, and decoding starts from the SAVED codes, as the case asks, so it tests the decoder alone
+    saved = load_file(str(case.path / "outputs.safetensors"))
+    book = _book(case, model, inputs, names={"codes": saved["codes"]})
+    wav, odd = inputs["wav"], inputs["wav_odd"]
+
+    def layers(stack: torch.nn.Sequential, h: torch.Tensor, name: str) -> dict[str, torch.Tensor]:
+        out = {}
+        for i, layer in enumerate(stack):
+            h = out[f"{name}_{i}"] = layer(h)
+        return out
+
+    def rvq(_: dict) -> dict[str, torch.Tensor]:
+        _, residuals, quantized = model.quantizer.vq.encode_with_residuals(model.encoder(wav))
+        return {**{f"rvq_residual_{q}": r for q, r in enumerate(residuals)},
+                **{f"rvq_quantized_{q}": v for q, v in enumerate(quantized)}}
+
+    def forward(_: dict) -> dict[str, torch.Tensor]:
+        # audiocraft's QuantizedResult; percli's forward is its `x`, the eval penalty is the zero commitment loss
+        return {"forward_x": model(wav), "forward_codes": model.encode(wav),
+                "forward_bandwidth": torch.tensor(model.bandwidth), "forward_penalty": torch.zeros(())}
+
+    return book.replay_all(
+        custom={"codes": (("codes, scale = model.encode(wav)", "(scale is None)"),
+                          lambda _: {"codes": model.encode(wav)}),  # percli's encode returns the codes alone
+                # "model.decode(codes) ... (NOT trimmed; ... = model.decode(frames[0][0]) ...)": one call, told twice
+                "decoded": (("model.decode(codes) [B,1,T*hop] (NOT trimmed",
+                             "AudioTokenizer.decode(frames) = model.decode(frames[0][0])"),
+                            lambda _: {"decoded": model.decode(saved["codes"])}),
+                "encoder_layer_i": (("output of model.encoder.model[i]", "during encode(wav)"),
+                                    lambda _: layers(model.encoder.model, wav, "encoder_layer")),
+                "rvq_residual_q / rvq_quantized_q": (("residual_0 = encoder_out", "quantized_q = layers[q].decode(",
+                                                      "residual_{q+1} = residual_q - quantized_q"), rvq),
+                "decoder_layer_i": (("output of model.decoder.model[i] during decode(codes)",),
+                                    lambda _: layers(model.decoder.model, model.decode_latent(saved["codes"]),
+                                                     "decoder_layer")),
+                "forward_x / forward_codes / forward_bandwidth / forward_penalty": (
+                    ("q = model(wav) in eval mode", "q.x = decoder(quantized) trimmed to the input length",
+                     "q.bandwidth = n_q*log2(bins)*frame_rate/1000", "q.penalty = mean of the per-stage zero losses"),
+                    forward),
+                "odd_*": (("same for wav_odd", "odd_decoded has T*hop samples, odd_forward_x is trimmed to len"),
+                          lambda _: {"odd_codes": model.encode(odd), "odd_decoded": model.decode(saved["odd_codes"]),
+                                     "odd_forward_x": model(odd)})})
 
 
 def _pe_grids(visual: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, int]:
@@ -637,6 +713,9 @@ RUNNERS: dict[tuple[str, str], Runner] = {
     ("models_mae.py", "MaskedAutoencoderViT"): run_audiomae_mae,
     ("models_vit.py", "VisionTransformer"): run_audiomae_vit,
     ("models/voicecraft.py", "VoiceCraft"): run_voicecraft,
+    ("models/voicecraft.py", "VoiceCraft.inference"): run_voicecraft_inference,
+    ("audiocraft/models/encodec.py (SEANetEncoder/SEANetDecoder: audiocraft/modules/seanet.py, conv.py, lstm.py; "
+     "ResidualVectorQuantizer: audiocraft/quantization/vq.py, core_vq.py)", "EncodecModel"): run_encodec,
     ("src/open_clip/model.py (towers: src/open_clip/transformer.py VisionTransformer / TextTransformer)", "CLIP"):
         run_openclip,
     ("core/vision_encoder/pe.py", "CLIP"): run_pe_clip,
@@ -708,9 +787,10 @@ def test_recorded_calls_are_parsed_from_the_text_not_evaluated() -> None:
     assert output_names("loss, pred, label, mask_out") == ["loss", "pred", "label", "mask_out"]
 
 
-def _case_copy(tmp_path: Path, name: str, edits: list[tuple[str, str | None, str]]) -> Case:
+def _case_copy(tmp_path: Path, name: str, edits: list[tuple[str, str | None, object]]) -> Case:
     """A copy of public case `name` (same folder name; tensors linked) whose `calls` entries are edited:
-    (key, old, new) replaces the text `old` by `new` in entry `key`; old None adds or overwrites the entry."""
+    (key, old, new) replaces the text `old` by `new` in entry `key`; old None adds or overwrites the entry. In a
+    structured entry `old` names a field: `new` is merged into it (a dict) or replaces it."""
     source = GOLDEN_DIR / name
     if not (source / "config.json").is_file():
         pytest.skip(f"golden case {name} not found in {GOLDEN_DIR}")
@@ -720,6 +800,10 @@ def _case_copy(tmp_path: Path, name: str, edits: list[tuple[str, str | None, str
             (tmp_path / name / item.name).symlink_to(item)
     config = json.loads((source / "config.json").read_text())
     for key, old, new in edits:
+        entry = config["calls"].get(key)
+        if isinstance(entry, dict) and old is not None:
+            entry[old] = {**entry[old], **new} if isinstance(new, dict) and old in entry else new
+            continue
         if old is not None:
             assert old in config["calls"][key], f"{name}: {old!r} is not in calls[{key!r}]"
             new = config["calls"][key].replace(old, new)
@@ -730,6 +814,7 @@ def _case_copy(tmp_path: Path, name: str, edits: list[tuple[str, str | None, str
 
 
 _DINO_INTERM = ["interm_i_patch_bchw / interm_i_cls", "interm_i_patch_prenorm"]
+_VOICECRAFT_TRACE = ("res", "gen", "logits_raw", "logits_adjusted", "draws", "step_tokens", "y_input_len")
 
 # (case, edits of its calls, {output of the edited case: output of the public case it must equal}, outputs that
 # must be absent): each expectation follows from the official outputs, so honouring the edit is checked against them
@@ -761,6 +846,17 @@ CHANGED_CALLS = {
                                                     "model.forward_video(vfeats, vmasks, caps, cmasks)")],
                             {"short_pooled_video": "pooled_video", "short_video_position_ids": "video_position_ids"},
                             []),
+    "voicecraft_batched_function": ("voicecraft_infer_tiny_cfg",
+                                    [("tts_greedy_kv1", "function", "VoiceCraft.inference_tts_batch"),
+                                     ("tts_greedy_kv1", "kwargs", {"batch_size": 3})],
+                                    {f"tts_greedy_kv1_{n}": f"tts_batch3_greedy_kv1_{n}" for n in _VOICECRAFT_TRACE},
+                                    []),
+    "voicecraft_sampled_seed_and_kwargs": ("voicecraft_infer_tiny_cfg",
+                                           [("tts_greedy_kv1", "seed", 2),
+                                            ("tts_greedy_kv1", "kwargs", {"top_k": 20, "top_p": 0.9, "temperature": 0.8,
+                                                                          "stop_repetition": 3})],
+                                           {f"tts_greedy_kv1_{n}": f"tts_sampled_kv1_{n}" for n in _VOICECRAFT_TRACE},
+                                           []),
 }
 
 
@@ -799,6 +895,20 @@ UNREPLAYABLE = {
     "more_names_than_values": ("hiera_mae_tiny_cfg", [("latent, pred, mask", None,
                                                        "model.forward_decoder(encoder_latent, mask)")],
                                "3 output names ['latent', 'pred', 'mask'], but the replayed call gives 2 values"),
+    "changed_pinned_prose": ("encodec_tiny_cfg", [("decoded", "(NOT trimmed;", "(trimmed to the input;")],
+                             "no longer says"),
+    "structured_unknown_function": ("voicecraft_infer_tiny_cfg",
+                                    [("tts_greedy_kv1", "function", "VoiceCraft.inference_tts_beam")],
+                                    "has no method 'inference_tts_beam'"),
+    "structured_unknown_input": ("voicecraft_infer_tiny_cfg",
+                                 [("tts_greedy_kv1", "positional_inputs", ["tts_x", "tts_x_lens", "tts_prompt"])],
+                                 "cannot resolve the name 'tts_prompt'"),
+    "structured_unknown_argument": ("voicecraft_infer_tiny_cfg", [("tts_greedy_kv1", "kwargs", {"eog_coef": 0.5})],
+                                    "cannot take the recorded arguments"),
+    "structured_unknown_field": ("voicecraft_infer_tiny_cfg", [("tts_greedy_kv1", "generator_seed", 3)],
+                                 "does not know how to honour"),
+    "structured_override": ("voicecraft_infer_tiny_cfg", [("tts_greedy_kv1", "kwargs", {"return_trace": False})],
+                            "would override recorded ones"),
 }
 
 

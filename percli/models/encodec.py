@@ -23,6 +23,7 @@ unpickled.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -236,9 +237,11 @@ class EuclideanCodebook(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """``[..., dim]`` -> nearest indices ``[...]`` (ties go to the lowest index)."""
         flat = x.reshape(-1, x.shape[-1])  # [..., D] -> [N, D]
-        # ||x - e||^2 = ||x||^2 - 2 x·e + ||e||^2; ||x||^2 is the same for every entry
-        dist = self.embed.pow(2).sum(1) - 2 * flat @ self.embed.t()  # [N, bins]
-        return dist.argmin(dim=-1).view(x.shape[:-1])
+        # -||x - e||^2 summed in audiocraft's order, ||x||^2 included: dropping it (the same for every entry)
+        # rounds differently and picks another entry at near-ties (1 frame in 200,000 of random 128-d data)
+        embed = self.embed.t()  # [D, bins]
+        dist = -(flat.pow(2).sum(1, keepdim=True) - 2 * flat @ embed + embed.pow(2).sum(0, keepdim=True))
+        return dist.max(dim=-1).indices.view(x.shape[:-1])
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         return F.embedding(codes, self.embed)  # [...] -> [..., dim]
@@ -266,12 +269,19 @@ class ResidualVectorQuantization(nn.Module):
         self.layers = nn.ModuleList(VectorQuantization(dim, bins) for _ in range(n_q))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        residual, codes = x, []
+        return self.encode_with_residuals(x)[0]
+
+    def encode_with_residuals(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Codes ``[B, K, T]``, and per stage the residual it quantized and its quantized value (``[B, D, T]``)."""
+        residual, codes, residuals, quantized = x, [], [], []
         for layer in self.layers:
             idx = layer.encode(residual)
-            residual = residual - layer.decode(idx)
+            q = layer.decode(idx)
             codes.append(idx)
-        return torch.stack(codes, dim=1)  # K x [B, T] -> [B, K, T]
+            residuals.append(residual)
+            quantized.append(q)
+            residual = residual - q
+        return torch.stack(codes, dim=1), residuals, quantized  # K x [B, T] -> [B, K, T]
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         return sum(layer.decode(codes[:, k]) for k, layer in enumerate(self.layers[: codes.shape[1]]))
@@ -351,7 +361,16 @@ class EncodecModel(nn.Module):
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.quantizer.bins):
             raise ValueError(f"codes must lie in [0, {self.quantizer.bins}); got "
                              f"[{int(codes.min())}, {int(codes.max())}] (strip special tokens first)")
-        return self.decoder(self.quantizer.decode(codes))
+        return self.decoder(self.decode_latent(codes))
+
+    def decode_latent(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes ``[B, K, T']`` -> the quantized latent ``[B, dimension, T']`` (the sum of the K entries)."""
+        return self.quantizer.decode(codes)
+
+    @property
+    def bandwidth(self) -> float:
+        """Kilobits per second of the codes (audiocraft's ``QuantizedResult.bandwidth``)."""
+        return self.quantizer.n_q * math.log2(self.quantizer.bins) * self.frame_rate / 1000
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         """Codec reconstruction, trimmed to the input length."""
@@ -359,6 +378,51 @@ class EncodecModel(nn.Module):
 
 
 # --------------------------------------------------------------------------- checkpoints
+
+
+# audiocraft settings percli implements one way only: (section, key) -> the value it must have
+_FIXED_SETTINGS = {
+    ("seanet", "activation"): "ELU", ("seanet", "activation_params"): {"alpha": 1.0},
+    ("seanet", "norm"): "weight_norm", ("seanet", "norm_params"): {}, ("seanet", "pad_mode"): "constant",
+    ("seanet", "true_skip"): True, ("seanet", "disable_norm_outer_blocks"): 0,
+    ("decoder", "final_activation"): None, ("decoder", "final_activation_params"): None,
+    ("encodec", "renormalize"): False, ("encodec", "autoencoder"): "seanet", ("encodec", "quantizer"): "rvq",
+}
+
+
+def kwargs_from_audiocraft_config(cfg: Mapping) -> dict:
+    """`EncodecModel` arguments from an audiocraft compression config (its ``encodec``, ``seanet``, ``rvq``
+    sections, as ``xp.cfg`` holds them and ``builders.get_compression_model`` reads them).
+
+    ``seanet.encoder`` / ``seanet.decoder`` override the shared SEANet settings for their side; the RVQ's
+    training settings (EMA decay, k-means init, dead-code threshold, dropout) do not change inference and
+    are ignored. A setting percli implements only one way (ELU, weight norm, zero padding, identity skip,
+    no renormalisation...) must have that value, else a ValueError names it.
+    """
+    sections = {name: dict(cfg.get(name) or {}) for name in ("encodec", "seanet", "rvq")}
+    seanet = sections["seanet"]
+    sides = {"encoder": seanet.pop("encoder", None) or {}, "decoder": seanet.pop("decoder", None) or {}}
+    sections["encoder"], sections["decoder"] = {**seanet, **sides["encoder"]}, {**seanet, **sides["decoder"]}
+    wrong = [f"{name}.{key}={sections[name][key]!r} (percli: {want!r})" for (name, key), want in _FIXED_SETTINGS.items()
+             if key in sections[name] and plain(sections[name][key]) != want]
+    names = set(inspect.signature(EncodecModel).parameters)
+    wrong += [f"seanet.{side}.{key}={value!r} (percli builds both sides from seanet.{key})"
+              for side in ("encoder", "decoder") for key, value in sides[side].items()
+              if key in names and plain(value) != plain(seanet.get(key))]
+    causal = bool(sections["encodec"].get("causal", seanet.get("causal", False)))
+    if causal and sections["decoder"].get("trim_right_ratio", 1.0) != 1.0:
+        wrong.append(f"decoder.trim_right_ratio={sections['decoder']['trim_right_ratio']!r} (percli: 1.0)")
+    channels = sections["encodec"].get("channels", seanet.get("channels", 1))
+    if seanet.get("channels", channels) != channels:
+        wrong.append(f"seanet.channels={seanet['channels']} differs from encodec.channels={channels}")
+    if wrong:
+        raise ValueError(f"audiocraft codec settings percli does not implement: {', '.join(wrong)}")
+    kwargs = {k: plain(v) for k, v in seanet.items() if k in names}
+    kwargs.update(channels=channels, causal=causal)
+    if "sample_rate" in sections["encodec"]:
+        kwargs["sample_rate"] = sections["encodec"]["sample_rate"]
+    kwargs.update({k: sections["rvq"][k] for k in ("n_q", "bins") if k in sections["rvq"]})
+    return kwargs
 
 
 def read_audiocraft_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
