@@ -14,10 +14,12 @@ from percli.tts.corpus import build_corpus
 from tests.conftest import sigterm_after_step
 
 runner = CliRunner()
-# 16 sentences (4 held out), a 32-d 2-layer model over a 4 x 32 random-init codec: ~0.1 s a step.
+# 16 sentences (4 held out), a 32-d 2-layer model over a 4 x 32 random-init codec: ~0.1 s a step. The tiny
+# preset's ScaledAdam + Eden and dynamic batches (up to 700 frames: 2-4 utterances of 2-3.5 s, 5 batches an epoch).
 TINY = ["model.kwargs={d_model: 32, nhead: 2, num_decoder_layers: 2}",
         "model.codec_kwargs={n_filters: 4, dimension: 16, bins: 32}", "data.embedded_size=16", "data.val_size=4",
-        "train.batch_size=4", "train.num_workers=0", "train.log_every=1", "optim.ref_batch_size=4"]
+        "data.max_tokens=700", "train.batch_size=4", "train.num_workers=0", "train.log_every=1"]
+FIXED_ADAMW = ["data.max_tokens=null", "optim.name=adamw", "optim.lr=2e-3"]
 
 
 @pytest.fixture(scope="module")
@@ -112,12 +114,14 @@ def test_unreadable_audio_is_counted_and_skipped(tmp_path, corpus):
     manifest = tmp_path / "train.jsonl"
     manifest.write_text("\n".join(lines) + "\n")
     run = tmp_path / "run"
-    result = runner.invoke(app, ["pretrain", "voicecraft", "--run-dir", str(run), *TINY, "train.max_steps=6",
-                                 f"data.source={manifest}", "sample_prompt_fraction=0"])
+    # fixed batches of train.batch_size and AdamW + cosine: the engine's other path
+    result = runner.invoke(app, ["pretrain", "voicecraft", "--run-dir", str(run), *TINY, *FIXED_ADAMW,
+                                 "train.max_steps=6", f"data.source={manifest}", "sample_prompt_fraction=0"])
     assert result.exit_code == 0, result.output
     bad = json.loads((run / "summary.json").read_text())["bad_inputs"]
     assert bad["count"] == 1 and bad["files"][0]["path"] == str(broken)
     assert json.loads((run / "summary.json").read_text())["left_out"]["malformed_lines"] == 1
+    assert json.loads((run / "summary.json").read_text())["effective_batch_size"] == 4
 
 
 def test_resume_reproduces_uninterrupted_losses(tmp_path, monkeypatch):
@@ -126,7 +130,10 @@ def test_resume_reproduces_uninterrupted_losses(tmp_path, monkeypatch):
     full = runner.invoke(app, ["pretrain", "voicecraft", "--run-dir", str(tmp_path / "full"), *args])
     assert full.exit_code == 0, full.output
 
-    undo = sigterm_after_step(monkeypatch, 5)
+    # dynamic batches (tiny preset + TINY): 5 an epoch, so the run resumes at the 5th batch of epoch 0
+    epochs = {r["step"]: r["epoch"] for r in read_metrics(tmp_path / "full" / "metrics.jsonl") if "loss" in r}
+    assert epochs[4] == epochs[5] == 0 and epochs[6] == 1
+    undo = sigterm_after_step(monkeypatch, 4)
     part = tmp_path / "part"
     stopped = runner.invoke(app, ["pretrain", "voicecraft", "--run-dir", str(part), *args])
     assert stopped.exit_code == 128 + signal.SIGTERM, stopped.output

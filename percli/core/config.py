@@ -83,13 +83,34 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class OptimConfig:
-    """AdamW with warmup + cosine; the LR follows the effective batch (linearly by default)."""
+    """AdamW with warmup + cosine (or ScaledAdam with Eden); the LR follows the effective batch (linearly by
+    default)."""
 
+    name: Literal["adamw", "scaled_adam"] = "adamw"
+    """adamw: torch's AdamW. scaled_adam: icefall's ScaledAdam (`percli.core.scaled_adam`, VoiceCraft's release):
+    steps relative to each tensor's RMS, a learned tensor scale, its own gradient clipping (clipping_scale);
+    no weight decay (the weight_decay keys apply to adamw only)."""
+    schedule: Literal["auto", "cosine", "eden"] = "auto"
+    """auto: eden with scaled_adam, cosine with adamw. cosine: linear warmup, then half-cosine to min_lr. eden:
+    lr * ((s^2 + L^2) / L^2)^-0.25 * ((e^2 + E^2) / E^2)^-0.25 at step s and Eden epoch e (L = eden_lr_steps,
+    E = eden_lr_epochs), the warmup rising from 0.5 to 1 (no end point: max_steps does not change it)."""
     lr: float = 1e-3
     """LR at `ref_batch_size`; the run uses lr * effective_batch / ref_batch_size (see lr_scaling)."""
     ref_batch_size: int = 256
-    lr_scaling: Literal["linear", "sqrt"] = "linear"
-    """linear: lr * B / ref_batch_size (MAE, Goyal et al.); sqrt: lr * sqrt(B / ref_batch_size) (DINOv2)."""
+    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
+    """linear: lr * B / ref_batch_size (MAE, Goyal et al.); sqrt: lr * sqrt(B / ref_batch_size) (DINOv2);
+    none: lr as given (e.g. dynamic batches, whose size varies)."""
+    clipping_scale: float | None = 2.0
+    """scaled_adam: clip the gradient norm to this times the median norm of the last clipping_update_period
+    steps (null: no clipping; train.grad_clip clips before it, usually left null then)."""
+    clipping_update_period: int = 100
+    """scaled_adam: steps between two median estimates (VoiceCraft's 830M run: 1000; icefall: 100)."""
+    eden_lr_steps: int = 3000
+    """eden: steps after which the LR falls noticeably (icefall lr_batches; VoiceCraft reduce_lr_start_step)."""
+    eden_lr_epochs: float = 4.0
+    """eden: Eden epochs after which the LR falls noticeably (icefall lr_epochs; VoiceCraft reduce_lr_start_epoch)."""
+    eden_epoch_steps: int = 3000
+    """eden: optimizer steps per Eden epoch (VoiceCraft's pseudo_epoch_size: a fixed step count, not a data epoch)."""
     min_lr: float = 0.0
     weight_decay: float = 0.05
     """Not applied to norms, biases, position embeddings and tokens."""
@@ -101,7 +122,7 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     warmup_fraction: float = 0.025
-    """Share of max_steps spent in linear warmup."""
+    """Share of max_steps spent in warmup (cosine: from 0; eden: from half the LR)."""
     layer_decay: float = 1.0
     """Layer-wise LR decay (finetuning): block i gets lr * layer_decay ** (depth - i)."""
     patch_embed_lr_mult: float = 1.0
@@ -393,6 +414,11 @@ def check_optim(optim: OptimConfig, prefix: str = "optim.") -> None:
         _finite(f"{prefix}betas[{i}]", beta, high=0.999999, allow_none=False)
     if optim.ref_batch_size < 1:
         raise ConfigError(f"{prefix}ref_batch_size: got {optim.ref_batch_size}; expected an integer >= 1")
+    _finite(f"{prefix}clipping_scale", optim.clipping_scale, strict=True)
+    _finite(f"{prefix}eden_lr_epochs", optim.eden_lr_epochs, strict=True, allow_none=False)
+    for key in ("clipping_update_period", "eden_lr_steps", "eden_epoch_steps"):
+        if getattr(optim, key) < 1:
+            raise ConfigError(f"{prefix}{key}: got {getattr(optim, key)}; expected an integer >= 1")
 
 
 _OFF_SWITCHES = {"eos", "layer_idx"}

@@ -33,7 +33,7 @@ from percli.core import checkpoint as ckpt
 from percli.core import scale, trackers
 from percli.core.config import OptimConfig, TrainConfig, to_dict
 from percli.core.data.loader import ResumableSampler, SeededSamples, collate_skip_bad, mix_seed, seed_everything
-from percli.core.optim import build_optimizer, lr_at, scaled_lr, set_lr
+from percli.core.optim import build_optimizer, lr_at, lr_for_step, scaled_lr, set_lr
 from percli.core.progress import Progress
 from percli.core.rundir import MetricsLog, write_json_atomic
 
@@ -55,7 +55,13 @@ class Task(Protocol):
       same list on every rank; an epoch is then `epoch_len` of them) and scalars logged to metrics.jsonl;
       the list is saved in checkpoints, so a resumed epoch uses it again. With `keep_curated_order` true the
       epoch walks the list in its order instead of a shuffle (rank r takes items r, r + world, ...), so a
-      global batch is a run of consecutive items: VideoCLIP's retrieved groups.
+      global batch is a run of consecutive items: VideoCLIP's retrieved groups;
+    - `batch_sampler(world_size, rank, seed, grad_accum_steps)`: batches of the task's own making (e.g.
+      `core.data.dynamic_batches.BucketBatchSampler`, up to a token count), or None for fixed batches of
+      train.batch_size. It yields lists of `SeededSamples` keys (`epoch * len(dataset) + i`), each a micro-batch
+      (`grad_accum_steps` of them make an optimizer step), has `num_batches` (micro-batches per epoch, the
+      same on every rank) and `num_samples` (items per epoch and rank) and `set_epoch(epoch, start)`, which
+      skips the epoch's first `start` micro-batches (resume). Not with sample_weights, epoch_len or curate.
     """
 
     def build_model(self) -> nn.Module: ...
@@ -158,13 +164,16 @@ def _stop_workers(items: Iterator[dict[str, Any]]) -> None:
         shutdown()
 
 
-def _loader(dataset: Dataset, sampler: ResumableSampler, train: TrainConfig, seed: int, task: Task,
-            drop_last: bool = False, persistent: bool = False) -> DataLoader:
+def _loader(dataset: Dataset, sampler: Any, train: TrainConfig, seed: int, task: Task,
+            drop_last: bool = False, persistent: bool = False, batched: bool = False) -> DataLoader:
+    """`batched`: `sampler` is a task's batch sampler (it yields whole batches)."""
     collate = getattr(task, "collate", None)
+    sampling = {"batch_sampler": sampler} if batched else \
+        {"batch_size": train.batch_size, "sampler": sampler, "drop_last": drop_last}
     return DataLoader(
-        SeededSamples(dataset, seed), batch_size=train.batch_size, sampler=sampler, num_workers=train.num_workers,
+        SeededSamples(dataset, seed), **sampling, num_workers=train.num_workers,
         collate_fn=functools.partial(collate_skip_bad, collate=collate) if collate else collate_skip_bad,
-        drop_last=drop_last, persistent_workers=persistent and train.num_workers > 0,
+        persistent_workers=persistent and train.num_workers > 0,
         worker_init_fn=_ignore_stop_signals,
         pin_memory=torch.cuda.is_available() and not train.cpu,
         # Our own generator: the loader's base-seed draw must not consume the global RNG.
@@ -283,15 +292,21 @@ class Plan:
     warmup_steps: int
 
 
-def plan_run(samples_per_rank: int, world: int, train_cfg: TrainConfig, optim_cfg: OptimConfig) -> Plan:
-    micro_per_epoch = samples_per_rank // train_cfg.batch_size  # the loader drops the last partial batch
+def plan_run(samples_per_rank: float, world: int, train_cfg: TrainConfig, optim_cfg: OptimConfig,
+             micro_batches: int | None = None) -> Plan:
+    """`micro_batches`: micro-batches per epoch and rank when a task's batch sampler makes them (their size
+    then varies: the effective batch is their mean), else samples_per_rank // train.batch_size."""
+    if micro_batches is None:  # fixed batches; the loader drops the last partial one
+        batch, micro_per_epoch = train_cfg.batch_size, int(samples_per_rank // train_cfg.batch_size)
+    else:
+        batch, micro_per_epoch = samples_per_rank / max(micro_batches, 1), micro_batches
     if micro_per_epoch == 0:
         raise ValueError(f"train.batch_size={train_cfg.batch_size} is larger than the {samples_per_rank} samples "
                          f"each of the {world} process(es) gets; lower train.batch_size")
     steps_per_epoch = max(micro_per_epoch // train_cfg.grad_accum_steps, 1)
     max_steps = (math.ceil(train_cfg.epochs * steps_per_epoch) if train_cfg.epochs is not None
                  else train_cfg.max_steps)
-    effective_batch = train_cfg.batch_size * train_cfg.grad_accum_steps * world
+    effective_batch = max(round(batch * train_cfg.grad_accum_steps * world), 1)
     return Plan(max_steps, micro_per_epoch, effective_batch,
                 peak_lr=scaled_lr(optim_cfg, effective_batch),
                 warmup_steps=round(optim_cfg.warmup_fraction * max_steps))
@@ -311,6 +326,9 @@ class _Trainer:
         if getattr(_model_section(task), "grad_checkpointing", False):
             scale.set_grad_checkpointing(self.model)
         if self.fsdp:
+            if optim_cfg.name == "scaled_adam":  # its steps need each tensor's RMS, FSDP holds a shard of it
+                raise ValueError("optim.name=scaled_adam does not run under FSDP (train.fsdp / --use_fsdp); train "
+                                 "with DDP (as VoiceCraft's release does) or set optim.name=adamw")
             scale.prepare_for_fsdp(self.model)
         self.stand_in: dict[str, Any] | None = None  # FSDP: a batch to run when a rank's own is unreadable
         self.optimizer_state: dict[str, Any] | None = None  # read by restore(), loaded once prepared
@@ -319,11 +337,22 @@ class _Trainer:
         weights = getattr(task, "sample_weights", lambda: None)()
         self.curate = getattr(task, "curate", None)
         self.subset: dict[str, Any] | None = None  # {"epoch": e, "indices": [...]} of the current curation
-        self.sampler = ResumableSampler(len(self.train_set), world_size=self.world, rank=self.rank,
-                                        seed=train_cfg.seed, weights=weights,
-                                        num_samples=getattr(task, "epoch_len", None), subsets=self.curate is not None,
-                                        shuffle=not getattr(task, "keep_curated_order", False))
-        self.plan = plan_run(self.sampler.per_rank(), self.world, train_cfg, optim_cfg)
+        make_batches = getattr(task, "batch_sampler", None)
+        self.batch_sampler = make_batches(self.world, self.rank, train_cfg.seed, train_cfg.grad_accum_steps) \
+            if make_batches else None
+        if self.batch_sampler is not None:
+            if weights is not None or self.curate is not None or getattr(task, "epoch_len", None):
+                raise ValueError("a task's batch_sampler cannot be combined with sample_weights, epoch_len or curate")
+            self.sampler = self.batch_sampler
+            self.plan = plan_run(self.sampler.num_samples, self.world, train_cfg, optim_cfg,
+                                 micro_batches=self.sampler.num_batches)
+        else:
+            self.sampler = ResumableSampler(len(self.train_set), world_size=self.world, rank=self.rank,
+                                            seed=train_cfg.seed, weights=weights,
+                                            num_samples=getattr(task, "epoch_len", None),
+                                            subsets=self.curate is not None,
+                                            shuffle=not getattr(task, "keep_curated_order", False))
+            self.plan = plan_run(self.sampler.per_rank(), self.world, train_cfg, optim_cfg)
         self.optimizer = build_optimizer(self.model, optim_cfg, self.plan.peak_lr)
         self.ckpt_root = run_dir / "checkpoints"
         self.metrics = MetricsLog(run_dir / "metrics.jsonl", enabled=self.is_main)
@@ -367,11 +396,12 @@ class _Trainer:
     def batches(self) -> Iterator[dict[str, Any]]:
         """Micro-batches from the current data position on, epoch after epoch."""
         epoch, start = divmod(self.step * self.cfg.grad_accum_steps, self.plan.micro_per_epoch)
-        self.sampler.set_epoch(epoch, start * self.cfg.batch_size)
+        batched = self.batch_sampler is not None  # a batch sampler skips micro-batches, the other samples
+        self.sampler.set_epoch(epoch, start if batched else start * self.cfg.batch_size)
         # One loader with persistent workers: no worker start/stop churn at every epoch boundary
         # (the sampler lives in this process, so set_epoch still steers the order).
         loader = _loader(self.train_set, self.sampler, self.cfg, self.cfg.seed, self.task, drop_last=True,
-                         persistent=True)
+                         persistent=True, batched=batched)
         while True:
             self.epoch = epoch
             if self.curate is not None:
@@ -576,8 +606,8 @@ class _Trainer:
         with _SignalStop() as stopper, Progress("train", plan.max_steps, "steps", completed=self.step,
                                                 enabled=self.is_main) as bar:
             while self.step < plan.max_steps:
-                set_lr(self.optimizer, lr_at(self.step, plan.max_steps, plan.peak_lr, plan.warmup_steps,
-                                             self.optim_cfg.min_lr), self.weight_decay_now())
+                set_lr(self.optimizer, lr_for_step(self.optim_cfg, self.step, plan.max_steps, plan.peak_lr,
+                                                   plan.warmup_steps), self.weight_decay_now())
                 window_samples += self.optimizer_step(batches, window)
                 window_steps += 1
                 # A whole epoch's worth of micro-batches in a row without one readable sample (on every rank).

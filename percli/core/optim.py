@@ -1,5 +1,5 @@
-"""AdamW parameter groups (no decay on norms/biases/embeddings, layer-wise LR decay) and the
-warmup + cosine schedule shared by every method."""
+"""The optimizer and LR schedule of every method: AdamW parameter groups (no decay on norms/biases/embeddings,
+layer-wise LR decay) with warmup + cosine, or ScaledAdam with Eden (`optim.name=scaled_adam`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from percli.core.config import OptimConfig
+from percli.core.scaled_adam import ScaledAdam, eden_factor
 
 _BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
 # Embedding-like parameters at the input: they sit at "layer 0" for layer-wise decay.
@@ -54,10 +55,29 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, peak_lr: float) -> torch.optim.Optimizer:
+    """`cfg.name`'s optimizer over `param_groups` (ScaledAdam reads their lr_scale and ignores weight decay)."""
     groups = param_groups(model, cfg)
     for g in groups:
         g["lr"] = peak_lr * g["lr_scale"]
+    if cfg.name == "scaled_adam":
+        return ScaledAdam(groups, lr=peak_lr, betas=tuple(cfg.betas), eps=cfg.eps, clipping_scale=cfg.clipping_scale,
+                          clipping_update_period=cfg.clipping_update_period)
     return torch.optim.AdamW(groups, lr=peak_lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+def uses_eden(cfg: OptimConfig) -> bool:
+    return cfg.schedule == "eden" or (cfg.schedule == "auto" and cfg.name == "scaled_adam")
+
+
+def lr_for_step(cfg: OptimConfig, step: int, max_steps: int, peak_lr: float, warmup_steps: int) -> float:
+    """The LR of the optimizer step that follows `step` completed ones: Eden or warmup + cosine (`cfg.schedule`).
+
+    Eden counts as VoiceCraft's trainer does: its step s (from 1) runs at Eden's batch s - 1 and epoch
+    s // eden_epoch_steps + 1, i.e. batch `step` and epoch (step + 1) // eden_epoch_steps + 1 here."""
+    if uses_eden(cfg):
+        epoch = (step + 1) // cfg.eden_epoch_steps + 1
+        return peak_lr * eden_factor(step, epoch, cfg.eden_lr_steps, cfg.eden_lr_epochs, warmup_steps)
+    return lr_at(step, max_steps, peak_lr, warmup_steps, cfg.min_lr)
 
 
 def lr_at(step: int, max_steps: int, peak_lr: float, warmup_steps: int, min_lr: float = 0.0) -> float:
@@ -71,6 +91,8 @@ def lr_at(step: int, max_steps: int, peak_lr: float, warmup_steps: int, min_lr: 
 
 def scaled_lr(cfg: OptimConfig, effective_batch: int) -> float:
     """The peak LR of a run: `cfg.lr` given at `cfg.ref_batch_size`, scaled to the effective batch."""
+    if cfg.lr_scaling == "none":
+        return cfg.lr
     ratio = effective_batch / cfg.ref_batch_size
     return cfg.lr * (math.sqrt(ratio) if cfg.lr_scaling == "sqrt" else ratio)
 

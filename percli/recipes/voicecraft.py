@@ -6,9 +6,12 @@ stacking with 1-3 random spans moved to the end, and predicts every rearranged t
 (`percli.models.voicecraft`).
 
 Official recipe (z_scripts/e830M.sh, GigaSpeech XL): 830M model, codebook weights (5, 1, 0.5, 0.1),
-audio 2-20 s, text <= 400 phonemes, 50k steps with 1% warmup, gradient clipping 1.0, fp16, 4 GPUs;
-ScaledAdam + Eden at lr 0.05 and dynamic batches of 100k codec frames per GPU (see the 830m preset
-for what percli's engine uses instead). The loss is the official token sum divided by the token count.
+audio 2-20 s, text <= 400 phonemes, 50k steps, fp16, 4 GPUs; ScaledAdam (lr 0.05, betas 0.9/0.95, its own
+clipping at 2x the median gradient norm of 1000 steps) with Eden (3000 steps, 4 epochs of 3000 steps, 1%
+warmup); dynamic batches of up to 100k codec frames per GPU and step in 6 duration buckets, each cut into
+26 accumulation micro-batches. These are the defaults here (bf16 instead of fp16; see the 830m preset).
+The loss is the official token sum divided by the token count (ScaledAdam's steps do not depend on the
+gradient's scale, so this matches the release's summed loss, up to the weighting of micro-batches).
 
 Data: `data.source` is a JSONL manifest of {"audio": path, "text": transcript} lines (relative paths
 resolve against the manifest's folder), or `embedded`: short English sentences synthesised with
@@ -33,7 +36,9 @@ Examples:
   percli pretrain voicecraft --preset 830m data.source=train.jsonl model.codec_checkpoint=encodec_4cb2048_giga.th
   percli pretrain voicecraft train.max_steps=50 data.source=my_speech.jsonl   # tiny model on your data
   percli pretrain voicecraft --preset 830m model.checkpoint=giga830M.pth data.source=my_speech.jsonl \
-      model.codec_checkpoint=encodec_4cb2048_giga.th train.max_steps=2000   # finetune the released model
+      model.codec_checkpoint=encodec_4cb2048_giga.th train.max_steps=2000 optim.name=adamw optim.lr=1e-5 \
+      optim.warmup_fraction=0.1 train.grad_clip=1.0 data.max_tokens=20000 train.grad_accum_steps=12
+      # finetune the released model with the release's finetuning optimizer and batches (e830M_ft.sh)
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ from percli.core.checkpoint import save_weights
 from percli.core.config import ConfigError, OptimConfig, TrainConfig
 from percli.core.context import RunContext
 from percli.core.data import BadSample, load_audio
+from percli.core.data.dynamic_batches import BucketBatchSampler
 from percli.core.data.loader import mix_seed
 from percli.core.data.paths import resolve_manifest_path
 from percli.core.rundir import write_json_atomic
@@ -106,6 +112,12 @@ class SpeechDataSection:
     """Utterances outside [min, max] seconds are left out (official: 2-20 s, longer ones dropped)."""
     text_max_length: int = 400
     """Utterances with more phonemes are left out (official: 400)."""
+    max_tokens: int | None = 100000
+    """Dynamic batches: codec frames per process and optimizer step, padding counted (utterances x the
+    longest), cut into train.grad_accum_steps micro-batches (official max_num_tokens: 100000). null: fixed
+    batches of train.batch_size utterances (train.batch_size always sizes the evaluation batches)."""
+    num_buckets: int = 6
+    """Dynamic batches: duration buckets; a batch holds utterances of one bucket (official: 6)."""
     phn2num: str | None = None
     """A JSON phoneme vocabulary {phoneme: id}; unset: built from the data (sorted)."""
     cache_dir: str | None = None
@@ -120,9 +132,10 @@ class Config:
     """The finishing sample continues this share of a held-out utterance's frames (0 = no sample)."""
     sample_top_k: int = 40
     train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(
-        max_steps=50000, batch_size=16, grad_accum_steps=26, grad_clip=1.0, mixed_precision="bf16", seed=1))
+        max_steps=50000, batch_size=16, grad_accum_steps=26, grad_clip=None, mixed_precision="bf16", seed=1))
     optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(
-        lr=1e-4, ref_batch_size=416, weight_decay=0.01, warmup_fraction=0.01))
+        name="scaled_adam", lr=0.05, lr_scaling="none", betas=(0.9, 0.95), warmup_fraction=0.01, weight_decay=0.01,
+        clipping_scale=2.0, clipping_update_period=1000, eden_lr_steps=3000, eden_lr_epochs=4, eden_epoch_steps=3000))
 
 
 def validate(cfg: Config) -> None:
@@ -140,6 +153,11 @@ def validate(cfg: Config) -> None:
                               + (" or 'embedded'" if key == "data.source" else ""))
     if not 0 <= cfg.data.audio_min_length < cfg.data.audio_max_length:
         raise ConfigError("data.audio_min_length must be >= 0 and below data.audio_max_length")
+    if cfg.data.max_tokens is not None and cfg.data.max_tokens < 1:
+        raise ConfigError(f"data.max_tokens: got {cfg.data.max_tokens}; give codec frames per step (release: "
+                          "100000) or null for fixed batches of train.batch_size")
+    if cfg.data.num_buckets < 1:
+        raise ConfigError(f"data.num_buckets: got {cfg.data.num_buckets}; expected an integer >= 1 (release: 6)")
     if not 0 <= cfg.sample_prompt_fraction < 1:
         raise ConfigError("sample_prompt_fraction must lie in [0, 1)")
     if cfg.model.checkpoint:
@@ -492,6 +510,21 @@ class VoiceCraftTask:
 
     def train_dataset(self) -> Dataset:
         return self.data.train
+
+    def batch_sampler(self, world_size: int, rank: int, seed: int, grad_accum_steps: int) -> BucketBatchSampler | None:
+        """Dynamic batches of up to data.max_tokens codec frames per step (None: fixed batches)."""
+        max_tokens = self.cfg.data.max_tokens
+        if max_tokens is None:
+            return None
+        lengths = [it["end"] - it["start"] for it in self.data.train.items]
+        longest = max(lengths)
+        if max_tokens < longest * grad_accum_steps:
+            raise ConfigError(f"data.max_tokens={max_tokens} holds {max_tokens // longest} of the longest utterances "
+                              f"({longest} frames), but each step's batch is cut into train.grad_accum_steps="
+                              f"{grad_accum_steps} micro-batches: raise data.max_tokens to at least "
+                              f"{longest * grad_accum_steps} or lower train.grad_accum_steps")
+        return BucketBatchSampler(lengths, max_tokens, num_buckets=self.cfg.data.num_buckets, world_size=world_size,
+                                  rank=rank, seed=seed, micro_batches=grad_accum_steps)
 
     def eval_dataset(self) -> Dataset | None:
         return self.data.val
