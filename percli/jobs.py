@@ -543,6 +543,20 @@ JOBS += [
         ), examples=('percli tts synthesize --prompt voice.wav --prompt-text "Thanks for calling." --text "How can '
                      'I help you today?" --checkpoint 830M_TTSEnhanced.pth --codec encodec_4cb2048_giga.th '
                      "-o reply.wav",)),
+    Job("eval", "tts", "percli.tts.eval_job",
+        "WER/CER (offline ASR), speaker similarity and mel-cepstral distortion of speech edits and syntheses, as "
+        "the VoiceCraft paper reports them", output_flag=True, resumable=False, args=(
+            Arg("manifest", help="A JSONL/CSV manifest of {generated, reference, prompt, transcript, edit, id} rows, "
+                "a `percli tts edit|synthesize` run dir, or `embedded` (espeak-ng sentences).",
+                metavar="MANIFEST|RUN_DIR"),
+            Arg("eval.asr", ("--asr",), "pocketsphinx (offline, default) or a local Hugging Face ASR folder "
+                "(Whisper, wav2vec2-CTC; needs transformers)."),
+            Arg("eval.speaker_model", ("--speaker-model",), "auto (Resemblyzer's GE2E weights if installed), a GE2E "
+                ".pt, a local Hugging Face speaker-verification folder, or none."),
+            Arg("eval.device", ("--device",), "torch device of the models (default: cuda when available)."),
+        ), examples=("percli eval tts embedded -o runs/eval-tts-embedded --json",
+                     "percli eval tts runs/tts-edit-X -o runs/eval-edit-X",
+                     "percli eval tts generated.jsonl --speaker-model /models/wavlm-base-plus-sv -o runs/eval-tts")),
 ]
 
 # --- selection, search, conversion and AV-SUPERB jobs (select run|simulate, search-arch, convert, eval av-superb) ---
