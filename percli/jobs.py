@@ -236,6 +236,8 @@ JOBS: list[Job] = [
     _engine("eval", "linear-probe", "linear_probe",
             "Linear classifier on an image encoder's frozen features, best of a learning-rate sweep", None,
             (_LAYERS,)),
+    _engine("eval", "dense", "dense_eval",
+            "Linear segmentation (mIoU) and linear depth (RMSE, AbsRel) on a frozen DINOv2's patch tokens"),
 ]
 
 JOBS += [

@@ -52,6 +52,7 @@ CASES = {
     "eval knn": ["model.checkpoint={hiera}", "data.embedded_size=40", "train.num_workers=0"],
     "eval linear-probe": ["model.checkpoint={hiera}", "data.embedded_size=40", "train.num_workers=0",
                           "epochs=2"],
+    "eval dense": ["model.checkpoint={dinov2}", "data.embedded_size=8", "train.batch_size=4", *STEPS],
     "eval zero-shot": ["model.checkpoint={clip}", "data.embedded_size=20", "train.num_workers=0"],
     "pretrain pe-av": [*PE_AV, *STEPS],
     "eval retrieval": ["model.checkpoint={pe-av}", "data.embedded_size=20", "train.num_workers=0"],
@@ -142,5 +143,7 @@ def test_every_engine_job_prints_the_common_schema(tmp_path):
             values["hiera"] = summary["checkpoint"]
         if name == "pretrain clip":
             values["clip"] = summary["checkpoint"]
+        if name == "pretrain dinov2":
+            values["dinov2"] = summary["checkpoint"]
         if name in ("pretrain pe-av", "finetune pe-a-frame"):
             values[name.split()[1]] = summary["checkpoint"]
