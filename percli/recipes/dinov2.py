@@ -10,9 +10,28 @@ EMA momentum 0.992 -> 1 (cosine), loss weights DINO 1, iBOT 1, KoLeo 0.1, AdamW 
 decay 0.9, patch-embed LR x0.2, the prototype layer frozen in epoch 1, drop-path 0.3, LayerScale 1e-5.
 Weight decay spares biases, norms and LayerScale only (position embeddings and tokens are decayed).
 
+Distillation (paper sec. 5, "Distillation of smaller models"; `distill: true`, presets `distill`,
+`distill-tiny`): the same loop, except that a larger FROZEN model (`model.teacher`: a `percli pretrain
+dinov2` run, whose EMA teacher backbone and DINO/iBOT heads give the targets) replaces the EMA teacher as
+the target network, the student trains without masking and stochastic depth, and the iBOT loss covers
+every patch of the two global crops. The EMA of the student is still kept (the checkpoints' ``teacher.*``,
+the "spare EMA" the paper uses as the final model): it is what the summary's k-NN, `percli eval knn` and
+`percli finetune dinov2` read. The frozen teacher is not saved; a resumed run loads it from
+`model.teacher` again. The official release has no distillation code or config (its MODEL_CARD says only
+"the standard DINOv2 pretraining procedure, except the teacher is a pretrained ViT-g, frozen"), so this
+follows the paper. Released backbones (`dinov2_vitg14_pretrain.pth`) carry no heads and are refused as
+teachers.
+
+High-resolution adaptation (paper sec. 4, the last 10k iterations at 518 px; preset `highres`,
+`highres-tiny`): `model.init` continues a previous run in a new one (student, EMA teacher, heads and loss
+centers; the schedules start afresh), with the architecture of that run at `img_size =
+crops.global_size`, the position tables resampled once with the official bicubic interpolation.
+
 Examples:
   percli pretrain dinov2                                      # tiny preset, embedded data, CPU
   percli pretrain dinov2 --preset none data.source=/data/imagenet/train train.batch_size=64
+  percli pretrain dinov2 --preset distill-tiny model.teacher=runs/pretrain-dinov2-X
+  percli pretrain dinov2 --preset highres-tiny model.init=runs/pretrain-dinov2-X
 """
 
 from __future__ import annotations
@@ -30,19 +49,17 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.transforms import v2
 
 from percli.core import engine
-from percli.core.config import OptimConfig, TrainConfig
+from percli.core.checkpoint import CheckpointError, read_meta, read_weights, run_weights
+from percli.core.config import ConfigError, OptimConfig, TrainConfig
 from percli.core.context import RunContext
 from percli.core.data import IMAGENET_MEAN, IMAGENET_STD, finetune_transform
 from percli.core.data.loader import ResumableSampler
 from percli.core.knn import knn_classify
 from percli.models import create_model, load_initial_weights
 from percli.models.dino_head import DINOHead
-from percli.recipes.common import (
-    DataSection,
-    TrainedModelSection,
-    make_dataset,
-    validate,  # noqa: F401  the command runs it before anything is built
-)
+from percli.models.dinov2 import resample_pos_table
+from percli.recipes.common import DataSection, TrainedModelSection, make_dataset
+from percli.recipes.common import validate as validate_model_and_paths
 from percli.recipes.dinov2_losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
 from percli.recipes.linear_probe import DEFAULT_LRS, sweep_linear_probe
 
@@ -87,14 +104,29 @@ class LossSection:
 
 
 @dataclasses.dataclass
+class DINOv2ModelSection(TrainedModelSection):
+    teacher: str | None = None
+    """Distillation (`distill: true`): the frozen teacher, a `percli pretrain dinov2` run dir, checkpoint dir
+    or .safetensors; its architecture comes from the checkpoint, its EMA teacher's backbone and heads give
+    the targets."""
+    init: str | None = None
+    """Continue this `percli pretrain dinov2` run (student, EMA teacher, heads, centers) in a new run, e.g. the
+    high-resolution phase: its architecture (model.kwargs override its constructor arguments, model.name is
+    not used) at img_size = crops.global_size, position tables resampled."""
+
+
+@dataclasses.dataclass
 class Config:
-    model: TrainedModelSection = dataclasses.field(default_factory=lambda: TrainedModelSection(
+    model: DINOv2ModelSection = dataclasses.field(default_factory=lambda: DINOv2ModelSection(
         name="dinov2_vits14", kwargs={"img_size": 224, "drop_path_rate": 0.3, "drop_path_uniform": True,
                                       "init_values": 1.0e-5}))
     data: DataSection = dataclasses.field(default_factory=DataSection)
     crops: CropsSection = dataclasses.field(default_factory=CropsSection)
     head: HeadSection = dataclasses.field(default_factory=HeadSection)
     loss: LossSection = dataclasses.field(default_factory=LossSection)
+    distill: bool = False
+    """Distil the frozen `model.teacher` into this model (paper sec. 5): no masking, no drop-path, iBOT on
+    every patch of the global crops; the student's EMA is the final model."""
     freeze_last_layer_epochs: float = 1.0
     """Official: the prototype (last) layer of the heads gets no gradient during the first epoch."""
     knn_k: int = 20
@@ -198,9 +230,17 @@ def sample_masks(batch: int, rows: int, cols: int, loss: LossSection) -> torch.T
 
 class DINOv2Meta(nn.Module):
     """Student and EMA teacher (``student``/``teacher`` with ``backbone``, ``dino_head``, [``ibot_head``],
-    the official checkpoint layout) and the losses with their centers; the teacher is frozen."""
+    the official checkpoint layout) and the losses with their centers; the teacher is frozen and always in
+    eval mode (the official teacher is built without drop-path).
 
-    def __init__(self, backbone: nn.Module, head: HeadSection, loss: LossSection):
+    With a `distill_teacher` (a frozen ``backbone``/``dino_head``/[``ibot_head``] dict) that model gives the
+    targets instead, the student runs unmasked and ``teacher`` is the spare EMA of the student (the final
+    model). The distillation teacher stays outside the module tree: it is not in the state dict (a resumed
+    run loads it again from `model.teacher`), not seen by DDP/FSDP or the optimizer, never put in train mode.
+    """
+
+    def __init__(self, backbone: nn.Module, head: HeadSection, loss: LossSection,
+                 distill_teacher: nn.ModuleDict | None = None):
         super().__init__()
         dim = backbone.embed_dim
 
@@ -212,7 +252,10 @@ class DINOv2Meta(nn.Module):
         if head.ibot_separate_head:
             parts["ibot_head"] = make_head()
         self.student = nn.ModuleDict(parts)
-        self.teacher = copy.deepcopy(self.student).requires_grad_(False)
+        self.teacher = copy.deepcopy(self.student).requires_grad_(False).eval()
+        self._distill_teacher = () if distill_teacher is None else (distill_teacher.requires_grad_(False).eval(),)
+        if distill_teacher is not None:  # the student runs unmasked: no loss reaches its mask token (DDP)
+            backbone.mask_token.requires_grad_(False)
         self.dino_loss = DINOLoss(head.n_prototypes, loss.student_temp, loss.center_momentum)
         self.ibot_patch_loss = iBOTPatchLoss(head.n_prototypes, loss.student_temp, loss.center_momentum)
         self.koleo_loss = KoLeoLoss()
@@ -221,16 +264,36 @@ class DINOv2Meta(nn.Module):
         self.register_buffer("micro_batches", torch.zeros((), dtype=torch.long))
         self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
 
+    @property
+    def distilling(self) -> bool:
+        return bool(self._distill_teacher)
+
+    def train(self, mode: bool = True) -> DINOv2Meta:
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
     def _ibot_head(self, part: nn.ModuleDict) -> nn.Module:
         return part["ibot_head"] if "ibot_head" in part else part["dino_head"]
+
+    def target_network(self, device: torch.device) -> nn.ModuleDict:
+        """What gives the targets: the frozen distillation teacher (moved to `device` on first use), else
+        the EMA teacher."""
+        if not self._distill_teacher:
+            return self.teacher
+        teacher = self._distill_teacher[0]
+        if teacher["backbone"].cls_token.device != device:
+            teacher.to(device)
+        return teacher
 
     @torch.no_grad()
     def _teacher_targets(self, global_crops: torch.Tensor, masks: torch.Tensor, temp: float
                          ) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.teacher["backbone"].forward_features(global_crops)
-        cls = self.teacher["dino_head"](out["x_norm_clstoken"])  # [2B, K]
+        target = self.target_network(global_crops.device)
+        out = target["backbone"].forward_features(global_crops)
+        cls = target["dino_head"](out["x_norm_clstoken"])  # [2B, K]
         cls = torch.cat(cls.chunk(2)[::-1])  # the student's crop 1 is matched to the teacher's crop 2
-        patches = self._ibot_head(self.teacher)(out["x_norm_patchtokens"][masks])  # [M, K]
+        patches = self._ibot_head(target)(out["x_norm_patchtokens"][masks])  # [M, K]
         if self.loss_cfg.centering == "sinkhorn_knopp":
             cls_t = self.dino_loss.sinkhorn_knopp_teacher(cls, temp)
             n_masked = torch.tensor(patches.shape[0], device=patches.device)
@@ -250,10 +313,11 @@ class DINOv2Meta(nn.Module):
     def forward(self, global_crops: torch.Tensor, local_crops: torch.Tensor | None, masks: torch.Tensor,
                 teacher_temp: float) -> dict[str, torch.Tensor]:
         """global_crops [2B, 3, G, G] (crop 1 of every image, then crop 2), local_crops [N*B, 3, L, L],
-        masks [2B, patches] -> the weighted losses and their sum."""
+        masks [2B, patches] -> the weighted losses and their sum. Distilling, `masks` selects the patches of
+        the iBOT loss (all of them) and the student sees unmasked crops."""
         cfg = self.loss_cfg
         teacher_cls, teacher_patches = self._teacher_targets(global_crops, masks, teacher_temp)
-        student_global = self.student["backbone"].forward_features(global_crops, masks)
+        student_global = self.student["backbone"].forward_features(global_crops, None if self.distilling else masks)
         cls_tokens = student_global["x_norm_clstoken"]
         n_local = 0 if local_crops is None else local_crops.shape[0] // (global_crops.shape[0] // 2)
         terms = 2 + 2 * n_local  # (n_global - 1) * n_global + n_local * n_global
@@ -271,6 +335,70 @@ class DINOv2Meta(nn.Module):
         return out
 
 
+def head_args(state: dict[str, torch.Tensor], prefix: str) -> dict[str, int]:
+    """`DINOHead` arguments read off its weights under `prefix` (e.g. ``teacher.dino_head.``)."""
+    linears = [k for k in state if k.startswith(prefix + "mlp.") and k.endswith(".weight")]
+    prototypes = state[prefix + "last_layer.weight_v"]  # [K, bottleneck]
+    hidden = state[prefix + "mlp.0.weight"].shape[0] if len(linears) > 1 else prototypes.shape[1]
+    return {"out_dim": prototypes.shape[0], "nlayers": len(linears), "hidden_dim": hidden,
+            "bottleneck_dim": prototypes.shape[1]}
+
+
+def read_run(path: str, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Weights and metadata of a `percli pretrain dinov2` run dir, checkpoint dir or .safetensors; anything
+    else raises ConfigError naming `key` (``model.teacher``, ``model.init``)."""
+    try:
+        weights = run_weights(path)
+    except FileNotFoundError as e:
+        raise ConfigError(f"{key}: {e}; give a `percli pretrain dinov2` run dir") from None
+    except ValueError:  # a .pth: an official backbone release
+        raise ConfigError(f"{key}: {path} is not a percli checkpoint. DINOv2's releases (dinov2_vit*14_pretrain.pth) "
+                          "are backbones without the DINO/iBOT heads whose outputs are the targets; give a "
+                          "`percli pretrain dinov2` run dir (e.g. one started from the release with "
+                          "model.checkpoint=dinov2_vitg14_pretrain.pth)") from None
+    meta = read_meta(weights)
+    if meta.get("task") != "dinov2":
+        raise ConfigError(f"{key}: {weights} is a {meta.get('task') or 'non-percli'} checkpoint ({meta.get('name')}); "
+                          "give a `percli pretrain dinov2` run dir, whose checkpoints hold the heads")
+    state, _ = read_weights(weights)
+    if "teacher.dino_head.last_layer.weight_v" not in state:
+        raise ConfigError(f"{key}: {weights} has no teacher.dino_head weights; give a `percli pretrain dinov2` run dir")
+    return state, meta
+
+
+def load_distill_teacher(path: str) -> nn.ModuleDict:
+    """The frozen teacher of a distillation run: the EMA teacher (backbone, DINO head, [iBOT head]) of a
+    `percli pretrain dinov2` checkpoint, built from the checkpoint's saved constructor arguments."""
+    state, meta = read_run(path, "model.teacher")
+    backbone = create_model(meta["name"], **(meta.get("kwargs") or {}))
+    parts: dict[str, nn.Module] = {"backbone": backbone}
+    for name in ("dino_head", "ibot_head"):
+        if f"teacher.{name}.last_layer.weight_v" in state:
+            parts[name] = DINOHead(backbone.embed_dim, **head_args(state, f"teacher.{name}."))
+    teacher = nn.ModuleDict(parts)
+    try:
+        teacher.load_state_dict({k.removeprefix("teacher."): v for k, v in state.items() if k.startswith("teacher.")})
+    except RuntimeError as e:
+        raise CheckpointError(f"model.teacher: {path} does not fit the model its metadata describes "
+                              f"({str(e).splitlines()[0]})") from None
+    return teacher.requires_grad_(False).eval()
+
+
+def continue_from(meta: DINOv2Meta, state: dict[str, torch.Tensor]) -> None:
+    """Load a previous run's student, EMA teacher, heads and centers into `meta`, the position tables
+    resampled to its grid (official bicubic interpolation); the EMA / micro-batch counters start at 0."""
+    state = dict(state)
+    for part in ("student", "teacher"):
+        backbone, key = getattr(meta, part)["backbone"], f"{part}.backbone.pos_embed"
+        if state[key].shape != backbone.pos_embed.shape:
+            rows, cols = (n // backbone.patch_size for n in backbone.preprocess["input_size"][1:])
+            state[key] = resample_pos_table(state[key], rows, cols, backbone.interpolate_offset,
+                                            backbone.interpolate_antialias).to(backbone.pos_embed.dtype)
+    state["micro_batches"] = torch.zeros((), dtype=torch.long)  # a new run: its own schedules from step 0
+    state["ema_steps"] = torch.zeros((), dtype=torch.long)
+    meta.load_state_dict(state)
+
+
 # --------------------------------------------------------------------------- task
 
 class DINOv2Task:
@@ -283,26 +411,58 @@ class DINOv2Task:
         self.total_steps = cfg.train.max_steps
         self.freeze_steps = 0  # optimizer steps without last-layer gradients (set from the epoch length)
         self._freeze_now = False
+        self.model_name, self.model_kwargs = cfg.model.name, dict(cfg.model.kwargs)  # model.init: the run's
 
     def _backbone(self) -> nn.Module:
-        return create_model(self.cfg.model.name, **self.cfg.model.kwargs)
+        return create_model(self.model_name, **self.model_kwargs)
 
     def build_model(self) -> nn.Module:
+        cfg, head, init_state = self.cfg, self.cfg.head, None
+        if cfg.model.init:  # the previous run's architecture and heads, at the new crop size
+            init_state, init_meta = read_run(cfg.model.init, "model.init")
+            self.model_name = init_meta["name"]
+            self.model_kwargs = {**(init_meta.get("kwargs") or {}), **cfg.model.kwargs,
+                                 "img_size": cfg.crops.global_size}
+            args = head_args(init_state, "student.dino_head.")
+            head = dataclasses.replace(head, n_prototypes=args["out_dim"], hidden_dim=args["hidden_dim"],
+                                       bottleneck_dim=args["bottleneck_dim"], nlayers=args["nlayers"],
+                                       ibot_separate_head="student.ibot_head.last_layer.weight_v" in init_state)
+        if cfg.distill and self.model_kwargs.get("drop_path_rate", 0.0) > 0:
+            raise ConfigError(f"distill: the student trains without stochastic depth (paper); set "
+                              f"model.kwargs.drop_path_rate=0 (it is {self.model_kwargs['drop_path_rate']})")
         backbone = self._backbone()
         if not hasattr(backbone, "prepare_tokens_with_masks"):
-            raise ValueError(f"model.name={self.cfg.model.name!r} is not a DINOv2 backbone; use a dinov2_* name")
-        if self.cfg.model.checkpoint:
-            load_initial_weights(backbone, self.cfg.model.checkpoint)
+            raise ValueError(f"model.name={self.model_name!r} is not a DINOv2 backbone; use a dinov2_* name")
+        if cfg.model.checkpoint:
+            load_initial_weights(backbone, cfg.model.checkpoint)
         self.patch_size = backbone.patch_size
-        for size in (self.cfg.crops.global_size, self.cfg.crops.local_size):
+        for size in (cfg.crops.global_size, cfg.crops.local_size):
             if size % self.patch_size:
                 raise ValueError(f"crop size {size} is not a multiple of the patch size {self.patch_size}; "
                                  "set crops.global_size / crops.local_size to multiples of it")
-        meta = DINOv2Meta(backbone, self.cfg.head, self.cfg.loss)
+        teacher = self._distill_teacher(head) if cfg.distill else None
+        meta = DINOv2Meta(backbone, head, cfg.loss, distill_teacher=teacher)
+        if init_state is not None:
+            continue_from(meta, init_state)
         for name, param in meta.student.named_parameters():
             if ".last_layer." in name:
                 param.register_hook(self._last_layer_grad)
         return meta
+
+    def _distill_teacher(self, head: HeadSection) -> nn.ModuleDict:
+        """The frozen `model.teacher`, checked against the student: same patch grid on the global crops (the
+        iBOT loss pairs their patches) and as many prototypes as the student's heads."""
+        teacher = load_distill_teacher(self.cfg.model.teacher)
+        size, patch = self.cfg.crops.global_size, teacher["backbone"].patch_size
+        if size % patch or size // patch != size // self.patch_size:
+            raise ConfigError(f"model.teacher: its patch size {patch} does not give the student's "
+                              f"{size // self.patch_size}x{size // self.patch_size} patch grid on {size} px global "
+                              "crops (the iBOT loss pairs the patches); give the student the teacher's patch size")
+        for name, module in teacher.items():
+            if name != "backbone" and module.last_layer.weight_v.shape[0] != head.n_prototypes:
+                raise ConfigError(f"model.teacher: its {name} has {module.last_layer.weight_v.shape[0]} prototypes, "
+                                  f"the student's head {head.n_prototypes}; set head.n_prototypes to the teacher's")
+        return teacher
 
     def _last_layer_grad(self, grad: torch.Tensor) -> torch.Tensor:
         # A zero gradient leaves the prototypes' directions as they are (AdamW's decay only rescales
@@ -310,7 +470,7 @@ class DINOv2Task:
         return torch.zeros_like(grad) if self._freeze_now else grad
 
     def model_meta(self) -> dict[str, Any]:
-        return {"name": self.cfg.model.name, "kwargs": self.cfg.model.kwargs, "task": "dinov2",
+        return {"name": self.model_name, "kwargs": self.model_kwargs, "task": "dinov2",
                 "input_size": [3, self.cfg.crops.global_size, self.cfg.crops.global_size],
                 "mean": list(self.mean), "std": list(self.std)}
 
@@ -356,7 +516,10 @@ class DINOv2Task:
         self._freeze_now = step < self.freeze_steps
         globals_ = batch["global_crops"]
         side = globals_.shape[-1] // self.patch_size
-        masks = sample_masks(globals_.shape[0], side, side, self.cfg.loss).to(globals_.device)
+        if meta.distilling:  # no masking; the iBOT loss takes every patch of the global crops
+            masks = torch.ones(globals_.shape[0], side * side, dtype=torch.bool, device=globals_.device)
+        else:
+            masks = sample_masks(globals_.shape[0], side, side, self.cfg.loss).to(globals_.device)
         return model(globals_, batch.get("local_crops"), masks,
                      teacher_temperature(step, self.total_steps, self.cfg.loss))
 
@@ -370,7 +533,9 @@ class DINOv2Task:
         return torch.cat(feats), torch.cat(labels)
 
     def finish(self, model: nn.Module, run_dir: Path, accelerator: Accelerator) -> dict[str, Any]:
-        """k-NN and linear-probe accuracy on the held-out split: the trained teacher vs a random-init backbone."""
+        """k-NN and linear-probe accuracy on the held-out split: the trained (EMA) teacher vs a random-init
+        backbone; distilling, also the frozen teacher (`distill_teacher`). The EMA teacher is, distilling, the
+        spare EMA of the student, the paper's final model."""
         self._step_teacher(model)  # the last optimizer step's EMA update
         transform = finetune_transform(self.cfg.crops.global_size, self.mean, self.std, train=False, crop_pct=1.0)
         train_set, val_set = self._dataset("train", transform), self._dataset("val", transform)
@@ -379,7 +544,10 @@ class DINOv2Task:
             return {}
         torch.manual_seed(self.cfg.train.seed)
         knn, probe = {}, {}
-        for name, backbone in (("teacher", model.teacher["backbone"]), ("random_init", self._backbone())):
+        backbones = [("teacher", model.teacher["backbone"]), ("random_init", self._backbone())]
+        if model.distilling:
+            backbones.append(("distill_teacher", model.target_network(accelerator.device)["backbone"]))
+        for name, backbone in backbones:
             backbone.to(accelerator.device)
             train_f, train_y = self._features(backbone, train_set, accelerator.device)
             val_f, val_y = self._features(backbone, val_set, accelerator.device)
@@ -389,6 +557,28 @@ class DINOv2Task:
                                       seed=self.cfg.train.seed)
             probe.update({f"linear_{name}_top1": best["top1"], f"linear_{name}_top5": best["top5"]})
         return {"knn": knn, "linear_probe": probe}
+
+
+def validate(cfg: Config) -> None:
+    """Checks a dry run can make without building anything: names, paths, the distillation settings."""
+    validate_model_and_paths(cfg)
+    if cfg.distill:
+        if not cfg.model.teacher:
+            raise ConfigError("model.teacher: not set; distillation (distill: true, --preset distill / distill-tiny) "
+                              "needs the frozen teacher's `percli pretrain dinov2` run: model.teacher=runs/X")
+        if cfg.model.kwargs.get("drop_path_rate", 0.0) > 0:
+            raise ConfigError(f"distill: the student trains without stochastic depth (paper); set "
+                              f"model.kwargs.drop_path_rate=0 (it is {cfg.model.kwargs['drop_path_rate']})")
+    elif cfg.model.teacher:
+        raise ConfigError(f"model.teacher={cfg.model.teacher} is for distillation; set distill=true "
+                          "(--preset distill-tiny does) or drop model.teacher")
+    if cfg.model.init and cfg.model.checkpoint:
+        raise ConfigError("model.init continues a whole run (backbone and heads), model.checkpoint initialises the "
+                          "backbone only; give one of them")
+    for key in ("teacher", "init"):
+        value = getattr(cfg.model, key)
+        if value and not Path(value).expanduser().exists():
+            raise ConfigError(f"model.{key}: {value} does not exist; give a `percli pretrain dinov2` run dir")
 
 
 def run(cfg: Config, ctx: RunContext) -> dict[str, Any]:
