@@ -73,11 +73,12 @@ def test_flap_llm_captions_example_runs_end_to_end(tmp_path):
 
 
 def test_pe_av_example_runs_end_to_end(tmp_path):
-    """The PE-AV / PE-A-Frame example script, shortened (2 training steps): every command in it still works."""
+    """The PE-AV / PE-A-Frame example script, shortened (2 training steps, no random-init baselines: the same
+    commands with other overrides): every command in it still works."""
 
     done = run_example("audiovisual/pe_av_tiny.sh", tmp_path, 600, AV_STEPS="2", FRAME_STEPS="2", CLIPS="20",
-                       AVS_STEPS="2")
-    assert "events found:" in done.stdout and "peav-random" in done.stdout
+                       AVS_STEPS="2", BASELINES="0")
+    assert "events found:" in done.stdout and "peav " in done.stdout and "peav-random" not in done.stdout
     assert json.loads((tmp_path / "work" / "embeddings" / "summary.json").read_text())["clips_embedded"] == 8
 
 
@@ -91,11 +92,13 @@ def test_mavil_example_runs_end_to_end(tmp_path):
 
 
 def test_video_text_example_runs_end_to_end(tmp_path):
-    """The video-language example script, shortened (2 training steps, 20 videos): every command in it works."""
+    """The video-language example script, shortened (2 training steps, 20 videos, no random-init pretraining
+    baselines: the same commands with other overrides): every command in it works."""
 
-    done = run_example("video_text/tiny.sh", tmp_path, 600, STEPS="2",
+    done = run_example("video_text/tiny.sh", tmp_path, 600, STEPS="2", BASELINES="0",
                        EXTRA="data.embedded_size=20 train.batch_size=4 optim.ref_batch_size=4")
-    for line in ("videoclip ", "support-set-random", "vlm ", "vlm-ft-random ", "mmp-en ",
+    assert "support-set-random" not in done.stdout
+    for line in ("videoclip ", "support-set ", "vlm ", "vlm-ft-random ", "mmp-en ",
                  "eval retrieval (written clips)"):
         assert line in done.stdout, line
 

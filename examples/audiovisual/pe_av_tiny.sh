@@ -11,21 +11,31 @@ AV_STEPS=${AV_STEPS:-600}       # the tiny presets' lengths; fewer for a quicker
 FRAME_STEPS=${FRAME_STEPS:-300}
 CLIPS=${CLIPS:-400}             # embedded training clips (the held-out evaluations use a quarter, at least 20)
 AVS_STEPS=${AVS_STEPS:-20}      # AV-SUPERB head steps
+BASELINES=${BASELINES:-1}       # 0: skip the random-init baselines (a quicker smoke run)
 rm -rf "$WORK"
 mkdir -p "$WORK"
 
 # 1. PE-AV: trained, and a random-init baseline (one step at a vanishing learning rate)
 $PERCLI pretrain pe-av --run-dir "$WORK/peav" train.max_steps="$AV_STEPS" data.embedded_size="$CLIPS"
-$PERCLI pretrain pe-av --run-dir "$WORK/peav-random" train.max_steps=1 optim.lr=1e-12 data.embedded_size="$CLIPS"
-for run in peav peav-random; do
+runs=(peav)
+if [ "$BASELINES" = 1 ]; then
+    $PERCLI pretrain pe-av --run-dir "$WORK/peav-random" train.max_steps=1 optim.lr=1e-12 data.embedded_size="$CLIPS"
+    runs+=(peav-random)
+fi
+for run in "${runs[@]}"; do
     $PERCLI eval retrieval model.checkpoint="$(ls -d "$WORK/$run"/checkpoints/step_* | tail -1)" \
         data.embedded_size="$CLIPS" --run-dir "$WORK/retrieval-$run" --json > "$WORK/retrieval-$run.json"
 done
 
 # 2. PE-A-Frame: trained and random, scored on the held-out clips' strong labels
 $PERCLI finetune pe-a-frame --run-dir "$WORK/paf" train.max_steps="$FRAME_STEPS" data.embedded_size="$CLIPS"
-$PERCLI finetune pe-a-frame --run-dir "$WORK/paf-random" train.max_steps=1 optim.lr=1e-12 data.embedded_size="$CLIPS"
-for run in paf paf-random; do
+runs=(paf)
+if [ "$BASELINES" = 1 ]; then
+    $PERCLI finetune pe-a-frame --run-dir "$WORK/paf-random" train.max_steps=1 optim.lr=1e-12 \
+        data.embedded_size="$CLIPS"
+    runs+=(paf-random)
+fi
+for run in "${runs[@]}"; do
     $PERCLI eval sed model.checkpoint="$(ls -d "$WORK/$run"/checkpoints/step_* | tail -1)" \
         data.embedded_size="$CLIPS" --run-dir "$WORK/sed-$run" --json > "$WORK/sed-$run.json"
 done
@@ -50,9 +60,13 @@ from pathlib import Path
 
 work = Path(sys.argv[1])
 for run in ("peav", "peav-random"):
+    if not (work / f"retrieval-{run}.json").is_file():
+        continue
     m = json.loads((work / f"retrieval-{run}.json").read_text())["metrics"]
     print(f"{run:12s} R@10 t2a {m['t2a_R@10']:.3f}  t2v {m['t2v_R@10']:.3f}  v2a {m['v2a_R@10']:.3f}")
 for run in ("paf", "paf-random", "written"):
+    if not (work / f"sed-{run}.json").is_file():
+        continue
     m = json.loads((work / f"sed-{run}.json").read_text())["metrics"]
     print(f"sed {run:10s} AUROC {m['auroc']:.3f}  segment F1 {m['segment_f1_micro']:.3f}  "
           f"event F1 {m['event_f1_micro']:.3f}")

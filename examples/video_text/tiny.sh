@@ -9,6 +9,7 @@ WORK=${1:-runs/video-text-example}
 PERCLI=${PERCLI:-percli}        # or: PERCLI="python -m percli.cli"
 PYTHON=${PYTHON:-python}
 STEPS=${STEPS:-300}             # the tiny presets' lengths (VLM's preset runs 3000; this caps every method)
+BASELINES=${BASELINES:-1}       # 0: skip the random-init pretraining baselines (a quicker smoke run)
 read -r -a EXTRA <<< "${EXTRA:-}"  # more overrides for every run, e.g. EXTRA="data.embedded_size=20"
 rm -rf "$WORK"
 mkdir -p "$WORK"
@@ -17,8 +18,10 @@ last() { ls -d "$WORK/$1"/checkpoints/step_* | tail -1; }
 for method in videoclip support-set vlm mmp; do
     $PERCLI pretrain "$method" --run-dir "$WORK/$method" train.max_steps="$STEPS" "${EXTRA[@]}" --json \
         > "$WORK/$method.json"
-    $PERCLI pretrain "$method" --run-dir "$WORK/$method-random" train.max_steps=1 optim.lr=1e-12 "${EXTRA[@]}" \
-        --json > "$WORK/$method-random.json"
+    if [ "$BASELINES" = 1 ]; then
+        $PERCLI pretrain "$method" --run-dir "$WORK/$method-random" train.max_steps=1 optim.lr=1e-12 "${EXTRA[@]}" \
+            --json > "$WORK/$method-random.json"
+    fi
 done
 # VLM's retrieval finetuning (text->video) from the masked-token run, and from random weights
 $PERCLI finetune vlm --run-dir "$WORK/vlm-ft" model.checkpoint="$WORK/vlm" train.max_steps="$STEPS" "${EXTRA[@]}" \
