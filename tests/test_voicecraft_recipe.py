@@ -2,6 +2,7 @@
 counted and skipped, and exact resume."""
 
 import json
+import math
 import signal
 
 import pytest
@@ -143,3 +144,24 @@ def test_resume_reproduces_uninterrupted_losses(tmp_path, monkeypatch):
     expected = [r["loss"] for r in read_metrics(tmp_path / "full" / "metrics.jsonl") if "loss" in r]
     got = [r["loss"] for r in read_metrics(part / "metrics.jsonl") if "loss" in r]
     assert len(got) == 8 and got == expected
+
+
+def test_two_processes_agree_on_dynamic_batches_and_finish(tmp_path, corpus):
+    """Two gloo processes on token-bucketed batches with ScaledAdam: the ranks' samplers agree on the number of
+    micro-batches (a rank with fewer would leave the other waiting in DDP's all-reduce), so the run ends; the
+    shards' disjointness is tests/test_dynamic_batches.py's."""
+    import subprocess
+
+    from tests.conftest import PYTHON, free_port, subprocess_env
+
+    env = {**subprocess_env(), "ACCELERATE_USE_CPU": "true"}
+    cmd = [PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+           "-m", "percli.cli", "pretrain", "voicecraft", "--run-dir", str(tmp_path / "run"), "--json", *TINY,
+           "train.max_steps=3", "sample_prompt_fraction=0", f"data.source={corpus}"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["world_size"] == 2 and summary["step"] == 3
+    losses = [r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
+    assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses)
