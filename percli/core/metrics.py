@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -98,15 +99,58 @@ def equal_error_rate(scores: torch.Tensor | Sequence[float], labels: torch.Tenso
     return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
 
 
+@dataclass(frozen=True)
+class ErrorCounts:
+    """Edit operations turning a reference sequence into a hypothesis, and the reference length."""
+
+    substitutions: int = 0
+    deletions: int = 0
+    insertions: int = 0
+    reference_length: int = 0
+
+    @property
+    def errors(self) -> int:
+        return self.substitutions + self.deletions + self.insertions
+
+    @property
+    def rate(self) -> float | None:
+        """errors / reference length; None for an empty reference."""
+        return self.errors / self.reference_length if self.reference_length else None
+
+    def __add__(self, other: ErrorCounts) -> ErrorCounts:
+        return ErrorCounts(self.substitutions + other.substitutions, self.deletions + other.deletions,
+                           self.insertions + other.insertions, self.reference_length + other.reference_length)
+
+    def as_dict(self) -> dict:
+        return {"substitutions": self.substitutions, "deletions": self.deletions, "insertions": self.insertions,
+                "reference_length": self.reference_length, "rate": self.rate}
+
+
+def edit_operations(reference: Sequence, hypothesis: Sequence) -> ErrorCounts:
+    """Levenshtein alignment with unit costs; among the alignments of least cost, the counts of one found by
+    backtracking (substitution preferred, then deletion, then insertion)."""
+    n, m = len(reference), len(hypothesis)
+    cost = [list(range(m + 1))] + [[i] + [0] * m for i in range(1, n + 1)]  # [n + 1][m + 1]
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            cost[i][j] = min(cost[i - 1][j - 1] + (reference[i - 1] != hypothesis[j - 1]), cost[i - 1][j] + 1,
+                             cost[i][j - 1] + 1)
+    subs = dels = ins = 0
+    i, j = n, m
+    while i > 0 or j > 0:
+        if i > 0 and j > 0 and cost[i][j] == cost[i - 1][j - 1] + (reference[i - 1] != hypothesis[j - 1]):
+            subs += int(reference[i - 1] != hypothesis[j - 1])
+            i, j = i - 1, j - 1
+        elif i > 0 and cost[i][j] == cost[i - 1][j] + 1:
+            dels, i = dels + 1, i - 1
+        else:
+            ins, j = ins + 1, j - 1
+    return ErrorCounts(subs, dels, ins, n)
+
+
 def edit_distance(hypothesis: Sequence, reference: Sequence) -> int:
     """Levenshtein distance (substitutions, insertions, deletions) between two sequences."""
-    previous = list(range(len(reference) + 1))
-    for i, h in enumerate(hypothesis, start=1):
-        current = [i]
-        for j, r in enumerate(reference, start=1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (h != r)))
-        previous = current
-    return previous[-1]
+    return edit_operations(reference, hypothesis).errors
 
 
 def _error_rate(pairs: list[tuple[Sequence, Sequence]]) -> float:

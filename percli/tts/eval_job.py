@@ -25,6 +25,7 @@ from typing import Any
 
 from percli.core.config import ConfigError
 from percli.core.context import RunContext
+from percli.core.metrics import ErrorCounts
 
 GENERATED_KEYS = ("generated", "audio", "output")
 TRANSCRIPT_KEYS = ("transcript", "text", "target")
@@ -243,7 +244,6 @@ def run(cfg: Config, ctx: RunContext) -> dict:
     from percli.core.data.images import BadSample
     from percli.core.data.shards import BadRecords
     from percli.core.rundir import write_jsonl_atomic
-    from percli.tts import speech_metrics as sm
     from percli.tts.speech_models import MissingModel, load_recognizer, load_speaker_model
 
     device = cfg.eval.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -276,7 +276,7 @@ def run(cfg: Config, ctx: RunContext) -> dict:
             f"{speaker.name if speaker else 'none'})")
 
     results, skipped = [], []
-    words, chars = sm.ErrorCounts(), sm.ErrorCounts()
+    words, chars = ErrorCounts(), ErrorCounts()
     with ctx.progress("eval tts", len(rows), unit="rows") as progress:
         for row in rows:
             try:

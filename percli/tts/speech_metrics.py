@@ -7,8 +7,9 @@ ASR that writes "three" counts as an error, so write numbers as words in transcr
 always writes words).
 
 WER = (substitutions + deletions + insertions) / reference words, from a word-level Levenshtein
-alignment; CER the same on the characters of the normalised text (single spaces between words
-included). Corpus figures sum the errors and the reference lengths over rows (not a mean of rows).
+alignment (`percli.core.metrics.edit_operations`); CER the same on the characters of the normalised
+text (single spaces between words included). Corpus figures sum the errors and the reference
+lengths over rows (not a mean of rows).
 
 Mel-cepstral distortion (dB), defined here as: 16 kHz audio, 25 ms Hann frames every 5 ms
 (n_fft 512, no centring), the power spectrum through 40 mel filters (Slaney mel scale and area
@@ -28,9 +29,10 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 
 import numpy as np
+
+from percli.core.metrics import ErrorCounts, edit_operations
 
 MCD_RATE = 16000
 MCD_WINDOW = 400  # 25 ms
@@ -51,56 +53,6 @@ def normalize_text(text: str) -> list[str]:
     text = text.lower().replace("’", "'").replace("‘", "'")
     text = re.sub(r"[^\w']|_", " ", text)  # keep letters, digits and apostrophes
     return [w for w in (token.strip("'") for token in text.split()) if w]
-
-
-@dataclass(frozen=True)
-class ErrorCounts:
-    """Edit operations turning a reference sequence into a hypothesis, and the reference length."""
-
-    substitutions: int = 0
-    deletions: int = 0
-    insertions: int = 0
-    reference_length: int = 0
-
-    @property
-    def errors(self) -> int:
-        return self.substitutions + self.deletions + self.insertions
-
-    @property
-    def rate(self) -> float | None:
-        """errors / reference length; None for an empty reference."""
-        return self.errors / self.reference_length if self.reference_length else None
-
-    def __add__(self, other: ErrorCounts) -> ErrorCounts:
-        return ErrorCounts(self.substitutions + other.substitutions, self.deletions + other.deletions,
-                           self.insertions + other.insertions, self.reference_length + other.reference_length)
-
-    def as_dict(self) -> dict:
-        return {"substitutions": self.substitutions, "deletions": self.deletions, "insertions": self.insertions,
-                "reference_length": self.reference_length, "rate": self.rate}
-
-
-def edit_operations(reference: list, hypothesis: list) -> ErrorCounts:
-    """Levenshtein alignment with unit costs; among the alignments of least cost, the counts of one found by
-    backtracking (substitution preferred, then deletion, then insertion)."""
-    n, m = len(reference), len(hypothesis)
-    cost = np.zeros((n + 1, m + 1), dtype=np.int64)
-    cost[:, 0], cost[0, :] = np.arange(n + 1), np.arange(m + 1)
-    for i in range(1, n + 1):
-        for j in range(1, m + 1):
-            cost[i, j] = min(cost[i - 1, j - 1] + (reference[i - 1] != hypothesis[j - 1]), cost[i - 1, j] + 1,
-                             cost[i, j - 1] + 1)
-    subs = dels = ins = 0
-    i, j = n, m
-    while i > 0 or j > 0:
-        if i > 0 and j > 0 and cost[i, j] == cost[i - 1, j - 1] + (reference[i - 1] != hypothesis[j - 1]):
-            subs += int(reference[i - 1] != hypothesis[j - 1])
-            i, j = i - 1, j - 1
-        elif i > 0 and cost[i, j] == cost[i - 1, j] + 1:
-            dels, i = dels + 1, i - 1
-        else:
-            ins, j = ins + 1, j - 1
-    return ErrorCounts(subs, dels, ins, n)
 
 
 def word_errors(reference: str, hypothesis: str) -> ErrorCounts:
