@@ -103,6 +103,16 @@ def test_video_text_example_runs_end_to_end(tmp_path):
         assert line in done.stdout, line
 
 
+def test_dinov2_example_runs_end_to_end(tmp_path):
+    """The DINOv2 example script, shortened (2 steps per run, 64 images, 32 scenes): teacher, distilled and
+    lone students with k-NN, dense evaluation against random init, the high-resolution continuation."""
+
+    done = run_example("dinov2/tiny.sh", tmp_path, 600, TEACHER_STEPS="2", STUDENT_STEPS="2", DENSE_STEPS="2",
+                       HIGHRES_STEPS="2", IMAGES="64", SCENES="32", EXTRA="train.batch_size=8 train.num_workers=0")
+    for line in ("k-NN distill ", "k-NN alone ", "dense teacher ", "dense random ", "highres completed"):
+        assert line in done.stdout, line
+
+
 @pytest.mark.slow
 def test_plm_tiny_pipeline_example_runs(tmp_path):
     """The PerceptionLM tiny pipeline script, shortened (2 steps per run, 40 items): every command in it works."""
