@@ -14,7 +14,6 @@ from percli.models.voicecraft import (
     VoiceCraft,
     kwargs_from_official_args,
     load_official_state,
-    sample_top_k_top_p,
 )
 from percli.models.voicecraft_codebooks import (
     delay_pattern,
@@ -25,6 +24,7 @@ from percli.models.voicecraft_codebooks import (
     undelay_logits,
     unmasked_intervals,
 )
+from percli.models.voicecraft_layers import sample_top_k_top_p
 from tests.conftest import GOLDEN_DIR
 
 FULL_CONFIGS = GOLDEN_DIR / "full_configs" / "voicecraft"

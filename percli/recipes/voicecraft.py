@@ -562,7 +562,7 @@ class VoiceCraftTask:
     @torch.no_grad()
     def finish(self, model: nn.Module, run_dir: Path, accelerator: Accelerator) -> dict[str, Any]:
         """Continue the first readable held-out utterance from its first frames; decode to a WAV."""
-        from percli.models.voicecraft import SILENCE_TOKENS
+        from percli.models.voicecraft_decoding import SILENCE_TOKENS
         from percli.tts.inference import write_audio_atomic
 
         if self.cfg.sample_prompt_fraction <= 0:

@@ -32,8 +32,9 @@ from percli.models.common import plain
 from percli.models.encodec import EncodecModel
 from percli.models.encodec import load_official_state as load_codec_state
 from percli.models.hub import resolve_weights
-from percli.models.voicecraft import SILENCE_TOKENS, VoiceCraft, kwargs_from_official_args
+from percli.models.voicecraft import VoiceCraft, kwargs_from_official_args
 from percli.models.voicecraft import load_official_state as load_voicecraft_state
+from percli.models.voicecraft_decoding import SILENCE_TOKENS
 from percli.tts import alignment
 from percli.tts import text as tts_text
 
